@@ -1,0 +1,138 @@
+r"""The DAG of a Pyro program, read by Pyro's own provenance tracking, and its factorisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+import torch
+from pyro import poutine
+from pyro.infer.inspect import get_model_relations
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+from ppgen.nn import Call, recording_calls
+
+__all__ = ["factorization", "graph", "trace_calls"]
+
+
+class _MatchCalls(Messenger):
+    """Matches each sample site to the :class:`~ppgen.nn.Node` call that made its distribution."""
+
+    def __init__(self, calls: list[Call]) -> None:
+        super().__init__()
+        self.calls, self.seen, self.sites = calls, 0, {}
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if site_is_subsample(msg):
+            return
+        pending, self.seen = self.calls[self.seen :], len(self.calls)
+        same = [call for call in pending if call[2] is msg["fn"]]
+        match = same or (pending if len(pending) == 1 else [])
+        if match:
+            self.sites[msg["name"]] = match[-1]
+
+
+def trace_calls(
+    model: Callable[..., object], *args: object, **kwargs: object
+) -> tuple[Trace, dict[str, Call]]:
+    r"""Runs `model` once under a trace and tells which conditional module made each site.
+
+    Returns:
+        The trace, and for each sample site whose distribution a :class:`~ppgen.nn.Node` returned,
+        that call: `(module, parent values, distribution)`.
+
+    Example:
+        >>> trace, calls = trace_calls(lambda: pyro.sample("x", Root(dist.Normal)()))
+        >>> type(calls["x"][0]).__name__
+        'Root'
+    """
+    with recording_calls() as calls, _MatchCalls(calls) as matcher:
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    return trace, matcher.sites
+
+
+def _is_variable(site: dict) -> bool:
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("_deterministic", False)
+    )
+
+
+def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.DiGraph:
+    r"""Returns the DAG of the sample sites of a Pyro program.
+
+    Edges come from Pyro's provenance tracking (`pyro.infer.inspect.get_model_relations`), which
+    follows values through any torch computation, `pyro.deterministic` sites included; those
+    sites are not random variables and are left out of the graph, their dependences kept.
+
+    Arguments:
+        model: A Pyro program (a `ppgen.Model`, any `PyroModule` or a function); it is run
+            twice without gradients, with the random state restored afterwards.
+        args, kwargs: Inputs of `model`.
+
+    Returns:
+        A graph whose nodes are site names in program order, with attributes `observed`,
+        `distribution` (the class name), `event_shape`, `plates` (outermost first) and
+        `n_params` (of its ppgen conditional, else `None`). `graph.graph["plates"]` maps each
+        plate name to its size. An edge `u -> v` means the distribution at `v` reads `u`.
+
+    Example:
+        >>> def relay():
+        ...     t0 = pyro.sample("t0", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("t1", dist.Normal(t0, 1.0))
+        >>> list(graph(relay).edges)
+        [('t0', 't1')]
+    """
+    with torch.random.fork_rng(), torch.no_grad():
+        relations = get_model_relations(model, args, kwargs)
+        trace, calls = trace_calls(model, *args, **kwargs)
+    sites = {name: site for name, site in trace.nodes.items() if _is_variable(site)}
+    if not sites:
+        name = getattr(model, "__name__", type(model).__name__)
+        raise ValueError(f"The program {name} has no pyro.sample site, so it has no graph.")
+    g = nx.DiGraph(plates={})
+    for name, site in sites.items():
+        frames = site["cond_indep_stack"]
+        g.graph["plates"].update((f.name, f.size) for f in frames)
+        g.add_node(
+            name,
+            observed=bool(site["is_observed"]),
+            distribution=relations["sample_dist"].get(name, type(site["fn"]).__name__),
+            event_shape=tuple(site["fn"].event_shape),
+            plates=tuple(f.name for f in frames),
+            n_params=calls[name][0].n_params if name in calls else None,
+        )
+    for name in sites:
+        g.add_edges_from((p, name) for p in relations["sample_sample"].get(name, ()) if p in sites)
+    return g
+
+
+def factorization(
+    model: Callable[..., object] | nx.DiGraph, *args: object, **kwargs: object
+) -> str:
+    r"""Returns the factorisation :math:`p(x) = \prod_i p(x_i \mid \mathrm{Pa}(x_i))` as text.
+
+    Sites are in topological (program) order, latent sites included, and each conditioning set
+    is in that order too.
+
+    Arguments:
+        model: A Pyro program, or a graph returned by :func:`graph`.
+        args, kwargs: Inputs of `model`.
+
+    Example:
+        >>> factorization(nx.DiGraph([("t0", "t1"), ("t1", "t2")]))
+        'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
+    """
+    g = model if isinstance(model, nx.DiGraph) else graph(model, *args, **kwargs)
+    position = {v: i for i, v in enumerate(g.nodes)}
+    order = list(nx.lexicographical_topological_sort(g, key=position.__getitem__))
+    rank = {v: i for i, v in enumerate(order)}
+    terms = []
+    for v in order:
+        parents = sorted(g.predecessors(v), key=rank.__getitem__)
+        terms.append(f"p({v} | {', '.join(parents)})" if parents else f"p({v})")
+    return f"p({', '.join(order)}) = {' '.join(terms)}"

@@ -1,0 +1,347 @@
+r"""Conditional modules: each maps the values of a node's parents to a Pyro distribution.
+
+A node :math:`x` of a directed graphical model has a conditional :math:`p(x \mid \eta)` whose
+parameters :math:`\eta` are computed from its parents, :math:`\eta = f(\mathrm{Pa}(x))`. The modules
+below are that :math:`f`, together with the map from unconstrained :math:`\eta` to valid
+distribution parameters (softplus for scales, logits for probabilities). Parents are passed as
+tensors with rows first, :math:`(N, *)`; the returned distribution is batched over the rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+from torch.distributions import constraints, transform_to
+from torch.distributions.transforms import (
+    AffineTransform,
+    ComposeTransform,
+    SoftplusTransform,
+    Transform,
+)
+
+__all__ = ["Conditional", "LinearGaussian", "Model", "Node", "Root", "Tabular", "recording_calls"]
+
+Call = tuple["Node", tuple[Tensor, ...], dist.Distribution]
+_CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
+
+
+class Model(PyroModule):
+    r"""A generative model: a `PyroModule` whose `forward` is a plain Pyro program.
+
+    By convention the number of rows reaches the program as its keyword argument `n`, and the
+    rows are the outermost `pyro.plate`; data enter by conditioning (`pyro.condition` or
+    `obs=`), so that each child reads the value its parents' `pyro.sample` returned.
+
+    Example:
+        >>> class Coin(Model):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.x = Root(dist.Bernoulli)
+        ...     def forward(self, n=1):
+        ...         with pyro.plate("flips", n):
+        ...             return pyro.sample("x", self.x())
+        >>> Coin()(n=3).shape
+        torch.Size([3])
+    """
+
+
+class Node(nn.Module):
+    r"""Base class of the conditionals: `forward(*parents)` returns a distribution.
+
+    Subclasses implement `distribution(*parents)`. While :func:`recording_calls` is active,
+    every call is recorded with its inputs, so that ppgen can tell which module and which
+    parent values produced a sample site's distribution.
+    """
+
+    def distribution(self, *parents: Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def forward(self, *parents: Tensor) -> dist.Distribution:
+        d = self.distribution(*parents)
+        calls = _CALLS.get()
+        if calls is not None:
+            calls.append((self, parents, d))
+        return d
+
+    @property
+    def n_params(self) -> int:
+        """The number of free parameters of this conditional."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+@contextmanager
+def recording_calls() -> Iterator[list[Call]]:
+    """Records every call of a :class:`Node` made inside the block, in order.
+
+    Example:
+        >>> with recording_calls() as calls:
+        ...     _ = Root(dist.Normal)()
+        >>> len(calls)
+        1
+    """
+    calls: list[Call] = []
+    token = _CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _CALLS.reset(token)
+
+
+class _Head:
+    """Maps a flat unconstrained vector η of shape (*, size) to a distribution of a family."""
+
+    def __init__(
+        self,
+        family: type[dist.Distribution],
+        cardinality: int | None,
+        event_shape: Sequence[int],
+        fixed: dict[str, object],
+    ) -> None:
+        self.family, self.cardinality, self.fixed = family, cardinality, fixed
+        self.event_shape = tuple(event_shape)
+        # a property, not a dict, where the constraints depend on the values (e.g. Uniform)
+        arg_constraints = vars(family).get("arg_constraints", family.arg_constraints)
+        if not hasattr(arg_constraints, "items"):
+            raise ValueError(f"{family.__name__} has no fixed parameter constraints to learn.")
+        names = [n for n in arg_constraints if n not in fixed]
+        if "logits" in names and "probs" in names:
+            names.remove("probs")
+        self.params: list[tuple[str, tuple[int, ...], Transform, bool]] = []
+        for name in names:
+            constraint = arg_constraints[name]
+            if constraint.is_discrete:
+                raise ValueError(
+                    f"{family.__name__}'s parameter '{name}' is discrete: give it as a fixed "
+                    f"keyword, e.g. {name}=..."
+                )
+            vector = constraint.event_dim == 1
+            if vector and name != "logits":
+                raise ValueError(f"{family.__name__}'s parameter '{name}' cannot be learned here.")
+            if vector and (cardinality is None or cardinality < 2):
+                raise ValueError(f"{family.__name__} needs cardinality=k (k >= 2).")
+            shape = self.event_shape + ((cardinality - 1,) if vector else ())
+            self.params.append((name, shape, _transform(constraint), vector))
+        self.sizes = [math.prod(shape) for _, shape, _, _ in self.params]
+        self.size = sum(self.sizes)
+
+    def initial(self) -> Tensor:
+        """An η whose parameters are the family's plain defaults (0 for reals, 1 for scales)."""
+        parts = [
+            torch.full((size,), _INV_SOFTPLUS_ONE if isinstance(t, SoftplusTransform) else 0.0)
+            for (_, _, t, _), size in zip(self.params, self.sizes, strict=True)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    def __call__(self, eta: Tensor) -> dist.Distribution:
+        batch = eta.shape[:-1]
+        kwargs = dict(self.fixed)
+        for (name, shape, transform, vector), part in zip(
+            self.params, eta.split(self.sizes, dim=-1), strict=True
+        ):
+            value = transform(part.reshape(batch + shape))
+            if vector:  # the last category is the reference: its logit is fixed at 0
+                value = F.pad(value, (0, 1))
+            kwargs[name] = value
+        d = self.family(**kwargs, validate_args=False)
+        return d.to_event(len(self.event_shape)) if self.event_shape else d
+
+
+_INV_SOFTPLUS_ONE = math.log(math.expm1(1.0))
+
+
+def _transform(constraint: constraints.Constraint) -> Transform:
+    """Softplus for positive parameters (gentler than exp for networks), else torch's own."""
+    if isinstance(constraint, constraints.greater_than | constraints.greater_than_eq):
+        lower = constraint.lower_bound
+        if lower == 0:
+            return SoftplusTransform()
+        return ComposeTransform([SoftplusTransform(), AffineTransform(lower, 1.0)])
+    return transform_to(constraint)
+
+
+def features(
+    parents: Sequence[Tensor], cardinalities: Sequence[int | None], dtype: torch.dtype
+) -> Tensor:
+    r"""Concatenates parent values of shape :math:`(N, *)` into features of shape :math:`(N, F)`.
+
+    A parent with a cardinality is one-hot encoded; any other is flattened and cast to float.
+
+    Example:
+        >>> features([torch.tensor([0, 2]), torch.ones(2, 3)], [3, None], torch.float).shape
+        torch.Size([2, 6])
+    """
+    columns = []
+    for value, k in zip(parents, cardinalities, strict=True):
+        value = value.reshape(-1) if value.dim() == 0 else value
+        if k is not None:
+            value = F.one_hot(value.long(), k)
+        columns.append(value.reshape(value.shape[0], -1))
+    return torch.cat([c.to(dtype) for c in columns], dim=-1)
+
+
+class Root(Node):
+    r"""A node without parents: its parameters :math:`\eta` are learned directly.
+
+    Arguments:
+        family: A Pyro distribution class, e.g. `dist.Normal`, `dist.Bernoulli`.
+        cardinality: The number of categories, for `dist.Categorical`.
+        event_shape: The shape of one value, for vector-valued sites.
+        fixed: Parameters held fixed rather than learned, e.g. `scale=1.0`.
+
+    Example:
+        >>> Root(dist.Normal)()
+        Normal(loc: 0.0, scale: 1.0)
+        >>> Root(dist.Categorical, cardinality=3).n_params
+        2
+    """
+
+    def __init__(
+        self,
+        family: type[dist.Distribution],
+        *,
+        cardinality: int | None = None,
+        event_shape: Sequence[int] = (),
+        **fixed: object,
+    ) -> None:
+        super().__init__()
+        self.head = _Head(family, cardinality, event_shape, fixed)
+        self.eta = nn.Parameter(self.head.initial())
+
+    def distribution(self) -> dist.Distribution:
+        return self.head(self.eta)
+
+    def extra_repr(self) -> str:
+        return f"{self.head.family.__name__}, n_params={self.n_params}"
+
+
+class Conditional(Node):
+    r"""A node whose parameters are a neural network of its parents: :math:`\eta = \mathrm{MLP}(\mathrm{Pa}(x))`.
+
+    Arguments:
+        family: A Pyro distribution class, e.g. `dist.Normal`, `dist.Bernoulli`.
+        in_features: The width of the concatenated parent features (one-hot widths included).
+        hidden: The widths of the hidden layers.
+        activation: The hidden non-linearity.
+        cardinality: The number of categories, for `dist.Categorical`.
+        event_shape: The shape of one value, for vector-valued sites.
+        parent_cardinalities: One entry per parent: an int one-hot encodes that parent.
+        fixed: Parameters held fixed rather than learned.
+
+    Example:
+        >>> cond = Conditional(dist.Normal, in_features=2, hidden=(8,))
+        >>> cond(torch.randn(5), torch.randn(5)).batch_shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        family: type[dist.Distribution],
+        in_features: int,
+        *,
+        hidden: Sequence[int] = (64, 64),
+        activation: Callable[[], nn.Module] = nn.Tanh,
+        cardinality: int | None = None,
+        event_shape: Sequence[int] = (),
+        parent_cardinalities: Sequence[int | None] | None = None,
+        **fixed: object,
+    ) -> None:
+        super().__init__()
+        self.head = _Head(family, cardinality, event_shape, fixed)
+        self.parent_cardinalities = parent_cardinalities
+        widths = [in_features, *hidden, self.head.size]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            layers += (
+                [nn.Linear(a, b)] if i == len(widths) - 2 else [nn.Linear(a, b), activation()]
+            )
+        self.net = nn.Sequential(*layers)
+
+    def distribution(self, *parents: Tensor) -> dist.Distribution:
+        cards = self.parent_cardinalities or [None] * len(parents)
+        return self.head(self.net(features(parents, cards, self.net[0].weight.dtype)))
+
+    def extra_repr(self) -> str:
+        return f"{self.head.family.__name__}, n_params={self.n_params}"
+
+
+class Tabular(Node):
+    r"""A conditional probability table :math:`p(x = j \mid \mathrm{Pa}(x) = i) = \theta_{ij}`.
+
+    The table is stored as log-probabilities of shape :math:`(k_{pa_1}, \dots, k)`; it has
+    :math:`(k - 1) \prod_{pa} k_{pa}` free parameters. Parents are integer-valued (or 0/1 floats).
+
+    Arguments:
+        cardinality: The number of values :math:`k` of the node.
+        parent_cardinalities: The numbers of values of its parents, in call order.
+
+    Example:
+        >>> cpt = Tabular(3, (2, 2))
+        >>> cpt.n_params
+        8
+        >>> cpt(torch.tensor([0, 1]), torch.tensor([1, 1])).probs.shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, cardinality: int, parent_cardinalities: Sequence[int] = ()) -> None:
+        super().__init__()
+        if cardinality < 2:
+            raise ValueError(f"Tabular needs cardinality >= 2, got {cardinality}.")
+        self.cardinality = cardinality
+        self.parent_cardinalities = tuple(parent_cardinalities)
+        self.logits = nn.Parameter(torch.zeros(*self.parent_cardinalities, cardinality))
+
+    def distribution(self, *parents: Tensor) -> dist.Distribution:
+        if len(parents) != len(self.parent_cardinalities):
+            raise ValueError(
+                f"Tabular expects {len(self.parent_cardinalities)} parents, got {len(parents)}."
+            )
+        index = tuple(p.long() for p in parents)
+        return dist.Categorical(logits=self.logits[index], validate_args=False)
+
+    @property
+    def n_params(self) -> int:
+        return (self.cardinality - 1) * math.prod(self.parent_cardinalities)
+
+    def extra_repr(self) -> str:
+        return f"cardinality={self.cardinality}, parents={self.parent_cardinalities}"
+
+
+class LinearGaussian(Node):
+    r"""A Normal whose mean is linear in the parents: :math:`x \sim \mathcal{N}(w^\top \mathrm{Pa}(x) + b, \sigma^2)`.
+
+    Arguments:
+        in_features: The width of the concatenated parent features.
+        parent_cardinalities: One entry per parent: an int one-hot encodes that parent.
+
+    Example:
+        >>> lg = LinearGaussian(2)
+        >>> lg.n_params
+        4
+        >>> lg(torch.zeros(3), torch.ones(3)).batch_shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self, in_features: int, *, parent_cardinalities: Sequence[int | None] | None = None
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 1)
+        self.parent_cardinalities = parent_cardinalities
+        self.scale = nn.Parameter(torch.tensor(_INV_SOFTPLUS_ONE))
+
+    def distribution(self, *parents: Tensor) -> dist.Distribution:
+        cards = self.parent_cardinalities or [None] * len(parents)
+        loc = self.linear(features(parents, cards, self.scale.dtype)).squeeze(-1)
+        return dist.Normal(loc, F.softplus(self.scale), validate_args=False)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.linear.in_features}"

@@ -1,0 +1,153 @@
+r"""Drawings with matplotlib alone: the DAG of a program in the textbook convention."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from ppgen.graph import factorization, graph
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = ["draw", "layout"]
+
+_GAP = 1.6  # distance between the centres of neighbouring nodes, in node heights
+
+
+def layout(g: nx.DiGraph, *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
+    r"""Places nodes in layers by topological generation, top to bottom.
+
+    Within a layer, nodes are ordered by the mean position of their neighbours (a few sweeps of
+    the barycentre heuristic) to reduce crossings, and spaced by their label widths.
+
+    Example:
+        >>> pos = layout(nx.DiGraph([("a", "b")]))
+        >>> pos["a"][1] > pos["b"][1]
+        True
+    """
+    level = {v: i for i, layer in enumerate(nx.topological_generations(g)) for v in layer}
+    for v in g:  # a source sits just above its highest child, not at the top of the page
+        if g.in_degree(v) == 0 and g.out_degree(v) > 0:
+            level[v] = min(level[c] for c in g.successors(v)) - 1
+    layers = [[v for v in g if level[v] == i] for i in range(max(level.values()) + 1)]
+    rank = {v: i for layer in layers for i, v in enumerate(layer)}
+
+    def barycentre(v: str, neighbours: list[str]) -> float:
+        return sum(rank[u] for u in neighbours) / len(neighbours) if neighbours else rank[v]
+
+    for sweep in range(sweeps):
+        down = sweep % 2 == 0
+        for layer in layers[1:] if down else layers[-2::-1]:
+            near = g.predecessors if down else g.successors
+            layer.sort(key=lambda v, near=near: barycentre(v, list(near(v))))
+            rank.update((v, i) for i, v in enumerate(layer))
+    pos = {}
+    for depth, layer in enumerate(layers):
+        widths = [_width(v) for v in layer]
+        x = -(sum(widths) + _GAP * (len(layer) - 1)) / 2
+        for v, w in zip(layer, widths, strict=True):
+            pos[v] = (x + w / 2, -depth * _GAP)
+            x += w + _GAP
+    return pos
+
+
+def _width(label: str) -> float:
+    return max(1.0, 0.22 * len(str(label)) + 0.3)
+
+
+def draw(
+    model: Callable[..., object] | nx.DiGraph,
+    *args: object,
+    ax: Axes | None = None,
+    title: bool = False,
+    **kwargs: object,
+) -> Axes:
+    r"""Draws the DAG of a Pyro program: observed nodes shaded, latent nodes white, plates boxed.
+
+    Arguments:
+        model: A Pyro program, or a graph returned by :func:`ppgen.graph`.
+        args, kwargs: Inputs of `model`.
+        ax: The axes to draw on; a new figure sized to the graph by default.
+        title: Whether to show the factorisation as the title.
+
+    Returns:
+        The `Axes`, whose patches have gids `"node:NAME"`, `"edge:U->V"` and `"plate:NAME"`.
+
+    Example:
+        >>> ax = draw(nx.DiGraph([("t0", "t1"), ("t1", "t2")]))
+        >>> sorted(p.get_gid() for p in ax.patches if p.get_gid().startswith("node"))
+        ['node:t0', 'node:t1', 'node:t2']
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch
+
+    g = model if isinstance(model, nx.DiGraph) else graph(model, *args, **kwargs)
+    pos = layout(g)
+    xs = [x for x, _ in pos.values()]
+    ys = [y for _, y in pos.values()]
+    span_x = max(xs) - min(xs) + max(_width(v) for v in g) + 2
+    span_y = max(ys) - min(ys) + 3
+    if ax is None:
+        scale = min(1.0, 24 / span_x)
+        _, ax = plt.subplots(figsize=(max(3.0, span_x * 0.7 * scale), max(2.5, span_y * 0.7)))
+    font = 11 if len(g) <= 30 else 8
+    ellipses = {}
+    for v, (x, y) in pos.items():
+        observed = g.nodes[v].get("observed", True)
+        ellipse = Ellipse(
+            (x, y), _width(v), 1.0, facecolor="0.78" if observed else "white",
+            edgecolor="black", linewidth=1.2, zorder=3, gid=f"node:{v}",
+        )  # fmt: skip
+        ellipses[v] = ax.add_patch(ellipse)
+        ax.text(x, y, str(v), ha="center", va="center", fontsize=font, zorder=4)
+    skips = 0
+    for u, v in g.edges:
+        # an edge that skips layers bends around the nodes in between, alternately left and right
+        skip = pos[u][1] - pos[v][1] > _GAP * 1.5
+        bend = (0.5 if skips % 2 else -0.5) if skip else 0.0
+        skips += skip
+        arrow = FancyArrowPatch(
+            pos[u], pos[v], patchA=ellipses[u], patchB=ellipses[v], arrowstyle="-|>",
+            mutation_scale=12, linewidth=1.0, color="0.15", zorder=2, gid=f"edge:{u}->{v}",
+            connectionstyle=f"arc3,rad={bend}",
+        )  # fmt: skip
+        ax.add_patch(arrow)
+    sizes = g.graph.get("plates", {})
+    depth = {}
+    for name in sizes:  # inner plates are drawn tighter than the plates around them
+        members = [v for v in g if name in g.nodes[v].get("plates", ())]
+        depth[name] = min(g.nodes[v]["plates"].index(name) for v in members) if members else 0
+    for name in sorted(sizes, key=depth.__getitem__):
+        members = [v for v in g if name in g.nodes[v].get("plates", ())]
+        if not members:
+            continue
+        inner = max(len(g.nodes[v]["plates"]) for v in members) - depth[name] - 1
+        pad = 0.35 + 0.3 * inner
+        x0 = min(pos[v][0] - _width(v) / 2 for v in members) - pad
+        x1 = max(pos[v][0] + _width(v) / 2 for v in members) + pad
+        y0 = min(pos[v][1] for v in members) - 0.5 - pad - 0.25
+        y1 = max(pos[v][1] for v in members) + 0.5 + pad
+        box = FancyBboxPatch(
+            (x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0,rounding_size=0.15",
+            facecolor="none", edgecolor="0.3", linewidth=1.0, zorder=1, gid=f"plate:{name}",
+        )  # fmt: skip
+        ax.add_patch(box)
+        size = sizes[name]
+        label = f"{name} ({size})" if size is not None and size > 1 else name
+        ax.text(x1 - 0.12, y0 + 0.12, label, ha="right", va="bottom", fontsize=font - 2)
+    margin = 1.0 + 0.3 * max(map(len, (d.get("plates", ()) for _, d in g.nodes(data=True))))
+    ax.set_xlim(
+        min(xs) - max(_width(v) for v in g) / 2 - margin,
+        max(xs) + max(_width(v) for v in g) / 2 + margin,
+    )
+    ax.set_ylim(min(ys) - 0.5 - margin, max(ys) + 0.5 + margin)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        text = textwrap.fill(factorization(g), width=max(60, int(ax.bbox.width / font * 1.6)))
+        ax.set_title(text, fontsize=font)
+    return ax

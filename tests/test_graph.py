@@ -1,0 +1,118 @@
+import networkx as nx
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import ppgen
+
+
+def edges(g: nx.DiGraph) -> set[tuple[str, str]]:
+    return set(g.edges)
+
+
+def test_relay_graph_and_attributes(relay):
+    g = ppgen.graph(relay, n=4)
+    assert list(g.nodes) == ["t0", "t1", "t2"]
+    assert edges(g) == {("t0", "t1"), ("t1", "t2")}
+    for name, module in [("t0", relay.t0), ("t1", relay.t1), ("t2", relay.t2)]:
+        node = g.nodes[name]
+        assert node["distribution"] == "Normal"
+        assert node["observed"] is False
+        assert node["plates"] == ("race",)
+        assert node["event_shape"] == ()
+        assert node["n_params"] == sum(p.numel() for p in module.parameters())
+    assert g.graph["plates"] == {"race": 4}
+
+
+def test_relay_factorization(relay):
+    assert ppgen.factorization(relay) == "p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)"
+
+
+def test_observed_sites_under_condition(relay):
+    data = {"t0": torch.zeros(3), "t1": torch.zeros(3), "t2": torch.zeros(3)}
+    g = ppgen.graph(pyro.condition(relay, data=data), n=3)
+    assert all(g.nodes[v]["observed"] for v in g)
+    assert edges(g) == {("t0", "t1"), ("t1", "t2")}
+
+
+@pytest.mark.parametrize("nodes,p,seed", [(5, 0.5, 0), (12, 0.3, 1), (25, 0.15, 2), (50, 0.08, 3)])
+def test_dag_graph_equals_declared_edges(nodes, p, seed):
+    random = nx.gnp_random_graph(nodes, p, seed=seed, directed=True)
+    declared = nx.DiGraph((u, v) for u, v in random.edges if u < v)
+    declared.add_nodes_from(range(nodes))
+    model = ppgen.dag(declared, hidden=(4,))
+    g = ppgen.graph(model, n=2)
+    assert set(g.nodes) == {str(v) for v in declared}
+    assert edges(g) == {(str(u), str(v)) for u, v in declared.edges}
+    for v, module in zip(model.nodes, model.conditionals, strict=True):
+        assert g.nodes[v]["n_params"] == sum(p.numel() for p in module.parameters())
+
+
+def test_mixed_kinds_graph_and_counts():
+    model = ppgen.dag(
+        [("season", "rain"), ("season", "sprinkler"), ("rain", "wet"), ("sprinkler", "wet"),
+         ("wet", "height"), ("season", "height")],
+        kinds={"season": "categorical", "rain": "tabular", "sprinkler": "bernoulli",
+               "wet": "tabular", "height": "linear_gaussian"},
+        cardinalities={"season": 4, "rain": 2, "wet": 3},
+        hidden=(8,),
+    )  # fmt: skip
+    g = ppgen.graph(model, n=5)
+    assert ppgen.factorization(g) == (
+        "p(season, rain, sprinkler, wet, height) = p(season) p(rain | season) "
+        "p(sprinkler | season) p(wet | rain, sprinkler) p(height | season, wet)"
+    )
+    counts = dict(g.nodes(data="n_params"))
+    assert counts["season"] == 3  # k - 1 free logits
+    assert counts["rain"] == 4 * 1  # (k - 1) * prod of parent cardinalities
+    assert counts["wet"] == 2 * 2 * 2
+    assert counts["height"] == (4 + 3) + 1 + 1  # one-hot parents, bias, scale
+    assert g.nodes["season"]["distribution"] == "Categorical"
+    assert g.nodes["sprinkler"]["distribution"] == "Bernoulli"
+
+
+def test_plain_function_with_plate_and_deterministic():
+    def model(n):
+        with pyro.plate("rows", n):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+            h = pyro.deterministic("h", torch.tanh(2 * a) + 1)
+            b = pyro.sample("b", dist.Normal(h, 1.0))
+            pyro.sample("c", dist.Bernoulli(logits=b * a))
+        pyro.sample("d", dist.Gamma(2.0, 1.0))
+
+    g = ppgen.graph(model, 3)
+    assert list(g.nodes) == ["a", "b", "c", "d"]
+    assert edges(g) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert g.nodes["d"]["plates"] == ()
+    assert g.nodes["c"]["n_params"] is None
+    assert g.graph["plates"] == {"rows": 3}
+
+
+def test_vae_style_latent_and_nested_event():
+    decoder = torch.nn.Linear(2, 6)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    g = ppgen.graph(model, torch.zeros(5, 6))
+    assert edges(g) == {("z", "x")}
+    assert g.nodes["z"]["observed"] is False and g.nodes["x"]["observed"] is True
+    assert g.nodes["x"]["event_shape"] == (6,)
+    assert ppgen.factorization(g) == "p(z, x) = p(z) p(x | z)"
+
+
+def test_graph_does_not_consume_randomness(relay):
+    state = torch.random.get_rng_state()
+    ppgen.graph(relay, n=3)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_program_without_sites_is_an_error():
+    def empty():
+        return torch.zeros(1)
+
+    with pytest.raises(ValueError, match="The program empty has no pyro.sample site"):
+        ppgen.graph(empty)

@@ -1,0 +1,92 @@
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ppgen.nn import Conditional, LinearGaussian, Root, Tabular
+
+
+@pytest.mark.parametrize(
+    "family,kwargs,support",
+    [
+        (dist.Normal, {}, None),
+        (dist.Bernoulli, {}, {0.0, 1.0}),
+        (dist.Categorical, {"cardinality": 4}, {0, 1, 2, 3}),
+        (dist.Gamma, {}, None),
+        (dist.Poisson, {}, None),
+        (dist.Binomial, {"total_count": 5}, set(map(float, range(6)))),
+    ],
+)
+def test_conditional_families(family, kwargs, support):
+    cond = Conditional(family, in_features=3, hidden=(5,), **kwargs)
+    d = cond(torch.randn(7), torch.randn(7, 2))
+    assert d.batch_shape == (7,)
+    x = d.sample()
+    assert torch.isfinite(d.log_prob(x)).all()
+    if support is not None:
+        assert set(x.tolist()) <= support
+    d.log_prob(x).sum().backward()
+    assert all(p.grad is not None for p in cond.parameters())
+
+
+def test_root_defaults_and_counts():
+    assert Root(dist.Normal)().scale.item() == pytest.approx(1.0)
+    assert Root(dist.Normal).n_params == 2
+    assert Root(dist.Bernoulli).n_params == 1
+    assert Root(dist.Categorical, cardinality=5).n_params == 4
+    assert Root(dist.Normal, scale=2.0).n_params == 1
+    assert Root(dist.Normal, event_shape=(3,))().event_shape == (3,)
+
+
+def test_categorical_reference_logit_is_zero():
+    root = Root(dist.Categorical, cardinality=3)
+    with torch.no_grad():
+        root.eta.copy_(torch.tensor([1.0, -2.0]))
+    assert torch.allclose(root().logits, F.log_softmax(torch.tensor([1.0, -2.0, 0.0]), -1))
+
+
+def test_event_shaped_conditional():
+    cond = Conditional(dist.Bernoulli, in_features=2, hidden=(4,), event_shape=(3, 2))
+    d = cond(torch.randn(5, 2))
+    assert d.batch_shape == (5,) and d.event_shape == (3, 2)
+    assert d.log_prob(d.sample()).shape == (5,)
+
+
+def test_tabular_indexes_its_table():
+    cpt = Tabular(3, (2, 4))
+    with torch.no_grad():
+        cpt.logits.copy_(torch.randn(2, 4, 3))
+    d = cpt(torch.tensor([1, 0]), torch.tensor([3.0, 2.0]))
+    assert torch.allclose(d.logits[0], F.log_softmax(cpt.logits[1, 3], -1))
+    assert torch.allclose(d.logits[1], F.log_softmax(cpt.logits[0, 2], -1))
+    assert cpt.n_params == 2 * 2 * 4
+
+
+def test_linear_gaussian_mean_is_linear():
+    lg = LinearGaussian(2)
+    a, b = torch.randn(6), torch.randn(6)
+    d = lg(a, b)
+    expected = lg.linear.weight[0, 0] * a + lg.linear.weight[0, 1] * b + lg.linear.bias
+    assert torch.allclose(d.loc, expected)
+    assert torch.allclose(d.scale, torch.ones(6))
+    assert lg.n_params == 4
+
+
+@pytest.mark.parametrize(
+    "family,kwargs,message",
+    [
+        (dist.Categorical, {}, "Categorical needs cardinality"),
+        (dist.Binomial, {}, "parameter 'total_count' is discrete"),
+        (dist.MultivariateNormal, {}, "cannot be learned"),
+        (dist.Uniform, {}, "Uniform has no fixed parameter constraints"),
+    ],
+)
+def test_unsupported_families(family, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Root(family, **kwargs)
+
+
+def test_softplus_init_is_one():
+    assert F.softplus(torch.tensor(math.log(math.expm1(1.0)))).item() == pytest.approx(1.0)
