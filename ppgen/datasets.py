@@ -1,0 +1,77 @@
+r"""The embedded data: scikit-learn's bundled 8x8 digits and the relay race; nothing is downloaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+__all__ = ["Images", "digits", "relay_race", "relay_race_program"]
+
+
+@dataclass(frozen=True)
+class Images:
+    r"""Images split into train and test sets, flattened to rows of shape :math:`(N, H W)`."""
+
+    train: Tensor
+    test: Tensor
+    train_labels: Tensor
+    test_labels: Tensor
+    shape: tuple[int, int]
+
+
+def digits(*, binarize: bool = True, dtype: torch.dtype | None = None) -> Images:
+    r"""The 1797 handwritten 8x8 digits bundled with scikit-learn, with a fixed split.
+
+    The split is a permutation drawn with `torch.Generator().manual_seed(0)`: its first 1500
+    images are the training set, the other 297 the test set. Intensities run from 0 to 16;
+    binarised, a pixel is 1 when its intensity exceeds 8, else it is scaled to [0, 1].
+
+    Example:
+        >>> data = digits()
+        >>> data.train.shape, data.test.shape, data.shape
+        (torch.Size([1500, 64]), torch.Size([297, 64]), (8, 8))
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=dtype or torch.get_default_dtype())
+    x = (x > 8).to(x.dtype) if binarize else x / 16
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    train, test = order[:1500], order[1500:]
+    return Images(x[train], x[test], y[train], y[test], (8, 8))
+
+
+def relay_race_program(n: int = 1) -> dict[str, Tensor]:
+    r"""The known generator of the relay race: three finishing times, each shifted nonlinearly.
+
+    :math:`t_0 \sim \mathcal{N}(0, 1)`,
+    :math:`t_1 \mid t_0 \sim \mathcal{N}(t_0 + \sin 2 t_0, 0.3 + 0.2 t_0^2)`,
+    :math:`t_2 \mid t_1 \sim \mathcal{N}(\tanh(2 t_1) + 0.5 t_1, 0.4)`.
+
+    Example:
+        >>> sorted(relay_race_program(3))
+        ['t0', 't1', 't2']
+    """
+    with pyro.plate("race", n):
+        t0 = pyro.sample("t0", dist.Normal(0.0, 1.0))
+        t1 = pyro.sample("t1", dist.Normal(t0 + torch.sin(2 * t0), 0.3 + 0.2 * t0**2))
+        t2 = pyro.sample("t2", dist.Normal(torch.tanh(2 * t1) + 0.5 * t1, 0.4))
+    return {"t0": t0, "t1": t1, "t2": t2}
+
+
+def relay_race(num_rows: int, *, seed: int = 0) -> dict[str, Tensor]:
+    r"""Draws `num_rows` rows from :func:`relay_race_program`, seeded, leaving the RNG as it was.
+
+    Example:
+        >>> relay_race(5)["t1"].shape
+        torch.Size([5])
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return relay_race_program(num_rows)

@@ -1,0 +1,1 @@
+r"""The classic generative models of the course notes, one file per family."""
