@@ -1,0 +1,53 @@
+import networkx as nx
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.nn import AutoRegressiveNN
+
+from ppgen.counting import count_parameters
+from ppgen.nn import Conditional, Root, Tabular
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 64])
+def test_binary_counts_of_the_notes(n):
+    binary = [2] * n
+    assert count_parameters(binary) == 2**n - 1
+    assert count_parameters(binary, "independent") == n
+    chain = [(i, i + 1) for i in range(n - 1)]
+    assert count_parameters(binary, chain) == 2 * n - 1
+    assert count_parameters(binary, nx.DiGraph(chain)) == 2 * n - 1
+    assert count_parameters(binary, "chain") == sum(2**i for i in range(n))
+    full = [(j, i) for i in range(n) for j in range(i)]
+    assert count_parameters(binary, full) == sum(2**i for i in range(n)) == 2**n - 1
+
+
+def test_counts_are_exact_python_ints():
+    rgb = count_parameters([256, 256, 256])
+    assert rgb == 256**3 - 1 and type(rgb) is int
+    assert count_parameters([2] * 784) == 2**784 - 1  # far beyond float precision
+
+
+def test_named_variables_and_mixed_cardinalities():
+    cards = {"a": 3, "b": 2, "c": 4}
+    assert count_parameters(cards, [("a", "c"), ("b", "c")]) == 2 + 1 + 3 * 3 * 2
+    assert count_parameters(cards, "independent") == 2 + 1 + 3
+
+
+@pytest.mark.parametrize(
+    "structure,message",
+    [("full", "Unknown structure"), ([(0, 1), (1, 0)], "cycle"), ([(0, 9)], "cardinality")],
+)
+def test_bad_structures(structure, message):
+    with pytest.raises(ValueError, match=message):
+        count_parameters([2, 2], structure)
+
+
+def test_module_counts():
+    assert count_parameters(Tabular(2, (2, 2))) == 4
+    cond = Conditional(dist.Normal, in_features=3, hidden=(5,))
+    assert count_parameters(cond) == (3 * 5 + 5) + (5 * 2 + 2)
+    module = torch.nn.ModuleDict({"x": Root(dist.Bernoulli), "y": Tabular(3, (2,))})
+    assert count_parameters(module) == 1 + 4
+    made = AutoRegressiveNN(4, [8], param_dims=[1], permutation=torch.arange(4))
+    masks = sum(int(layer.mask.sum()) + layer.bias.numel() for layer in made.layers)
+    assert count_parameters(made) == masks < sum(p.numel() for p in made.parameters())
