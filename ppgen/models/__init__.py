@@ -1,1 +1,21 @@
 r"""The classic generative models of the course notes, one file per family."""
+
+from ppgen.models.autoregressive import (
+    FVSBN,
+    MADE,
+    NADE,
+    AutoregressiveBernoulli,
+    Independent,
+    MaskedConv2d,
+    PixelCNN,
+)
+
+__all__ = [
+    "FVSBN",
+    "MADE",
+    "NADE",
+    "AutoregressiveBernoulli",
+    "Independent",
+    "MaskedConv2d",
+    "PixelCNN",
+]

@@ -1,0 +1,140 @@
+import io
+import itertools
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+import ppgen
+from ppgen.models import FVSBN, MADE, NADE, Independent, MaskedConv2d, PixelCNN
+
+D = 6
+
+MODELS = {
+    "independent": lambda **kw: Independent(D, **kw),
+    "fvsbn": lambda **kw: FVSBN(D, **kw),
+    "nade": lambda **kw: NADE(D, hidden_features=5, **kw),
+    "made": lambda **kw: MADE(D, hidden_features=(12, 12), **kw),
+    "made-order": lambda **kw: MADE(D, hidden_features=(12,), order=[3, 1, 5, 0, 4, 2], **kw),
+    "pixelcnn": lambda **kw: PixelCNN((2, 3), channels=4, layers=1, kernel_size=3, **kw),
+}
+
+
+def randomized(model):
+    """Random parameters, so that no dependence hides behind a zero initialisation."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+    return model
+
+
+def all_images(d=D):
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=d)))
+
+
+@pytest.fixture(params=list(MODELS))
+def name(request):
+    return request.param
+
+
+def test_contract(name):
+    model = randomized(MODELS[name]())
+    x = model(n=7)
+    assert x.shape == (7, D) and set(x.unique().tolist()) <= {0.0, 1.0}
+    d = model.distribution(7)
+    assert d.batch_shape == (7,) and d.event_shape == (D,)
+    log_p = d.log_prob(x)
+    assert log_p.shape == (7,) and torch.isfinite(log_p).all()
+    log_p.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    clone = MODELS[name]()
+    clone.load_state_dict(torch.load(buffer))
+    assert torch.equal(clone.distribution(7).log_prob(x), log_p)
+    assert type(model).__name__ in repr(model)
+
+
+def test_log_prob_sums_to_one(name):
+    model = randomized(MODELS[name]())
+    log_p = model.distribution(2**D).log_prob(all_images())
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_autoregressive_jacobian(name):
+    model = randomized(MODELS[name]())
+    x = torch.rand(D, requires_grad=True)
+    jacobian = torch.autograd.functional.jacobian(model.logits, x)  # (i, j): d logit_i / d x_j
+    rank = torch.empty_like(model.order)
+    rank[model.order] = torch.arange(D)
+    later = rank[None, :] >= rank[:, None]  # j is not before i in the order
+    assert (jacobian[later] == 0).all()
+    assert (jacobian[~model.connectivity()] == 0).all()
+    assert not (model.connectivity() & later).any()
+
+
+def pixel_log_prob(model, x):
+    data = {f"x_{i}": x[:, i] for i in range(D)}
+    trace = poutine.trace(pyro.condition(model, data=data)).get_trace(n=len(x))
+    return sum(trace.nodes[f"x_{i}"]["fn"].log_prob(x[:, i]) for i in range(D))
+
+
+def test_pixel_sites_same_density_and_graph(name):
+    joint = randomized(MODELS[name]())
+    pixels = MODELS[name](sites="pixels")
+    pixels.load_state_dict(joint.state_dict())
+    x = all_images()
+    expected = joint.distribution(len(x)).log_prob(x)
+    assert torch.allclose(pixel_log_prob(pixels, x), expected, atol=1e-12)
+    parents = joint.connectivity()
+    edges = {(f"x_{j}", f"x_{i}") for i in range(D) for j in range(D) if parents[i, j]}
+    assert set(ppgen.graph(pixels).edges) == edges
+    assert set(ppgen.graph(joint).nodes) == {"x"}
+
+
+@pytest.mark.parametrize("model", [FVSBN(9, sites="pixels"), NADE(9, sites="pixels")])
+def test_chain_rule_graph_of_3x3_image(model):
+    expected = {(f"x_{j}", f"x_{i}") for i in range(9) for j in range(i)}
+    assert set(ppgen.graph(model).edges) == expected
+    assert ppgen.draw(model) is not None
+
+
+def test_pixelcnn_receptive_field_of_3x3_image():
+    model = PixelCNN((3, 3), channels=2, layers=0, kernel_size=3, sites="pixels")
+    edges = set(ppgen.graph(model).edges)
+    expected = set()
+    for r, c in itertools.product(range(3), range(3)):
+        above = [(r - 1, c + dc) for dc in (-1, 0, 1)] + [(r, c - 1)]
+        expected |= {
+            (f"x_{3 * a + b}", f"x_{3 * r + c}") for a, b in above if 0 <= a < 3 and 0 <= b < 3
+        }
+    assert edges == expected
+    # one type-B layer more widens the field, but never beyond the pixels before in raster order
+    deeper = PixelCNN((3, 3), channels=2, layers=1, kernel_size=3).connectivity()
+    assert deeper.sum() > len(expected) and not deeper.triu().any()
+
+
+def test_masked_conv_masks():
+    a, b = MaskedConv2d("A", 2, 3, 5), MaskedConv2d("B", 2, 3, 5)
+    assert a.mask.shape == a.weight.shape
+    assert a.mask[0, 0, 2, 2] == 0 and b.mask[0, 0, 2, 2] == 1
+    assert a.mask.sum() == 3 * 2 * 12 and b.mask.sum() == 3 * 2 * 13
+    with pytest.raises(ValueError, match="mask_type"):
+        MaskedConv2d("C", 1, 1, 3)
+
+
+def test_made_resample_keeps_a_normalised_autoregressive_model():
+    model = randomized(MADE(D, hidden_features=(12,)))
+    model.resample([5, 4, 3, 2, 1, 0])
+    assert model.connectivity().equal(torch.ones(D, D, dtype=torch.bool).triu(1))
+    log_p = model.distribution(2**D).log_prob(all_images())
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+    model.resample()
+    assert sorted(model.order.tolist()) == list(range(D))
+
+
+def test_bad_sites():
+    with pytest.raises(ValueError, match="sites"):
+        FVSBN(3, sites="rows")
