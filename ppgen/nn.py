@@ -18,7 +18,7 @@ from contextvars import ContextVar
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
+from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 from torch.distributions.transforms import (
@@ -28,7 +28,17 @@ from torch.distributions.transforms import (
     Transform,
 )
 
-__all__ = ["Conditional", "LinearGaussian", "Model", "Node", "Root", "Tabular", "recording_calls"]
+__all__ = [
+    "Conditional",
+    "LinearGaussian",
+    "MixtureOfGaussians",
+    "Model",
+    "Node",
+    "Root",
+    "Tabular",
+    "gaussian_mixture",
+    "recording_calls",
+]
 
 Call = tuple["Node", tuple[Tensor, ...], dist.Distribution]
 _CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
@@ -345,3 +355,73 @@ class LinearGaussian(Node):
 
     def extra_repr(self) -> str:
         return f"in_features={self.linear.in_features}"
+
+
+def gaussian_mixture(eta: Tensor) -> dist.MixtureSameFamily:
+    r"""Maps unconstrained :math:`\eta` of shape :math:`(*, 3K)` to a mixture of :math:`K` Gaussians.
+
+    The three blocks of :math:`\eta` are the mixture logits, the means and the scales before a
+    softplus; the mixture is batched over :math:`*`.
+
+    Example:
+        >>> gaussian_mixture(torch.zeros(5, 6)).batch_shape
+        torch.Size([5])
+    """
+    logits, loc, scale = eta.chunk(3, dim=-1)
+    return dist.MixtureSameFamily(
+        dist.Categorical(logits=logits, validate_args=False),
+        dist.Normal(loc, F.softplus(scale), validate_args=False),
+        validate_args=False,
+    )
+
+
+class MixtureOfGaussians(Node):
+    r"""A real node with :math:`p(x \mid \mathrm{Pa}(x)) = \sum_k \pi_k \mathcal{N}(x \mid \mu_k, \sigma_k^2)`.
+
+    The weights, means and scales are an MLP of the parents (Pyro's `DenseNN`), or learned
+    directly when the node has no parents. Log-density and sampling are exact.
+
+    Arguments:
+        in_features: The width of the concatenated parent features; 0 for a root node.
+        components: The number of Gaussians :math:`K`.
+        hidden: The widths of the hidden layers (at least one).
+        activation: The hidden non-linearity.
+        parent_cardinalities: One entry per parent: an int one-hot encodes that parent.
+
+    Example:
+        >>> MixtureOfGaussians(components=3)().sample((4,)).shape
+        torch.Size([4])
+        >>> MixtureOfGaussians(2, components=3, hidden=(8,))(torch.randn(5, 2)).batch_shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        in_features: int = 0,
+        components: int = 2,
+        *,
+        hidden: Sequence[int] = (64, 64),
+        activation: Callable[[], nn.Module] = nn.Tanh,
+        parent_cardinalities: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.components = in_features, components
+        self.parent_cardinalities = parent_cardinalities
+        if in_features == 0:
+            # means drawn apart, so that the components differ from the first step
+            loc = torch.randn(components)
+            self.eta = nn.Parameter(
+                torch.cat([torch.zeros(components), loc, loc.new_zeros(components)])
+            )
+        else:
+            self.net = DenseNN(in_features, list(hidden), [3 * components], activation())
+
+    def distribution(self, *parents: Tensor) -> dist.MixtureSameFamily:
+        if self.in_features == 0:
+            return gaussian_mixture(self.eta)
+        cards = self.parent_cardinalities or [None] * len(parents)
+        weight = self.net.layers[0].weight
+        return gaussian_mixture(self.net(features(parents, cards, weight.dtype)))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, components={self.components}"

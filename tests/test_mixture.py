@@ -1,0 +1,62 @@
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import ppgen
+from ppgen.nn import MixtureOfGaussians
+
+
+@pytest.mark.parametrize("in_features", [0, 2])
+def test_density_integrates_to_one(in_features):
+    node = MixtureOfGaussians(in_features, components=3, hidden=(8,))
+    parents = (torch.randn(1, in_features),) if in_features else ()
+    d = node(*parents)
+    grid = torch.linspace(-30.0, 30.0, 200_001).unsqueeze(-1)  # (G, 1) against batch (1,)
+    density = d.log_prob(grid).exp().squeeze(-1)
+    assert torch.trapezoid(density, grid.squeeze(-1)).item() == pytest.approx(1.0, abs=1e-9)
+    x = d.sample((5,))
+    assert x.shape == (5, *d.batch_shape) and torch.isfinite(d.log_prob(x)).all()
+
+
+def test_mle_recovers_two_components():
+    truth = dist.MixtureSameFamily(
+        dist.Categorical(torch.tensor([0.3, 0.7])),
+        dist.Normal(torch.tensor([-2.0, 1.5]), torch.tensor([0.5, 0.8])),
+    )
+    x = truth.sample((4000,))
+    node = MixtureOfGaussians(components=2)
+    optimizer = torch.optim.Adam(node.parameters(), lr=0.1)
+    for _ in range(300):
+        optimizer.zero_grad()
+        (-node().log_prob(x).mean()).backward()
+        optimizer.step()
+    fitted = node()
+    order = fitted.component_distribution.loc.argsort()
+    # standard errors at n = 4000 are below 0.03 for every parameter: 0.1 is over 3 of them
+    weights = fitted.mixture_distribution.probs[order]
+    assert torch.allclose(weights, torch.tensor([0.3, 0.7]), atol=0.1)
+    loc = fitted.component_distribution.loc[order]
+    assert torch.allclose(loc, torch.tensor([-2.0, 1.5]), atol=0.1)
+    scale = fitted.component_distribution.scale[order]
+    assert torch.allclose(scale, torch.tensor([0.5, 0.8]), atol=0.1)
+
+
+class Pair(ppgen.Model):
+    def __init__(self):
+        super().__init__()
+        self.x0 = MixtureOfGaussians(components=2)
+        self.x1 = MixtureOfGaussians(1, components=2, hidden=(8,))
+
+    def forward(self, n=1):
+        with pyro.plate("data", n):
+            x0 = pyro.sample("x0", self.x0())
+            pyro.sample("x1", self.x1(x0))
+
+
+def test_node_in_a_program():
+    model = Pair()
+    g = ppgen.graph(model, n=3)
+    assert list(g.edges) == [("x0", "x1")]
+    assert g.nodes["x1"]["n_params"] == model.x1.n_params == (1 * 8 + 8) + (8 * 6 + 6)
+    assert g.nodes["x0"]["distribution"] == "MixtureSameFamily"
