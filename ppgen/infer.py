@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -19,14 +20,24 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ppgen.data import Table, table
 from ppgen.graph import _is_variable, trace_calls
+from ppgen.importance import _log_weights
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 
-__all__ = ["ExactLogLikelihood", "FitResult", "fit_mle", "solve_closed_form", "train"]
+__all__ = [
+    "ExactLogLikelihood",
+    "FitResult",
+    "fit_mle",
+    "fit_svi",
+    "solve_closed_form",
+    "train",
+]
 
 Objective = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
@@ -243,7 +254,8 @@ def train(
 
     Arguments:
         objective: Maps a batch (a dict of tensors, rows first) to named terms, each the
-            log-likelihood (or ELBO) of every row of shape :math:`(N,)`; their mean is maximised.
+            log-likelihood (or ELBO) of every row of shape :math:`(N,)`, or its sum over the
+            rows as a scalar; their mean per row is maximised.
         groups: Named groups of parameters, each with the terms it alone enters; a group whose
             validation terms have not improved for `patience` epochs stops training, and each
             group keeps the parameters of its best validation epoch.
@@ -426,3 +438,196 @@ def fit_mle(
             p.requires_grad_(True)
     result.closed_form = closed
     return result
+
+
+_ARGUMENT = "*data"  # the column of data given as a tensor: the programs' first argument
+_ELBOS = {"trace": Trace_ELBO, "mean_field": TraceMeanField_ELBO}
+
+
+class _ELBOObjective(nn.Module):
+    """The ELBO of a batch as the loop's one term `"elbo"`, a scalar summed over the rows."""
+
+    def __init__(
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        elbo: str,
+        num_particles: int,
+        observed: list[str],
+        argument: bool,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> None:
+        super().__init__()
+        self.model, self.args, self.kwargs = model, args, kwargs
+        self.observed, self.argument = observed, argument
+        self.num_particles, self.iwae = num_particles, elbo == "iwae"
+        if guide == "auto_normal" or guide == "auto_delta":
+            prototype = model if self.argument else poutine.block(model, hide=observed)
+            guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
+        self.guide = guide
+        if not self.iwae:
+            self.loss = _ELBOS[elbo](num_particles=num_particles)(self._model, self._guide)
+
+    def _inputs(self, batch: dict[str, Tensor]) -> tuple[tuple[object, ...], dict[str, object]]:
+        if self.argument:
+            return (batch[_ARGUMENT], *self.args), self.kwargs
+        return self.args, {**self.kwargs, "n": len(next(iter(batch.values())))}
+
+    def _model(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
+        model = self.model if self.argument else poutine.condition(self.model, data=batch)
+        args, kwargs = self._inputs(batch)
+        return model(*args, **kwargs)
+
+    def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
+        args, kwargs = self._inputs(batch)
+        return self.guide(*args, **kwargs)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        state = torch.get_rng_state()
+        if self.iwae:
+            data = batch[_ARGUMENT] if self.argument else batch
+            rows, draws = (
+                len(data) if self.argument else len(batch[self.observed[0]]),
+                self.num_particles,
+            )
+            log_w = _log_weights(self.model, self.guide, data, draws, rows, self.args, self.kwargs)
+            elbo = (log_w.logsumexp(0) - math.log(self.num_particles)).sum()
+        else:
+            with warnings.catch_warnings():  # a non-finite ELBO gets its own error, below
+                warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+                elbo = -self.loss(batch)
+        if not torch.isfinite(elbo):
+            torch.set_rng_state(state)
+            raise ValueError(self._nonfinite(batch))
+        return {"elbo": elbo}
+
+    def _nonfinite(self, batch: dict[str, Tensor]) -> str:
+        """Names the first site whose log-probability is non-finite, on the same draw."""
+        with torch.no_grad():
+            guide_trace = poutine.trace(self._guide).get_trace(batch)
+            replayed = poutine.replay(self._model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(batch)
+        for program, trace in (("guide", guide_trace), ("model", model_trace)):
+            for name, site in trace.nodes.items():
+                if _is_variable(site) and not (program == "guide" and site["is_observed"]):
+                    if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
+                        return (
+                            f"The log-probability of site {name!r} in the {program} became "
+                            "non-finite; the parameters are left at the last finite step. "
+                            "Try a smaller lr."
+                        )
+        return "The ELBO became non-finite; the parameters are left at the last finite step."
+
+
+def _svi_table(
+    model: Callable[..., object],
+    data: Mapping[str, object] | Tensor,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    device: torch.device | None,
+) -> Table:
+    """Checks the observed columns of a model with latent sites, or wraps a tensor."""
+    if isinstance(data, Tensor):
+        if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
+            raise ValueError("The data tensor must have rows, and no NaN or inf.")
+        return Table({_ARGUMENT: data.to(device) if device is not None else data})
+    if not isinstance(data, Mapping):
+        raise ValueError(f"Data must be a tensor or a dict of site name to array, not {data!r}.")
+    with torch.random.fork_rng(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
+    sites = [name for name, site in trace.nodes.items() if _is_variable(site)]
+    for name in data:
+        if name not in sites:
+            raise ValueError(
+                f"Column {name!r} is not a sample site of the model (its sites: {', '.join(sites)})."
+            )
+    latent = [name for name in sites if name not in data]
+    return table(poutine.block(model, hide=latent), data, *args, device=device, **kwargs)
+
+
+def fit_svi(
+    model: Callable[..., object],
+    guide: Callable[..., object] | str,
+    data: Mapping[str, object] | Tensor,
+    *args: object,
+    elbo: str = "trace",
+    num_particles: int = 1,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    val: Mapping[str, object] | Tensor | None = None,
+    patience: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **kwargs: object,
+) -> FitResult:
+    r"""Fits a model with latent sites and its guide by minibatch stochastic variational inference.
+
+    Pyro's ELBO is the objective of :func:`train`, the loop of :func:`fit_mle`: Adam on the
+    parameters of `model` and `guide`, early stopping on the validation ELBO, and the
+    parameters of the best validation epoch kept. The data come in one of two conventions:
+
+    - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
+      conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
+      **kwargs)` (so it cannot see the data: use this for guides of global or auto guides);
+    - a tensor, for programs in the style of Pyro's tutorials, `model(x, *args, **kwargs)` and
+      `guide(x, *args, **kwargs)`: each batch is the argument `x` (amortised guides, the VAE).
+
+    Arguments:
+        model: A Pyro program.
+        guide: A Pyro program sampling the latent sites of `model`, or `"auto_normal"` /
+            `"auto_delta"` for Pyro's `AutoNormal` / `AutoDelta` built on `model`.
+        data: The observed rows, in one of the two conventions.
+        args, kwargs: Other inputs of `model` and `guide`.
+        elbo: `"trace"` (`Trace_ELBO`), `"mean_field"` (`TraceMeanField_ELBO`, analytic KL
+            where known) or `"iwae"` (the importance-weighted bound with `num_particles` draws,
+            per row, as `RenyiELBO(alpha=0)` with the data plate outside the log-sum-exp;
+            reparameterised guides only).
+        num_particles: The draws per row of the ELBO's estimate.
+        epochs, batch_size, lr: The Adam budget.
+        val: Validation data, in the same form as `data`.
+        patience: Epochs without validation improvement before the fit stops.
+        device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
+        progress: Whether to show a progress bar.
+
+    Returns:
+        A :class:`FitResult` whose history holds the ELBO per row; the model and guide hold
+        the fitted parameters.
+
+    Raises:
+        ValueError: For bad data (naming the column), and when the ELBO becomes non-finite
+            (naming the site; the parameters are left at the last finite step).
+
+    Example:
+        >>> def model(x):  # the mean of x, with a N(0, 1) prior
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("rows", len(x)):
+        ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        >>> fit = fit_svi(model, "auto_delta", torch.ones(8), epochs=3, progress=False)
+        >>> len(fit.history)
+        3
+    """
+    if elbo not in (*_ELBOS, "iwae"):
+        raise ValueError(f"elbo must be 'trace', 'mean_field' or 'iwae', not {elbo!r}.")
+    if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
+        raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
+    device = _device(model, device)
+    argument = isinstance(data, Tensor)
+    data = _svi_table(model, data, args, kwargs, device)
+    val = _svi_table(model, val, args, kwargs, device) if val is not None else None
+    observed = list(data.columns)
+    objective = _ELBOObjective(model, guide, elbo, num_particles, observed, argument, args, kwargs)
+    _device(objective.guide, device)
+    with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
+        objective(data.rows(slice(0, batch_size)))  # creates the auto guides' parameters
+    found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
+    for program in (model, objective.guide):
+        owner = getattr(program, "__self__", program)  # a bound method's module
+        found += list(owner.parameters()) if isinstance(owner, nn.Module) else []
+    unique = list({id(p): p for p in found if p.requires_grad}.values())
+    return train(
+        objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
+        batch_size=batch_size, lr=lr, patience=patience, progress=progress,
+        description="fit_svi",
+    )  # fmt: skip
