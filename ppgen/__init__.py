@@ -3,8 +3,21 @@ r"""ppgen: generative models written as directed graphical models in Pyro."""
 __version__ = "0.1.0"
 
 from ppgen.builder import dag
+from ppgen.density import log_prob, sample
 from ppgen.graph import factorization, graph
+from ppgen.infer import FitResult, fit_mle
 from ppgen.nn import Model
 from ppgen.viz import draw
 
-__all__ = ["Model", "__version__", "dag", "draw", "factorization", "graph"]
+__all__ = [
+    "__version__",
+    "FitResult",
+    "Model",
+    "dag",
+    "draw",
+    "factorization",
+    "fit_mle",
+    "graph",
+    "log_prob",
+    "sample",
+]

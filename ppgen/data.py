@@ -46,9 +46,9 @@ def _from_frame(frame: object) -> tuple[dict[str, object], dict[str, list[object
         if isinstance(series.dtype, pd.CategoricalDtype) or series.dtype == object:
             codes = series.astype("category")
             categories[str(name)] = list(codes.cat.categories)
-            columns[str(name)] = codes.cat.codes.to_numpy()
+            columns[str(name)] = codes.cat.codes.to_numpy(copy=True)
         else:
-            columns[str(name)] = series.to_numpy()
+            columns[str(name)] = series.to_numpy(copy=True)
     return columns, categories
 
 

@@ -54,12 +54,15 @@ class FitResult:
             epoch whose parameters were kept.
         closed_form: The sites solved exactly, without gradient steps.
         seconds: The wall-clock time of the fit.
+        categories: The labels of the data's categorical columns, for
+            `ppgen.sample(..., as_frame=True, categories=fit.categories)`.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: dict[str, int] = field(default_factory=dict)
     closed_form: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    categories: dict[str, list[object]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -436,7 +439,7 @@ def fit_mle(
     finally:
         for p in fixed:
             p.requires_grad_(True)
-    result.closed_form = closed
+    result.closed_form, result.categories = closed, data.categories
     return result
 
 

@@ -10,6 +10,7 @@ import ppgen
 from ppgen.nn import Conditional, Root
 
 matplotlib.use("Agg")
+torch.set_num_threads(1)  # the suite's tensors are small: one thread avoids spinning on 2 cores
 
 
 @pytest.fixture(autouse=True)
