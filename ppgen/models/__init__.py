@@ -9,6 +9,7 @@ from ppgen.models.autoregressive import (
     MaskedConv2d,
     PixelCNN,
 )
+from ppgen.models.vae import VAE
 
 __all__ = [
     "FVSBN",
@@ -18,4 +19,5 @@ __all__ = [
     "Independent",
     "MaskedConv2d",
     "PixelCNN",
+    "VAE",
 ]

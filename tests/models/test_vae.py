@@ -1,0 +1,88 @@
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+import ppgen
+from ppgen.datasets import digits
+from ppgen.infer import fit_svi
+from ppgen.models import VAE
+
+
+@pytest.fixture(autouse=True)
+def param_store():
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+def test_graph_shows_latent_code_and_observed_pixels():
+    vae = VAE(64, 4, hidden=(16,))
+    graph = ppgen.graph(vae, torch.ones(3, 64))
+    assert list(graph.edges) == [("z", "x")]
+    assert graph.nodes["z"]["observed"] is False and graph.nodes["x"]["observed"] is True
+    assert graph.nodes["z"]["plates"] == graph.nodes["x"]["plates"] == ("data",)
+    assert graph.nodes["x"]["n_params"] == vae.decoder.n_params == (4 * 16 + 16) + (16 * 64 + 64)
+    assert ppgen.draw(vae, torch.ones(3, 64)) is not None
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "normal"])
+@pytest.mark.parametrize("x_shape", [6, (2, 3)])
+def test_shapes(likelihood, x_shape):
+    vae = VAE(x_shape, 2, hidden=(8,), likelihood=likelihood)
+    x = vae.sample(5)
+    shape = (x_shape,) if isinstance(x_shape, int) else x_shape
+    assert x.shape == (5, *shape)
+    assert vae.encode(x).shape == (5, 2) and vae.encode(x, n=3).shape == (3, 5, 2)
+    assert vae.decode(torch.zeros(5, 2)).event_shape == shape
+    log_p = vae.log_prob(x, num_samples=7, chunk_size=3)
+    assert log_p.shape == (5,) and torch.isfinite(log_p).all()
+
+
+def test_log_prob_per_row_matches_a_manual_importance_sum():
+    vae = VAE(10, 3, hidden=(8,))
+    x = vae.sample(4)
+    k = 6
+    pyro.set_rng_seed(1)
+    estimate = vae.log_prob(x, num_samples=k)
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        q = vae.posterior(x.repeat(k, 1))
+        z = q.sample()
+        log_w = vae.prior(k * 4).log_prob(z) + vae.decode(z).log_prob(x.repeat(k, 1))
+        log_w = (log_w - q.log_prob(z)).reshape(k, 4)
+    torch.testing.assert_close(estimate, log_w.logsumexp(0) - math.log(k))
+
+
+def test_k1_log_prob_is_the_elbo_of_the_same_draw():
+    vae = VAE(10, 3, hidden=(8,))
+    x = vae.sample(4)
+    pyro.set_rng_seed(2)
+    bound = vae.log_prob(x, num_samples=1)
+    pyro.set_rng_seed(2)
+    assert bound.sum().item() == pytest.approx(-Trace_ELBO().loss(vae, vae.guide, x), abs=1e-9)
+
+
+def test_large_k_runs_in_chunks_and_tightens_the_bound():
+    vae = VAE(64, 4, hidden=(16,))
+    x = digits().test[:20]
+    elbo = torch.stack([vae.log_prob(x, num_samples=1) for _ in range(50)]).mean(0)
+    iwae = vae.log_prob(x, num_samples=5000, chunk_size=500)
+    assert (iwae > elbo).all()
+
+
+def test_fit_svi_improves_the_bound_on_digits():
+    data = digits()
+    vae = VAE(64, 4, hidden=(32,))
+    before = vae.log_prob(data.test[:50], num_samples=50).mean()
+    fit = fit_svi(vae, vae.guide, data.train[:400], epochs=10, batch_size=64, lr=3e-3,
+                  val=data.test[:50], progress=False)  # fmt: skip
+    after = vae.log_prob(data.test[:50], num_samples=50).mean()
+    assert after > before + 5 and fit.history[-1]["val"] > fit.history[0]["val"]
+
+
+def test_unknown_likelihood_is_an_error():
+    with pytest.raises(ValueError, match="likelihood"):
+        VAE(4, 2, likelihood="poisson")
