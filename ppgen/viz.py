@@ -1,4 +1,4 @@
-r"""Drawings with matplotlib alone: the DAG of a program in the textbook convention."""
+r"""Drawings with matplotlib alone: a program's DAG in the textbook convention, fits, samples."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import networkx as nx
+import torch
+from torch import Tensor
 
 from ppgen.graph import factorization, graph
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["draw", "layout"]
+    from ppgen.infer import FitResult
+
+__all__ = ["draw", "draw_history", "draw_samples", "layout"]
 
 _GAP = 1.6  # distance between the centres of neighbouring nodes, in node heights
 
@@ -150,4 +154,61 @@ def draw(
     if title:
         text = textwrap.fill(factorization(g), width=max(60, int(ax.bbox.width / font * 1.6)))
         ax.set_title(text, fontsize=font)
+    return ax
+
+
+def draw_history(fit: FitResult, *, ax: Axes | None = None) -> Axes:
+    r"""Plots the training and validation log-likelihood (or ELBO) per epoch of a fit.
+
+    Example:
+        >>> fit = ppgen.FitResult(history=[{"epoch": 1, "train": -2.0}, {"epoch": 2, "train": -1.5}])
+        >>> draw_history(fit).get_ylabel()
+        'nats per row'
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [record["epoch"] for record in fit.history]
+    for split in ("train", "val"):
+        values = [record.get(split) for record in fit.history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, label=split)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per row")
+    ax.legend()
+    return ax
+
+
+def draw_samples(
+    images: Tensor, shape: tuple[int, int], *, ax: Axes | None = None, columns: int = 10
+) -> Axes:
+    r"""Shows rows of flattened images as a grid.
+
+    Arguments:
+        images: Images of shape :math:`(N, H W)`.
+        shape: The height and width :math:`(H, W)` of one image.
+        ax: The axes to draw on.
+        columns: Images per row of the grid.
+
+    Example:
+        >>> ax = draw_samples(torch.rand(20, 64), (8, 8))
+        >>> ax.images[0].get_array().shape
+        (17, 89)
+    """
+    import matplotlib.pyplot as plt
+
+    height, width = shape
+    count = len(images)
+    rows = -(-count // columns)
+    grid = torch.ones(rows * (height + 1) - 1, columns * (width + 1) - 1)
+    for i, image in enumerate(images.detach().cpu().reshape(count, height, width)):
+        r, c = divmod(i, columns)
+        grid[
+            r * (height + 1) : r * (height + 1) + height, c * (width + 1) : c * (width + 1) + width
+        ] = image
+    if ax is None:
+        _, ax = plt.subplots(figsize=(columns * 0.6, rows * 0.6))
+    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
     return ax
