@@ -80,12 +80,12 @@ class VAE(Model):
     def prior(self, rows: int) -> dist.Distribution:
         r"""The prior :math:`\mathcal{N}(0, I)` of :math:`z`, batched over `rows`."""
         zeros = self.decoder.net[0].weight.new_zeros(rows, self.z_dim)
-        return dist.Normal(zeros, 1.0).to_event(1)
+        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
 
     def posterior(self, x: Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x)` for rows `x` of shape :math:`(N, *)`."""
         loc, scale = self.encoder(x.reshape(len(x), -1))
-        return dist.Normal(loc, F.softplus(scale)).to_event(1)
+        return dist.Normal(loc, F.softplus(scale), validate_args=False).to_event(1)
 
     def encode(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The posterior mean of :math:`z`, shape :math:`(N, Z)`, or `n` draws, shape
