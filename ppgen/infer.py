@@ -569,7 +569,8 @@ def fit_svi(
 
     Pyro's ELBO is the objective of :func:`train`, the loop of :func:`fit_mle`: Adam on the
     parameters of `model` and `guide`, early stopping on the validation ELBO, and the
-    parameters of the best validation epoch kept. The data come in one of two conventions:
+    parameters of the best validation epoch kept. Pyro's validation checks the first batch;
+    the steps run without it. The data come in one of two conventions:
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
@@ -629,8 +630,9 @@ def fit_svi(
         owner = getattr(program, "__self__", program)  # a bound method's module
         found += list(owner.parameters()) if isinstance(owner, nn.Module) else []
     unique = list({id(p): p for p in found if p.requires_grad}.values())
-    return train(
-        objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
-        batch_size=batch_size, lr=lr, patience=patience, progress=progress,
-        description="fit_svi",
-    )  # fmt: skip
+    with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
+        return train(
+            objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
+            batch_size=batch_size, lr=lr, patience=patience, progress=progress,
+            description="fit_svi",
+        )  # fmt: skip
