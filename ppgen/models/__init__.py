@@ -4,20 +4,20 @@ from ppgen.models.autoregressive import (
     FVSBN,
     MADE,
     NADE,
-    AutoregressiveBernoulli,
+    RNADE,
+    Autoregressive,
     Independent,
     MaskedConv2d,
     PixelCNN,
 )
-from ppgen.models.vae import VAE
 
 __all__ = [
     "FVSBN",
     "MADE",
     "NADE",
-    "AutoregressiveBernoulli",
+    "Autoregressive",
     "Independent",
     "MaskedConv2d",
     "PixelCNN",
-    "VAE",
+    "RNADE",
 ]

@@ -21,73 +21,82 @@ from pyro.nn.auto_reg_nn import AutoRegressiveNN, MaskedLinear, create_mask
 from torch import Size, Tensor, nn
 from torch.distributions import constraints
 
-from ppgen.nn import Model
+from ppgen.nn import Model, gaussian_mixture
+
+BINARY = constraints.independent(constraints.boolean, 1)
 
 __all__ = [
     "FVSBN",
     "MADE",
     "NADE",
-    "AutoregressiveBernoulli",
+    "RNADE",
+    "Autoregressive",
     "Independent",
     "MaskedConv2d",
     "PixelCNN",
 ]
 
 
-class AutoregressiveBernoulli(TorchDistribution):
-    r"""Binary vectors with :math:`p(x) = \prod_i \mathrm{Bernoulli}(x_i \mid \sigma(f(x)_i))`.
+class Autoregressive(TorchDistribution):
+    r"""Vectors with :math:`p(x) = \prod_i p(x_i \mid f(x)_i)`, where :math:`f(x)_i` reads only :math:`x_{<i}`.
 
-    The network :math:`f` maps vectors :math:`(*, D)` to logits :math:`(*, D)`, and its logit
-    :math:`i` reads only the entries that come before :math:`i` in `order`.
+    `conditionals(x)` returns the distribution of every entry given the others, batched over
+    :math:`(*, D)`; the network behind it must be autoregressive in `order`. Then the
+    log-density is one call of `conditionals` and sampling is :math:`D` sequential calls.
 
     Arguments:
-        logits: The autoregressive network :math:`f`.
+        conditionals: Maps vectors :math:`(*, D)` to a distribution of batch shape :math:`(*, D)`.
         order: The order in which entries are sampled, a permutation of :math:`0, \dots, D-1`.
         batch_shape: The batch shape of the distribution.
         template: A tensor whose dtype and device the samples take.
+        support: The support of one vector.
 
     Example:
-        >>> d = AutoregressiveBernoulli(torch.zeros_like, torch.arange(3), torch.Size([2]))
-        >>> d.log_prob(torch.ones(2, 3))
+        >>> coins = lambda x: dist.Bernoulli(logits=torch.zeros_like(x))
+        >>> Autoregressive(coins, torch.arange(3), (2,)).log_prob(torch.ones(2, 3))
         tensor([-2.0794, -2.0794])
     """
 
     arg_constraints: ClassVar[dict] = {}
-    support = constraints.independent(constraints.boolean, 1)
     has_rsample = False
 
     def __init__(
         self,
-        logits: Callable[[Tensor], Tensor],
+        conditionals: Callable[[Tensor], dist.Distribution],
         order: Tensor,
         batch_shape: tuple[int, ...] = (),
         template: Tensor | None = None,
+        support: constraints.Constraint = BINARY,
     ) -> None:
-        self.logits, self.order = logits, order
+        self.conditionals, self.order, self._support = conditionals, order, support
         self.template = torch.zeros(()) if template is None else template
         super().__init__(Size(batch_shape), Size([len(order)]), validate_args=False)
 
-    def expand(
-        self, batch_shape: tuple[int, ...], _instance: object = None
-    ) -> AutoregressiveBernoulli:
-        return AutoregressiveBernoulli(self.logits, self.order, Size(batch_shape), self.template)
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self) -> constraints.Constraint:
+        return self._support
+
+    def expand(self, batch_shape: tuple[int, ...], _instance: object = None) -> Autoregressive:
+        return Autoregressive(
+            self.conditionals, self.order, batch_shape, self.template, self._support
+        )
 
     def log_prob(self, value: Tensor) -> Tensor:
         value = value.to(self.template.dtype)
-        logits = self.logits(value)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+        return self.conditionals(value).log_prob(value).sum(-1)
 
     @torch.no_grad()
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        shape = self._extended_shape(Size(sample_shape))
-        x = self.template.new_zeros(shape)
+        x = self.template.new_zeros(self._extended_shape(Size(sample_shape)))
         for i in self.order.tolist():
-            x[..., i] = torch.bernoulli(torch.sigmoid(self.logits(x)[..., i]))
+            x[..., i] = self.conditionals(x).sample()[..., i]
         return x
 
 
 class _Autoregressive(Model):
-    """The program shared by the binary models; subclasses define `logits` and `connectivity`."""
+    """The program shared by the models; subclasses define the conditionals and `connectivity`."""
+
+    support: constraints.Constraint = BINARY
 
     def __init__(self, features: int, sites: str) -> None:
         super().__init__()
@@ -96,34 +105,57 @@ class _Autoregressive(Model):
         self.features, self.sites = features, sites
         self.register_buffer("order", torch.arange(features))
 
-    def logits(self, x: Tensor) -> Tensor:
-        r"""The logits of every conditional :math:`p(x_i \mid x_{<i})`, shape :math:`(*, D)`."""
+    def conditionals(self, x: Tensor) -> dist.Distribution:
+        r"""Every conditional :math:`p(x_i \mid x_{<i})`, batched over :math:`(*, D)`."""
+        raise NotImplementedError
+
+    def conditional(self, x: Tensor, i: int) -> dist.Distribution:
+        r"""The conditional :math:`p(x_i \mid x_{<i})` alone, batched over :math:`*`."""
         raise NotImplementedError
 
     def connectivity(self) -> Tensor:
-        r"""A boolean :math:`(D, D)` matrix whose entry :math:`(i, j)` says logit :math:`i` reads :math:`x_j`."""
+        r"""A boolean :math:`(D, D)` matrix whose entry :math:`(i, j)` says :math:`p(x_i \mid x_{<i})` reads :math:`x_j`."""
         raise NotImplementedError
 
-    def distribution(self, n: int = 1) -> AutoregressiveBernoulli:
-        """The joint distribution of `n` rows, as one `AutoregressiveBernoulli`."""
+    def distribution(self, n: int = 1) -> Autoregressive:
+        """The joint distribution of `n` rows, as one :class:`Autoregressive`."""
         template = next(self.parameters())
-        return AutoregressiveBernoulli(self.logits, self.order, Size([n]), template)
+        return Autoregressive(self.conditionals, self.order, (n,), template, self.support)
 
     def forward(self, n: int = 1) -> Tensor:
         with pyro.plate("data", n):
             if self.sites == "joint":
                 return pyro.sample("x", self.distribution(n))
             parents = self.connectivity()
-            template = next(self.parameters())
-            zero = template.new_zeros(n)
+            zero = next(self.parameters()).new_zeros(n)
             values: dict[int, Tensor] = {}
             for i in self.order.tolist():
                 x = torch.stack(
                     [values[j] if parents[i, j] else zero for j in range(self.features)], -1
                 )
-                logit = self.logits(x)[..., i]
-                values[i] = pyro.sample(f"x_{i}", dist.Bernoulli(logits=logit))
+                values[i] = pyro.sample(f"x_{i}", self.conditional(x, i))
             return torch.stack([values[j] for j in range(self.features)], -1)
+
+
+class _Binary(_Autoregressive):
+    """A model of binary vectors with Bernoulli conditionals; subclasses define `logits`."""
+
+    def logits(self, x: Tensor) -> Tensor:
+        r"""The logits of every conditional :math:`p(x_i \mid x_{<i})`, shape :math:`(*, D)`."""
+        raise NotImplementedError
+
+    def conditionals(self, x: Tensor) -> dist.Bernoulli:
+        return dist.Bernoulli(logits=self.logits(x), validate_args=False)
+
+    def conditional(self, x: Tensor, i: int) -> dist.Bernoulli:
+        return dist.Bernoulli(logits=self.logits(x)[..., i], validate_args=False)
+
+
+def _nade_hidden(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    r"""NADE's hidden units :math:`h_i = \sigma(c + W_{:, <i} x_{<i})` of every :math:`i`, shape :math:`(*, H, D)`."""
+    terms = x.unsqueeze(-2) * weight  # (*, H, D): W_{:, j} x_j
+    before = terms.cumsum(-1) - terms  # exclusive: the sum over j < i
+    return torch.sigmoid(bias.unsqueeze(-1) + before)
 
 
 def _before(order: Tensor) -> Tensor:
@@ -133,7 +165,7 @@ def _before(order: Tensor) -> Tensor:
     return rank[None, :] < rank[:, None]
 
 
-class Independent(_Autoregressive):
+class Independent(_Binary):
     r"""Independent Bernoulli pixels, :math:`p(x) = \prod_i \mathrm{Bernoulli}(x_i \mid \sigma(b_i))`.
 
     Arguments:
@@ -158,7 +190,7 @@ class Independent(_Autoregressive):
         return torch.zeros(self.features, self.features, dtype=torch.bool)
 
 
-class FVSBN(_Autoregressive):
+class FVSBN(_Binary):
     r"""The fully visible sigmoid belief net: :math:`p(x_i \mid x_{<i}) = \sigma(b_i + w_i^\top x_{<i})`.
 
     It has :math:`D (D + 1) / 2` free parameters: one logistic regression per pixel.
@@ -190,7 +222,7 @@ class FVSBN(_Autoregressive):
         return self.linear.mask.bool()
 
 
-class NADE(_Autoregressive):
+class NADE(_Binary):
     r"""The neural autoregressive density estimator of Larochelle and Murray (2011).
 
     One hidden layer shared by every conditional:
@@ -218,16 +250,14 @@ class NADE(_Autoregressive):
         self.bias = nn.Parameter(torch.zeros(features))
 
     def logits(self, x: Tensor) -> Tensor:
-        terms = x.unsqueeze(-2) * self.weight  # (*, H, D): W_{:, j} x_j
-        before = terms.cumsum(-1) - terms  # exclusive: sum over j < i
-        h = torch.sigmoid(self.hidden_bias.unsqueeze(-1) + before)
+        h = _nade_hidden(x, self.weight, self.hidden_bias)
         return self.bias + (h * self.out_weight.T).sum(-2)
 
     def connectivity(self) -> Tensor:
         return _before(self.order)
 
 
-class MADE(_Autoregressive):
+class MADE(_Binary):
     r"""The masked autoencoder for distribution estimation of Germain et al. (2015).
 
     An MLP whose weights are masked (Pyro's `AutoRegressiveNN`) so that logit :math:`i` reads
@@ -327,7 +357,7 @@ class MaskedConv2d(nn.Conv2d):
         return f"{self.mask_type!r}, {super().extra_repr()}"
 
 
-class PixelCNN(_Autoregressive):
+class PixelCNN(_Binary):
     r"""A PixelCNN (van den Oord et al., 2016) for binary images of a given shape, in raster order.
 
     A type-A masked convolution, then type-B masked convolutions with ReLUs, then two
@@ -383,3 +413,57 @@ class PixelCNN(_Autoregressive):
                 kernel = conv.mask[:1, :1].to(reach.dtype)
                 reach = (F.conv2d(reach, kernel, padding=conv.padding) > 0).to(reach.dtype)
         return reach.reshape(self.features, self.features).T > 0
+
+
+class RNADE(_Autoregressive):
+    r"""A real-valued NADE (Uria et al., 2013): mixture-of-Gaussians conditionals, shared hidden layer.
+
+    :math:`h_i = \sigma(c + W_{:, <i}\, x_{<i})` as in :class:`NADE`, and
+    :math:`p(x_i \mid x_{<i}) = \sum_k \pi_{ik} \mathcal{N}(\mu_{ik}, \sigma_{ik}^2)` with
+    :math:`(\pi_i, \mu_i, \sigma_i)` a linear map of :math:`h_i` through
+    :func:`ppgen.nn.gaussian_mixture`. The density is exact, in one pass.
+
+    Arguments:
+        features: The dimension :math:`D`.
+        components: The number of Gaussians :math:`K` of each conditional.
+        hidden_features: The width :math:`H` of the shared hidden layer.
+        sites: `"joint"` for one site `x`, `"pixels"` for one site per entry.
+
+    Example:
+        >>> model = RNADE(3, components=2, hidden_features=4)
+        >>> model(n=5).shape, model.distribution(5).log_prob(torch.zeros(5, 3)).shape
+        (torch.Size([5, 3]), torch.Size([5]))
+    """
+
+    support = constraints.independent(constraints.real, 1)
+
+    def __init__(
+        self,
+        features: int,
+        *,
+        components: int = 5,
+        hidden_features: int = 64,
+        sites: str = "joint",
+    ) -> None:
+        super().__init__(features, sites)
+        scale = features**-0.5
+        self.weight = nn.Parameter(torch.randn(hidden_features, features) * scale)
+        self.hidden_bias = nn.Parameter(torch.zeros(hidden_features))
+        self.out_weight = nn.Parameter(
+            torch.randn(features, hidden_features, 3 * components) * hidden_features**-0.5
+        )
+        self.bias = nn.Parameter(torch.zeros(features, 3 * components))
+
+    def eta(self, x: Tensor) -> Tensor:
+        r"""The unconstrained mixture parameters of every conditional, shape :math:`(*, D, 3K)`."""
+        h = _nade_hidden(x, self.weight, self.hidden_bias)
+        return torch.einsum("...hd,dhk->...dk", h, self.out_weight) + self.bias
+
+    def conditionals(self, x: Tensor) -> dist.MixtureSameFamily:
+        return gaussian_mixture(self.eta(x))
+
+    def conditional(self, x: Tensor, i: int) -> dist.MixtureSameFamily:
+        return gaussian_mixture(self.eta(x)[..., i, :])
+
+    def connectivity(self) -> Tensor:
+        return _before(self.order)
