@@ -10,6 +10,7 @@ from ppgen.models.autoregressive import (
     MaskedConv2d,
     PixelCNN,
 )
+from ppgen.models.vae import VAE
 
 __all__ = [
     "FVSBN",
@@ -20,4 +21,5 @@ __all__ = [
     "MaskedConv2d",
     "PixelCNN",
     "RNADE",
+    "VAE",
 ]
