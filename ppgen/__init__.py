@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from ppgen.builder import dag
 from ppgen.density import log_prob, sample
 from ppgen.graph import factorization, graph
-from ppgen.infer import FitResult, fit_mle
+from ppgen.infer import FitResult, fit_mle, fit_svi
 from ppgen.nn import Model
 from ppgen.viz import draw
 
@@ -17,6 +17,7 @@ __all__ = [
     "draw",
     "factorization",
     "fit_mle",
+    "fit_svi",
     "graph",
     "log_prob",
     "sample",

@@ -69,7 +69,7 @@ def _draw(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from ppgen.demo import run
 
-    run(Path(args.out), force=args.force, progress=not args.quiet)
+    run(Path(args.out), force=args.force, progress=not args.quiet, scale=args.scale)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="ppgen-out", help="output folder (default: ppgen-out)")
     demo.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--scale", type=float, default=1.0, help="shrink data and epochs, e.g. 0.05")
     demo.set_defaults(run=_demo)
 
     draw = commands.add_parser("draw", help="draw the DAG of a model in a Python file")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ppgen.data import table
 from ppgen.graph import _is_variable
+from ppgen.importance import importance_log_prob
 from ppgen.infer import ExactLogLikelihood
 
 __all__ = ["log_prob", "sample"]
@@ -21,9 +22,12 @@ def log_prob(
     *args: object,
     per_node: bool = False,
     batch_size: int = 4096,
+    guide: Callable[..., object] | None = None,
+    num_samples: int = 1000,
     **kwargs: object,
 ) -> Tensor | dict[str, Tensor]:
-    r"""Returns the exact log-likelihood :math:`\log p(x)` of each row of fully observed data.
+    r"""Returns the log-likelihood :math:`\log p(x)` of each row: exact where every site is
+    observed, else the importance-weighted estimate with draws from `guide`.
 
     Arguments:
         model: A Pyro program taking the number of rows as its keyword `n`.
@@ -32,6 +36,10 @@ def log_prob(
         per_node: Whether to return each site's term :math:`\log p(x_i \mid \mathrm{Pa}(x_i))`
             instead of their sum.
         batch_size: Rows evaluated at once.
+        guide: For a model with latent sites, a guide over them: the result is then the
+            importance-weighted bound :math:`\log \frac{1}{K} \sum_k p(x, z_k) / q(z_k \mid x)`
+            of :func:`ppgen.importance.importance_log_prob`, per row.
+        num_samples: The draws :math:`K` per row, with `guide`.
 
     Returns:
         A tensor of shape :math:`(N,)`, or a dict of such tensors per site (they sum to it).
@@ -41,6 +49,12 @@ def log_prob(
         >>> log_prob(model, {"a": [0, 1], "b": [1, 1]}).shape
         torch.Size([2])
     """
+    if guide is not None:
+        if per_node:
+            raise ValueError(
+                "per_node needs a fully observed model; with a guide it is undefined."
+            )
+        return importance_log_prob(model, guide, data, *args, num_samples=num_samples, **kwargs)
     rows = table(model, data, *args, **kwargs)
     objective = ExactLogLikelihood(model, rows.rows(slice(0, 64)), *args, **kwargs)
     parts: dict[str, list[Tensor]] = {}
