@@ -586,8 +586,9 @@ def fit_svi(
         args, kwargs: Other inputs of `model` and `guide`.
         elbo: `"trace"` (`Trace_ELBO`), `"mean_field"` (`TraceMeanField_ELBO`, analytic KL
             where known) or `"iwae"` (the importance-weighted bound with `num_particles` draws,
-            per row, as `RenyiELBO(alpha=0)` with the data plate outside the log-sum-exp;
-            reparameterised guides only).
+            per row: the value of `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data
+            plate, computed differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no
+            differentiable loss; every site in the data plate, reparameterised guides only).
         num_particles: The draws per row of the ELBO's estimate.
         epochs, batch_size, lr: The Adam budget.
         val: Validation data, in the same form as `data`.

@@ -4,11 +4,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from ppgen.importance import _log_weights, importance_log_prob
-from ppgen.infer import FitResult, fit_svi
+from ppgen.infer import FitResult, _ELBOObjective, fit_svi
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +122,20 @@ def test_fit_svi_reaches_the_normal_normal_posterior():
     loc, scale = guide.loc.item(), nn.functional.softplus(guide.scale).item()
     assert loc == pytest.approx(x.sum().item() / 41, abs=0.03)
     assert scale == pytest.approx(1 / math.sqrt(41), abs=0.03)
+
+
+def test_iwae_objective_is_renyi_elbo_alpha_0_on_the_same_draws():
+    lg = LinearGaussian()
+    x = lg.marginal().sample((8,))
+    objective = _ELBOObjective(lg.model, lg.guide, "iwae", 5, ["*data"], True, (), {})
+    pyro.set_rng_seed(3)
+    ours = objective({"*data": x})["elbo"]
+    pyro.set_rng_seed(3)
+    # all sites lie in the data plate, so RenyiELBO keeps it outside its log-sum-exp
+    assert -ours.item() == pytest.approx(
+        RenyiELBO(alpha=0, num_particles=5).loss(lg.model, lg.guide, x)
+    )
+    assert ours.requires_grad
 
 
 def test_fit_svi_tensor_convention_iwae_and_validation():
