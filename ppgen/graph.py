@@ -46,7 +46,8 @@ def trace_calls(
 
     Example:
         >>> trace, calls = trace_calls(lambda: pyro.sample("x", Root(dist.Normal)()))
-        >>> type(calls["x"][0]).__name__
+        >>> module, parents, distribution = calls["x"]
+        >>> type(module).__name__
         'Root'
     """
     with recording_calls() as calls, _MatchCalls(calls) as matcher:

@@ -30,7 +30,8 @@ def layout(g: nx.DiGraph, *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
 
     Example:
         >>> pos = layout(nx.DiGraph([("a", "b")]))
-        >>> pos["a"][1] > pos["b"][1]
+        >>> (_, top), (_, bottom) = pos["a"], pos["b"]
+        >>> top > bottom
         True
     """
     level = {v: i for i, layer in enumerate(nx.topological_generations(g)) for v in layer}
