@@ -72,7 +72,7 @@ class Autoregressive(TorchDistribution):
         self.template = torch.zeros(()) if template is None else template
         super().__init__(Size(batch_shape), Size([len(order)]), validate_args=False)
 
-    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    @property
     def support(self) -> constraints.Constraint:
         return self._support
 
