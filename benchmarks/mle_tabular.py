@@ -1,0 +1,263 @@
+"""Tabular maximum likelihood and sampling on pgmpy's bundled networks: ppgen vs pgmpy.
+
+For each network (asia, child, insurance, alarm, hailfinder, win95pts) and each number of rows,
+rows are drawn with pgmpy's `simulate`, then:
+
+- fit: ppgen (`ppgen.dag(edges, kinds all "tabular", cardinalities from the CPD state names)` and
+  `ppgen.fit_mle` on integer codes) vs pgmpy (`DiscreteBayesianNetwork(edges).fit(frame,
+  estimator=DiscreteMLE())`: pgmpy 1.1's `fit` takes an estimator instance, and `DiscreteMLE` is
+  its maximum-likelihood estimator). ppgen's time is shown without and with the conversion
+  of the DataFrame's labels to integer codes (column `+codes`); the ratio uses the latter.
+- cpd: the largest absolute difference between the two fits' CPD entries, over the parent
+  configurations seen in the data, with pgmpy's state orders mapped onto ppgen's codes.
+- sample: `ppgen.sample(model, n)` (integer codes) vs pgmpy's `simulate(n)` (labels).
+- memory: peak RSS of each fit and each sampling at the largest row count, each run once in a
+  forked child process: `ru_maxrss` at its end minus at its start.
+
+ppgen's tables are float64 by default here (`--dtype float32` for torch's usual default: its
+tables then agree with pgmpy's only to float32 precision, about 1e-7).
+
+Times are the median and min over `--repeats`, the two libraries alternating. One thread.
+
+Run: python benchmarks/mle_tabular.py [--rows 10000 100000 --sample-rows 100000 --repeats 3]
+"""
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+import warnings
+
+import torch
+
+torch.set_num_threads(1)
+
+import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+
+import ppgen  # noqa: E402
+
+NETWORKS = ["asia", "child", "insurance", "alarm", "hailfinder", "win95pts"]
+
+
+def quiet():
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def load(name):
+    from pgmpy.utils import get_example_model
+
+    network = get_example_model(name)
+    states = {v: list(network.get_cpds(v).state_names[v]) for v in network.nodes}
+    return network, states
+
+
+def build(network, states):
+    g = nx.DiGraph()
+    g.add_nodes_from(network.nodes)
+    g.add_edges_from(network.edges)
+    return ppgen.dag(
+        g, kinds=dict.fromkeys(g.nodes, "tabular"),
+        cardinalities={v: len(states[v]) for v in g.nodes},
+    )  # fmt: skip
+
+
+def to_codes(frame, states):
+    """The DataFrame's labels as integer codes in the order of the network's state names."""
+    return {
+        str(v): torch.from_numpy(frame[v].map({s: i for i, s in enumerate(states[v])}).to_numpy())
+        for v in states
+    }
+
+
+# ---------------------------------------------------------------- the measured operations
+
+
+def fit_ppgen(network, states, frame, batch_size=None):
+    model = build(network, states)
+    tic = time.perf_counter()
+    codes = to_codes(frame, states)
+    converted = time.perf_counter()
+    budget = {} if batch_size is None else {"batch_size": batch_size}
+    ppgen.fit_mle(model, codes, progress=False, **budget)
+    done = time.perf_counter()
+    return model, codes, done - converted, done - tic
+
+
+def fit_pgmpy(network, frame):
+    from pgmpy.models import DiscreteBayesianNetwork
+    from pgmpy.parameter_estimator import DiscreteMLE
+
+    fitted = DiscreteBayesianNetwork(network.edges)
+    fitted.add_nodes_from(network.nodes)
+    tic = time.perf_counter()
+    fitted.fit(frame, estimator=DiscreteMLE())
+    return fitted, time.perf_counter() - tic
+
+
+def sample_ppgen(model, n):
+    tic = time.perf_counter()
+    ppgen.sample(model, n)
+    return time.perf_counter() - tic
+
+
+def sample_pgmpy(network, n):
+    tic = time.perf_counter()
+    network.simulate(n, show_progress=False)
+    return time.perf_counter() - tic
+
+
+# ---------------------------------------------------------------- agreement of the CPDs
+
+
+def max_cpd_difference(model, fitted, states, codes):
+    """Max |ppgen - pgmpy| over CPD entries whose parent configuration occurs in the data."""
+    worst = 0.0
+    for v, conditional in zip(model.nodes, model.conditionals, strict=True):
+        node = next(u for u in states if str(u) == v)
+        cpd = fitted.get_cpds(node)
+        parents = [next(u for u in states if str(u) == p) for p in model.parents[v]]
+        ours = conditional.logits.detach().double().softmax(-1).numpy()
+        order = [node, *cpd.variables[1:]]
+        shape = [len(cpd.state_names[u]) for u in order]
+        values = cpd.get_values().reshape(shape)
+        # map pgmpy's state positions onto our codes, then move axes to (parents..., node)
+        index = np.ix_(*[[states[u].index(s) for s in cpd.state_names[u]] for u in order])
+        full = np.zeros([len(states[u]) for u in order])
+        full[index] = values
+        theirs = np.transpose(full, [order.index(p) for p in parents] + [0])
+        seen = np.zeros(ours.shape[:-1], dtype=bool)
+        if parents:
+            seen[tuple(codes[str(p)].numpy() for p in parents)] = True
+        else:
+            seen = np.ones((), dtype=bool)
+        worst = max(worst, float(np.abs(ours - theirs)[seen].max()))
+    return worst
+
+
+# ---------------------------------------------------------------- peak memory in a child
+
+
+def _child(queue, job):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    quiet()
+    job()
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start)
+
+
+def peak_mib(job):
+    """Peak RSS (MiB) that `job` adds, run in a forked child process."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, job))
+    process.start()
+    extra = queue.get()
+    process.join()
+    return extra / 1024
+
+
+# ---------------------------------------------------------------- one network
+
+
+def stats(values):
+    return statistics.median(values), min(values)
+
+
+def bench_fit(network, states, rows, repeats, seed, batch_size):
+    frame = network.simulate(rows, seed=seed, show_progress=False)
+    ours, with_codes, theirs = [], [], []
+    for r in range(repeats):
+        pairs = [("ppgen", "pgmpy"), ("pgmpy", "ppgen")][r % 2]
+        for who in pairs:
+            if who == "ppgen":
+                model, codes, seconds, total = fit_ppgen(network, states, frame, batch_size)
+                ours.append(seconds)
+                with_codes.append(total)
+            else:
+                fitted, seconds = fit_pgmpy(network, frame)
+                theirs.append(seconds)
+    diff = max_cpd_difference(model, fitted, states, codes)
+    return frame, model, stats(ours), stats(with_codes), stats(theirs), diff
+
+
+def bench_sample(network, model, n, repeats):
+    ours, theirs = [], []
+    for r in range(repeats):
+        for who in [("ppgen", "pgmpy"), ("pgmpy", "ppgen")][r % 2]:
+            if who == "ppgen":
+                ours.append(sample_ppgen(model, n))
+            else:
+                theirs.append(sample_pgmpy(network, n))
+    return stats(ours), stats(theirs)
+
+
+def bench_memory(network, states, frame, model, n, batch_size):
+    return {
+        "fit ppgen": peak_mib(lambda: fit_ppgen(network, states, frame, batch_size)),
+        "fit pgmpy": peak_mib(lambda: fit_pgmpy(network, frame)),
+        "sample ppgen": peak_mib(lambda: sample_ppgen(model, n)),
+        "sample pgmpy": peak_mib(lambda: sample_pgmpy(network, n)),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=NETWORKS)
+    parser.add_argument("--rows", nargs="+", type=int, default=[10_000, 100_000])
+    parser.add_argument("--sample-rows", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="fit_mle's batch_size (its default if unset)"
+    )
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    args = parser.parse_args()
+    quiet()
+    torch.set_default_dtype(getattr(torch, args.dtype))  # ppgen's tables take the default dtype
+    pyro.set_rng_seed(args.seed)
+    print(f"flags: {vars(args)}  threads: {torch.get_num_threads()}")
+    print(f"load average before timing: {os.getloadavg()}")
+    print("fit seconds (median/min); ppgen '+codes' includes the DataFrame -> codes conversion;")
+    print("ratio = pgmpy / ppgen+codes (medians). cpd = max |difference| on seen configurations.")
+    print(
+        f"{'network':>10} {'rows':>7} {'ppgen med':>9} {'min':>7} {'+codes med':>10} {'min':>7} "
+        f"{'pgmpy med':>9} {'min':>7} {'ratio':>6} {'cpd diff':>9}"
+    )
+    memory, sampling = {}, {}
+    for name in args.networks:
+        network, states = load(name)
+        for rows in args.rows:
+            frame, model, ours, coded, theirs, diff = bench_fit(
+                network, states, rows, args.repeats, args.seed, args.batch_size
+            )
+            print(
+                f"{name:>10} {rows:>7} {ours[0]:>9.4f} {ours[1]:>7.4f} {coded[0]:>10.4f} "
+                f"{coded[1]:>7.4f} {theirs[0]:>9.4f} {theirs[1]:>7.4f} "
+                f"{theirs[0] / coded[0]:>6.1f} {diff:>9.1e}",
+                flush=True,
+            )
+        sampling[name] = bench_sample(network, model, args.sample_rows, args.repeats)
+        memory[name] = bench_memory(
+            network, states, frame, model, args.sample_rows, args.batch_size
+        )
+    print(f"\nsampling {args.sample_rows} rows, seconds (median/min); ratio = pgmpy / ppgen")
+    print(f"{'network':>10} {'ppgen med':>9} {'min':>7} {'pgmpy med':>9} {'min':>7} {'ratio':>6}")
+    for name, (ours, theirs) in sampling.items():
+        print(
+            f"{name:>10} {ours[0]:>9.4f} {ours[1]:>7.4f} {theirs[0]:>9.4f} {theirs[1]:>7.4f} "
+            f"{theirs[0] / ours[0]:>6.1f}"
+        )
+    print(f"\npeak RSS added, MiB (fit on {args.rows[-1]} rows, sampling {args.sample_rows} rows)")
+    keys = ["fit ppgen", "fit pgmpy", "sample ppgen", "sample pgmpy"]
+    print(f"{'network':>10} " + " ".join(f"{k:>12}" for k in keys))
+    for name, peaks in memory.items():
+        print(f"{name:>10} " + " ".join(f"{peaks[k]:>12.1f}" for k in keys))
+    print(f"\nload average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
