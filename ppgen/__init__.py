@@ -2,7 +2,9 @@ r"""ppgen: generative models written as directed graphical models in Pyro."""
 
 __version__ = "0.1.0"
 
+from ppgen import counting, datasets, models, viz
 from ppgen.builder import dag
+from ppgen.counting import count_parameters
 from ppgen.density import log_prob, sample
 from ppgen.graph import factorization, graph
 from ppgen.infer import FitResult, fit_mle, fit_svi
@@ -13,12 +15,17 @@ __all__ = [
     "__version__",
     "FitResult",
     "Model",
+    "count_parameters",
+    "counting",
     "dag",
+    "datasets",
     "draw",
     "factorization",
     "fit_mle",
     "fit_svi",
     "graph",
     "log_prob",
+    "models",
     "sample",
+    "viz",
 ]
