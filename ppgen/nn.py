@@ -9,6 +9,8 @@ tensors with rows first, :math:`(N, *)`; the returned distribution is batched ov
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -61,7 +63,43 @@ class Model(PyroModule):
         ...             return pyro.sample("x", self.x())
         >>> Coin()(n=3).shape
         torch.Size([3])
+
+    Every subclass records the arguments its outermost `__init__` was called with, as
+    `model.init_arguments` (positional, keyword), so that :func:`ppgen.save` can rebuild it;
+    only the arguments are kept, never copied or checked here.
+
+        >>> ppgen.dag([("a", "b")], hidden=(8,)).init_arguments[0][-1]
+        (8,)
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _recording(init)
+
+    @property
+    def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]] | None:
+        """The positional and keyword arguments of the outermost `__init__` call, or `None`."""
+        return self.__dict__.get("_ppgen_init_arguments")
+
+
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wraps a `Model` subclass's `__init__` so that the outermost call records its arguments."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Model, *args: object, **kwargs: object) -> None:
+        outermost = "_ppgen_init_arguments" not in self.__dict__
+        if outermost:
+            self.__dict__["_ppgen_init_arguments"] = None
+        init(self, *args, **kwargs)
+        if outermost:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            self.__dict__["_ppgen_init_arguments"] = (bound.args[1:], dict(bound.kwargs))
+
+    return wrapper
 
 
 class Node(nn.Module):

@@ -1,0 +1,387 @@
+r"""Saving and loading models and checkpoints: safetensors weights plus a JSON description, never pickle.
+
+A saved model is one `.safetensors` file. Its tensors are the model's `state_dict` (buffers such
+as MADE masks included); its safetensors metadata holds three strings: `format` (`"ppgen"`),
+`ppgen` (the JSON description: format version, ppgen and torch versions, the model's class as
+`module:qualname`, its constructor arguments, its graph and its fit history) and `sha256` (a
+digest of the tensor index, the description and the tensor bytes, so that any flipped byte is
+found). Loading parses the header as JSON, checks the format, version and digest, reads the
+tensors with safetensors, rebuilds the model from its class and arguments and loads the weights;
+nothing is unpickled, and no module is imported unless it is ppgen's own or already imported.
+Every file is written to a temporary file beside it and renamed over it, so an interrupted
+write leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import struct
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from ppgen.nn import Model
+
+if TYPE_CHECKING:
+    from ppgen.infer import FitResult
+
+__all__ = ["FORMAT_VERSION", "LoadError", "describe", "load", "save"]
+
+FORMAT_VERSION = 1
+_MAX_HEADER = 100_000_000  # the limit of safetensors itself
+
+
+class LoadError(ValueError):
+    r"""A file that :func:`load` (or a resumed fit) cannot read: the message names the file.
+
+    Example:
+        >>> issubclass(LoadError, ValueError)
+        True
+    """
+
+
+def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = None) -> Path:
+    r"""Saves a model as one safetensors file: its weights and a JSON description.
+
+    The description holds the model's class, the arguments of its constructor (which must be
+    JSON values: numbers, strings, booleans, `None`, lists, tuples and dicts with text keys),
+    its graph where :func:`ppgen.graph` can draw it without inputs, and `fit`'s history. The
+    file is written beside `path` and renamed over it: an interrupted save leaves the old file.
+
+    Arguments:
+        model: A :class:`ppgen.Model` (ppgen's models, :func:`ppgen.dag`'s, or a subclass).
+        path: The file to write, conventionally ending in `.safetensors`.
+        fit: The result of the fit, whose history is kept in the description.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: Naming the argument, for a constructor argument that is not a JSON value,
+            or when `model` is not a :class:`ppgen.Model`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> model = ppgen.dag([("a", "b")], hidden=(8,))
+        >>> path = save(model, pathlib.Path(tempfile.mkdtemp()) / "model.safetensors")
+        >>> rows = {"a": torch.zeros(2), "b": torch.ones(2)}
+        >>> torch.equal(ppgen.log_prob(load(path), rows), ppgen.log_prob(model, rows))
+        True
+    """
+    from ppgen import __version__
+    from ppgen.graph import graph
+
+    name = type(model).__name__
+    if not isinstance(model, Model) or model.init_arguments is None:
+        raise ValueError(
+            f"save needs a ppgen.Model (a subclass records its constructor arguments); got {name}."
+        )
+    args, kwargs = model.init_arguments
+    encoded_args = [_encode(v, f"argument {i} of {name}") for i, v in enumerate(args)]
+    encoded_kwargs = {k: _encode(v, f"argument {k!r} of {name}") for k, v in kwargs.items()}
+    try:
+        g = graph(model)
+        described = {"nodes": list(g.nodes), "edges": [list(e) for e in g.edges]}
+    except (TypeError, ValueError, RuntimeError):  # a program that needs inputs to run
+        described = None
+    description = {
+        "kind": "model",
+        "format_version": FORMAT_VERSION,
+        "ppgen_version": __version__,
+        "torch_version": torch.__version__,
+        "class": f"{type(model).__module__}:{type(model).__qualname__}",
+        "args": encoded_args,
+        "kwargs": encoded_kwargs,
+        "graph": described,
+        "fit": None if fit is None else _fit_record(fit),
+    }
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    return _write(Path(path), tensors, description)
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, object]:
+    r"""Returns the JSON description of a saved model, checked but without building the model.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = save(ppgen.dag([("a", "b")]), pathlib.Path(tempfile.mkdtemp()) / "m.safetensors")
+        >>> describe(path)["class"], describe(path)["graph"]["edges"]
+        ('ppgen.builder:DAG', [['a', 'b']])
+    """
+    description, _ = _read(Path(path), "model")
+    return description
+
+
+def load(path: str | os.PathLike[str], *, device: str | torch.device | None = None) -> Model:
+    r"""Loads a model saved by :func:`save`: rebuilt from its class and arguments, then its weights.
+
+    Nothing is unpickled. The class is found by its `module:qualname`; its module must be
+    ppgen's own or already imported (a file never makes ppgen import a module), and a class
+    defined in a script's or notebook's `__main__` is found only in that session.
+
+    Arguments:
+        path: A file written by :func:`save`.
+        device: Where to put the model (default: the CPU).
+
+    Returns:
+        The model, with the same parameters, buffers and dtypes as the one saved.
+
+    Raises:
+        LoadError: Naming the file, for a file that is missing, truncated, corrupt, of another
+            format or of a newer format version, or whose class cannot be found or rebuilt.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "made.safetensors"
+        >>> made = ppgen.models.MADE(4, hidden_features=(8,))
+        >>> torch.equal(load(save(made, path)).net.layers[0].mask, made.net.layers[0].mask)
+        True
+    """
+    path = Path(path)
+    description, tensors = _read(path, "model")
+    cls = _find_class(path, str(description.get("class")))
+    try:
+        args = [_decode(v) for v in description["args"]]
+        kwargs = {str(k): _decode(v) for k, v in dict(description["kwargs"]).items()}
+    except (KeyError, TypeError, ValueError):
+        raise LoadError(f"{path} holds malformed constructor arguments.") from None
+    try:
+        with torch.random.fork_rng():  # constructors may draw initial weights
+            model = cls(*args, **kwargs)
+        dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
+        if len(dtypes) == 1:
+            model.to(dtypes.pop())
+        model.load_state_dict(tensors, strict=True)
+    except Exception as error:  # any failure of a rebuild from a file is the file's fault
+        raise LoadError(
+            f"{path} does not rebuild its {cls.__qualname__}: {type(error).__name__}: {error}"
+        ) from None
+    return model.to(device) if device is not None else model
+
+
+def _fit_record(fit: FitResult) -> dict[str, object]:
+    categories = {k: [str(c) for c in v] for k, v in fit.categories.items()}
+    return {
+        "history": fit.history,
+        "best_epoch": fit.best_epoch,
+        "closed_form": fit.closed_form,
+        "seconds": fit.seconds,
+        "categories": categories,
+    }
+
+
+def _encode(value: object, where: str) -> object:
+    """A constructor argument as JSON: tuples and dicts tagged so that they decode exactly."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, where) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, where) for v in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: _encode(v, where) for k, v in value.items()}}
+    raise ValueError(
+        f"The {where} is a {type(value).__name__}, not a JSON value, so the model cannot be "
+        "saved; give the constructor numbers, strings, lists or dicts instead."
+    )
+
+
+def _decode(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict) and list(value) == ["__tuple__"]:
+        return tuple(_decode(v) for v in value["__tuple__"])
+    if isinstance(value, dict) and list(value) == ["__dict__"]:
+        return {str(k): _decode(v) for k, v in dict(value["__dict__"]).items()}
+    raise ValueError(f"not an encoded argument: {value!r}")
+
+
+def _find_class(path: Path, name: str) -> type[Model]:
+    module_name, _, qualname = name.partition(":")
+    if not module_name or not qualname:
+        raise LoadError(f"{path} names no model class ({name!r}).")
+    module = sys.modules.get(module_name)
+    if module is None and (module_name == "ppgen" or module_name.startswith("ppgen.")):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+    if module is None:
+        where = (
+            "it was defined in a script or notebook (__main__), which cannot be re-imported: "
+            "define it in a module and import that module before loading"
+            if module_name == "__main__"
+            else f"import {module_name} first (load imports no module named by a file)"
+        )
+        raise LoadError(
+            f"{path} holds a {qualname} from module {module_name!r}, not loaded; {where}."
+        )
+    cls: object = module
+    for part in qualname.split("."):
+        cls = getattr(cls, part, None)
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise LoadError(f"{path} names {name!r}, which is not a ppgen.Model class.")
+    return cls
+
+
+def _write(path: Path, tensors: Mapping[str, Tensor], description: dict[str, object]) -> Path:
+    """Writes tensors and a description as one safetensors file, atomically."""
+    text = json.dumps(description, sort_keys=True)
+    # independent, contiguous CPU copies: safetensors refuses tensors that share memory
+    plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    raw = safetensors.torch.save(plain, metadata={"format": "ppgen", "ppgen": text})
+    (size,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8 : 8 + size]), raw[8 + size :]
+    header["__metadata__"]["sha256"] = _digest(header, text, data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    content = struct.pack("<Q", len(encoded)) + encoded + data
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def _digest(header: dict[str, object], text: str, data: bytes) -> str:
+    index = {k: v for k, v in header.items() if k != "__metadata__"}
+    digest = hashlib.sha256(json.dumps(index, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(b"\0" + text.encode() + b"\0")
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _read(path: Path, kind: str) -> tuple[dict[str, object], dict[str, Tensor]]:
+    """Reads and checks a file written by :func:`_write`; any problem is a :class:`LoadError`."""
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise LoadError(f"{path} cannot be read: {error.strerror or error}.") from None
+    if len(content) < 8:
+        raise LoadError(f"{path} is not a ppgen file: it is {len(content)} bytes long.")
+    (size,) = struct.unpack("<Q", content[:8])
+    if size > min(_MAX_HEADER, len(content) - 8):
+        raise LoadError(f"{path} is not a ppgen file (no safetensors header), or is truncated.")
+    try:
+        header = json.loads(content[8 : 8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise LoadError(f"{path} is not a ppgen file: its header is not JSON.") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != "ppgen":
+        raise LoadError(f"{path} is not a ppgen file: its header has no ppgen description.")
+    text = metadata.get("ppgen")
+    try:
+        description = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        description = None
+    if not isinstance(description, dict):
+        raise LoadError(f"{path} is corrupt: its description is not a JSON object.")
+    version = description.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise LoadError(f"{path} is corrupt: it gives no format version.")
+    if version > FORMAT_VERSION:
+        raise LoadError(
+            f"{path} has format version {version}, newer than this ppgen reads "
+            f"({FORMAT_VERSION}); upgrade ppgen to load it."
+        )
+    if metadata.get("sha256") != _digest(header, text, content[8 + size :]):
+        raise LoadError(f"{path} is corrupt or truncated: its checksum does not match.")
+    if description.get("kind") != kind:
+        raise LoadError(f"{path} is a ppgen {description.get('kind')}, not a {kind}.")
+    try:
+        tensors = safetensors.torch.load(content)
+    except Exception as error:  # safetensors' own error type is not exported
+        raise LoadError(f"{path} is corrupt: {error}.") from None
+    return description, tensors
+
+
+def save_checkpoint(
+    path: Path,
+    parameters: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer | None,
+    saved: Mapping[str, list[Tensor]],
+    state: dict[str, object],
+) -> None:
+    """Writes a training checkpoint (see :func:`ppgen.infer.train`) atomically."""
+    tensors = {f"param.{i}": p for i, p in enumerate(parameters)}
+    for name, values in saved.items():
+        tensors.update({f"saved.{i}.{name}": v for i, v in enumerate(values)})
+    tensors["rng"] = torch.random.get_rng_state()
+    optim: dict[str, object] = {"param_groups": [], "state": {}}
+    if optimizer is not None:
+        optim = optimizer.state_dict()
+        scalars = {}
+        for index, slots in optim["state"].items():
+            scalars[str(index)] = {}
+            for key, value in slots.items():
+                if isinstance(value, Tensor):
+                    tensors[f"optim.{index}.{key}"] = value
+                else:
+                    scalars[str(index)][key] = value
+        optim = {"param_groups": optim["param_groups"], "state": scalars}
+    description = {
+        "kind": "checkpoint",
+        "format_version": FORMAT_VERSION,
+        "state": state,
+        "saved": list(saved),
+        "optimizer": optim,
+    }
+    _write(path, tensors, description)
+
+
+def load_checkpoint(
+    path: Path,
+    parameters: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer | None,
+) -> tuple[dict[str, list[Tensor]], dict[str, object]]:
+    """Restores parameters, optimizer and RNG from a checkpoint; returns the best parameters
+    kept so far and the loop's bookkeeping. Nothing is changed if the checkpoint does not fit."""
+    description, tensors = _read(path, "checkpoint")
+    shapes = [tuple(p.shape) for p in parameters]
+    found = [tuple(tensors[f"param.{i}"].shape) for i in range(len(parameters))
+             if f"param.{i}" in tensors]  # fmt: skip
+    if found != shapes or f"param.{len(parameters)}" in tensors:
+        raise LoadError(f"{path} holds the checkpoint of another model or fit.")
+    saved: dict[str, list[Tensor]] = {}
+    for name in description["saved"]:
+        saved[name] = []
+        while (key := f"saved.{len(saved[name])}.{name}") in tensors:
+            saved[name].append(tensors[key])
+    optim = description["optimizer"]
+    if optimizer is not None:
+        state = {}
+        for index, scalars in optim["state"].items():
+            slots = dict(scalars)
+            prefix = f"optim.{index}."
+            slots.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+            state[int(index)] = slots
+        groups = [
+            {k: tuple(v) if k == "betas" else v for k, v in g.items()}
+            for g in optim["param_groups"]
+        ]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    with torch.no_grad():
+        for i, p in enumerate(parameters):
+            p.copy_(tensors[f"param.{i}"])
+    torch.random.set_rng_state(tensors["rng"])
+    return saved, dict(description["state"])
