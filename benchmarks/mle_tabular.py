@@ -12,7 +12,8 @@ rows are drawn with pgmpy's `simulate`, then:
   configurations seen in the data, with pgmpy's state orders mapped onto ppgen's codes.
 - sample: `ppgen.sample(model, n)` (integer codes) vs pgmpy's `simulate(n)` (labels).
 - memory: peak RSS of each fit and each sampling at the largest row count, each run once in a
-  forked child process: `ru_maxrss` at its end minus at its start.
+  forked child process: `ru_maxrss` at its end minus at its start. A lower bound: the child
+  may reuse heap pages that its parent freed but kept resident.
 
 ppgen's tables are float64 by default here (`--dtype float32` for torch's usual default: its
 tables then agree with pgmpy's only to float32 precision, about 1e-7).
