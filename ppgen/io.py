@@ -220,19 +220,19 @@ def _find_class(path: Path, name: str) -> type[Model]:
             module = importlib.import_module(module_name)
         except ImportError:
             module = None
-    if module is None:
-        where = (
-            "it was defined in a script or notebook (__main__), which cannot be re-imported: "
-            "define it in a module and import that module before loading"
-            if module_name == "__main__"
-            else f"import {module_name} first (load imports no module named by a file)"
-        )
-        raise LoadError(
-            f"{path} holds a {qualname} from module {module_name!r}, not loaded; {where}."
-        )
     cls: object = module
     for part in qualname.split("."):
         cls = getattr(cls, part, None)
+    if module_name == "__main__" and cls is None:
+        raise LoadError(
+            f"{path} holds a {qualname} defined in a script or notebook (__main__), which cannot "
+            "be re-imported: define the class in a module and import it before loading."
+        )
+    if module is None:
+        raise LoadError(
+            f"{path} holds a {qualname} from module {module_name!r}, which is not imported; "
+            f"import {module_name} first (load imports no module named by a file)."
+        )
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise LoadError(f"{path} names {name!r}, which is not a ppgen.Model class.")
     return cls

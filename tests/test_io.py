@@ -1,0 +1,208 @@
+import json
+import pickle
+import struct
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import ppgen
+from ppgen.io import FORMAT_VERSION, LoadError, describe, load, save
+from ppgen.models import MADE, NADE, VAE
+from ppgen.nn import Conditional, Root
+
+
+class Scaled(ppgen.Model):
+    """A user's model with its own constructor arguments."""
+
+    def __init__(self, width: int, *, hidden=(4,), labels=None):
+        super().__init__()
+        self.labels = labels
+        self.x = Root(dist.Normal)
+        self.y = Conditional(dist.Normal, in_features=1, hidden=hidden)
+        self.width = width
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            x = pyro.sample("x", self.x())
+            pyro.sample("y", self.y(x))
+
+
+def _same_state(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(
+        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa
+    )
+
+
+def test_dag_round_trip_is_bit_exact(tmp_path):
+    model = ppgen.dag(
+        [("a", "b"), ("b", "c"), ("a", "d")],
+        kinds={"a": "bernoulli", "b": "categorical", "c": "normal", "d": "tabular"},
+        cardinalities={"b": 3, "d": 4},
+        hidden=(5,),
+    )
+    rows = ppgen.sample(model, 50)
+    fit = ppgen.fit_mle(model, rows, epochs=2, progress=False)
+    path = save(model, tmp_path / "m.safetensors", fit=fit)
+    loaded = load(path)
+    assert type(loaded) is type(model) and _same_state(model, loaded)
+    assert torch.equal(ppgen.log_prob(loaded, rows), ppgen.log_prob(model, rows))
+    info = describe(path)
+    assert info["format_version"] == FORMAT_VERSION
+    assert info["class"] == "ppgen.builder:DAG"
+    assert sorted(map(tuple, info["graph"]["edges"])) == sorted(ppgen.graph(model).edges)
+    assert info["fit"]["history"] == fit.history
+
+
+def test_made_buffers_round_trip(tmp_path):
+    made = MADE(5, hidden_features=(12,), order=[4, 2, 0, 1, 3])
+    made.resample()  # masks and order differ from those the constructor makes
+    loaded = load(save(made, tmp_path / "made.safetensors"))
+    assert _same_state(made, loaded)
+    x = torch.bernoulli(torch.full((7, 5), 0.5))
+    assert torch.equal(ppgen.log_prob(loaded, {"x": x}), ppgen.log_prob(made, {"x": x}))
+
+
+def test_vae_nade_and_user_models_round_trip(tmp_path):
+    for i, model in enumerate([VAE(6, 2, hidden=(4,)), NADE(4, hidden_features=3)]):
+        assert _same_state(model, load(save(model, tmp_path / f"{i}.safetensors")))
+    user = Scaled(3, hidden=(2,), labels={"a": [1, (2, 3)]})
+    loaded = load(save(user, tmp_path / "user.safetensors"))
+    assert isinstance(loaded, Scaled) and _same_state(user, loaded)
+    assert loaded.labels == {"a": [1, (2, 3)]} and loaded.width == 3
+
+
+def test_float32_model_round_trips_in_float32(tmp_path):
+    model = ppgen.dag([("a", "b")], hidden=(3,)).float()
+    loaded = load(save(model, tmp_path / "m.safetensors"))
+    assert loaded.conditionals[1].net[0].weight.dtype == torch.float32
+    assert _same_state(model, loaded)
+
+
+def test_non_json_argument_is_named_and_nothing_written(tmp_path):
+    model = Scaled(3, labels=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"argument 'labels' of Scaled is a Tensor"):
+        save(model, tmp_path / "m.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_replaces_atomically_and_failure_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save(ppgen.dag([("a", "b")], hidden=(2,)), path)
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ppgen.io.os.replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        save(ppgen.dag([("a", "c")], hidden=(3,)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def _saved(tmp_path) -> bytes:
+    return save(ppgen.dag([("a", "b")], hidden=(3,)), tmp_path / "m.safetensors").read_bytes()
+
+
+def test_truncated_corrupt_foreign_and_newer_files_are_rejected(tmp_path):
+    good = _saved(tmp_path)
+    path = tmp_path / "bad.safetensors"
+    (size,) = struct.unpack("<Q", good[:8])
+    header = json.loads(good[8 : 8 + size])
+    newer = dict(header)
+    newer["__metadata__"] = dict(header["__metadata__"])
+    description = json.loads(newer["__metadata__"]["ppgen"])
+    description["format_version"] = FORMAT_VERSION + 1
+    newer["__metadata__"]["ppgen"] = json.dumps(description)
+    encoded = json.dumps(newer).encode()
+    cases = {
+        "truncated": (good[:-5], "corrupt or truncated"),
+        "empty": (b"", "0 bytes long"),
+        "flipped": (good[:-3] + bytes([good[-3] ^ 1]) + good[-2:], "checksum"),
+        "pickle": (pickle.dumps({"w": [1.0]}), "not a ppgen file"),
+        "text": (b'{"hello": "world"}' * 3, "not a ppgen file"),
+        "newer": (struct.pack("<Q", len(encoded)) + encoded + good[8 + size :], "upgrade ppgen"),
+    }
+    for name, (content, message) in cases.items():
+        path.write_bytes(content)
+        with pytest.raises(LoadError, match=message) as info:
+            load(path)
+        assert str(path) in str(info.value), name
+        assert path.read_bytes() == content
+
+
+def test_torch_save_file_is_rejected_without_unpickling(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    torch.save(ppgen.dag([("a", "b")]).state_dict(), path)
+    monkeypatch.setattr(pickle, "loads", None)  # any unpickling would fail differently
+    with pytest.raises(LoadError, match="not a ppgen file"):
+        load(path)
+
+
+def test_missing_file_and_unimportable_class(tmp_path):
+    with pytest.raises(LoadError, match="cannot be read"):
+        load(tmp_path / "nothing.safetensors")
+    path = save(Scaled(2), tmp_path / "user.safetensors")
+    cases = {
+        "__main__:Scaled": r"__main__.*cannot be re-imported",
+        "no_such_module:Scaled": "import no_such_module first",
+        "os:path": "not a ppgen.Model class",
+        "nothing": "names no model class",
+    }
+    for name, message in cases.items():
+        _forge(path, {"class": name})
+        with pytest.raises(LoadError, match=message):
+            load(path)
+
+
+def _forge(path, changes: dict) -> None:
+    """Rewrites the description of a saved file with a valid checksum, as a forger would."""
+    from ppgen.io import _digest
+
+    content = path.read_bytes()
+    (size,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8 : 8 + size])
+    description = {**json.loads(header["__metadata__"]["ppgen"]), **changes}
+    text = header["__metadata__"]["ppgen"] = json.dumps(description)
+    data = content[8 + size :]
+    header["__metadata__"]["sha256"] = _digest(header, text, data)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
+def test_forged_arguments_are_rejected_cleanly(tmp_path):
+    path = save(ppgen.dag([("a", "b")], hidden=(3,)), tmp_path / "m.safetensors")
+    for changes in ({"args": [1, 2]}, {"kwargs": {"x": {"__set__": 1}}}, {"args": "no"}):
+        _forge(path, changes)
+        with pytest.raises(LoadError, match=str(path)):
+            load(path)
+
+
+def test_fuzzed_files_raise_only_load_error(tmp_path):
+    good = _saved(tmp_path)
+    path = tmp_path / "fuzz.safetensors"
+    generator = torch.Generator().manual_seed(0)
+    accepted = 0
+    for trial in range(200):
+        content = bytearray(good)
+        kind = trial % 4
+        if kind == 0:  # truncate anywhere
+            content = content[: int(torch.randint(len(good), (), generator=generator))]
+        elif kind == 1:  # flip a few bytes anywhere
+            for i in torch.randint(len(good), (3,), generator=generator).tolist():
+                content[i] ^= 1 << int(torch.randint(8, (), generator=generator))
+        elif kind == 2:  # overwrite part of the header with noise
+            i = int(torch.randint(8, 200, (), generator=generator))
+            content[i : i + 8] = bytes(torch.randint(256, (8,), generator=generator).tolist())
+        else:  # a plausible header length with garbage after it
+            content[:8] = struct.pack("<Q", int(torch.randint(len(good), (), generator=generator)))
+        path.write_bytes(bytes(content))
+        try:
+            load(path)
+            accepted += 1
+        except LoadError:
+            pass
+    assert accepted == 0
