@@ -10,10 +10,12 @@ stopping per node.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -28,11 +30,13 @@ from tqdm import tqdm
 from ppgen.data import Table, table
 from ppgen.graph import _is_variable, trace_calls
 from ppgen.importance import _log_weights
+from ppgen.io import load_checkpoint, save_checkpoint
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 
 __all__ = [
     "ExactLogLikelihood",
     "FitResult",
+    "fit_gan",
     "fit_mle",
     "fit_svi",
     "solve_closed_form",
@@ -56,6 +60,8 @@ class FitResult:
         seconds: The wall-clock time of the fit.
         categories: The labels of the data's categorical columns, for
             `ppgen.sample(..., as_frame=True, categories=fit.categories)`.
+        interrupted: Whether the fit was stopped by Ctrl-C (the model then holds the best
+            parameters reached so far).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -63,6 +69,7 @@ class FitResult:
     closed_form: list[str] = field(default_factory=list)
     seconds: float = 0.0
     categories: dict[str, list[object]] = field(default_factory=dict)
+    interrupted: bool = False
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -252,13 +259,19 @@ def train(
     patience: int | None,
     progress: bool,
     description: str,
+    checkpoint: str | os.PathLike[str] | None = None,
+    every: int = 1,
+    resume: bool = False,
 ) -> FitResult:
     r"""The one training loop: minibatch Adam on the sum of an objective's terms.
 
     Arguments:
         objective: Maps a batch (a dict of tensors, rows first) to named terms, each the
             log-likelihood (or ELBO) of every row of shape :math:`(N,)`, or its sum over the
-            rows as a scalar; their mean per row is maximised.
+            rows as a scalar; their mean per row is maximised. An objective with a method
+            `step(batch) -> terms` optimises itself instead (a GAN's two players, with their
+            own optimisers: :class:`ppgen.models.gan.GANObjective`); `lr` is then unused, and
+            the loop only records its terms.
         groups: Named groups of parameters, each with the terms it alone enters; a group whose
             validation terms have not improved for `patience` epochs stops training, and each
             group keeps the parameters of its best validation epoch.
@@ -267,65 +280,125 @@ def train(
         patience: Epochs without improvement before a group stops (`None`: never).
         progress: Whether to show a tqdm bar.
         description: The bar's label.
+        checkpoint: A folder where the loop's whole state (parameters, Adam's moments, the
+            random state, the best parameters and the history) is written atomically to
+            `checkpoint.safetensors` every `every` epochs and at the end.
+        every: The epochs between checkpoints.
+        resume: Whether to continue from the checkpoint in `checkpoint`, when there is one:
+            the fit then ends with the parameters an uninterrupted fit would have reached.
+
+    Ctrl-C stops the fit between two steps: the parameters of the best epoch so far are
+    restored, a warning says so, and the result has `interrupted=True`.
     """
     start = time.perf_counter()
+    path = _checkpoint_file(checkpoint, resume)
     parameters = [p for params, _ in groups.values() for p in params]
-    optimizer = torch.optim.Adam(parameters, lr=lr) if parameters else None
+    stepper = getattr(objective, "step", None)  # an objective with its own optimisers (a GAN)
+    optimizer = torch.optim.Adam(parameters, lr=lr) if parameters and stepper is None else None
+    if path is not None and stepper is not None:
+        raise ValueError("Checkpoints need the loop's own optimiser; this objective has its own.")
     result = FitResult()
     best = {name: -math.inf for name in groups}
     saved: dict[str, list[Tensor]] = {}
     stale = dict.fromkeys(groups, 0)
     frozen: set[str] = set()
-    bar = tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False)
-    for epoch in bar:
-        tic = time.perf_counter()
-        order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
-        sums: dict[str, Tensor] = {}
-        for start_row in range(0, len(data), batch_size):
-            index = order[start_row : start_row + batch_size]
-            terms = objective(data.rows(index))
-            loss = -sum(t.sum() for t in terms.values()) / len(index)
-            if not torch.isfinite(loss):
-                bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
-                raise ValueError(
-                    f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
-                    "the parameters are left at the last finite step. Try a smaller lr."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for name in frozen:
-                for p in groups[name][0]:
-                    p.grad = None
-            optimizer.step()
-            for name, t in terms.items():
-                sums[name] = sums.get(name, 0.0) + t.detach().sum()
-        seconds = time.perf_counter() - tic
-        record = _record(epoch, objective, sums, data, val, batch_size)
-        record["seconds"] = seconds
-        result.history.append(record)
-        split = "val" if val is not None else "train"
-        for name, (params, terms) in groups.items():
-            if name in frozen:
-                continue
-            score = sum(record[f"{split}/{t}"] for t in terms)
-            if val is None or score > best[name]:
-                best[name], stale[name] = score, 0
-                result.best_epoch[name] = epoch
-                if val is not None:
-                    saved[name] = [p.detach().clone() for p in params]
-            else:
-                stale[name] += 1
-                if patience is not None and stale[name] >= patience:
-                    frozen.add(name)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train", "val")})
-        if frozen == set(groups):
-            break
+    epoch = first = 1
+    if path is not None and resume and path.exists():
+        saved, state = load_checkpoint(path, parameters, optimizer)
+        best, stale, frozen = state["best"], state["stale"], set(state["frozen"])
+        result.history, result.best_epoch = state["history"], state["best_epoch"]
+        first = epochs + 1 if state["done"] else state["epoch"] + 1
+    last = [p.detach().clone() for p in parameters]  # the parameters after the last epoch
+    bar = tqdm(range(first, epochs + 1), desc=description, disable=not progress, leave=False)
+    try:
+        for epoch in bar:
+            tic = time.perf_counter()
+            order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
+            sums: dict[str, Tensor] = {}
+            for start_row in range(0, len(data), batch_size):
+                index = order[start_row : start_row + batch_size]
+                if stepper is not None:
+                    for name, t in stepper(data.rows(index)).items():
+                        sums[name] = sums.get(name, 0.0) + t.detach().sum()
+                    continue
+                terms = objective(data.rows(index))
+                loss = -sum(t.sum() for t in terms.values()) / len(index)
+                if not torch.isfinite(loss):
+                    bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
+                    raise ValueError(
+                        f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
+                        "the parameters are left at the last finite step. Try a smaller lr."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for name in frozen:
+                    for p in groups[name][0]:
+                        p.grad = None
+                optimizer.step()
+                for name, t in terms.items():
+                    sums[name] = sums.get(name, 0.0) + t.detach().sum()
+            seconds = time.perf_counter() - tic
+            record = _record(epoch, objective, sums, data, val, batch_size)
+            record["seconds"] = seconds
+            result.history.append(record)
+            split = "val" if val is not None else "train"
+            for name, (params, terms) in groups.items():
+                if name in frozen:
+                    continue
+                score = sum(record[f"{split}/{t}"] for t in terms)
+                if val is None or score > best[name]:
+                    best[name], stale[name] = score, 0
+                    result.best_epoch[name] = epoch
+                    if val is not None:
+                        saved[name] = [p.detach().clone() for p in params]
+                else:
+                    stale[name] += 1
+                    if patience is not None and stale[name] >= patience:
+                        frozen.add(name)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train", "val")})
+            done = frozen == set(groups)
+            if path is not None and (epoch % every == 0 or epoch == epochs or done):
+                state = {"epoch": epoch, "done": done, "best": best, "stale": stale,
+                         "frozen": sorted(frozen), "history": result.history,
+                         "best_epoch": result.best_epoch}  # fmt: skip
+                save_checkpoint(path, parameters, optimizer, saved, state)
+            last = [p.detach().clone() for p in parameters]
+            if done:
+                break
+    except KeyboardInterrupt:
+        with torch.no_grad():
+            for p, v in zip(parameters, last, strict=True):
+                p.copy_(v)
+        result.interrupted = True
+        warnings.warn(
+            f"{description} interrupted at epoch {epoch}: the model keeps the best parameters "
+            f"so far (epochs {result.best_epoch or 'none'}).",
+            UserWarning,
+            stacklevel=2,
+        )
     with torch.no_grad():
         for name, values in saved.items():
             for p, v in zip(groups[name][0], values, strict=True):
                 p.copy_(v)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _checkpoint_file(checkpoint: str | os.PathLike[str] | None, resume: bool) -> Path | None:
+    """The checkpoint file in folder `checkpoint`; an existing one is kept unless resumed."""
+    if checkpoint is None:
+        return None
+    folder = Path(checkpoint)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint={str(folder)!r} is a file; give a folder.")
+    path = folder / "checkpoint.safetensors"
+    if path.exists() and not resume:
+        raise ValueError(
+            f"{path} already holds a checkpoint; pass resume=True to continue it, or choose "
+            "another folder."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def evaluate(objective: Objective, data: Table, batch_size: int) -> dict[str, Tensor]:
@@ -378,6 +451,9 @@ def fit_mle(
     patience: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
     **kwargs: object,
 ) -> FitResult:
     r"""Fits a fully observed program by exact maximum likelihood.
@@ -397,6 +473,10 @@ def fit_mle(
         patience: Epochs without validation improvement before a node stops.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
         progress: Whether to show a progress bar.
+        checkpoint, checkpoint_every, resume: A folder for checkpoints of the whole fit, the
+            epochs between them, and whether to continue from the one there (see :func:`train`:
+            a resumed fit ends where an uninterrupted one would). Ctrl-C returns the best
+            parameters so far, with a warning.
 
     Returns:
         A :class:`FitResult`; the model holds the fitted parameters.
@@ -407,6 +487,7 @@ def fit_mle(
         >>> fit.closed_form
         ['a', 'b']
     """
+    _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(model, device)
     data = table(model, data, *args, device=device, **kwargs)
     val = table(model, val, *args, device=device, **kwargs) if val is not None else None
@@ -433,6 +514,7 @@ def fit_mle(
             result = train(
                 objective, groups, data, val, epochs=epochs, batch_size=batch_size, lr=lr,
                 patience=patience, progress=progress, description="fit_mle",
+                checkpoint=checkpoint, every=checkpoint_every, resume=resume,
             )  # fmt: skip
         else:
             result = FitResult(history=[_record(0, objective, None, data, val, batch_size)])
@@ -563,6 +645,9 @@ def fit_svi(
     patience: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
     **kwargs: object,
 ) -> FitResult:
     r"""Fits a model with latent sites and its guide by minibatch stochastic variational inference.
@@ -595,6 +680,7 @@ def fit_svi(
         patience: Epochs without validation improvement before the fit stops.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
         progress: Whether to show a progress bar.
+        checkpoint, checkpoint_every, resume: As for :func:`fit_mle`.
 
     Returns:
         A :class:`FitResult` whose history holds the ELBO per row; the model and guide hold
@@ -617,6 +703,7 @@ def fit_svi(
         raise ValueError(f"elbo must be 'trace', 'mean_field' or 'iwae', not {elbo!r}.")
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
+    _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(model, device)
     argument = isinstance(data, Tensor)
     data = _svi_table(model, data, args, kwargs, device)
@@ -635,5 +722,71 @@ def fit_svi(
         return train(
             objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
             batch_size=batch_size, lr=lr, patience=patience, progress=progress,
-            description="fit_svi",
+            description="fit_svi", checkpoint=checkpoint, every=checkpoint_every, resume=resume,
         )  # fmt: skip
+
+
+def fit_gan(
+    gan: nn.Module,
+    data: Tensor,
+    *,
+    epochs: int = 100,
+    batch_size: int = 128,
+    lr_g: float = 2e-4,
+    lr_d: float = 2e-4,
+    d_steps: int = 1,
+    betas: tuple[float, float] = (0.5, 0.999),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FitResult:
+    r"""Fits a :class:`ppgen.models.GAN` by alternating Adam steps of its two players.
+
+    The loop is :func:`train`, that of :func:`fit_mle` and :func:`fit_svi`, with the objective
+    :class:`ppgen.models.gan.GANObjective`: on each batch of real rows, `d_steps` steps of the
+    discriminator (each on fresh codes), then one step of the generator with the GAN's loss.
+    There is no likelihood, hence no validation and no early stopping: the last epoch's
+    parameters are kept.
+
+    Arguments:
+        gan: The GAN.
+        data: The real rows, of shape :math:`(N, *)`.
+        epochs, batch_size: The budget.
+        lr_g, lr_d: The learning rates of the generator and the discriminator.
+        d_steps: Discriminator steps per generator step.
+        betas: Adam's betas, for both players.
+        device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
+        progress: Whether to show a progress bar.
+
+    Returns:
+        A :class:`FitResult` whose history holds, per epoch, the mean per row of the
+        discriminator's loss `train/loss_d`, the generator's `train/loss_g` and the
+        discriminator's accuracy `train/accuracy` on real and generated rows, as measured during
+        the steps.
+
+    Raises:
+        ValueError: For data with NaN or inf, and when a player's loss becomes non-finite
+            (naming it; the parameters are left at the last finite step).
+
+    Example:
+        >>> from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
+        >>> gan = GAN(MLPGenerator(2, 1), MLPDiscriminator(1), 2)
+        >>> fit = fit_gan(gan, torch.randn(64, 1), epochs=2, batch_size=32, progress=False)
+        >>> sorted(fit.history[-1])
+        ['epoch', 'seconds', 'train/accuracy', 'train/loss_d', 'train/loss_g']
+    """
+    from ppgen.models.gan import GANObjective
+
+    device = _device(gan, device)
+    rows = _svi_table(gan, data, (), {}, device)
+    objective = GANObjective(gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas)
+    groups = {
+        "generator": (list(gan.generator.parameters()), ["loss_g"]),
+        "discriminator": (list(gan.discriminator.parameters()), ["loss_d"]),
+    }
+    result = train(
+        objective, groups, rows, None, epochs=epochs, batch_size=batch_size, lr=lr_g,
+        patience=None, progress=progress, description="fit_gan",
+    )  # fmt: skip
+    for record in result.history:  # the sum of the players' terms means nothing
+        record.pop("train", None)
+    return result

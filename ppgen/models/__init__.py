@@ -10,10 +10,12 @@ from ppgen.models.autoregressive import (
     MaskedConv2d,
     PixelCNN,
 )
+from ppgen.models.gan import GAN
 from ppgen.models.vae import VAE
 
 __all__ = [
     "FVSBN",
+    "GAN",
     "MADE",
     "NADE",
     "Autoregressive",

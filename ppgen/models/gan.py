@@ -1,0 +1,354 @@
+r"""The generative adversarial network: an implicit generator program and its discriminator.
+
+The generator is the two-node program :math:`z \sim \mathcal{N}(0, I)`, :math:`x = G(z)`, so that
+`ppgen.graph` shows :math:`z \to x`. The site `x` is *implicit*: its distribution is an
+:class:`Implicit` point mass at :math:`G(z)`, marked `infer={"implicit": True}`; the GAN has no
+density :math:`p(x)`, only samples. The discriminator :math:`D(x) = \sigma(\ell(x))` returns the
+logit :math:`\ell`; the two players are trained by :func:`ppgen.infer.fit_gan`, which runs
+:class:`GANObjective` (two optimisers, alternating steps) in the one training loop
+(Goodfellow et al., 2014).
+
+The generator loss is either the minimax :math:`\log(1 - D(G(z)))` or the non-saturating
+:math:`-\log D(G(z))`. Early in training :math:`D(G(z)) \approx 0`; there the gradient of the
+minimax loss with respect to the logit, :math:`-\sigma(\ell)`, vanishes, while that of the
+non-saturating loss, :math:`-\sigma(-\ell)`, is about :math:`-1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import DenseNN
+from torch import Tensor, nn
+
+from ppgen.nn import Model
+
+__all__ = [
+    "GAN",
+    "ConvDiscriminator",
+    "ConvGenerator",
+    "GANObjective",
+    "Implicit",
+    "MLPDiscriminator",
+    "MLPGenerator",
+]
+
+_LOSSES = ("non_saturating", "minimax")
+
+
+class Implicit(dist.Delta):
+    r"""The distribution of an implicit site: a point mass at a deterministic function of its
+    parents, standing for a distribution known only through its samples.
+
+    It is Pyro's `Delta` under its own name, so that graphs and errors say what it is; its
+    `log_prob` (0 at the point, :math:`-\infty` elsewhere) exists for Pyro's provenance
+    tracking and is no density of the data.
+
+    Example:
+        >>> Implicit(torch.zeros(3, 2), event_dim=1).sample().shape
+        torch.Size([3, 2])
+    """
+
+
+class MLPGenerator(nn.Module):
+    r"""A multilayer perceptron :math:`G: \mathbb{R}^Z \to \mathbb{R}^D` for vectors.
+
+    Arguments:
+        z_dim: The size :math:`Z` of the latent code.
+        features: The size :math:`D` of a data point.
+        hidden_features: The widths of the hidden layers (ReLU).
+        output: A module applied to the output, e.g. `nn.Sigmoid()` for data in [0, 1]
+            (`None`: the identity).
+
+    Example:
+        >>> MLPGenerator(2, 5)(torch.randn(3, 2)).shape
+        torch.Size([3, 5])
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        features: int,
+        *,
+        hidden_features: Sequence[int] = (128, 128),
+        output: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = DenseNN(z_dim, list(hidden_features), [features], nonlinearity=nn.ReLU())
+        self.output = output if output is not None else nn.Identity()
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Maps codes of shape :math:`(N, Z)` to points of shape :math:`(N, D)`."""
+        return self.output(self.net(z))
+
+
+class MLPDiscriminator(nn.Module):
+    r"""A multilayer perceptron returning the logit :math:`\ell(x)` of "x is real".
+
+    Arguments:
+        features: The size :math:`D` of a data point.
+        hidden_features: The widths of the hidden layers (LeakyReLU 0.2); the last one is the
+            width of :meth:`features`.
+
+    Example:
+        >>> d = MLPDiscriminator(5, hidden_features=(16, 8))
+        >>> d(torch.randn(3, 5)).shape, d.features(torch.randn(3, 5)).shape
+        (torch.Size([3]), torch.Size([3, 8]))
+    """
+
+    def __init__(self, features: int, *, hidden_features: Sequence[int] = (128, 128)) -> None:
+        super().__init__()
+        *inner, last = hidden_features
+        self.body = nn.Sequential(
+            DenseNN(features, inner, [last], nonlinearity=nn.LeakyReLU(0.2)), nn.LeakyReLU(0.2)
+        )
+        self.head = nn.Linear(last, 1)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last hidden layer, shape :math:`(N, H)`: codes for a linear probe."""
+        return self.body(x.reshape(len(x), -1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The logits, shape :math:`(N,)`."""
+        return self.head(self.features(x)).squeeze(-1)
+
+
+class ConvGenerator(nn.Module):
+    r"""A small transposed-convolution generator of :math:`H \times W` images in [0, 1].
+
+    The code is mapped linearly to `channels` maps of size :math:`H/4 \times W/4`, then doubled
+    twice in size by transposed convolutions; the images come flattened, as rows of
+    :func:`ppgen.datasets.digits`.
+
+    Arguments:
+        z_dim: The size of the latent code.
+        shape: The height and width :math:`(H, W)`, both multiples of 4.
+        channels: The channels of the first feature maps (halved at each doubling).
+
+    Example:
+        >>> ConvGenerator(4, (8, 8))(torch.randn(3, 4)).shape
+        torch.Size([3, 64])
+    """
+
+    def __init__(self, z_dim: int, shape: tuple[int, int] = (8, 8), *, channels: int = 64) -> None:
+        super().__init__()
+        if shape[0] % 4 or shape[1] % 4:
+            raise ValueError(f"The image shape must be multiples of 4, not {shape}.")
+        self.shape, self.channels = tuple(shape), channels
+        self.linear = nn.Linear(z_dim, channels * (shape[0] // 4) * (shape[1] // 4))
+        self.net = nn.Sequential(
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels // 2, 1, 4, stride=2, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Maps codes of shape :math:`(N, Z)` to flattened images of shape :math:`(N, H W)`."""
+        h = self.linear(z).reshape(len(z), self.channels, self.shape[0] // 4, self.shape[1] // 4)
+        return self.net(h).reshape(len(z), -1)
+
+
+class ConvDiscriminator(nn.Module):
+    r"""A small convolutional discriminator of flattened :math:`H \times W` images.
+
+    Arguments:
+        shape: The height and width :math:`(H, W)`.
+        channels: The channels of the first convolution (doubled in the second).
+
+    Example:
+        >>> d = ConvDiscriminator((8, 8), channels=8)
+        >>> d(torch.rand(3, 64)).shape, d.features(torch.rand(3, 64)).shape
+        (torch.Size([3]), torch.Size([3, 64]))
+    """
+
+    def __init__(self, shape: tuple[int, int] = (8, 8), *, channels: int = 32) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.body = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(8 * channels, 1)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled last feature maps, shape :math:`(N, 8 C)`: codes for a linear probe."""
+        return self.body(x.reshape(len(x), 1, *self.shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The logits, shape :math:`(N,)`."""
+        return self.head(self.features(x)).squeeze(-1)
+
+
+class GAN(Model):
+    r"""A generative adversarial network: an implicit generator program and a discriminator.
+
+    Train it with :func:`ppgen.infer.fit_gan`. It has no density: `log_prob` raises, and
+    `has_density` is `False` for code that asks before calling it.
+
+    Arguments:
+        generator: A module mapping codes of shape :math:`(N, Z)` to points of shape
+            :math:`(N, *)`, e.g. :class:`MLPGenerator` or :class:`ConvGenerator`.
+        discriminator: A module mapping points to logits of shape :math:`(N,)`, e.g.
+            :class:`MLPDiscriminator` or :class:`ConvDiscriminator`.
+        z_dim: The size :math:`Z` of the latent code.
+        loss: The generator's loss, `"non_saturating"` (:math:`-\log D(G(z))`) or `"minimax"`
+            (:math:`\log(1 - D(G(z)))`).
+
+    Example:
+        >>> gan = GAN(MLPGenerator(2, 3), MLPDiscriminator(3), 2)
+        >>> gan.sample(5).shape
+        torch.Size([5, 3])
+        >>> sorted(ppgen.graph(gan, n=4).edges), ppgen.graph(gan).nodes["x"]["distribution"]
+        ([('z', 'x')], 'Implicit')
+    """
+
+    has_density = False
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        z_dim: int,
+        *,
+        loss: str = "non_saturating",
+    ) -> None:
+        super().__init__()
+        if loss not in _LOSSES:
+            raise ValueError(f"loss must be 'non_saturating' or 'minimax', not {loss!r}.")
+        self.generator, self.discriminator = generator, discriminator
+        self.z_dim, self.loss = z_dim, loss
+
+    def prior(self, rows: int) -> dist.Distribution:
+        r"""The prior :math:`\mathcal{N}(0, I)` of :math:`z`, batched over `rows`."""
+        like = next(self.generator.parameters())
+        zeros = like.new_zeros(rows, self.z_dim)
+        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
+
+    def forward(self, n: int = 1) -> Tensor:
+        r"""The program :math:`z \sim \mathcal{N}(0, I)`, :math:`x = G(z)` over `n` rows."""
+        with pyro.plate("data", n):
+            z = pyro.sample("z", self.prior(n))
+            x = self.generator(z)
+            fn = Implicit(x, event_dim=x.dim() - 1)
+            return pyro.sample("x", fn, infer={"implicit": True})
+
+    def sample(self, n: int) -> Tensor:
+        r"""Draws `n` rows :math:`x = G(z)`, of shape :math:`(n, *)`."""
+        with torch.no_grad():
+            return self(n=n)
+
+    def features(self, x: Tensor) -> Tensor:
+        r"""The discriminator's features of rows `x` (its `features` method), without gradients."""
+        with torch.no_grad():
+            return self.discriminator.features(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Raises: a GAN's generator is implicit and has no density."""
+        raise ValueError(
+            "GAN has no density: its site 'x' is implicit (x = G(z)), so log p(x) is undefined; "
+            "compare its samples with ppgen.metrics.mmd instead."
+        )
+
+    def generator_loss(self, logits: Tensor) -> Tensor:
+        r"""The generator's loss per row from the discriminator's logits :math:`\ell(G(z))`:
+        :math:`\log(1 - \sigma(\ell)) = -\operatorname{softplus}(\ell)` (minimax) or
+        :math:`-\log \sigma(\ell) = \operatorname{softplus}(-\ell)` (non-saturating)."""
+        return -F.softplus(logits) if self.loss == "minimax" else F.softplus(-logits)
+
+    @staticmethod
+    def discriminator_loss(real: Tensor, fake: Tensor) -> Tensor:
+        r"""The discriminator's loss per row, :math:`-\log D(x) - \log(1 - D(G(z)))`, from the
+        logits of real and generated rows."""
+        return F.softplus(-real) + F.softplus(fake)
+
+
+class GANObjective(nn.Module):
+    r"""The two-player objective of a GAN for :func:`ppgen.infer.train`.
+
+    Called on a batch of real rows, it returns the loop's terms per row without changing
+    anything: `loss_d`, `loss_g` and `accuracy` (of the discriminator, on real and generated
+    rows). :meth:`step` trains on the batch: `d_steps` Adam steps of the discriminator (each on
+    fresh codes), then one of the generator, and returns the terms of the last steps.
+
+    Arguments:
+        gan: The GAN.
+        lr_g, lr_d: The learning rates of the generator and the discriminator.
+        d_steps: Discriminator steps per generator step.
+        betas: Adam's betas, for both players.
+
+    Example:
+        >>> gan = GAN(MLPGenerator(2, 3), MLPDiscriminator(3), 2)
+        >>> sorted(GANObjective(gan).step({"*data": torch.randn(8, 3)}))
+        ['accuracy', 'loss_d', 'loss_g']
+    """
+
+    def __init__(
+        self,
+        gan: GAN,
+        *,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        d_steps: int = 1,
+        betas: tuple[float, float] = (0.5, 0.999),
+    ) -> None:
+        super().__init__()
+        if d_steps < 1:
+            raise ValueError(f"d_steps must be at least 1, not {d_steps}.")
+        self.gan, self.d_steps = gan, d_steps
+        self.optimizer_g = torch.optim.Adam(gan.generator.parameters(), lr=lr_g, betas=betas)
+        self.optimizer_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr_d, betas=betas)
+
+    def _terms(self, x: Tensor) -> dict[str, Tensor]:
+        gan = self.gan
+        fake = gan.generator(gan.prior(len(x)).sample())
+        real_logits, fake_logits = gan.discriminator(x), gan.discriminator(fake)
+        hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
+        return {
+            "loss_d": gan.discriminator_loss(real_logits, fake_logits.detach()),
+            "loss_g": gan.generator_loss(fake_logits),
+            "accuracy": hits / 2,
+        }
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The terms per row, shape :math:`(N,)`, on fresh codes, without gradients."""
+        with torch.no_grad():
+            return self._terms(next(iter(batch.values())))
+
+    def step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Trains both players on the batch; returns the terms per row, detached."""
+        x = next(iter(batch.values()))
+        for _ in range(self.d_steps):
+            fake = self.gan.generator(self.gan.prior(len(x)).sample()).detach()
+            real_logits, fake_logits = self.gan.discriminator(x), self.gan.discriminator(fake)
+            loss_d = self.gan.discriminator_loss(real_logits, fake_logits)
+            _check(loss_d, "discriminator", "lr_d")
+            self.optimizer_d.zero_grad(set_to_none=True)
+            loss_d.mean().backward()
+            self.optimizer_d.step()
+        fake_logits = self.gan.discriminator(self.gan.generator(self.gan.prior(len(x)).sample()))
+        loss_g = self.gan.generator_loss(fake_logits)
+        _check(loss_g, "generator", "lr_g")
+        self.optimizer_g.zero_grad(set_to_none=True)
+        loss_g.mean().backward()
+        self.optimizer_d.zero_grad(set_to_none=True)  # D's gradients from G's step are dropped
+        self.optimizer_g.step()
+        hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "accuracy": hits / 2}
+
+
+def _check(loss: Tensor, player: str, lr: str) -> None:
+    if not torch.isfinite(loss).all():
+        raise ValueError(
+            f"The {player}'s loss became non-finite; the parameters are left at the last finite "
+            f"step. Try a smaller {lr}."
+        )
