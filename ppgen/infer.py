@@ -139,7 +139,9 @@ class ExactLogLikelihood(nn.Module):
             }
         conditioned = poutine.condition(self.model, data=batch)
         trace = poutine.trace(conditioned).get_trace(*self.args, n=rows, **self.kwargs)
-        trace.compute_log_prob()
+        with warnings.catch_warnings():  # a non-finite term gets train's own error, naming it
+            warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+            trace.compute_log_prob()
         return {
             name: _per_row(site["log_prob"], rows)
             for name, site in trace.nodes.items()
@@ -605,6 +607,9 @@ def _svi_table(
     if isinstance(data, Tensor):
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
+        if device is None:  # where the model's parameters are, as ppgen.data.table does
+            parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
+            device = parameter.device if parameter is not None else None
         return Table({_ARGUMENT: data.to(device) if device is not None else data})
     if not isinstance(data, Mapping):
         raise ValueError(f"Data must be a tensor or a dict of site name to array, not {data!r}.")
