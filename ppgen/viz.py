@@ -2,6 +2,7 @@ r"""Drawings with matplotlib alone: a program's DAG in the textbook convention, 
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -51,17 +52,27 @@ def layout(g: nx.DiGraph, *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
             layer.sort(key=lambda v, near=near: barycentre(v, list(near(v))))
             rank.update((v, i) for i, v in enumerate(layer))
     pos = {}
+    rise = _GAP * max(1.0, max(map(len, layers)) / 8)  # wide layers get room for their edges
     for depth, layer in enumerate(layers):
         widths = [_width(v) for v in layer]
         x = -(sum(widths) + _GAP * (len(layer) - 1)) / 2
         for v, w in zip(layer, widths, strict=True):
-            pos[v] = (x + w / 2, -depth * _GAP)
+            pos[v] = (x + w / 2, -depth * rise)
             x += w + _GAP
     return pos
 
 
 def _width(label: str) -> float:
     return max(1.0, 0.22 * len(str(label)) + 0.3)
+
+
+def _rim(
+    centre: tuple[float, float], width: float, toward: tuple[float, float]
+) -> tuple[float, float]:
+    """The point where a node's ellipse (height 1) meets the ray from its centre `toward` a point."""
+    dx, dy = toward[0] - centre[0], toward[1] - centre[1]
+    t = 1 / math.hypot(dx / (width / 2), dy / 0.5)
+    return centre[0] + t * dx, centre[1] + t * dy
 
 
 def draw(
@@ -96,28 +107,36 @@ def draw(
     ys = [y for _, y in pos.values()]
     span_x = max(xs) - min(xs) + max(_width(v) for v in g) + 2
     span_y = max(ys) - min(ys) + 3
+    scale = min(1.0, 40 / span_x)  # a wide graph shrinks, in width, height and type alike
     if ax is None:
-        scale = min(1.0, 24 / span_x)
-        _, ax = plt.subplots(figsize=(max(3.0, span_x * 0.7 * scale), max(2.5, span_y * 0.7)))
-    font = 11 if len(g) <= 30 else 8
-    ellipses = {}
+        inches = (max(3.0, span_x * 0.7 * scale), max(2.5, span_y * 0.7 * scale))
+        _, ax = plt.subplots(figsize=inches)
+    font = max(5.0, 11 * scale)
     for v, (x, y) in pos.items():
         observed = g.nodes[v].get("observed", True)
         ellipse = Ellipse(
             (x, y), _width(v), 1.0, facecolor="0.78" if observed else "white",
-            edgecolor="black", linewidth=1.2, zorder=3, gid=f"node:{v}",
+            edgecolor="black", linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
         )  # fmt: skip
-        ellipses[v] = ax.add_patch(ellipse)
+        ax.add_patch(ellipse)
         ax.text(x, y, str(v), ha="center", va="center", fontsize=font, zorder=4)
+    levels = sorted(set(ys))
+    step = levels[1] - levels[0] if len(levels) > 1 else _GAP
     skips = 0
     for u, v in g.edges:
-        # an edge that skips layers bends around the nodes in between, alternately left and right
-        skip = pos[u][1] - pos[v][1] > _GAP * 1.5
-        bend = (0.5 if skips % 2 else -0.5) if skip else 0.0
-        skips += skip
+        # an edge that skips layers bends around the nodes in between, alternately left and
+        # right, by about one node width whatever its length
+        (x1, y1), (x2, y2) = pos[u], pos[v]
+        length = math.hypot(x2 - x1, y2 - y1)
+        bend = 0.0
+        if y1 - y2 > step * 1.5:
+            bend = min(0.5, 1.6 / length) * (1 if skips % 2 else -1)
+            skips += 1
+        control = ((x1 + x2) / 2 + bend * (y2 - y1), (y1 + y2) / 2 - bend * (x2 - x1))
         arrow = FancyArrowPatch(
-            pos[u], pos[v], patchA=ellipses[u], patchB=ellipses[v], arrowstyle="-|>",
-            mutation_scale=12, linewidth=1.0, color="0.15", zorder=2, gid=f"edge:{u}->{v}",
+            _rim(pos[u], _width(u), control), _rim(pos[v], _width(v), control),
+            arrowstyle="-|>", mutation_scale=12 * scale, linewidth=scale, color="0.15",
+            shrinkA=0, shrinkB=0, zorder=2, gid=f"edge:{u}->{v}",
             connectionstyle=f"arc3,rad={bend}",
         )  # fmt: skip
         ax.add_patch(arrow)
@@ -143,7 +162,7 @@ def draw(
         ax.add_patch(box)
         size = sizes[name]
         label = f"{name} ({size})" if size is not None and size > 1 else name
-        ax.text(x1 - 0.12, y0 + 0.12, label, ha="right", va="bottom", fontsize=font - 2)
+        ax.text(x1 - 0.12, y0 + 0.12, label, ha="right", va="bottom", fontsize=font * 0.8)
     margin = 1.0 + 0.3 * max(map(len, (d.get("plates", ()) for _, d in g.nodes(data=True))))
     ax.set_xlim(
         min(xs) - max(_width(v) for v in g) / 2 - margin,
