@@ -9,7 +9,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from ppgen.graph import _is_variable
+from ppgen.graph import _is_variable, family
 
 __all__ = ["Table", "table"]
 
@@ -146,13 +146,7 @@ def table(
             )
             raise ValueError(
                 f"Column {name!r} has value {bad} in row {row}, outside the support of its "
-                f"{_family(fn)} distribution."
+                f"{family(fn)} distribution."
             )
         columns[name] = value
     return Table(columns, categories)
-
-
-def _family(fn: object) -> str:
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return type(fn).__name__

@@ -29,10 +29,29 @@ class _MatchCalls(Messenger):
         if site_is_subsample(msg):
             return
         pending, self.seen = self.calls[self.seen :], len(self.calls)
-        same = [call for call in pending if call[2] is msg["fn"]]
-        match = same or (pending if len(pending) == 1 else [])
+        match = [call for call in pending if _same_distribution(call[2], msg["fn"])]
         if match:
             self.sites[msg["name"]] = match[-1]
+
+
+def _same_distribution(made: object, used: object) -> bool:
+    """Whether the site's distribution is the module's own, or a plate's broadcast of it: the
+    same family reading the very same parameter tensors (an `expand` makes views of them)."""
+    if made is used:
+        return True
+    while hasattr(made, "base_dist"):
+        made = made.base_dist
+    while hasattr(used, "base_dist"):
+        used = used.base_dist
+    if type(made) is not type(used):
+        return False
+    names = [n for n in vars(made) if isinstance(vars(made)[n], torch.Tensor)]
+    names = [n for n in names if n in getattr(type(made), "arg_constraints", {})]
+    return bool(names) and all(
+        isinstance(vars(used).get(n), torch.Tensor)
+        and vars(used)[n].data_ptr() == vars(made)[n].data_ptr()
+        for n in names
+    )
 
 
 def trace_calls(
@@ -63,16 +82,46 @@ def _is_variable(site: dict) -> bool:
     )
 
 
+def _parents_from_calls(
+    sites: dict[str, dict], calls: dict[str, Call]
+) -> dict[str, list[str]] | None:
+    """Each site's parents, where every site's distribution is a ppgen conditional called on
+    the values other sites returned; `None` where any is not (then provenance decides)."""
+    names = {id(site["value"]): name for name, site in sites.items()}
+    parents = {}
+    for name in sites:
+        if name not in calls:
+            return None
+        parents[name] = [names.get(id(value)) for value in calls[name][1]]
+        if None in parents[name]:
+            return None
+    return parents
+
+
+def family(fn: object) -> str:
+    """The name of a distribution's family, through `to_event`, `expand` and masks.
+
+    Example:
+        >>> family(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        'Normal'
+    """
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
 def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.DiGraph:
     r"""Returns the DAG of the sample sites of a Pyro program.
 
-    Edges come from Pyro's provenance tracking (`pyro.infer.inspect.get_model_relations`), which
-    follows values through any torch computation, `pyro.deterministic` sites included; those
-    sites are not random variables and are left out of the graph, their dependences kept.
+    Where every site's distribution is a ppgen conditional called directly on the values other
+    sites returned, the edges are those calls' inputs, read from one trace. Otherwise they come
+    from Pyro's provenance tracking (`pyro.infer.inspect.get_model_relations`), which follows
+    values through any torch computation, `pyro.deterministic` sites included; those sites are
+    not random variables and are left out of the graph, their dependences kept.
 
     Arguments:
         model: A Pyro program (a `ppgen.Model`, any `PyroModule` or a function); it is run
-            twice without gradients, with the random state restored afterwards.
+            once or twice without gradients, with the random state restored afterwards.
         args, kwargs: Inputs of `model`.
 
     Returns:
@@ -89,12 +138,15 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
         [('t0', 't1')]
     """
     with torch.random.fork_rng(), torch.no_grad():
-        relations = get_model_relations(model, args, kwargs)
         trace, calls = trace_calls(model, *args, **kwargs)
     sites = {name: site for name, site in trace.nodes.items() if _is_variable(site)}
     if not sites:
         name = getattr(model, "__name__", type(model).__name__)
         raise ValueError(f"The program {name} has no pyro.sample site, so it has no graph.")
+    parents = _parents_from_calls(sites, calls)
+    if parents is None:  # some site is not a ppgen conditional of its parents' values
+        with torch.random.fork_rng(), torch.no_grad():
+            parents = get_model_relations(model, args, kwargs)["sample_sample"]
     g = nx.DiGraph(plates={})
     for name, site in sites.items():
         frames = site["cond_indep_stack"]
@@ -102,13 +154,13 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
         g.add_node(
             name,
             observed=bool(site["is_observed"]),
-            distribution=relations["sample_dist"].get(name, type(site["fn"]).__name__),
+            distribution=family(site["fn"]),
             event_shape=tuple(site["fn"].event_shape),
             plates=tuple(f.name for f in frames),
             n_params=calls[name][0].n_params if name in calls else None,
         )
     for name in sites:
-        g.add_edges_from((p, name) for p in relations["sample_sample"].get(name, ()) if p in sites)
+        g.add_edges_from((p, name) for p in parents.get(name, ()) if p in sites)
     return g
 
 

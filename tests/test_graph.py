@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ppgen
+from ppgen.nn import Conditional, Root
 
 
 def edges(g: nx.DiGraph) -> set[tuple[str, str]]:
@@ -116,3 +117,38 @@ def test_program_without_sites_is_an_error():
 
     with pytest.raises(ValueError, match="The program empty has no pyro.sample site"):
         ppgen.graph(empty)
+
+
+class Mixed(ppgen.Model):
+    """Sites whose distributions are not a ppgen conditional of parent values as such."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = Root(dist.Normal)
+        self.b = Conditional(dist.Normal, in_features=1, hidden=(3,))
+        self.c = Root(dist.Normal)
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            a = pyro.sample("a", self.a())
+            b = pyro.sample("b", self.b(2 * a))  # a transformed parent
+            pyro.sample("c", dist.Normal(self.c().loc + b, 1.0))  # a module's output, edited
+
+
+def test_edges_outside_ppgen_calls_come_from_provenance():
+    g = ppgen.graph(Mixed(), n=3)
+    assert edges(g) == {("a", "b"), ("b", "c")}
+    assert g.nodes["b"]["n_params"] == 3 + 3 + 3 * 2 + 2
+    assert g.nodes["c"]["n_params"] is None
+
+
+def test_calls_and_provenance_agree_on_a_dag():
+    model = ppgen.dag(
+        [("a", "c"), ("b", "c"), ("c", "d"), ("a", "d")],
+        kinds={"a": "categorical", "b": "bernoulli", "c": "tabular", "d": "linear_gaussian"},
+        cardinalities={"a": 3, "c": 2}, hidden=(3,),
+    )  # fmt: skip
+    from_calls = edges(ppgen.graph(model, n=4))
+    relations = pyro.infer.inspect.get_model_relations(model, model_kwargs={"n": 4})
+    from_provenance = {(p, v) for v, ps in relations["sample_sample"].items() for p in ps}
+    assert from_calls == from_provenance == {("a", "c"), ("b", "c"), ("c", "d"), ("a", "d")}
