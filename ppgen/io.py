@@ -113,7 +113,9 @@ def describe(path: str | os.PathLike[str]) -> dict[str, object]:
     Example:
         >>> import tempfile, pathlib
         >>> path = save(ppgen.dag([("a", "b")]), pathlib.Path(tempfile.mkdtemp()) / "m.safetensors")
-        >>> describe(path)["class"], describe(path)["graph"]["edges"]
+        >>> info = describe(path)
+        >>> graph = info["graph"]
+        >>> info["class"], graph["edges"]
         ('ppgen.builder:DAG', [['a', 'b']])
     """
     description, _ = _read(Path(path), "model")
