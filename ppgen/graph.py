@@ -36,22 +36,29 @@ class _MatchCalls(Messenger):
 
 def _same_distribution(made: object, used: object) -> bool:
     """Whether the site's distribution is the module's own, or a plate's broadcast of it: the
-    same family reading the very same parameter tensors (an `expand` makes views of them)."""
+    same family reading the very same parameter tensors (an `expand` makes views of them), and
+    the same components, for families made of other distributions."""
     if made is used:
         return True
-    while hasattr(made, "base_dist"):
-        made = made.base_dist
-    while hasattr(used, "base_dist"):
-        used = used.base_dist
+    while hasattr(made, "base_dist") and hasattr(used, "base_dist"):
+        made, used = made.base_dist, used.base_dist
     if type(made) is not type(used):
         return False
-    names = [n for n in vars(made) if isinstance(vars(made)[n], torch.Tensor)]
-    names = [n for n in names if n in getattr(type(made), "arg_constraints", {})]
-    return bool(names) and all(
-        isinstance(vars(used).get(n), torch.Tensor)
-        and vars(used)[n].data_ptr() == vars(made)[n].data_ptr()
-        for n in names
-    )
+    own, other = vars(made), vars(used)
+    checked = False
+    for name, value in own.items():
+        if isinstance(value, torch.distributions.Distribution):
+            if not _same_distribution(value, other.get(name)):
+                return False
+            checked = True
+        elif isinstance(value, torch.Tensor) and name in getattr(
+            type(made), "arg_constraints", {}
+        ):
+            theirs = other.get(name)
+            if not isinstance(theirs, torch.Tensor) or theirs.data_ptr() != value.data_ptr():
+                return False
+            checked = True
+    return checked
 
 
 def trace_calls(

@@ -152,3 +152,23 @@ def test_calls_and_provenance_agree_on_a_dag():
     relations = pyro.infer.inspect.get_model_relations(model, model_kwargs={"n": 4})
     from_provenance = {(p, v) for v, ps in relations["sample_sample"].items() for p in ps}
     assert from_calls == from_provenance == {("a", "c"), ("b", "c"), ("c", "d"), ("a", "d")}
+
+
+def test_broadcast_mixture_root_is_still_its_module():
+    from ppgen.nn import MixtureOfGaussians
+
+    class Mix(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = MixtureOfGaussians(components=3)  # batch shape (): the plate expands it
+            self.b = MixtureOfGaussians(1, components=2, hidden=(4,))
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n):
+                pyro.sample("b", self.b(pyro.sample("a", self.a())))
+
+    model = Mix()
+    g = ppgen.graph(model, n=5)
+    assert edges(g) == {("a", "b")}
+    assert g.nodes["a"]["n_params"] == model.a.n_params == 9
+    assert g.nodes["b"]["n_params"] == model.b.n_params
