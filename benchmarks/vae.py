@@ -31,14 +31,11 @@ Z, HIDDEN, LR, BATCH = 8, 256, 1e-3, 128
 
 
 class Encoder(nn.Module):
-    """The tutorial's encoder, with the weights of a ppgen VAE's DenseNN."""
+    """The tutorial's encoder, with the weights of a ppgen VAE's encoder Conditional."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
-        self.fc1, self.fc2 = (
-            copy.deepcopy(vae.encoder.layers[0]),
-            copy.deepcopy(vae.encoder.layers[1]),
-        )
+        self.fc1, self.fc2 = copy.deepcopy(vae.encoder.net[0]), copy.deepcopy(vae.encoder.net[2])
 
     def forward(self, x):
         loc, scale = self.fc2(F.relu(self.fc1(x))).split(Z, -1)
@@ -124,8 +121,8 @@ def train_torch(encoder, decoder, x, epochs):
 def as_vae(template, encoder, decoder):
     """A ppgen VAE holding a baseline's weights, to score every method with one estimator."""
     vae = copy.deepcopy(template)
-    vae.encoder.layers[0].load_state_dict(encoder.fc1.state_dict())
-    vae.encoder.layers[1].load_state_dict(encoder.fc2.state_dict())
+    vae.encoder.net[0].load_state_dict(encoder.fc1.state_dict())
+    vae.encoder.net[2].load_state_dict(encoder.fc2.state_dict())
     vae.decoder.net[0].load_state_dict(decoder.fc1.state_dict())
     vae.decoder.net[2].load_state_dict(decoder.fc2.state_dict())
     return vae

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import Tensor, nn
+from torch.distributions import kl_divergence
 from tqdm import tqdm
 
 from ppgen.data import Table, table
@@ -220,6 +221,8 @@ def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[
 
 def _solve_root(module: Root, value: Tensor) -> bool:
     head = module.head
+    if not head.params:  # every parameter is fixed
+        return True
     value = value.to(module.eta.dtype)
     stats: dict[str, Tensor] = {}
     if head.family is dist.Normal:
@@ -542,8 +545,115 @@ class _ELBOObjective(nn.Module):
             prototype = model if self.argument else poutine.block(model, hide=observed)
             guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
         self.guide = guide
+        self.mean_field, self.plan = elbo == "mean_field", None
         if not self.iwae:
             self.loss = _ELBOS[elbo](num_particles=num_particles)(self._model, self._guide)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the ELBO is computed from the ppgen modules alone, without tracing."""
+        return self.plan is not None
+
+    def prepare(self, probe: dict[str, Tensor]) -> bool:
+        """Finds the structure on a probe batch, for the fast path where it is fully known.
+
+        It is known when every site's distribution is returned by a :class:`~ppgen.nn.Node`
+        called on the values of other sites or on the programs' inputs, unmasked and unscaled,
+        and every guide site is reparameterised. The fast ELBO is then checked against Pyro's,
+        on the same draws; on any doubt the objective keeps Pyro's ELBO.
+        """
+        if self.iwae:
+            return False
+        with torch.random.fork_rng(), torch.no_grad():
+            self.plan = self._structure(probe)
+            if self.plan is not None:
+                seed = int(torch.randint(2**31, ()))
+                torch.manual_seed(seed)
+                fast = self._fast_elbo(probe)
+                torch.manual_seed(seed)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+                    exact = -self.loss(probe)
+                if not torch.isclose(fast, exact, rtol=1e-5, atol=0.0):
+                    self.plan = None
+        return self.fast
+
+    def _structure(self, probe: dict[str, Tensor]) -> _Plan | None:
+        guide_trace, guide_calls = trace_calls(self._guide, probe)
+        replayed = poutine.replay(self._model, trace=guide_trace)
+        model_trace, model_calls = trace_calls(replayed, probe)
+        inputs = self._constants(probe)
+        known = {id(value): key for key, value in inputs.items()}
+        guide: list[tuple[str, Node, list[str]]] = []
+        for name, site in guide_trace.nodes.items():
+            if not _is_variable(site):
+                continue
+            call = guide_calls.get(name)
+            if (
+                call is None
+                or site["is_observed"]
+                or not _plain(site, call[2])
+                or call[2].batch_shape != site["fn"].batch_shape
+                or not call[2].has_rsample
+            ):
+                return None
+            parents = [known.get(id(value)) for value in call[1]]
+            if None in parents:
+                return None
+            guide.append((name, call[0], parents))
+            known[id(site["value"])] = name
+        drawn = {name for name, _, _ in guide}
+        model: list[tuple[str, Node, list[str], bool]] = []
+        for name, site in model_trace.nodes.items():
+            if not _is_variable(site):
+                continue
+            call, key = model_calls.get(name), known.get(id(site["value"]))
+            latent = not site["is_observed"]  # its value must be the guide's, else an input's
+            if (
+                call is None
+                or not _plain(site, call[2])
+                or (key != name if latent else key is None or key in drawn)
+            ):
+                return None
+            parents = [known.get(id(value)) for value in call[1]]
+            d, value = call[2], site["value"]
+            rows = value.shape[: value.dim() - len(d.event_shape)]
+            if (
+                None in parents
+                or torch.broadcast_shapes(d.batch_shape, rows) != site["fn"].batch_shape
+            ):
+                return None
+            analytic = latent and self.mean_field and _has_kl(guide_trace.nodes[name]["fn"], d)
+            model.append((key, call[0], parents, analytic))
+        if not drawn <= {key for key, _, _, _ in model}:  # a guide site the model lacks
+            return None
+        return guide, model
+
+    def _constants(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The programs' tensor inputs by name: the batch's columns, and `args` and `kwargs`."""
+        constants = {f"*args[{i}]": a for i, a in enumerate(self.args) if isinstance(a, Tensor)}
+        constants.update((f"*{k}", v) for k, v in self.kwargs.items() if isinstance(v, Tensor))
+        return {**constants, **batch}
+
+    def _fast_elbo(self, batch: dict[str, Tensor]) -> Tensor:
+        """The ELBO from the modules alone: each particle draws the guide's sites in order, then
+        adds the model's log-densities (or minus the analytic KL) and subtracts the guide's."""
+        guide, model = self.plan
+        total = 0.0
+        for _ in range(self.num_particles):
+            values, q = self._constants(batch), {}
+            for name, module, parents in guide:
+                q[name] = module(*(values[p] for p in parents))
+                values[name] = q[name].rsample()
+            for name, module, parents, analytic in model:
+                p = module(*(values[k] for k in parents))
+                if analytic:
+                    total = total - kl_divergence(q.pop(name), p).sum()
+                else:
+                    total = total + p.log_prob(values[name]).sum()
+            for name, d in q.items():
+                total = total - d.log_prob(values[name]).sum()
+        return total / self.num_particles
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[tuple[object, ...], dict[str, object]]:
         if self.argument:
@@ -569,6 +679,8 @@ class _ELBOObjective(nn.Module):
             )
             log_w = _log_weights(self.model, self.guide, data, draws, rows, self.args, self.kwargs)
             elbo = (log_w.logsumexp(0) - math.log(self.num_particles)).sum()
+        elif self.plan is not None:
+            elbo = self._fast_elbo(batch)
         else:
             with warnings.catch_warnings():  # a non-finite ELBO gets its own error, below
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
@@ -594,6 +706,29 @@ class _ELBOObjective(nn.Module):
                             "Try a smaller lr."
                         )
         return "The ELBO became non-finite; the parameters are left at the last finite step."
+
+
+_Plan = tuple[list[tuple[str, Node, list[str]]], list[tuple[str, Node, list[str], bool]]]
+
+
+def _plain(site: dict, d: dist.Distribution) -> bool:
+    """Whether a site is unmasked and unscaled, and its distribution is `d`, maybe expanded."""
+    fn = site["fn"]
+    return (
+        site["mask"] is None
+        and _is_one(site["scale"])
+        and type(fn) is type(d)
+        and fn.event_shape == d.event_shape
+    )
+
+
+def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
+    """Whether torch knows the KL divergence of `q` from `p` in closed form."""
+    try:
+        kl_divergence(q, p)
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _svi_table(
@@ -649,7 +784,10 @@ def fit_svi(
     Pyro's ELBO is the objective of :func:`train`, the loop of :func:`fit_mle`: Adam on the
     parameters of `model` and `guide`, early stopping on the validation ELBO, and the
     parameters of the best validation epoch kept. Pyro's validation checks the first batch;
-    the steps run without it. The data come in one of two conventions:
+    the steps run without it. Where every site of the model and the guide comes from a ppgen
+    :class:`~ppgen.nn.Node` called on other sites' values or on the inputs (reparameterised
+    guide sites, no masks or scales), the `"trace"` and `"mean_field"` ELBOs are computed from
+    those modules alone, without tracing, after a check against Pyro's on the same draws. The data come in one of two conventions:
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
@@ -707,6 +845,7 @@ def fit_svi(
     _device(objective.guide, device)
     with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
         objective(data.rows(slice(0, batch_size)))  # creates the auto guides' parameters
+    objective.prepare(data.rows(slice(0, batch_size)))
     found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
     for program in (model, objective.guide):
         owner = getattr(program, "__self__", program)  # a bound method's module

@@ -191,7 +191,13 @@ class _Head:
 
     def __call__(self, eta: Tensor) -> dist.Distribution:
         batch = eta.shape[:-1]
-        kwargs = dict(self.fixed)
+        # fixed numbers follow η's dtype and device, and broadcast to the batch and event shape
+        kwargs = {
+            name: torch.as_tensor(value, dtype=eta.dtype, device=eta.device)
+            if isinstance(value, float)
+            else value
+            for name, value in self.fixed.items()
+        }
         for (name, shape, transform, vector), part in zip(
             self.params, eta.split(self.sizes, dim=-1), strict=True
         ):
@@ -200,6 +206,8 @@ class _Head:
                 value = F.pad(value, (0, 1))
             kwargs[name] = value
         d = self.family(**kwargs, validate_args=False)
+        if not self.params:
+            d = d.expand(batch + self.event_shape)
         return d.to_event(len(self.event_shape)) if self.event_shape else d
 
 
@@ -250,6 +258,8 @@ class Root(Node):
         Normal(loc: 0.0, scale: 1.0)
         >>> Root(dist.Categorical, cardinality=3).n_params
         2
+        >>> Root(dist.Normal, event_shape=(2,), loc=0.0, scale=1.0)().event_shape
+        torch.Size([2])
     """
 
     def __init__(

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ppgen.infer import solve_closed_form
 from ppgen.nn import Conditional, LinearGaussian, Root, Tabular
 
 
@@ -38,6 +39,15 @@ def test_root_defaults_and_counts():
     assert Root(dist.Categorical, cardinality=5).n_params == 4
     assert Root(dist.Normal, scale=2.0).n_params == 1
     assert Root(dist.Normal, event_shape=(3,))().event_shape == (3,)
+
+
+def test_root_with_every_parameter_fixed():
+    root = Root(dist.Normal, event_shape=(3,), loc=0.0, scale=2.0).to(torch.float32)
+    d = root()
+    assert root.n_params == 0 and root.eta.shape == (0,)
+    assert d.event_shape == (3,) and d.batch_shape == () and d.mean.dtype == torch.float32
+    assert d.log_prob(torch.zeros(4, 3)).shape == (4,)
+    assert solve_closed_form(root, torch.randn(5, 3), [])  # nothing to solve
 
 
 def test_categorical_reference_logit_is_zero():

@@ -7,8 +7,12 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
+import ppgen.infer
 from ppgen.importance import _log_weights, importance_log_prob
 from ppgen.infer import FitResult, _ELBOObjective, fit_svi
+from ppgen.models import VAE
+from ppgen.nn import Conditional, Model, Root
+from ppgen.nn import LinearGaussian as LinearNode
 
 
 @pytest.fixture(autouse=True)
@@ -186,3 +190,95 @@ def test_non_finite_loss_names_the_site():
         scale.fill_(0.0)
     with pytest.raises(ValueError, match="site 'x' in the model"):
         fit_svi(model, guide, torch.ones(4), epochs=2, progress=False)
+
+
+class Chain(Model):
+    """Two latent codes in ppgen nodes: z1 -> z2 -> x, z1 -> x; the guide reads x, then z1."""
+
+    def __init__(self):
+        super().__init__()
+        self.z1 = Root(dist.Normal, event_shape=(2,), loc=0.0, scale=1.0)
+        self.z2 = Conditional(dist.Normal, 2, hidden=(4,))
+        self.x = Conditional(dist.Normal, 3, hidden=(4,), event_shape=(3,))
+        self.q1 = Conditional(dist.Normal, 3, hidden=(4,), event_shape=(2,))
+        self.q2 = Conditional(dist.Normal, 5, hidden=(4,))
+
+    def forward(self, x):
+        with pyro.plate("rows", len(x)):
+            z1 = pyro.sample("z1", self.z1())
+            z2 = pyro.sample("z2", self.z2(z1))
+            pyro.sample("x", self.x(z1, z2), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("rows", len(x)):
+            z1 = pyro.sample("z1", self.q1(x))
+            pyro.sample("z2", self.q2(x, z1))
+
+
+class GlobalMean(Model):
+    """mu ~ N(0, 1), x_i | mu ~ N(w mu + b, s^2), in the dict convention with a global guide."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu, self.x, self.q = (
+            Root(dist.Normal, loc=0.0, scale=1.0),
+            LinearNode(1),
+            Root(dist.Normal),
+        )
+
+    def forward(self, n=1):
+        mu = pyro.sample("mu", self.mu())
+        with pyro.plate("rows", n):
+            pyro.sample("x", self.x(mu))
+
+    def guide(self, n=1):
+        pyro.sample("mu", self.q())
+
+
+@pytest.mark.parametrize("elbo", ["trace", "mean_field"])
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("program", ["vae", "chain", "global"])
+def test_fast_elbo_is_pyros_on_the_same_draws(program, elbo, num_particles):
+    if program == "global":
+        model = GlobalMean()
+        batch, guide, argument, observed = {"x": torch.randn(7)}, model.guide, False, ["x"]
+    else:
+        model = VAE(6, 2, hidden=(5,)) if program == "vae" else Chain()
+        x = torch.randn(7, 6).gt(0).double() if program == "vae" else torch.randn(7, 3)
+        batch, guide, argument, observed = {"*data": x}, model.guide, True, ["*data"]
+    objective = _ELBOObjective(model, guide, elbo, num_particles, observed, argument, (), {})
+    assert objective.prepare(batch) and objective.fast
+    pyro.set_rng_seed(4)
+    fast = objective(batch)["elbo"]
+    pyro.set_rng_seed(4)
+    exact = -(Trace_ELBO if elbo == "trace" else TraceMeanField_ELBO)(
+        num_particles=num_particles
+    ).differentiable_loss(objective._model, objective._guide, batch)
+    assert fast.item() == pytest.approx(exact.item(), rel=1e-10, abs=1e-10)
+    grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_fit_svi_takes_the_fast_path_only_where_the_structure_is_known(monkeypatch):
+    objectives = []
+
+    def spy(objective, *args, **kwargs):
+        objectives.append(objective)
+        return train(objective, *args, **kwargs)
+
+    train = ppgen.infer.train
+    monkeypatch.setattr(ppgen.infer, "train", spy)
+    vae = VAE(6, 2, hidden=(5,))
+    fit_svi(vae, vae.guide, torch.randn(20, 6).gt(0).double(), epochs=2, batch_size=8,
+            progress=False)  # fmt: skip
+    lg = LinearGaussian()
+    fit_svi(lg.model, lg.guide, lg.marginal().sample((20,)), epochs=2, batch_size=8,
+            progress=False)  # fmt: skip
+    assert [o.fast for o in objectives] == [True, False]
+
+
+def test_fast_path_falls_back_when_the_check_fails():
+    vae = VAE(6, 2, hidden=(5,))
+    objective = _ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (), {})
+    objective._fast_elbo = lambda batch: torch.tensor(0.0)  # a wrong fast ELBO
+    assert not objective.prepare({"*data": torch.ones(4, 6)})

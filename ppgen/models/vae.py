@@ -14,12 +14,10 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
-from pyro.nn import DenseNN
 from torch import Tensor, nn
 
 from ppgen.importance import importance_log_prob
-from ppgen.nn import Conditional, Model
+from ppgen.nn import Conditional, Model, Root
 
 __all__ = ["VAE"]
 
@@ -58,7 +56,10 @@ class VAE(Model):
         self.x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
         self.z_dim = z_dim
         x_dim = int(torch.Size(self.x_shape).numel())
-        self.encoder = DenseNN(x_dim, list(hidden), [z_dim, z_dim], nonlinearity=nn.ReLU())
+        self.z_prior = Root(dist.Normal, event_shape=(z_dim,), loc=0.0, scale=1.0)
+        self.encoder = Conditional(
+            dist.Normal, x_dim, hidden=hidden, activation=nn.ReLU, event_shape=(z_dim,)
+        )
         self.decoder = Conditional(
             _FAMILIES[likelihood], z_dim, hidden=hidden, activation=nn.ReLU,
             event_shape=self.x_shape,
@@ -79,13 +80,11 @@ class VAE(Model):
 
     def prior(self, rows: int) -> dist.Distribution:
         r"""The prior :math:`\mathcal{N}(0, I)` of :math:`z`, batched over `rows`."""
-        zeros = self.decoder.net[0].weight.new_zeros(rows, self.z_dim)
-        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
+        return self.z_prior().expand((rows,))
 
     def posterior(self, x: Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x)` for rows `x` of shape :math:`(N, *)`."""
-        loc, scale = self.encoder(x.reshape(len(x), -1))
-        return dist.Normal(loc, F.softplus(scale), validate_args=False).to_event(1)
+        return self.encoder(x)  # the Conditional flattens each row
 
     def encode(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The posterior mean of :math:`z`, shape :math:`(N, Z)`, or `n` draws, shape
