@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ class UsageError(Exception):
     """A mistake in the command's input, reported in one line with exit code 2."""
 
 
-def load_object(spec: str) -> Callable[..., object]:
-    r"""Loads `path/to/file.py:Name` and instantiates it when it is a class.
+def load_object(spec: str, *, instantiate: bool = True) -> Callable[..., object]:
+    r"""Loads `path/to/file.py:Name` and instantiates it when it is a class (and `instantiate`).
 
     Example:
         >>> load_object("missing.py:Model")
@@ -35,11 +36,12 @@ def load_object(spec: str) -> Callable[..., object]:
         raise UsageError(f"{path}: no such file.")
     module_spec = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[file.stem] = module  # so that ppgen.io.load finds the classes it defines
     module_spec.loader.exec_module(module)
     if not hasattr(module, name):
         raise UsageError(f"{path}: defines no object named {name!r}.")
     obj = getattr(module, name)
-    return obj() if isinstance(obj, type) else obj
+    return obj() if isinstance(obj, type) and instantiate else obj
 
 
 def parse_args(pairs: Sequence[str]) -> dict[str, object]:
@@ -54,6 +56,113 @@ def parse_args(pairs: Sequence[str]) -> dict[str, object]:
         except (ValueError, SyntaxError):
             kwargs[key] = value
     return kwargs
+
+
+def read_data(path: str) -> object:
+    r"""Reads a data file: `.csv` or `.parquet` as a DataFrame, `.npz` as a dict of arrays.
+
+    Example:
+        >>> read_data("rows.txt")
+        Traceback (most recent call last):
+        ...
+        ppgen.cli.UsageError: rows.txt: no such file.
+    """
+    import numpy as np
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file.")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(file)
+        if suffix == ".parquet":
+            return pd.read_parquet(file)
+        if suffix == ".npz":
+            with np.load(file, allow_pickle=False) as arrays:
+                return {name: arrays[name] for name in arrays.files}
+    except ImportError as error:
+        raise UsageError(
+            f"{path}: reading it needs a package that is missing ({error})."
+        ) from None
+    except (ValueError, OSError) as error:
+        raise UsageError(f"{path}: cannot be read as {suffix[1:]}: {error}") from None
+    raise UsageError(f"{path}: expected a .csv, .parquet or .npz file.")
+
+
+def _run_folder(folder: str) -> tuple[Callable[..., object], dict[str, object]]:
+    """Loads the model that `ppgen fit` saved in `folder`, importing the file that defines it."""
+    from ppgen.io import load
+
+    source = Path(folder) / "source.json"
+    if not source.is_file():
+        raise UsageError(f"{folder}: holds no model written by `ppgen fit` (no source.json).")
+    record = json.loads(source.read_text())
+    if record.get("target"):
+        load_object(record["target"], instantiate=False)
+    return load(Path(folder) / "model.safetensors"), record
+
+
+def _fit(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ppgen.io import save
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"{out}: already holds a fit; choose another --out or pass --force.")
+    model = load_object(args.target)
+    data, kwargs = read_data(args.data), parse_args(args.arg)
+    options = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "progress": not args.quiet}  # fmt: skip
+    if args.guide is None:
+        fit = ppgen.fit_mle(model, data, **options, **kwargs)
+    else:
+        guide = args.guide if args.guide.startswith("auto_") else load_object(args.guide)
+        frame = data if isinstance(data, dict) else {c: data[c].to_numpy() for c in data.columns}
+        fit = ppgen.fit_svi(model, guide, frame, elbo=args.elbo, **options, **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    save(model, out / "model.safetensors", fit=fit)
+    path, _, name = args.target.rpartition(":")
+    target = f"{Path(path).resolve()}:{name}"
+    (out / "source.json").write_text(json.dumps({"target": target, "kwargs": kwargs}))
+    figure = ppgen.viz.draw_history(fit).figure
+    figure.savefig(out / "history.png", dpi=110, bbox_inches="tight")
+    last = fit.history[-1] if fit.history else {}
+    print(f"fitted in {fit.seconds:.1f} s; train {last.get('train', float('nan')):.4f} nats/row; "
+          f"closed form: {', '.join(fit.closed_form) or 'none'}; wrote {out}")  # fmt: skip
+
+
+def _sample(args: argparse.Namespace) -> None:
+    model, record = _run_folder(args.folder)
+    from ppgen.io import describe
+
+    categories = describe(Path(args.folder) / "model.safetensors").get("fit", {}) or {}
+    frame = ppgen.sample(model, args.n, as_frame=True, categories=categories.get("categories"),
+                         **record.get("kwargs", {}))  # fmt: skip
+    frame.to_csv(args.output, index=False)
+    print(f"wrote {args.n} rows to {args.output}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    model, record = _run_folder(args.folder)
+    kwargs = record.get("kwargs", {})
+    g = ppgen.graph(model, **kwargs)
+    print(ppgen.factorization(g))
+    for node, attributes in g.nodes(data=True):
+        kind = "observed" if attributes["observed"] else "latent"
+        print(f"  {node}: {attributes['distribution']}, {kind}, n_params={attributes['n_params']}")
+    print(f"parameters: {ppgen.count_parameters(model)}")
+    from ppgen.io import describe
+
+    fit = describe(Path(args.folder) / "model.safetensors").get("fit") or {}
+    history = fit.get("history", [])
+    if history:
+        last = history[-1]
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k in ("train", "val"))
+        print(f"fit: {len(history)} epochs, {shown}, closed form: {fit.get('closed_form')}")
 
 
 def _draw(args: argparse.Namespace) -> None:
@@ -92,6 +201,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     draw.add_argument("--arg", action="append", default=[], help="an input: key=value")
     draw.add_argument("--title", action="store_true", help="show the factorisation as title")
     draw.set_defaults(run=_draw)
+
+    fit = commands.add_parser("fit", help="fit a model in a Python file to a data file")
+    fit.add_argument("target", help="path/to/file.py:Model")
+    fit.add_argument(
+        "--data", required=True, help="a .csv, .parquet or .npz file, one column per site"
+    )
+    fit.add_argument("--guide", help="auto_normal, auto_delta or path/to/file.py:guide (then SVI)")
+    fit.add_argument("--elbo", default="trace", choices=["trace", "mean_field", "iwae"])
+    fit.add_argument("--epochs", type=int, default=100)
+    fit.add_argument("--batch-size", type=int, default=256)
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--arg", action="append", default=[], help="a model input: key=value")
+    fit.add_argument("--out", required=True, help="the folder for the fitted model")
+    fit.add_argument("--force", action="store_true", help="overwrite an existing folder")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(run=_fit)
+
+    sample = commands.add_parser("sample", help="draw rows from a model saved by `ppgen fit`")
+    sample.add_argument("folder", help="the folder written by `ppgen fit`")
+    sample.add_argument("-n", type=int, default=1000, help="the number of rows")
+    sample.add_argument("-o", "--output", default="samples.csv", help="the CSV to write")
+    sample.set_defaults(run=_sample)
+
+    info = commands.add_parser(
+        "info", help="graph, factorisation, counts and fit of a saved model"
+    )
+    info.add_argument("folder", help="the folder written by `ppgen fit`")
+    info.set_defaults(run=_info)
 
     args = parser.parse_args(argv)
     try:

@@ -70,3 +70,63 @@ def test_demo_smoke_and_no_silent_overwrite(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--scale", "0.02", "--quiet"]) == 2
     assert "already holds an earlier run" in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
+
+
+LATENT = """
+import pyro, pyro.distributions as dist
+
+def model(n=1):
+    with pyro.plate("rows", n):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0))
+"""
+
+
+@pytest.fixture
+def chain_files(tmp_path):
+    source = tmp_path / "chain.py"
+    source.write_text(MODEL)
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n" + "".join(f"{i / 10},{i % 2}\n" for i in range(40)))
+    return source, data
+
+
+def test_fit_sample_info_round_trip(tmp_path, chain_files, capsys):
+    source, data = chain_files
+    out = tmp_path / "fit"
+    code = main(["fit", f"{source}:Chain", "--data", str(data), "--epochs", "3", "--out", str(out),
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    assert (out / "model.safetensors").is_file() and (out / "history.png").is_file()
+    samples = tmp_path / "samples.csv"
+    assert main(["sample", str(out), "-n", "25", "-o", str(samples)]) == 0
+    lines = samples.read_text().splitlines()
+    assert lines[0] == "a,b" and len(lines) == 26
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "p(a, b) = p(a) p(b | a)" in printed and "fit: 3 epochs" in printed
+    assert "closed form: ['a']" in printed
+
+
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        ("fit {src}:Chain --data {tmp}/no.csv --out {tmp}/o", "no.csv: no such file"),
+        ("fit {src}:Nope --data {data} --out {tmp}/o", "defines no object named 'Nope'"),
+        ("fit {src}:Chain --data {tmp}/bad.csv --out {tmp}/o", "Column 'c' is not a sample site"),
+        ("fit {tmp}/latent.py:model --data {tmp}/x.csv --out {tmp}/o",
+         "Site 'z' is not in the data: it is latent"),
+        ("sample {tmp}", "holds no model written by `ppgen fit`"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line_and_write_nothing(tmp_path, chain_files, capsys, command, message):
+    source, data = chain_files
+    (tmp_path / "bad.csv").write_text("a,b,c\n0.1,1,2\n")
+    (tmp_path / "latent.py").write_text(LATENT)
+    (tmp_path / "x.csv").write_text("x\n0.5\n1.5\n")
+    argv = command.format(src=source, data=data, tmp=tmp_path).split()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
