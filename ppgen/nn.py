@@ -113,6 +113,10 @@ class Node(nn.Module):
     def distribution(self, *parents: Tensor) -> dist.Distribution:
         raise NotImplementedError
 
+    def log_prob(self, value: Tensor, *parents: Tensor) -> Tensor:
+        r"""The log-density :math:`\log p(x \mid \mathrm{Pa}(x))` of `value` given its parents."""
+        return self.distribution(*parents).log_prob(value)
+
     def forward(self, *parents: Tensor) -> dist.Distribution:
         d = self.distribution(*parents)
         calls = _CALLS.get()
@@ -363,7 +367,12 @@ class Tabular(Node):
                 f"Tabular expects {len(self.parent_cardinalities)} parents, got {len(parents)}."
             )
         index = tuple(p.long() for p in parents)
-        return dist.Categorical(logits=self.logits[index], validate_args=False)
+        probs = self.logits.softmax(-1)  # normalised once, over the table rather than the rows
+        return _TableCategorical(probs=probs[index], validate_args=False)
+
+    def log_prob(self, value: Tensor, *parents: Tensor) -> Tensor:
+        index = (*(p.long() for p in parents), value.long())
+        return self.logits.log_softmax(-1)[index]
 
     @property
     def n_params(self) -> int:
@@ -371,6 +380,16 @@ class Tabular(Node):
 
     def extra_repr(self) -> str:
         return f"cardinality={self.cardinality}, parents={self.parent_cardinalities}"
+
+
+class _TableCategorical(dist.Categorical):
+    """A Categorical sampled by inverting its CDF: one uniform per draw, no multinomial."""
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand((*shape, 1), dtype=self.probs.dtype, device=self.probs.device)
+        index = (u > self.probs.cumsum(-1)).sum(-1)
+        return index.clamp_(max=self._num_events - 1)
 
 
 class LinearGaussian(Node):

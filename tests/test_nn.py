@@ -100,3 +100,21 @@ def test_unsupported_families(family, kwargs, message):
 
 def test_softplus_init_is_one():
     assert F.softplus(torch.tensor(math.log(math.expm1(1.0)))).item() == pytest.approx(1.0)
+
+
+def test_tabular_log_prob_and_inverse_cdf_sampling():
+    cpt = Tabular(4, (3,))
+    with torch.no_grad():
+        cpt.logits.copy_(torch.randn(3, 4) * 2)
+    parent = torch.randint(0, 3, (50,))
+    value = torch.randint(0, 4, (50,))
+    expected = torch.distributions.Categorical(logits=cpt.logits[parent]).log_prob(value)
+    assert torch.allclose(cpt.log_prob(value, parent), expected, atol=1e-12)
+    assert torch.allclose(cpt(parent).log_prob(value), expected, atol=1e-12)
+    n = 200_000
+    draws = cpt(torch.ones(n, dtype=torch.long)).sample()
+    freq = torch.bincount(draws, minlength=4) / n
+    p = cpt.logits[1].softmax(-1)
+    # 5 standard errors per category: a false alarm about once in 400,000 runs
+    assert ((freq - p).abs() < 5 * (p * (1 - p) / n).sqrt() + 1e-12).all()
+    assert cpt(parent).sample((7,)).shape == (7, 50)
