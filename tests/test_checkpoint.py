@@ -48,7 +48,8 @@ def _fit(rows: int, epochs: int, **options) -> tuple[ppgen.builder.DAG, ppgen.Fi
 
 
 def _equal(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_killed_fit_resumes_to_the_uninterrupted_parameters(tmp_path):

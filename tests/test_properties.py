@@ -14,7 +14,7 @@ import ppgen
 from ppgen.builder import KINDS
 
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
