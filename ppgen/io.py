@@ -80,11 +80,12 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
     from ppgen.graph import graph
 
     name = type(model).__name__
-    if not isinstance(model, Model) or model.init_arguments is None:
+    if not isinstance(model, Model):
         raise ValueError(
             f"save needs a ppgen.Model (a subclass records its constructor arguments); got {name}."
         )
-    args, kwargs = model.init_arguments
+    # a subclass without an __init__ of its own is built without arguments
+    args, kwargs = model.init_arguments or ((), {})
     encoded_args = [_encode(v, f"argument {i} of {name}") for i, v in enumerate(args)]
     encoded_kwargs = {k: _encode(v, f"argument {k!r} of {name}") for k, v in kwargs.items()}
     try:

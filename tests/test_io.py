@@ -206,3 +206,15 @@ def test_fuzzed_files_raise_only_load_error(tmp_path):
         except LoadError:
             pass
     assert accepted == 0
+
+
+class NoInit(ppgen.Model):
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(0.0, 1.0))
+
+
+def test_model_without_constructor_and_non_model(tmp_path):
+    assert isinstance(load(save(NoInit(), tmp_path / "m.safetensors")), NoInit)
+    with pytest.raises(ValueError, match="save needs a ppgen.Model"):
+        save(torch.nn.Linear(2, 3), tmp_path / "l.safetensors")
