@@ -8,6 +8,7 @@ from ppgen.counting import count_parameters
 from ppgen.density import log_prob, sample
 from ppgen.graph import factorization, graph
 from ppgen.infer import FitResult, fit_mle, fit_svi
+from ppgen.io import load, save
 from ppgen.nn import Model
 from ppgen.viz import draw
 
@@ -24,8 +25,10 @@ __all__ = [
     "fit_mle",
     "fit_svi",
     "graph",
+    "load",
     "log_prob",
     "models",
     "sample",
+    "save",
     "viz",
 ]

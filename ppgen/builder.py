@@ -53,9 +53,9 @@ class DAG(Model):
         # Categorical parents are one-hot encoded; Bernoulli ones are already 0/1 features.
         cards = [self.cardinalities[p] if self.kinds[p] in _MULTI else None for p in parents]
         widths = [1 if k is None else k for k in cards]
-        if kind == "linear_gaussian":
+        if kind == "linear_gaussian" and parents:
             return LinearGaussian(sum(widths), parent_cardinalities=cards)
-        family = _FAMILIES[kind]
+        family = _FAMILIES["normal" if kind == "linear_gaussian" else kind]
         k = self.cardinalities.get(node) if kind == "categorical" else None
         if not parents:
             return Root(family, cardinality=k)
@@ -85,7 +85,8 @@ def dag(
     Each node becomes a sample site named `str(node)`; its conditional is chosen by its kind:
     `"normal"`, `"bernoulli"` and `"categorical"` are neural (:class:`~ppgen.nn.Conditional`,
     or :class:`~ppgen.nn.Root` without parents), `"tabular"` is a conditional probability table
-    over discrete parents and `"linear_gaussian"` a Normal linear in its parents. Discrete
+    over discrete parents and `"linear_gaussian"` a Normal linear in its parents (a root Normal
+    without them). Discrete
     parents are one-hot encoded for the neural and linear kinds.
 
     Arguments:
