@@ -94,9 +94,11 @@ def test_tabular_mle_equals_pgmpy(name):
         index = [codes[v]] + [
             torch.tensor(frame[p].map(cpd.state_names[p].index).to_numpy()) for p in parents
         ]
-        theirs = torch.tensor(cpd.get_values()).reshape(
-            [len(states[v])] + [len(cpd.state_names[p]) for p in parents]
-        )[tuple(index)].log()
+        theirs = (
+            torch.tensor(cpd.get_values())
+            .reshape([len(states[v])] + [len(cpd.state_names[p]) for p in parents])[tuple(index)]
+            .log()
+        )
         assert torch.allclose(ours[v], theirs.to(ours[v].dtype), atol=1e-9)
         total += theirs.sum().item()
     assert ppgen.log_prob(model, codes).sum().item() == pytest.approx(total, abs=1e-6)
@@ -149,7 +151,9 @@ def test_generic_program_fits_least_squares():
     a = torch.randn(300)
     b = 2.0 * a - 1.0 + 0.5 * torch.randn(300)
     model = Plain()
-    fit = ppgen.fit_mle(model, {"a": a, "b": b}, epochs=300, batch_size=300, lr=0.05, progress=False)
+    fit = ppgen.fit_mle(
+        model, {"a": a, "b": b}, epochs=300, batch_size=300, lr=0.05, progress=False
+    )
     assert fit.closed_form == []
     coef = torch.linalg.lstsq(torch.stack([a, torch.ones(300)], 1), b[:, None]).solution
     assert model.net.weight.item() == pytest.approx(coef[0].item(), abs=0.02)
