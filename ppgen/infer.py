@@ -37,6 +37,7 @@ from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 __all__ = [
     "ExactLogLikelihood",
     "FitResult",
+    "fit_gan",
     "fit_mle",
     "fit_svi",
     "solve_closed_form",
@@ -135,7 +136,7 @@ class ExactLogLikelihood(nn.Module):
         rows = len(next(iter(batch.values())))
         if self.factors is not None:
             return {
-                name: _per_row(module(*(batch[p] for p in parents)).log_prob(batch[name]), rows)
+                name: _per_row(module.log_prob(batch[name], *(batch[p] for p in parents)), rows)
                 for name, (module, parents) in self.factors.items()
             }
         conditioned = poutine.condition(self.model, data=batch)
@@ -272,7 +273,10 @@ def train(
     Arguments:
         objective: Maps a batch (a dict of tensors, rows first) to named terms, each the
             log-likelihood (or ELBO) of every row of shape :math:`(N,)`, or its sum over the
-            rows as a scalar; their mean per row is maximised.
+            rows as a scalar; their mean per row is maximised. An objective with a method
+            `step(batch) -> terms` optimises itself instead (a GAN's two players, with their
+            own optimisers: :class:`ppgen.models.gan.GANObjective`); `lr` is then unused, and
+            the loop only records its terms.
         groups: Named groups of parameters, each with the terms it alone enters; a group whose
             validation terms have not improved for `patience` epochs stops training, and each
             group keeps the parameters of its best validation epoch.
@@ -294,7 +298,10 @@ def train(
     start = time.perf_counter()
     path = _checkpoint_file(checkpoint, resume)
     parameters = [p for params, _ in groups.values() for p in params]
-    optimizer = torch.optim.Adam(parameters, lr=lr) if parameters else None
+    stepper = getattr(objective, "step", None)  # an objective with its own optimisers (a GAN)
+    optimizer = torch.optim.Adam(parameters, lr=lr) if parameters and stepper is None else None
+    if path is not None and stepper is not None:
+        raise ValueError("Checkpoints need the loop's own optimiser; this objective has its own.")
     result = FitResult()
     best = {name: -math.inf for name in groups}
     saved: dict[str, list[Tensor]] = {}
@@ -315,6 +322,10 @@ def train(
             sums: dict[str, Tensor] = {}
             for start_row in range(0, len(data), batch_size):
                 index = order[start_row : start_row + batch_size]
+                if stepper is not None:
+                    for name, t in stepper(data.rows(index)).items():
+                        sums[name] = sums.get(name, 0.0) + t.detach().sum()
+                    continue
                 terms = objective(data.rows(index))
                 loss = -sum(t.sum() for t in terms.values()) / len(index)
                 if not torch.isfinite(loss):
@@ -405,6 +416,9 @@ def evaluate(objective: Objective, data: Table, batch_size: int) -> dict[str, Te
     return sums
 
 
+_EVALUATION_ROWS = 8192
+
+
 def _record(
     epoch: int,
     objective: Objective,
@@ -420,7 +434,9 @@ def _record(
     for split, rows, sums in splits:
         if rows is None:
             continue
-        sums = sums if sums is not None else evaluate(objective, rows, batch_size)
+        # scoring needs no small batches: large chunks keep it cheap beside the training steps
+        chunk = max(batch_size, _EVALUATION_ROWS)
+        sums = sums if sums is not None else evaluate(objective, rows, chunk)
         means = {f"{split}/{name}": float(total) / len(rows) for name, total in sums.items()}
         record.update({split: sum(means.values()), **means})
     return record
@@ -857,3 +873,69 @@ def fit_svi(
             batch_size=batch_size, lr=lr, patience=patience, progress=progress,
             description="fit_svi", checkpoint=checkpoint, every=checkpoint_every, resume=resume,
         )  # fmt: skip
+
+
+def fit_gan(
+    gan: nn.Module,
+    data: Tensor,
+    *,
+    epochs: int = 100,
+    batch_size: int = 128,
+    lr_g: float = 2e-4,
+    lr_d: float = 2e-4,
+    d_steps: int = 1,
+    betas: tuple[float, float] = (0.5, 0.999),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FitResult:
+    r"""Fits a :class:`ppgen.models.GAN` by alternating Adam steps of its two players.
+
+    The loop is :func:`train`, that of :func:`fit_mle` and :func:`fit_svi`, with the objective
+    :class:`ppgen.models.gan.GANObjective`: on each batch of real rows, `d_steps` steps of the
+    discriminator (each on fresh codes), then one step of the generator with the GAN's loss.
+    There is no likelihood, hence no validation and no early stopping: the last epoch's
+    parameters are kept.
+
+    Arguments:
+        gan: The GAN.
+        data: The real rows, of shape :math:`(N, *)`.
+        epochs, batch_size: The budget.
+        lr_g, lr_d: The learning rates of the generator and the discriminator.
+        d_steps: Discriminator steps per generator step.
+        betas: Adam's betas, for both players.
+        device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
+        progress: Whether to show a progress bar.
+
+    Returns:
+        A :class:`FitResult` whose history holds, per epoch, the mean per row of the
+        discriminator's loss `train/loss_d`, the generator's `train/loss_g` and the
+        discriminator's accuracy `train/accuracy` on real and generated rows, as measured during
+        the steps.
+
+    Raises:
+        ValueError: For data with NaN or inf, and when a player's loss becomes non-finite
+            (naming it; the parameters are left at the last finite step).
+
+    Example:
+        >>> from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
+        >>> gan = GAN(MLPGenerator(2, 1), MLPDiscriminator(1), 2)
+        >>> fit = fit_gan(gan, torch.randn(64, 1), epochs=2, batch_size=32, progress=False)
+        >>> sorted(fit.history[-1])
+        ['epoch', 'seconds', 'train/accuracy', 'train/loss_d', 'train/loss_g']
+    """
+    from ppgen.models.gan import GANObjective
+
+    device = _device(gan, device)
+    rows = _svi_table(gan, data, (), {}, device)
+    objective = GANObjective(gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas)
+    groups = {
+        "generator": (list(gan.generator.parameters()), ["loss_g"]),
+        "discriminator": (list(gan.discriminator.parameters()), ["loss_d"]),
+    }
+    result = train(
+        objective, groups, rows, None, epochs=epochs, batch_size=batch_size, lr=lr_g,
+        patience=None, progress=progress, description="fit_gan",
+    )  # fmt: skip
+    for record in result.history:  # the sum of the players' terms means nothing
+        record.pop("train", None)
+    return result
