@@ -2,12 +2,12 @@ r"""ppgen: generative models written as directed graphical models in Pyro."""
 
 __version__ = "0.1.0"
 
-from ppgen import counting, datasets, models, viz
+from ppgen import counting, datasets, metrics, models, viz
 from ppgen.builder import dag
 from ppgen.counting import count_parameters
 from ppgen.density import log_prob, sample
 from ppgen.graph import factorization, graph
-from ppgen.infer import FitResult, fit_mle, fit_svi
+from ppgen.infer import FitResult, fit_gan, fit_mle, fit_svi
 from ppgen.io import load, save
 from ppgen.nn import Model
 from ppgen.viz import draw
@@ -22,11 +22,13 @@ __all__ = [
     "datasets",
     "draw",
     "factorization",
+    "fit_gan",
     "fit_mle",
     "fit_svi",
     "graph",
     "load",
     "log_prob",
+    "metrics",
     "models",
     "sample",
     "save",

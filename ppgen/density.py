@@ -49,6 +49,12 @@ def log_prob(
         >>> log_prob(model, {"a": [0, 1], "b": [1, 1]}).shape
         torch.Size([2])
     """
+    if not getattr(model, "has_density", True):
+        raise ValueError(
+            f"{type(model).__name__} has no density: some site is implicit (a deterministic "
+            "function of latent draws), so log p(x) is undefined; compare samples instead, e.g. "
+            "with ppgen.metrics.mmd."
+        )
     if guide is not None:
         if per_node:
             raise ValueError(

@@ -221,7 +221,7 @@ def draw_samples(
     height, width = shape
     count = len(images)
     rows = -(-count // columns)
-    grid = torch.ones(rows * (height + 1) - 1, columns * (width + 1) - 1)
+    grid = torch.full((rows * (height + 1) - 1, columns * (width + 1) - 1), 0.25)  # light rules
     for i, image in enumerate(images.detach().cpu().reshape(count, height, width)):
         r, c = divmod(i, columns)
         grid[

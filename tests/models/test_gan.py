@@ -81,3 +81,10 @@ def test_bad_arguments_and_nonfinite_loss():
         fit_gan(gan, torch.zeros(8, 1), epochs=1, progress=False)
     for p, q in zip(gan.parameters(), before, strict=True):
         assert torch.equal(p, q)
+
+
+def test_ppgen_log_prob_of_a_gan_says_it_has_no_density():
+    gan = GAN(MLPGenerator(2, 3, hidden_features=(4, 4)),
+              MLPDiscriminator(3, hidden_features=(4, 4)), 2)  # fmt: skip
+    with pytest.raises(ValueError, match="GAN has no density"):
+        ppgen.log_prob(gan, {"x": torch.zeros(2, 3)})
