@@ -357,17 +357,47 @@ class MaskedConv2d(nn.Conv2d):
         return f"{self.mask_type!r}, {super().extra_repr()}"
 
 
+class _TrainingDropout(nn.Dropout):
+    """Dropout in training steps only: training mode with gradients recorded."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0 or not (self.training and torch.is_grad_enabled()):
+            return x
+        return super().forward(x)
+
+
+class _PixelBlock(nn.Module):
+    r"""A residual type-B layer, :math:`h + \mathrm{dropout}(\mathrm{conv}(\mathrm{ReLU}(h)))`."""
+
+    def __init__(self, channels: int, dropout: float) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.conv = MaskedConv2d("B", channels, channels, 3, padding=1)
+        self.dropout = _TrainingDropout(dropout)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.dropout(self.conv(self.relu(h)))
+
+
 class PixelCNN(_Binary):
     r"""A PixelCNN (van den Oord et al., 2016) for binary images of a given shape, in raster order.
 
     A type-A masked convolution, then type-B masked convolutions with ReLUs, then two
     :math:`1 \times 1` convolutions to one logit per pixel. Rows of data are flattened images.
 
+    Stacked masked convolutions have a blind spot (pixels up and to the right that no layer
+    reaches); a type-A kernel of side :math:`2 \max(H, W) - 1` sees every earlier pixel at once,
+    which on small images removes it for a few thousand weights.
+
     Arguments:
         shape: The image shape :math:`(H, W)`; rows have :math:`D = H W` entries.
         channels: The number of feature maps.
         layers: The number of type-B layers.
         kernel_size: The side of the type-A kernel (type-B kernels are 3).
+        residual: Whether each type-B layer is a residual block, :math:`h + \mathrm{conv}(\mathrm{ReLU}(h))`.
+        dropout: The dropout rate after each :math:`3 \times 3` type-B convolution. It acts only in
+            training steps (training mode with gradients recorded): scoring and sampling, under
+            `torch.no_grad`, use the whole network.
         sites: `"joint"` for one site `x`, `"pixels"` for one site per pixel.
 
     Example:
@@ -383,6 +413,8 @@ class PixelCNN(_Binary):
         channels: int = 64,
         layers: int = 4,
         kernel_size: int = 7,
+        residual: bool = False,
+        dropout: float = 0.0,
         sites: str = "joint",
     ) -> None:
         super().__init__(shape[0] * shape[1], sites)
@@ -391,7 +423,9 @@ class PixelCNN(_Binary):
             MaskedConv2d("A", 1, channels, kernel_size, padding=kernel_size // 2)
         ]
         for _ in range(layers):
-            convs += [nn.ReLU(), MaskedConv2d("B", channels, channels, 3, padding=1)]
+            block = _PixelBlock(channels, dropout)
+            plain = [block.relu, block.conv] + ([block.dropout] if dropout else [])
+            convs += [block] if residual else plain
         convs += [
             nn.ReLU(),
             MaskedConv2d("B", channels, channels, 1),
@@ -408,7 +442,7 @@ class PixelCNN(_Binary):
     def connectivity(self) -> Tensor:
         # reach[j] is the set of positions whose features read pixel j, layer after layer
         reach = torch.eye(self.features).reshape(self.features, 1, *self.shape)
-        for conv in self.net:
+        for conv in self.net.modules():  # in order; a residual block's reach includes its input
             if isinstance(conv, MaskedConv2d):
                 kernel = conv.mask[:1, :1].to(reach.dtype)
                 reach = (F.conv2d(reach, kernel, padding=conv.padding) > 0).to(reach.dtype)

@@ -19,6 +19,9 @@ MODELS = {
     "made": lambda **kw: MADE(D, hidden_features=(12, 12), **kw),
     "made-order": lambda **kw: MADE(D, hidden_features=(12,), order=[3, 1, 5, 0, 4, 2], **kw),
     "pixelcnn": lambda **kw: PixelCNN((2, 3), channels=4, layers=1, kernel_size=3, **kw),
+    "pixelcnn-residual": lambda **kw: PixelCNN(
+        (2, 3), channels=4, layers=2, kernel_size=3, residual=True, **kw
+    ),
 }
 
 
@@ -115,6 +118,26 @@ def test_pixelcnn_receptive_field_of_3x3_image():
     # one type-B layer more widens the field, but never beyond the pixels before in raster order
     deeper = PixelCNN((3, 3), channels=2, layers=1, kernel_size=3).connectivity()
     assert deeper.sum() > len(expected) and not deeper.triu().any()
+
+
+def test_pixelcnn_full_type_a_kernel_has_no_blind_spot():
+    before = torch.ones(64, 64, dtype=torch.bool).tril(-1)
+    plain = PixelCNN((8, 8), channels=2, layers=4, kernel_size=7).connectivity()
+    assert (before & ~plain).any()  # the blind spot of stacked masked convolutions
+    full = PixelCNN((8, 8), channels=2, layers=2, kernel_size=15, residual=True).connectivity()
+    assert full.equal(before)
+
+
+def test_pixelcnn_dropout_only_in_training_steps():
+    model = randomized(PixelCNN((2, 3), channels=8, layers=2, kernel_size=3, dropout=0.5))
+    x = all_images()
+    with torch.no_grad():  # scoring and sampling: the whole network, deterministic
+        log_p = model.distribution(len(x)).log_prob(x)
+        assert torch.equal(model.distribution(len(x)).log_prob(x), log_p)
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+    assert not torch.equal(model.logits(x), model.logits(x))  # a training step drops units
+    model.eval()
+    assert torch.equal(model.distribution(len(x)).log_prob(x), log_p)
 
 
 def test_masked_conv_masks():
