@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from ppgen.graph import _is_variable, family
 
@@ -133,11 +134,8 @@ def table(
                 )
         value = value.to(dtype=expected.dtype, device=device)
         fn = site["fn"]
-        try:
+        if not _inside(fn.support, value.to(expected.device)):
             inside = fn.support.check(value.to(expected.device))
-        except RuntimeError:  # a support that varies by row cannot be checked from two rows
-            inside = torch.ones((), dtype=torch.bool)
-        if not bool(inside.all()):
             row = int((~inside).reshape(rows, -1).any(1).nonzero()[0])
             bad = (
                 value[row].reshape(-1)[0].item()
@@ -150,3 +148,16 @@ def table(
             )
         columns[name] = value
     return Table(columns, categories)
+
+
+def _inside(support: constraints.Constraint, value: Tensor) -> bool:
+    """Whether every value lies in the support: the bounds of an integer interval (the
+    Categorical's) are checked on the extremes alone, the whole data being integer already."""
+    if isinstance(support, constraints.integer_interval) and not value.is_floating_point():
+        lower, upper = support.lower_bound, support.upper_bound
+        if isinstance(lower, int | float) and isinstance(upper, int | float):
+            return bool(value.min() >= lower) and bool(value.max() <= upper)
+    try:
+        return bool(support.check(value).all())
+    except RuntimeError:  # a support that varies by row cannot be checked from two rows
+        return True

@@ -156,6 +156,8 @@ def _is_one(scale: object) -> bool:
 
 
 def _per_row(log_prob: Tensor, rows: int) -> Tensor:
+    if log_prob.dim() == 1:
+        return log_prob
     return log_prob.reshape(rows, -1).sum(-1) if log_prob.dim() else log_prob.expand(rows) / rows
 
 
@@ -527,7 +529,7 @@ def fit_mle(
                 checkpoint=checkpoint, every=checkpoint_every, resume=resume,
             )  # fmt: skip
         else:
-            result = FitResult(history=[_record(0, objective, None, data, val, batch_size)])
+            result = FitResult(history=[_record(0, objective, None, data, val, len(data))])
     finally:
         for p in fixed:
             p.requires_grad_(True)
