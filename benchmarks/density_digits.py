@@ -5,7 +5,7 @@ every epoch; the best epoch is kept, as for the anchors.
 
 Run: python benchmarks/density_digits.py --epochs 300 --out /tmp/ppgen-bench
 
-Measured (one shared CPU thread, load 2-6): independent -, FVSBN 18.30, NADE 16.79, MADE 16.77
+Measured (one shared CPU thread, load 2-6): FVSBN 18.30, NADE 16.79, MADE 16.77
 at 300 epochs; PixelCNN 16.41 at 50 epochs (6.3 s/epoch), with the settings below. The plain
 PixelCNN (7x7 type-A kernel, 64 channels, 4 layers) reached 17.41. FVSBN stays above its anchor
 (18.14): Adam's L2 penalty 3e-4 at lr 1e-2 gave 18.22, 1e-3 gave 18.23, 3e-3 gave 18.39.
