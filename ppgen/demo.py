@@ -125,7 +125,7 @@ def _sprinkler(out: Path, scale: float) -> tuple[dict[str, object], list[str]]:
 def _digits_models(out: Path, scale: float, progress: bool) -> tuple[dict[str, object], list[str]]:
     """The ladder of the notes on binarised digits: fully visible models and a VAE."""
     data = digits()
-    epochs = max(1, int(15 * scale))
+    epochs = max(1, int(60 * scale))
     rows, report = {}, ["## Binarised digits: the ladder of the notes", "",
                         "| model | test NLL (nats/image) | epochs | seconds |", "|---|---|---|---|"]  # fmt: skip
     grids = []
