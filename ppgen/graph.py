@@ -81,6 +81,11 @@ def trace_calls(
     return trace, matcher.sites
 
 
+def _unweighted(site: dict) -> bool:
+    """Whether a site's log-density counts as it is: no mask, and a scale of 1."""
+    return site["mask"] is None and bool(torch.all(torch.as_tensor(site["scale"]) == 1))
+
+
 def _is_variable(site: dict) -> bool:
     return (
         site["type"] == "sample"

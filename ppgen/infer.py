@@ -22,15 +22,12 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import Tensor, nn
-from torch.distributions import kl_divergence
 from tqdm import tqdm
 
 from ppgen.data import Table, table
-from ppgen.graph import _is_variable, trace_calls
-from ppgen.importance import _log_weights
+from ppgen.elbo import ELBOS, ELBOObjective, svi_table
+from ppgen.graph import _is_variable, _unweighted, trace_calls
 from ppgen.io import load_checkpoint, save_checkpoint
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 
@@ -118,7 +115,7 @@ class ExactLogLikelihood(nn.Module):
         factors = {}
         for name, site in sites.items():
             call = calls.get(name)
-            if call is None or site["mask"] is not None or not _is_one(site["scale"]):
+            if call is None or not _unweighted(site):
                 return None
             parents = [names.get(id(value)) for value in call[1]]
             if None in parents:
@@ -149,10 +146,6 @@ class ExactLogLikelihood(nn.Module):
             for name, site in trace.nodes.items()
             if _is_variable(site)
         }
-
-
-def _is_one(scale: object) -> bool:
-    return bool(torch.all(torch.as_tensor(scale) == 1))
 
 
 def _per_row(log_prob: Tensor, rows: int) -> Tensor:
@@ -537,247 +530,6 @@ def fit_mle(
     return result
 
 
-_ARGUMENT = "*data"  # the column of data given as a tensor: the programs' first argument
-_ELBOS = {"trace": Trace_ELBO, "mean_field": TraceMeanField_ELBO}
-
-
-class _ELBOObjective(nn.Module):
-    """The ELBO of a batch as the loop's one term `"elbo"`, a scalar summed over the rows."""
-
-    def __init__(
-        self,
-        model: Callable[..., object],
-        guide: Callable[..., object],
-        elbo: str,
-        num_particles: int,
-        observed: list[str],
-        argument: bool,
-        args: tuple[object, ...],
-        kwargs: dict[str, object],
-    ) -> None:
-        super().__init__()
-        self.model, self.args, self.kwargs = model, args, kwargs
-        self.observed, self.argument = observed, argument
-        self.num_particles, self.iwae = num_particles, elbo == "iwae"
-        if guide == "auto_normal" or guide == "auto_delta":
-            prototype = model if self.argument else poutine.block(model, hide=observed)
-            guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
-        self.guide = guide
-        self.mean_field, self.plan = elbo == "mean_field", None
-        if not self.iwae:
-            self.loss = _ELBOS[elbo](num_particles=num_particles)(self._model, self._guide)
-
-    @property
-    def fast(self) -> bool:
-        """Whether the ELBO is computed from the ppgen modules alone, without tracing."""
-        return self.plan is not None
-
-    def prepare(self, probe: dict[str, Tensor]) -> bool:
-        """Finds the structure on a probe batch, for the fast path where it is fully known.
-
-        It is known when every site's distribution is returned by a :class:`~ppgen.nn.Node`
-        called on the values of other sites or on the programs' inputs, unmasked and unscaled,
-        and every guide site is reparameterised. The fast ELBO is then checked against Pyro's,
-        on the same draws; on any doubt the objective keeps Pyro's ELBO.
-        """
-        if self.iwae:
-            return False
-        with torch.random.fork_rng(), torch.no_grad():
-            self.plan = self._structure(probe)
-            if self.plan is not None:
-                seed = int(torch.randint(2**31, ()))
-                torch.manual_seed(seed)
-                fast = self._fast_elbo(probe)
-                torch.manual_seed(seed)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                    exact = -self.loss(probe)
-                if not torch.isclose(fast, exact, rtol=1e-5, atol=0.0):
-                    self.plan = None
-        return self.fast
-
-    def _structure(self, probe: dict[str, Tensor]) -> _Plan | None:
-        guide_trace, guide_calls = trace_calls(self._guide, probe)
-        replayed = poutine.replay(self._model, trace=guide_trace)
-        model_trace, model_calls = trace_calls(replayed, probe)
-        inputs = self._constants(probe)
-        known = {id(value): key for key, value in inputs.items()}
-        guide: list[tuple[str, Node, list[str]]] = []
-        for name, site in guide_trace.nodes.items():
-            if not _is_variable(site):
-                continue
-            call = guide_calls.get(name)
-            if (
-                call is None
-                or site["is_observed"]
-                or not _plain(site, call[2])
-                or call[2].batch_shape != site["fn"].batch_shape
-                or not call[2].has_rsample
-            ):
-                return None
-            parents = [known.get(id(value)) for value in call[1]]
-            if None in parents:
-                return None
-            guide.append((name, call[0], parents))
-            known[id(site["value"])] = name
-        drawn = {name for name, _, _ in guide}
-        model: list[tuple[str, Node, list[str], bool]] = []
-        for name, site in model_trace.nodes.items():
-            if not _is_variable(site):
-                continue
-            call, key = model_calls.get(name), known.get(id(site["value"]))
-            latent = not site["is_observed"]  # its value must be the guide's, else an input's
-            if (
-                call is None
-                or not _plain(site, call[2])
-                or (key != name if latent else key is None or key in drawn)
-            ):
-                return None
-            parents = [known.get(id(value)) for value in call[1]]
-            d, value = call[2], site["value"]
-            rows = value.shape[: value.dim() - len(d.event_shape)]
-            if (
-                None in parents
-                or torch.broadcast_shapes(d.batch_shape, rows) != site["fn"].batch_shape
-            ):
-                return None
-            analytic = latent and self.mean_field and _has_kl(guide_trace.nodes[name]["fn"], d)
-            model.append((key, call[0], parents, analytic))
-        if not drawn <= {key for key, _, _, _ in model}:  # a guide site the model lacks
-            return None
-        return guide, model
-
-    def _constants(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The programs' tensor inputs by name: the batch's columns, and `args` and `kwargs`."""
-        constants = {f"*args[{i}]": a for i, a in enumerate(self.args) if isinstance(a, Tensor)}
-        constants.update((f"*{k}", v) for k, v in self.kwargs.items() if isinstance(v, Tensor))
-        return {**constants, **batch}
-
-    def _fast_elbo(self, batch: dict[str, Tensor]) -> Tensor:
-        """The ELBO from the modules alone: each particle draws the guide's sites in order, then
-        adds the model's log-densities (or minus the analytic KL) and subtracts the guide's."""
-        guide, model = self.plan
-        total = 0.0
-        for _ in range(self.num_particles):
-            values, q = self._constants(batch), {}
-            for name, module, parents in guide:
-                q[name] = module(*(values[p] for p in parents))
-                values[name] = q[name].rsample()
-            for name, module, parents, analytic in model:
-                p = module(*(values[k] for k in parents))
-                if analytic:
-                    total = total - kl_divergence(q.pop(name), p).sum()
-                else:
-                    total = total + p.log_prob(values[name]).sum()
-            for name, d in q.items():
-                total = total - d.log_prob(values[name]).sum()
-        return total / self.num_particles
-
-    def _inputs(self, batch: dict[str, Tensor]) -> tuple[tuple[object, ...], dict[str, object]]:
-        if self.argument:
-            return (batch[_ARGUMENT], *self.args), self.kwargs
-        return self.args, {**self.kwargs, "n": len(next(iter(batch.values())))}
-
-    def _model(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
-        model = self.model if self.argument else poutine.condition(self.model, data=batch)
-        args, kwargs = self._inputs(batch)
-        return model(*args, **kwargs)
-
-    def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
-        args, kwargs = self._inputs(batch)
-        return self.guide(*args, **kwargs)
-
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        state = torch.get_rng_state()
-        if self.iwae:
-            data = batch[_ARGUMENT] if self.argument else batch
-            rows, draws = (
-                len(data) if self.argument else len(batch[self.observed[0]]),
-                self.num_particles,
-            )
-            log_w = _log_weights(self.model, self.guide, data, draws, rows, self.args, self.kwargs)
-            elbo = (log_w.logsumexp(0) - math.log(self.num_particles)).sum()
-        elif self.plan is not None:
-            elbo = self._fast_elbo(batch)
-        else:
-            with warnings.catch_warnings():  # a non-finite ELBO gets its own error, below
-                warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                elbo = -self.loss(batch)
-        if not torch.isfinite(elbo):
-            torch.set_rng_state(state)
-            raise ValueError(self._nonfinite(batch))
-        return {"elbo": elbo}
-
-    def _nonfinite(self, batch: dict[str, Tensor]) -> str:
-        """Names the first site whose log-probability is non-finite, on the same draw."""
-        with torch.no_grad():
-            guide_trace = poutine.trace(self._guide).get_trace(batch)
-            replayed = poutine.replay(self._model, trace=guide_trace)
-            model_trace = poutine.trace(replayed).get_trace(batch)
-        for program, trace in (("guide", guide_trace), ("model", model_trace)):
-            for name, site in trace.nodes.items():
-                if _is_variable(site) and not (program == "guide" and site["is_observed"]):
-                    if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
-                        return (
-                            f"The log-probability of site {name!r} in the {program} became "
-                            "non-finite; the parameters are left at the last finite step. "
-                            "Try a smaller lr."
-                        )
-        return "The ELBO became non-finite; the parameters are left at the last finite step."
-
-
-_Plan = tuple[list[tuple[str, Node, list[str]]], list[tuple[str, Node, list[str], bool]]]
-
-
-def _plain(site: dict, d: dist.Distribution) -> bool:
-    """Whether a site is unmasked and unscaled, and its distribution is `d`, maybe expanded."""
-    fn = site["fn"]
-    return (
-        site["mask"] is None
-        and _is_one(site["scale"])
-        and type(fn) is type(d)
-        and fn.event_shape == d.event_shape
-    )
-
-
-def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
-    """Whether torch knows the KL divergence of `q` from `p` in closed form."""
-    try:
-        kl_divergence(q, p)
-    except NotImplementedError:
-        return False
-    return True
-
-
-def _svi_table(
-    model: Callable[..., object],
-    data: Mapping[str, object] | Tensor,
-    args: tuple[object, ...],
-    kwargs: dict[str, object],
-    device: torch.device | None,
-) -> Table:
-    """Checks the observed columns of a model with latent sites, or wraps a tensor."""
-    if isinstance(data, Tensor):
-        if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
-            raise ValueError("The data tensor must have rows, and no NaN or inf.")
-        if device is None:  # where the model's parameters are, as ppgen.data.table does
-            parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
-            device = parameter.device if parameter is not None else None
-        return Table({_ARGUMENT: data.to(device) if device is not None else data})
-    if not isinstance(data, Mapping):
-        raise ValueError(f"Data must be a tensor or a dict of site name to array, not {data!r}.")
-    with torch.random.fork_rng(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
-    sites = [name for name, site in trace.nodes.items() if _is_variable(site)]
-    for name in data:
-        if name not in sites:
-            raise ValueError(
-                f"Column {name!r} is not a sample site of the model (its sites: {', '.join(sites)})."
-            )
-    latent = [name for name in sites if name not in data]
-    return table(poutine.block(model, hide=latent), data, *args, device=device, **kwargs)
-
-
 def fit_svi(
     model: Callable[..., object],
     guide: Callable[..., object] | str,
@@ -849,17 +601,17 @@ def fit_svi(
         >>> len(fit.history)
         3
     """
-    if elbo not in (*_ELBOS, "iwae"):
+    if elbo not in (*ELBOS, "iwae"):
         raise ValueError(f"elbo must be 'trace', 'mean_field' or 'iwae', not {elbo!r}.")
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
     _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(model, device)
     argument = isinstance(data, Tensor)
-    data = _svi_table(model, data, args, kwargs, device)
-    val = _svi_table(model, val, args, kwargs, device) if val is not None else None
+    data = svi_table(model, data, args, kwargs, device)
+    val = svi_table(model, val, args, kwargs, device) if val is not None else None
     observed = list(data.columns)
-    objective = _ELBOObjective(model, guide, elbo, num_particles, observed, argument, args, kwargs)
+    objective = ELBOObjective(model, guide, elbo, num_particles, observed, argument, args, kwargs)
     _device(objective.guide, device)
     with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
         objective(data.rows(slice(0, batch_size)))  # creates the auto guides' parameters
@@ -928,7 +680,7 @@ def fit_gan(
     from ppgen.models.gan import GANObjective
 
     device = _device(gan, device)
-    rows = _svi_table(gan, data, (), {}, device)
+    rows = svi_table(gan, data, (), {}, device)
     objective = GANObjective(gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas)
     groups = {
         "generator": (list(gan.generator.parameters()), ["loss_g"]),

@@ -218,7 +218,7 @@ def test_data_follow_the_model_device():
         v.device == model.conditionals[1].net[0].weight.device for v in rows.columns.values()
     )
     vae = ppgen.models.VAE(3, 2, hidden=(4,))
-    table = ppgen.infer._svi_table(vae, torch.zeros(4, 3), (), {}, None)
+    table = ppgen.elbo.svi_table(vae, torch.zeros(4, 3), (), {}, None)
     assert table.columns["*data"].device == vae.decoder.net[0].weight.device
 
 

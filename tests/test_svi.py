@@ -8,8 +8,9 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 import ppgen.infer
+from ppgen.elbo import ELBOObjective
 from ppgen.importance import _log_weights, importance_log_prob
-from ppgen.infer import FitResult, _ELBOObjective, fit_svi
+from ppgen.infer import FitResult, fit_svi
 from ppgen.models import VAE
 from ppgen.nn import Conditional, Model, Root
 from ppgen.nn import LinearGaussian as LinearNode
@@ -131,7 +132,7 @@ def test_fit_svi_reaches_the_normal_normal_posterior():
 def test_iwae_objective_is_renyi_elbo_alpha_0_on_the_same_draws():
     lg = LinearGaussian()
     x = lg.marginal().sample((8,))
-    objective = _ELBOObjective(lg.model, lg.guide, "iwae", 5, ["*data"], True, (), {})
+    objective = ELBOObjective(lg.model, lg.guide, "iwae", 5, ["*data"], True, (), {})
     pyro.set_rng_seed(3)
     ours = objective({"*data": x})["elbo"]
     pyro.set_rng_seed(3)
@@ -246,7 +247,7 @@ def test_fast_elbo_is_pyros_on_the_same_draws(program, elbo, num_particles):
         model = VAE(6, 2, hidden=(5,)) if program == "vae" else Chain()
         x = torch.randn(7, 6).gt(0).double() if program == "vae" else torch.randn(7, 3)
         batch, guide, argument, observed = {"*data": x}, model.guide, True, ["*data"]
-    objective = _ELBOObjective(model, guide, elbo, num_particles, observed, argument, (), {})
+    objective = ELBOObjective(model, guide, elbo, num_particles, observed, argument, (), {})
     assert objective.prepare(batch) and objective.fast
     pyro.set_rng_seed(4)
     fast = objective(batch)["elbo"]
@@ -279,6 +280,6 @@ def test_fit_svi_takes_the_fast_path_only_where_the_structure_is_known(monkeypat
 
 def test_fast_path_falls_back_when_the_check_fails():
     vae = VAE(6, 2, hidden=(5,))
-    objective = _ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (), {})
+    objective = ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (), {})
     objective._fast_elbo = lambda batch: torch.tensor(0.0)  # a wrong fast ELBO
     assert not objective.prepare({"*data": torch.ones(4, 6)})
