@@ -24,17 +24,22 @@ class Chain(ppgen.Model):
 """
 
 
+def ppgen_command(*argv: str) -> subprocess.CompletedProcess:
+    """Runs the `ppgen` command as a user would, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "ppgen.cli", *argv], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
 def test_version_is_printed():
-    out = subprocess.run([sys.executable, "-m", "ppgen.cli", "--version"], capture_output=True,
-                         text=True, check=True)  # fmt: skip
-    assert out.stdout.startswith("ppgen 0.")
+    assert ppgen_command("--version").stdout.startswith("ppgen 0.")
 
 
 def test_draw_writes_a_png(tmp_path):
     source = tmp_path / "chain.py"
     source.write_text(MODEL)
     target = tmp_path / "chain.png"
-    assert main(["draw", f"{source}:Chain", "-o", str(target), "--arg", "n=3", "--title"]) == 0
+    run = ppgen_command("draw", f"{source}:Chain", "-o", str(target), "--arg", "n=3", "--title")
+    assert run.returncode == 0, run.stderr
     assert target.read_bytes().startswith(b"\x89PNG")
 
 
@@ -54,7 +59,8 @@ def test_draw_errors_are_one_line_with_exit_code_2(tmp_path, capsys, spec, messa
 
 def test_demo_smoke_and_no_silent_overwrite(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--scale", "0.02", "--quiet"]) == 0
+    run = ppgen_command("demo", "--out", str(out), "--scale", "0.02", "--quiet")
+    assert run.returncode == 0, run.stderr
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"relay", "sprinkler", "digits"}
     assert results["relay"]["factorization"] == "p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)"
@@ -91,20 +97,21 @@ def chain_files(tmp_path):
     return source, data
 
 
-def test_fit_sample_info_round_trip(tmp_path, chain_files, capsys):
+def test_fit_sample_info_round_trip(tmp_path, chain_files):
     source, data = chain_files
     out = tmp_path / "fit"
-    code = main(["fit", f"{source}:Chain", "--data", str(data), "--epochs", "3", "--out", str(out),
-                 "--quiet"])  # fmt: skip
-    assert code == 0
+    run = ppgen_command("fit", f"{source}:Chain", "--data", str(data), "--epochs", "3",
+                        "--out", str(out), "--quiet")  # fmt: skip
+    assert run.returncode == 0, run.stderr
     assert (out / "model.safetensors").is_file() and (out / "history.png").is_file()
     samples = tmp_path / "samples.csv"
-    assert main(["sample", str(out), "-n", "25", "-o", str(samples)]) == 0
+    run = ppgen_command("sample", str(out), "-n", "25", "-o", str(samples))
+    assert run.returncode == 0, run.stderr
     lines = samples.read_text().splitlines()
     assert lines[0] == "a,b" and len(lines) == 26
-    capsys.readouterr()
-    assert main(["info", str(out)]) == 0
-    printed = capsys.readouterr().out
+    run = ppgen_command("info", str(out))
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout
     assert "p(a, b) = p(a) p(b | a)" in printed and "fit: 3 epochs" in printed
     assert "closed form: ['a']" in printed
 
@@ -120,13 +127,13 @@ def test_fit_sample_info_round_trip(tmp_path, chain_files, capsys):
         ("sample {tmp}", "holds no model written by `ppgen fit`"),
     ],
 )  # fmt: skip
-def test_errors_are_one_line_and_write_nothing(tmp_path, chain_files, capsys, command, message):
+def test_errors_are_one_line_and_write_nothing(tmp_path, chain_files, command, message):
     source, data = chain_files
     (tmp_path / "bad.csv").write_text("a,b,c\n0.1,1,2\n")
     (tmp_path / "latent.py").write_text(LATENT)
     (tmp_path / "x.csv").write_text("x\n0.5\n1.5\n")
-    argv = command.format(src=source, data=data, tmp=tmp_path).split()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
+    run = ppgen_command(*command.format(src=source, data=data, tmp=tmp_path).split())
+    assert run.returncode == 2
+    err = run.stderr
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
