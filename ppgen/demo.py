@@ -141,8 +141,9 @@ def _digits_models(out: Path, scale: float, progress: bool) -> tuple[dict[str, o
         grids.append((name, samples))
     pyro.set_rng_seed(0)
     vae = VAE(64, 8, hidden=(256,))
-    fit = ppgen.fit_svi(vae, vae.guide, data.train, epochs=epochs * 2, batch_size=100, lr=3e-3,
-                        progress=progress)  # fmt: skip
+    fit = ppgen.fit_svi(vae, vae.guide, data.train, val=data.test, epochs=epochs * 2,
+                        batch_size=100, lr=3e-3, progress=progress)  # fmt: skip
+    curve = _save(draw_history(fit), out / "vae_history.png")
     nll = -vae.log_prob(data.test, num_samples=200).mean().item()
     rows["VAE (IWAE-200)"] = {"test_nll": nll, "epochs": len(fit.history), "seconds": fit.seconds}
     grids.append(("VAE", vae.decode(torch.randn(30, 8)).mean))
@@ -159,7 +160,7 @@ def _digits_models(out: Path, scale: float, progress: bool) -> tuple[dict[str, o
     grid = _save(axes[0], out / "digits_samples.png")
     del figure
     codes = vae.encode(data.test)
-    report += ["", f"![samples]({grid})", "",
+    report += ["", f"![samples]({grid})", "", f"The VAE's ELBO per image: ![VAE ELBO]({curve})", "",
                f"The VAE's 8-dim codes of the test images have shape {tuple(codes.shape)}.", ""]  # fmt: skip
     return rows, report
 

@@ -69,6 +69,7 @@ def test_demo_smoke_and_no_silent_overwrite(tmp_path, capsys):
         "relay_history.png",
         "sprinkler_graph.png",
         "digits_samples.png",
+        "vae_history.png",
     ]:
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "![relay](relay_graph.png)" in (out / "report.md").read_text()
