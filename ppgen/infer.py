@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ppgen import distributed
 from ppgen.data import Table, table
 from ppgen.elbo import ELBOS, ELBOObjective, svi_table
 from ppgen.graph import _is_variable, _unweighted, trace_calls
@@ -189,6 +190,7 @@ def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> boo
     for p, k in zip([*parents, value], shape, strict=True):
         index = index * k + p.long()
     counts = torch.bincount(index.reshape(-1), minlength=math.prod(shape))
+    counts = distributed.all_reduce(counts)  # every rank's rows, under a process group
     counts = counts.reshape(shape).to(module.logits.dtype)
     totals = counts.sum(-1, keepdim=True)
     logits = torch.where(totals > 0, counts.log() - totals.log(), torch.zeros_like(counts))
@@ -202,6 +204,8 @@ def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[
     x = features(parents, cards, dtype) if parents else value.new_zeros(len(value), 0, dtype=dtype)
     design = torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
     y = value.reshape(-1, 1).to(dtype)
+    if distributed.active() is not None:
+        return _solve_normal_equations(module, design, y)
     solution = torch.linalg.lstsq(
         design, y, driver="gelsd" if design.device.type == "cpu" else None
     )
@@ -215,6 +219,29 @@ def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[
     return True
 
 
+def _solve_normal_equations(module: LinearGaussian, design: Tensor, y: Tensor) -> bool:
+    """Least squares from XᵀX and Xᵀy summed over the ranks (the rows of each on its own)."""
+    gram = distributed.all_reduce(torch.cat([design.T @ design, design.T @ y], dim=-1))
+    rows = distributed.all_reduce(torch.tensor(float(len(y)), dtype=y.dtype, device=y.device))
+    driver = "gelsd" if design.device.type == "cpu" else None
+    coef = torch.linalg.lstsq(gram[:, :-1], gram[:, -1:], driver=driver).solution
+    sigma = (distributed.all_reduce((y - design @ coef).pow(2).sum()) / rows).sqrt()
+    if not torch.isfinite(coef).all() or sigma <= 0:
+        return False
+    module.linear.weight.copy_(coef[:-1].T)
+    module.linear.bias.copy_(coef[-1])
+    module.scale.copy_(_inverse_softplus(sigma))
+    return True
+
+
+def _mean(value: Tensor) -> Tensor:
+    """The mean over the rows, of every rank's rows under a process group."""
+    if distributed.active() is None:
+        return value.mean(0)
+    rows = torch.tensor(float(len(value)), dtype=value.dtype, device=value.device)
+    return distributed.all_reduce(value.sum(0)) / distributed.all_reduce(rows)
+
+
 def _solve_root(module: Root, value: Tensor) -> bool:
     head = module.head
     if not head.params:  # every parameter is fixed
@@ -222,17 +249,18 @@ def _solve_root(module: Root, value: Tensor) -> bool:
     value = value.to(module.eta.dtype)
     stats: dict[str, Tensor] = {}
     if head.family is dist.Normal:
-        loc = torch.as_tensor(head.fixed.get("loc", value.mean(0)), dtype=value.dtype)
-        stats = {"loc": loc, "scale": (value - loc).pow(2).mean(0).sqrt()}
+        loc = torch.as_tensor(head.fixed.get("loc", _mean(value)), dtype=value.dtype)
+        stats = {"loc": loc, "scale": _mean((value - loc).pow(2)).sqrt()}
         if (stats["scale"] <= 0).any():
             return False
     elif head.family is dist.Bernoulli:
-        p = value.mean(0)
+        p = _mean(value)
         if ((p <= 0) | (p >= 1)).any():
             return False
         stats = {"logits": p.log() - (-p).log1p()}
     elif head.family is dist.Categorical:
-        counts = F.one_hot(value.long(), head.cardinality).sum(0).to(value.dtype)
+        counts = distributed.all_reduce(F.one_hot(value.long(), head.cardinality).sum(0))
+        counts = counts.to(value.dtype)
         if (counts == 0).any():
             return False
         stats = {"logits": (counts.log() - counts[..., -1:].log())[..., :-1]}
@@ -289,6 +317,12 @@ def train(
 
     Ctrl-C stops the fit between two steps: the parameters of the best epoch so far are
     restored, a warning says so, and the result has `interrupted=True`.
+
+    Under a `torch.distributed` process group (see :mod:`ppgen.distributed` and
+    `docs/scaling.md`), each rank takes its share of every epoch's permutation, `batch_size`
+    rows per step (the global batch is `batch_size × world_size`), the objective runs in
+    `DistributedDataParallel`, the epoch's sums are all-reduced for the history, and rank 0
+    alone writes checkpoints and shows the bar.
     """
     start = time.perf_counter()
     path = _checkpoint_file(checkpoint, resume)
@@ -297,6 +331,8 @@ def train(
     optimizer = torch.optim.Adam(parameters, lr=lr) if parameters and stepper is None else None
     if path is not None and stepper is not None:
         raise ValueError("Checkpoints need the loop's own optimiser; this objective has its own.")
+    if stepper is not None and distributed.active() is not None:
+        raise ValueError(f"{description} does not run under torch.distributed yet.")
     result = FitResult()
     best = {name: -math.inf for name in groups}
     saved: dict[str, list[Tensor]] = {}
@@ -308,20 +344,24 @@ def train(
         best, stale, frozen = state["best"], state["stale"], set(state["frozen"])
         result.history, result.best_epoch = state["history"], state["best_epoch"]
         first = epochs + 1 if state["done"] else state["epoch"] + 1
+    step, outside = distributed.wrap(objective, parameters)  # DDP under a process group
+    writer = distributed.is_writer()
     last = [p.detach().clone() for p in parameters]  # the parameters after the last epoch
-    bar = tqdm(range(first, epochs + 1), desc=description, disable=not progress, leave=False)
+    show = progress and writer
+    bar = tqdm(range(first, epochs + 1), desc=description, disable=not show, leave=False)
     try:
         for epoch in bar:
             tic = time.perf_counter()
             order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
+            order, total = distributed.shard(order)  # this rank's rows (all, in one process)
             sums: dict[str, Tensor] = {}
-            for start_row in range(0, len(data), batch_size):
+            for start_row in range(0, len(order), batch_size):
                 index = order[start_row : start_row + batch_size]
                 if stepper is not None:
                     for name, t in stepper(data.rows(index)).items():
                         sums[name] = sums.get(name, 0.0) + t.detach().sum()
                     continue
-                terms = objective(data.rows(index))
+                terms = step(data.rows(index))
                 loss = -sum(t.sum() for t in terms.values()) / len(index)
                 if not torch.isfinite(loss):
                     bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
@@ -331,6 +371,7 @@ def train(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(outside)
                 for name in frozen:
                     for p in groups[name][0]:
                         p.grad = None
@@ -338,6 +379,9 @@ def train(
                 for name, t in terms.items():
                     sums[name] = sums.get(name, 0.0) + t.detach().sum()
             seconds = time.perf_counter() - tic
+            if distributed.active() is not None and sums:  # every rank's rows, per row of data
+                summed = distributed.all_reduce(torch.stack(list(sums.values())))
+                sums = dict(zip(sums, summed * (len(data) / total), strict=True))
             record = _record(epoch, objective, sums, data, val, batch_size)
             record["seconds"] = seconds
             result.history.append(record)
@@ -357,7 +401,7 @@ def train(
                         frozen.add(name)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train", "val")})
             done = frozen == set(groups)
-            if path is not None and (epoch % every == 0 or epoch == epochs or done):
+            if path is not None and writer and (epoch % every == 0 or epoch == epochs or done):
                 state = {"epoch": epoch, "done": done, "best": best, "stale": stale,
                          "frozen": sorted(frozen), "history": result.history,
                          "best_epoch": result.best_epoch}  # fmt: skip
@@ -397,7 +441,8 @@ def _checkpoint_file(checkpoint: str | os.PathLike[str] | None, resume: bool) ->
             f"{path} already holds a checkpoint; pass resume=True to continue it, or choose "
             "another folder."
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    if distributed.is_writer():  # under a process group, rank 0 alone writes
+        folder.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -440,6 +485,8 @@ def _record(
 def _device(model: object, device: str | torch.device | None) -> torch.device | None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process, under torchrun
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     if device is not None and isinstance(model, nn.Module):
         model.to(device)
     return torch.device(device) if device is not None else None
@@ -494,13 +541,16 @@ def fit_mle(
     """
     _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(model, device)
+    distributed.init_from_env(device)
     data = table(model, data, *args, device=device, **kwargs)
     val = table(model, val, *args, device=device, **kwargs) if val is not None else None
     objective = ExactLogLikelihood(model, data.rows(slice(0, 64)), *args, **kwargs)
     closed: list[str] = []
     if objective.factors is not None:
+        group = distributed.active()  # each rank counts its own rows, and the counts are summed
+        own = data if group is None else Table(data.rows(slice(group[0], None, group[1])))
         for name, (module, parents) in objective.factors.items():
-            if solve_closed_form(module, data.columns[name], (data.columns[p] for p in parents)):
+            if solve_closed_form(module, own.columns[name], (own.columns[p] for p in parents)):
                 closed.append(name)
         neural = {n: m for n, (m, _) in objective.factors.items() if n not in closed}
         if len({id(m) for m in neural.values()}) == len(neural):
@@ -607,6 +657,7 @@ def fit_svi(
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
     _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(model, device)
+    distributed.init_from_env(device)
     argument = isinstance(data, Tensor)
     data = svi_table(model, data, args, kwargs, device)
     val = svi_table(model, val, args, kwargs, device) if val is not None else None
@@ -680,6 +731,8 @@ def fit_gan(
     from ppgen.models.gan import GANObjective
 
     device = _device(gan, device)
+    if distributed.active() is not None:
+        raise ValueError("fit_gan does not run under torch.distributed yet; see docs/scaling.md.")
     rows = svi_table(gan, data, (), {}, device)
     objective = GANObjective(gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas)
     groups = {
