@@ -540,10 +540,11 @@ def fit_mle(
         ['a', 'b']
     """
     _checkpoint_file(checkpoint, resume)  # before anything changes
-    device = _device(model, device)
+    device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
     data = table(model, data, *args, device=device, **kwargs)
     val = table(model, val, *args, device=device, **kwargs) if val is not None else None
+    _device(model, device)
     objective = ExactLogLikelihood(model, data.rows(slice(0, 64)), *args, **kwargs)
     closed: list[str] = []
     if objective.factors is not None:
@@ -656,11 +657,12 @@ def fit_svi(
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
     _checkpoint_file(checkpoint, resume)  # before anything changes
-    device = _device(model, device)
+    device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
     argument = isinstance(data, Tensor)
     data = svi_table(model, data, args, kwargs, device)
     val = svi_table(model, val, args, kwargs, device) if val is not None else None
+    _device(model, device)
     observed = list(data.columns)
     objective = ELBOObjective(model, guide, elbo, num_particles, observed, argument, args, kwargs)
     _device(objective.guide, device)
