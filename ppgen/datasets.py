@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -26,9 +27,12 @@ class Images:
 def digits(*, binarize: bool = True, dtype: torch.dtype | None = None) -> Images:
     r"""The 1797 handwritten 8x8 digits bundled with scikit-learn, with a fixed split.
 
-    The split is a permutation drawn with `torch.Generator().manual_seed(0)`: its first 1500
-    images are the training set, the other 297 the test set. Intensities run from 0 to 16;
-    binarised, a pixel is 1 when its intensity exceeds 8, else it is scaled to [0, 1].
+    The split is the permutation `numpy.random.default_rng(0).permutation(1797)`: its first 1500
+    images are the training set, the other 297 the test set. It is the split on which the
+    issues' reference figures were measured (an independent Bernoulli model scores 24.50
+    nats/image on its test set; a logistic regression on raw binary pixels 0.943 accuracy).
+    Intensities run from 0 to 16; binarised, a pixel is 1 when its intensity exceeds 8, else
+    it is scaled to [0, 1].
 
     Example:
         >>> data = digits()
@@ -41,7 +45,7 @@ def digits(*, binarize: bool = True, dtype: torch.dtype | None = None) -> Images
     x = torch.as_tensor(bunch.data, dtype=dtype or torch.get_default_dtype())
     x = (x > 8).to(x.dtype) if binarize else x / 16
     y = torch.as_tensor(bunch.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    order = torch.as_tensor(np.random.default_rng(0).permutation(len(x)))
     train, test = order[:1500], order[1500:]
     return Images(x[train], x[test], y[train], y[test], (8, 8))
 
