@@ -287,6 +287,7 @@ def train(
     patience: int | None,
     progress: bool,
     description: str,
+    weight_decay: float = 0.0,
     checkpoint: str | os.PathLike[str] | None = None,
     every: int = 1,
     resume: bool = False,
@@ -305,6 +306,8 @@ def train(
             group keeps the parameters of its best validation epoch.
         data, val: The training rows, and the validation rows (or `None`).
         epochs, batch_size, lr: The optimisation budget.
+        weight_decay: Adam's L2 penalty on the parameters (a Gaussian prior: the fit is then
+            the maximum a posteriori, not the maximum likelihood).
         patience: Epochs without improvement before a group stops (`None`: never).
         progress: Whether to show a tqdm bar.
         description: The bar's label.
@@ -328,7 +331,9 @@ def train(
     path = _checkpoint_file(checkpoint, resume)
     parameters = [p for params, _ in groups.values() for p in params]
     stepper = getattr(objective, "step", None)  # an objective with its own optimisers (a GAN)
-    optimizer = torch.optim.Adam(parameters, lr=lr) if parameters and stepper is None else None
+    optimizer = None
+    if parameters and stepper is None:
+        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if path is not None and stepper is not None:
         raise ValueError("Checkpoints need the loop's own optimiser; this objective has its own.")
     if stepper is not None and distributed.active() is not None:
@@ -499,6 +504,7 @@ def fit_mle(
     epochs: int = 100,
     batch_size: int = 256,
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
     val: Mapping[str, object] | object | None = None,
     patience: int | None = None,
     device: str | torch.device | None = None,
@@ -521,6 +527,8 @@ def fit_mle(
         data: A dict of site name to array (rows first) or a pandas DataFrame.
         args, kwargs: Other inputs of `model`.
         epochs, batch_size, lr: The Adam budget for neural nodes.
+        weight_decay: Adam's L2 penalty on the neural nodes' parameters (a Gaussian prior:
+            the fit is then the maximum a posteriori); closed-form nodes stay exact.
         val: Validation data, in the same form as `data`.
         patience: Epochs without validation improvement before a node stops.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
@@ -569,8 +577,9 @@ def fit_mle(
         if groups:
             result = train(
                 objective, groups, data, val, epochs=epochs, batch_size=batch_size, lr=lr,
-                patience=patience, progress=progress, description="fit_mle",
-                checkpoint=checkpoint, every=checkpoint_every, resume=resume,
+                weight_decay=weight_decay, patience=patience, progress=progress,
+                description="fit_mle", checkpoint=checkpoint, every=checkpoint_every,
+                resume=resume,
             )  # fmt: skip
         else:
             result = FitResult(history=[_record(0, objective, None, data, val, len(data))])
@@ -591,6 +600,7 @@ def fit_svi(
     epochs: int = 100,
     batch_size: int = 256,
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
     val: Mapping[str, object] | Tensor | None = None,
     patience: int | None = None,
     device: str | torch.device | None = None,
@@ -629,6 +639,7 @@ def fit_svi(
             differentiable loss; every site in the data plate, reparameterised guides only).
         num_particles: The draws per row of the ELBO's estimate.
         epochs, batch_size, lr: The Adam budget.
+        weight_decay: Adam's L2 penalty on the parameters (a Gaussian prior on them).
         val: Validation data, in the same form as `data`.
         patience: Epochs without validation improvement before the fit stops.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
@@ -677,8 +688,8 @@ def fit_svi(
     with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
         return train(
             objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
-            batch_size=batch_size, lr=lr, patience=patience, progress=progress,
-            description="fit_svi", checkpoint=checkpoint, every=checkpoint_every, resume=resume,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+            progress=progress, description="fit_svi", checkpoint=checkpoint, every=checkpoint_every, resume=resume,
         )  # fmt: skip
 
 

@@ -171,6 +171,21 @@ def test_neural_fit_approaches_the_generator():
     assert truth - 0.06 < ours < truth + 0.04
 
 
+def test_weight_decay_reaches_the_penalised_optimum():
+    # full-batch Adam with L2 weight decay λ stops where −∇ mean log p + λ θ = 0 (MAP, not MLE)
+    x = (torch.rand(200, 4) < torch.tensor([0.2, 0.5, 0.7, 0.9])).float()
+    x[:, 1] = torch.where(torch.rand(200) < 0.8, x[:, 0], x[:, 1])
+    model, decay = ppgen.models.FVSBN(4), 0.05
+    ppgen.fit_mle(
+        model, {"x": x}, epochs=300, batch_size=200, lr=5e-2, weight_decay=decay, progress=False
+    )
+    loss = -model.distribution(len(x)).log_prob(x).mean()
+    weights = [p for p in model.parameters() if p.requires_grad]
+    for grad, p in zip(torch.autograd.grad(loss, weights), weights, strict=True):
+        torch.testing.assert_close(grad + decay * p, torch.zeros_like(p), atol=1e-4, rtol=0)
+    assert min(p.abs().max() for p in weights) > 0.05  # not a trivial optimum at zero
+
+
 def test_early_stopping_keeps_each_nodes_best_epoch(relay):
     train, val = relay_race(300, seed=1), relay_race(300, seed=2)
     fit = ppgen.fit_mle(relay, train, val=val, epochs=30, batch_size=32, lr=3e-2,
