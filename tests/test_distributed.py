@@ -41,7 +41,7 @@ rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=rank,
                         world_size={world}, timeout=datetime.timedelta(seconds=60))
 sys.path.insert(0, {tests!r})
-from test_distributed import _neural, _closed, _vae, _gan, _nonfinite
+from test_distributed import _neural, _closed, _vae, _gan, _nonfinite, _gan_nonfinite
 results = {{}}
 model, fit = _neural(batch_size={batch}, checkpoint=f"{{out}}/checkpoint{{rank}}")
 results["neural"], results["history"] = model.state_dict(), fit.history
@@ -54,6 +54,10 @@ try:
     _nonfinite(model, batch_size={batch})
 except ValueError as error:
     results["nonfinite"], results["nonfinite_model"] = str(error), model.state_dict()
+try:
+    _gan_nonfinite(batch_size={batch})
+except ValueError as error:
+    results["gan_nonfinite"] = str(error)
 torch.save(results, f"{{out}}/rank{{rank}}.pt")
 dist.destroy_process_group()
 """
@@ -120,6 +124,20 @@ def _nonfinite(model, batch_size: int):
 
 
 _nonfinite.spec = NEURAL
+
+
+class _Fragile(MLPDiscriminator):
+    """A discriminator whose logit is NaN on rows whose first value is 99."""
+
+    def forward(self, x):
+        return torch.where(x[:, 0] == 99.0, float("nan"), super().forward(x))
+
+
+def _gan_nonfinite(batch_size: int):
+    gan, x = _gan_setup()
+    gan.discriminator = _Fragile(2, hidden_features=(8, 8))
+    x[5, 0] = 99.0
+    ppgen.fit_gan(gan, x, epochs=1, batch_size=batch_size, progress=False)
 
 
 def _free_port() -> int:
@@ -260,6 +278,9 @@ def test_nonfinite_loss_on_one_rank_stops_every_rank_with_its_error(ranks):
     assert "site 'b' became non-finite at epoch 1" in str(error.value)
     assert results[0]["nonfinite"] == results[1]["nonfinite"] == str(error.value)
     assert _close(results[1]["nonfinite_model"], results[0]["nonfinite_model"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="discriminator's loss became non-finite") as error:
+        _gan_nonfinite(batch_size=WORLD * BATCH)
+    assert results[0]["gan_nonfinite"] == results[1]["gan_nonfinite"] == str(error.value)
 
 
 def test_cli_fit_under_torchrun_writes_once(tmp_path):

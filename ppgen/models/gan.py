@@ -335,15 +335,16 @@ class GANObjective(nn.Module):
         x = next(iter(batch.values()))
         rows = len(x) if rows is None else rows
         for _ in range(self.d_steps):
-            loss_d, (terms_d, real_logits) = self.critic(x, rows)
+            loss_d, outputs = self.critic(x, rows)
             self.optimizer_d.zero_grad(set_to_none=True)
-            self.critic.backward(loss_d)
+            self.critic.backward(loss_d)  # raises on every rank where the loss failed on one
             self.optimizer_d.step()
-        loss_g, (terms_g, fake_logits) = self.player(len(x), rows)
+        loss_g, player_outputs = self.player(len(x), rows)
         self.optimizer_g.zero_grad(set_to_none=True)
         self.player.backward(loss_g)
         self.optimizer_d.zero_grad(set_to_none=True)  # D's gradients from G's step are dropped
         self.optimizer_g.step()
+        (terms_d, real_logits), (terms_g, fake_logits) = outputs, player_outputs
         hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
         return {"loss_d": terms_d, "loss_g": terms_g, "accuracy": hits / 2}
 
