@@ -8,10 +8,13 @@ one counting pass, reported as its epoch). Data are drawn from the model itself.
 
 - rows: 10 nodes, 10k → 1M rows; nodes: 10k rows, 10 → 500 nodes. Each point is fitted in a
   forked child process: the time of the epoch (`fit.history[0]["seconds"]`, the optimisation
-  alone) or of the whole closed-form fit (checks and structure included), and the peak RSS the fit adds
-  (`ru_maxrss` at the child's end minus at its start: a lower bound, the child may reuse pages
-  its parent freed). The slope is the least-squares slope of log time on log size, over all
-  points and between neighbours.
+  alone) or of the whole closed-form fit (checks and structure included), and the peak RSS the
+  fit adds over the child's RSS at its start (after `malloc_trim`; RSS polled every 2 ms from
+  `/proc/self/statm`, so a peak shorter than that can be missed). The slope is the
+  least-squares slope of log time on log size, over all points and between neighbours; the
+  memory's growth is the peak's increase per added row or node, from the first to the last.
+- vae: the throughput (rows a second, warm epochs) of `fit_svi` on `ppgen.models.VAE`
+  (z = 8, one hidden layer of 256, batches of 128) on the 1500 training digits.
 - processes: a neural epoch (10 nodes, 100k rows, global batch 1024) in one process and under
   `torchrun --nproc_per_node 2` (gloo on the loopback, 512 rows a process), alternating.
 
@@ -19,23 +22,34 @@ Times are medians over `--repeats`. One thread a process.
 
 Run: python benchmarks/scaling.py [--rows 10000 ... --nodes 10 ... --repeats 2]
 
-Measured on the shared 2-core machine (load average 5-8 from other jobs: figures ±40 %):
-see docs/scaling.md for the table and its reading.
+Measured with the defaults (572 s in all) on the shared 2-core machine, load average 7-11
+from other jobs (figures ±40 %; docs/scaling.md has the tables and their reading):
 
-CUDA (not measured here, no GPU): `python benchmarks/scaling.py --device cuda` times the same
-sweeps on the GPU; compare with the CPU run from the same machine.
+    neural  rows 10k→1M (10 nodes):   0.505 → 57.4 s/epoch, slope 1.04; peak +10 B/row
+    tabular rows 10k→1M (10 nodes):   0.098 → 1.17 s/fit, slope 0.52 (1.01 from 300k: a fixed
+                                      ~0.1 s of checks and tracing dominates below); +52 B/row
+    neural  nodes 10→500 (10k rows):  0.453 → 24.5 s/epoch, slope 1.05; +275 KB/node
+    tabular nodes 10→500 (10k rows):  0.090 → 0.947 s/fit, slope 0.62 (the same fixed cost)
+    vae     1500 digits, cpu:         0.205 s/epoch, 7,321 rows/s (run on its own)
+    neural  100k rows, 1 vs 2 processes: 3.65 vs 6.15 s/epoch, 0.59x (min 0.48x, max 0.69x):
+                                      no speed-up on 2 cores shared with other jobs
+
+CUDA (not measured here, no GPU): `python benchmarks/scaling.py --device cuda --processes-rows 0`
+times the same sweeps and the VAE on the GPU; compare with `python benchmarks/scaling.py` run on
+the same machine.
 """
 
 import argparse
+import ctypes
 import json
 import multiprocessing
 import os
 import random
-import resource
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -76,10 +90,25 @@ def fit(nodes: int, kind: str, rows: dict, device: str | None) -> float:
     return result.history[0]["seconds"] if kind == "neural" else time.perf_counter() - start
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _child(queue, job):
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # pages the parent freed go back to the system
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def poll():
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], _rss())
+
+    poller = threading.Thread(target=poll)
+    poller.start()
     seconds = job()
-    queue.put((seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024))
+    done.set()
+    poller.join()
+    queue.put((seconds, (max(peak[0], _rss()) - base) / 2**20))
 
 
 def forked(job) -> tuple[float, float]:
@@ -111,12 +140,27 @@ def sweep(axis: str, kind: str, points: list[int], repeats: int, device: str | N
               f"{seconds[-1] / rows * 1e6:7.2f} us/row  peak +{peaks[-1]:7.1f} MiB  "
               f"(data {mib:6.1f} MiB)", flush=True)  # fmt: skip
     overall, local = slopes(points, seconds)
-    memory = slopes(points, [max(p, 1e-3) for p in peaks])[0]
+    memory = (peaks[-1] - peaks[0]) * 2**20 / (points[-1] - points[0])
     print(
         f"{kind:8s} {axis:5s} slope of time {overall:.2f} (between neighbours: "
-        f"{', '.join(f'{s:.2f}' for s in local)}); of peak memory {memory:.2f}",
+        f"{', '.join(f'{s:.2f}' for s in local)}); peak memory +{memory:,.0f} bytes per {axis[:-1]}",
         flush=True,
     )
+
+
+def vae(device: str | None, epochs: int = 3) -> None:
+    """The throughput of `fit_svi` on a VAE (z = 8, hidden 256, batches of 128) on the digits."""
+    from ppgen.datasets import digits
+    from ppgen.models import VAE
+
+    x = digits().train
+    pyro.set_rng_seed(0)
+    model = VAE(64, 8, hidden=(256,))
+    fit = ppgen.fit_svi(model, model.guide, x, epochs=epochs, batch_size=128, progress=False,
+                        device=device)  # fmt: skip
+    seconds = statistics.median(r["seconds"] for r in fit.history[1:])  # warm epochs
+    print(f"vae      {len(x):,d} rows on {device or 'cpu'}: {seconds:.3f} s/epoch, "
+          f"{len(x) / seconds:,.0f} rows/s", flush=True)  # fmt: skip
 
 
 def worker(rows: int, batch: int, epochs: int) -> None:
@@ -175,6 +219,7 @@ def main() -> None:
         sweep("rows", kind, args.rows, args.repeats, args.device)
     for kind in args.kinds:
         sweep("nodes", kind, args.nodes, args.repeats, args.device)
+    vae(args.device)
     if args.device in (None, "cpu") and args.processes_rows:
         processes(args.processes_rows, args.repeats)
     print(f"total {time.perf_counter() - start:.0f} s")
