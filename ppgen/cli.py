@@ -108,6 +108,7 @@ def _fit(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    from ppgen import distributed
     from ppgen.io import save
 
     out = Path(args.out)
@@ -123,6 +124,8 @@ def _fit(args: argparse.Namespace) -> None:
         guide = args.guide if args.guide.startswith("auto_") else load_object(args.guide)
         frame = data if isinstance(data, dict) else {c: data[c].to_numpy() for c in data.columns}
         fit = ppgen.fit_svi(model, guide, frame, elbo=args.elbo, **options, **kwargs)
+    if not distributed.is_writer():  # under torchrun, rank 0 alone writes
+        return
     out.mkdir(parents=True, exist_ok=True)
     save(model, out / "model.safetensors", fit=fit)
     path, _, name = args.target.rpartition(":")

@@ -8,6 +8,7 @@ Without one, the fits run exactly as in a single process. See `docs/scaling.md`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -15,13 +16,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
+    "Lockstep",
     "active",
     "all_reduce",
-    "average_gradients",
+    "batch_rows",
     "init_from_env",
     "is_writer",
     "shard",
-    "wrap",
 ]
 
 
@@ -65,56 +66,130 @@ def all_reduce(tensor: Tensor) -> Tensor:
 
 
 def shard(order: Tensor) -> tuple[Tensor, int]:
-    """This rank's share of an epoch's permutation of the rows, as `DistributedSampler` cuts it.
+    """This rank's share of an epoch's permutation of the rows: `DistributedSampler`'s cut,
+    without its padding.
 
     Rank 0's permutation is broadcast (each rank draws its own first, so that the random
-    streams stay in step with a single process's), padded to a multiple of the world size by
-    repeating its head, and rank `r` takes positions `r, r + W, r + 2W, ...`. Batch `k` of
-    `batch_size` rows on every rank together are thus batch `k` of `batch_size × W` rows of a
-    single process drawing the same permutation.
+    streams stay in step with a single process's), and rank `r` takes positions
+    `r, r + W, r + 2W, ...`. Batch `k` of `batch_size` rows on every rank together are thus
+    batch `k` of `batch_size × W` rows of a single process drawing the same permutation.
+    Where `W` does not divide the rows, the last shares are one row short: `DistributedSampler`
+    would repeat rows there, counting them twice; here every rank still takes the same number
+    of steps (that of the longest share, see :func:`batch_rows`), and each row counts once.
 
     Returns:
-        The rows of this rank, and the number of rows over all ranks (padding included).
+        The rows of this rank, and the length of the longest share.
     """
     group = active()
     if group is None:
         return order, len(order)
     rank, world = group
+    if len(order) < world:
+        raise ValueError(f"{len(order)} rows cannot be shared by {world} processes.")
     dist.broadcast(order, src=0)
-    total = -(-len(order) // world) * world
-    padded = torch.cat([order, order[: total - len(order)]]) if total > len(order) else order
-    return padded[rank::world], total
+    return order[rank::world], -(-len(order) // world)
 
 
-def wrap(objective: object, parameters: list[nn.Parameter]) -> tuple[object, list[nn.Parameter]]:
-    """The objective in `DistributedDataParallel`, where it is a module holding parameters.
+def batch_rows(rows: int, start: int, batch_size: int) -> float:
+    r"""The rows of the batch at positions `start : start + batch_size` of every rank's share of
+    `rows` rows (:func:`shard`), over all ranks together, divided by the world size.
 
-    DDP broadcasts rank 0's parameters and averages the gradients of the module's parameters
-    over the ranks in `backward`. Trained parameters outside the module (Pyro's parameter
-    store) are broadcast here, and returned: their gradients must be averaged with
-    :func:`average_gradients` after each `backward`.
+    A rank's loss is its batch's sum divided by this, so that DDP's average of the gradients
+    over the ranks is the gradient of the mean over the global batch, also where a share is
+    short or empty. In one process, it is the length of the batch.
+
+    Example:
+        >>> batch_rows(10, 8, 4)  # one process: the last batch has rows 8 and 9
+        2
     """
-    if active() is None:
-        return objective, []
-    own = set()
-    if isinstance(objective, nn.Module):
-        own = {id(p) for p in objective.parameters() if p.requires_grad}
-    if own & {id(p) for p in parameters}:
-        objective = DistributedDataParallel(objective, find_unused_parameters=True)
-    rest = [p for p in parameters if id(p) not in own]
-    with torch.no_grad():
-        for p in rest:
-            dist.broadcast(p.data, src=0)
-    return objective, rest
-
-
-def average_gradients(parameters: list[nn.Parameter]) -> None:
-    """Averages the gradients of `parameters` over the ranks (a missing one counts as zero)."""
     group = active()
-    if group is None or not parameters:
-        return
-    for p in parameters:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad /= group[1]
+    world = 1 if group is None else group[1]
+    total = sum(max(0, min(batch_size, len(range(r, rows, world)) - start)) for r in range(world))
+    return total if world == 1 else total / world
+
+
+class _Alarmed(nn.Module):
+    """The module DDP wraps: `loss`'s value with a zero parameter `alarm` added, or, where `loss`
+    raised, `alarm` alone, so that the gradient of `alarm` is 1 on the failing rank."""
+
+    def __init__(self, module: object, loss: Callable[..., tuple[Tensor, object]]) -> None:
+        super().__init__()
+        self.module = module if isinstance(module, nn.Module) else None
+        self.loss, self.error = loss, None
+        like = next(self.module.parameters(), None) if self.module is not None else None
+        self.alarm = nn.Parameter(torch.zeros((), device=None if like is None else like.device))
+
+    def forward(self, *inputs: object) -> tuple[Tensor, object]:
+        try:
+            loss, extra = self.loss(*inputs)
+        except Exception as error:  # noqa: BLE001 -- raised on every rank by Lockstep.backward
+            self.error = error
+            return self.alarm * 1.0, None
+        return loss + (self.alarm * 0.0).to(loss.dtype), extra
+
+
+class Lockstep:
+    r"""The loss of one training step, computed by `loss(*inputs) -> (loss, extra)` from the
+    parameters of `module`, in `DistributedDataParallel` where a process group is active.
+
+    In one process, calling it calls `loss`, and :meth:`backward` is `loss.backward()`.
+    Under a process group, DDP (on the module with its parameters, after broadcasting rank 0's)
+    averages the gradients over the ranks in `backward`; trained `parameters` outside the module
+    (Pyro's parameter store) are broadcast here and their gradients averaged by :meth:`backward`.
+    Where `loss` raises on one rank (a non-finite loss), the others would wait for it in DDP's
+    all-reduce; instead that rank's output is a zero parameter `alarm` alone, whose gradient,
+    1 there and 0 elsewhere, reaches every rank in DDP's own all-reduce. :meth:`backward` then
+    raises on every rank the error of the first failing rank. A step that succeeds costs no
+    extra collective: only failure gathers the error's message (`all_gather_object`).
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> step = Lockstep(lambda x: (net(x).pow(2).mean(), None), net)
+        >>> loss, _ = step(torch.ones(4, 2))
+        >>> step.backward(loss)
+        >>> net.weight.grad.shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        loss: Callable[..., tuple[Tensor, object]],
+        module: object,
+        parameters: Iterable[nn.Parameter] = (),
+    ) -> None:
+        self.loss, self.group = loss, active()
+        own = {id(p) for p in module.parameters()} if isinstance(module, nn.Module) else set()
+        self.outside = [p for p in parameters if id(p) not in own]
+        if self.group is None:
+            return
+        self.alarmed = _Alarmed(module, loss)
+        self.ddp = DistributedDataParallel(self.alarmed, find_unused_parameters=True)
+        with torch.no_grad():
+            for p in self.outside:
+                dist.broadcast(p.data, src=0)
+
+    def __call__(self, *inputs: object) -> tuple[Tensor, object]:
+        return self.loss(*inputs) if self.group is None else self.ddp(*inputs)
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagates `loss`, averaging the gradients over the ranks; raises on every rank
+        together where the step failed on one."""
+        loss.backward()
+        if self.group is None:
+            return
+        alarm = self.alarmed.alarm
+        if alarm.grad is not None and alarm.grad.item() != 0:
+            self._raise()
+        for p in self.outside:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= self.group[1]
+
+    def _raise(self) -> None:
+        error, self.alarmed.error = self.alarmed.error, None
+        errors: list[tuple[bool, str] | None] = [None] * self.group[1]
+        mine = None if error is None else (isinstance(error, ValueError), str(error))
+        dist.all_gather_object(errors, mine)
+        value, message = next(e for e in errors if e is not None)
+        raise (ValueError if value else RuntimeError)(message) from error

@@ -298,9 +298,9 @@ def train(
         objective: Maps a batch (a dict of tensors, rows first) to named terms, each the
             log-likelihood (or ELBO) of every row of shape :math:`(N,)`, or its sum over the
             rows as a scalar; their mean per row is maximised. An objective with a method
-            `step(batch) -> terms` optimises itself instead (a GAN's two players, with their
-            own optimisers: :class:`ppgen.models.gan.GANObjective`); `lr` is then unused, and
-            the loop only records its terms.
+            `step(batch, rows) -> terms` optimises itself instead (a GAN's two players, with
+            their own optimisers: :class:`ppgen.models.gan.GANObjective`), dividing its losses'
+            sums by `rows`; `lr` is then unused, and the loop only records its terms.
         groups: Named groups of parameters, each with the terms it alone enters; a group whose
             validation terms have not improved for `patience` epochs stops training, and each
             group keeps the parameters of its best validation epoch.
@@ -324,8 +324,9 @@ def train(
     Under a `torch.distributed` process group (see :mod:`ppgen.distributed` and
     `docs/scaling.md`), each rank takes its share of every epoch's permutation, `batch_size`
     rows per step (the global batch is `batch_size × world_size`), the objective runs in
-    `DistributedDataParallel`, the epoch's sums are all-reduced for the history, and rank 0
-    alone writes checkpoints and shows the bar.
+    `DistributedDataParallel` (:class:`~ppgen.distributed.Lockstep`: an error on one rank
+    stops every rank with the same message), the epoch's sums are all-reduced for the history
+    (each row counted once), and rank 0 alone writes checkpoints and shows the bar.
     """
     start = time.perf_counter()
     path = _checkpoint_file(checkpoint, resume)
@@ -336,8 +337,6 @@ def train(
         optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if path is not None and stepper is not None:
         raise ValueError("Checkpoints need the loop's own optimiser; this objective has its own.")
-    if stepper is not None and distributed.active() is not None:
-        raise ValueError(f"{description} does not run under torch.distributed yet.")
     result = FitResult()
     best = {name: -math.inf for name in groups}
     saved: dict[str, list[Tensor]] = {}
@@ -349,7 +348,22 @@ def train(
         best, stale, frozen = state["best"], state["stale"], set(state["frozen"])
         result.history, result.best_epoch = state["history"], state["best_epoch"]
         first = epochs + 1 if state["done"] else state["epoch"] + 1
-    step, outside = distributed.wrap(objective, parameters)  # DDP under a process group
+
+    def loss_of(batch: dict[str, Tensor], rows: float) -> tuple[Tensor, dict[str, Tensor]]:
+        if not len(next(iter(batch.values()))):  # a rank's share ran out: it adds nothing
+            return torch.zeros(()), {}
+        terms = objective(batch)
+        loss = -sum(t.sum() for t in terms.values()) / rows
+        if not torch.isfinite(loss):
+            bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
+            raise ValueError(
+                f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
+                "the parameters are left at the last finite step. Try a smaller lr."
+            )
+        return loss, terms
+
+    # DDP under a process group, every rank stopping together where one fails
+    step = None if stepper is not None else distributed.Lockstep(loss_of, objective, parameters)
     writer = distributed.is_writer()
     last = [p.detach().clone() for p in parameters]  # the parameters after the last epoch
     show = progress and writer
@@ -358,35 +372,27 @@ def train(
         for epoch in bar:
             tic = time.perf_counter()
             order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
-            order, total = distributed.shard(order)  # this rank's rows (all, in one process)
+            order, longest = distributed.shard(order)  # this rank's rows (all, in one process)
             sums: dict[str, Tensor] = {}
-            for start_row in range(0, len(order), batch_size):
+            for start_row in range(0, longest, batch_size):
                 index = order[start_row : start_row + batch_size]
+                rows = distributed.batch_rows(len(data), start_row, batch_size)
                 if stepper is not None:
-                    for name, t in stepper(data.rows(index)).items():
-                        sums[name] = sums.get(name, 0.0) + t.detach().sum()
-                    continue
-                terms = step(data.rows(index))
-                loss = -sum(t.sum() for t in terms.values()) / len(index)
-                if not torch.isfinite(loss):
-                    bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
-                    raise ValueError(
-                        f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
-                        "the parameters are left at the last finite step. Try a smaller lr."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_gradients(outside)
-                for name in frozen:
-                    for p in groups[name][0]:
-                        p.grad = None
-                optimizer.step()
+                    terms = stepper(data.rows(index), rows)
+                else:
+                    loss, terms = step(data.rows(index), rows)
+                    optimizer.zero_grad(set_to_none=True)
+                    step.backward(loss)
+                    for name in frozen:
+                        for p in groups[name][0]:
+                            p.grad = None
+                    optimizer.step()
                 for name, t in terms.items():
                     sums[name] = sums.get(name, 0.0) + t.detach().sum()
             seconds = time.perf_counter() - tic
-            if distributed.active() is not None and sums:  # every rank's rows, per row of data
+            if distributed.active() is not None and sums:  # every rank's rows, each once
                 summed = distributed.all_reduce(torch.stack(list(sums.values())))
-                sums = dict(zip(sums, summed * (len(data) / total), strict=True))
+                sums = dict(zip(sums, summed, strict=True))
             record = _record(epoch, objective, sums, data, val, batch_size)
             record["seconds"] = seconds
             result.history.append(record)
@@ -712,7 +718,8 @@ def fit_gan(
     :class:`ppgen.models.gan.GANObjective`: on each batch of real rows, `d_steps` steps of the
     discriminator (each on fresh codes), then one step of the generator with the GAN's loss.
     There is no likelihood, hence no validation and no early stopping: the last epoch's
-    parameters are kept.
+    parameters are kept. Under `torchrun`, both players run in `DistributedDataParallel`
+    and the rows are shared as for :func:`fit_mle` (`docs/scaling.md`).
 
     Arguments:
         gan: The GAN.
@@ -744,8 +751,7 @@ def fit_gan(
     from ppgen.models.gan import GANObjective
 
     device = _device(gan, device)
-    if distributed.active() is not None:
-        raise ValueError("fit_gan does not run under torch.distributed yet; see docs/scaling.md.")
+    distributed.init_from_env(device)
     rows = svi_table(gan, data, (), {}, device)
     objective = GANObjective(gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas)
     groups = {

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pyro.nn import DenseNN
 from torch import Tensor, nn
 
+from ppgen.distributed import Lockstep
 from ppgen.nn import Model
 
 __all__ = [
@@ -307,6 +308,10 @@ class GANObjective(nn.Module):
         self.gan, self.d_steps = gan, d_steps
         self.optimizer_g = torch.optim.Adam(gan.generator.parameters(), lr=lr_g, betas=betas)
         self.optimizer_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr_d, betas=betas)
+        # each player's step in DDP under a process group (the generator's alone: D's
+        # gradients from it are dropped); an error on one rank stops every rank
+        self.critic = Lockstep(self._discriminator_loss, gan.discriminator)
+        self.player = Lockstep(self._generator_loss, gan.generator)
 
     def _terms(self, x: Tensor) -> dict[str, Tensor]:
         gan = self.gan
@@ -324,26 +329,40 @@ class GANObjective(nn.Module):
         with torch.no_grad():
             return self._terms(next(iter(batch.values())))
 
-    def step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Trains both players on the batch; returns the terms per row, detached."""
+    def step(self, batch: dict[str, Tensor], rows: float | None = None) -> dict[str, Tensor]:
+        """Trains both players on the batch, each loss summed over the rows and divided by
+        `rows` (`None`: the batch's length); returns the terms per row, detached."""
         x = next(iter(batch.values()))
+        rows = len(x) if rows is None else rows
         for _ in range(self.d_steps):
-            fake = self.gan.generator(self.gan.prior(len(x)).sample()).detach()
-            real_logits, fake_logits = self.gan.discriminator(x), self.gan.discriminator(fake)
-            loss_d = self.gan.discriminator_loss(real_logits, fake_logits)
-            _check(loss_d, "discriminator", "lr_d")
+            loss_d, outputs = self.critic(x, rows)
             self.optimizer_d.zero_grad(set_to_none=True)
-            loss_d.mean().backward()
+            self.critic.backward(loss_d)  # raises on every rank where the loss failed on one
             self.optimizer_d.step()
-        fake_logits = self.gan.discriminator(self.gan.generator(self.gan.prior(len(x)).sample()))
-        loss_g = self.gan.generator_loss(fake_logits)
-        _check(loss_g, "generator", "lr_g")
+        loss_g, player_outputs = self.player(len(x), rows)
         self.optimizer_g.zero_grad(set_to_none=True)
-        loss_g.mean().backward()
+        self.player.backward(loss_g)
         self.optimizer_d.zero_grad(set_to_none=True)  # D's gradients from G's step are dropped
         self.optimizer_g.step()
+        (terms_d, real_logits), (terms_g, fake_logits) = outputs, player_outputs
         hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "accuracy": hits / 2}
+        return {"loss_d": terms_d, "loss_g": terms_g, "accuracy": hits / 2}
+
+    def _discriminator_loss(self, x: Tensor, rows: float) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        gan = self.gan
+        with torch.no_grad():
+            fake = gan.generator(gan.prior(len(x)).sample())
+        real_logits, fake_logits = gan.discriminator(x), gan.discriminator(fake)
+        loss_d = gan.discriminator_loss(real_logits, fake_logits)
+        _check(loss_d, "discriminator", "lr_d")
+        return loss_d.sum() / rows, (loss_d.detach(), real_logits.detach())
+
+    def _generator_loss(self, n: int, rows: float) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        gan = self.gan  # the discriminator's own gradients here are dropped, never averaged
+        fake_logits = gan.discriminator(gan.generator(gan.prior(n).sample()))
+        loss_g = gan.generator_loss(fake_logits)
+        _check(loss_g, "generator", "lr_g")
+        return loss_g.sum() / rows, (loss_g.detach(), fake_logits.detach())
 
 
 def _check(loss: Tensor, player: str, lr: str) -> None:
