@@ -39,15 +39,17 @@ class Table:
 
 
 def _from_frame(frame: object) -> tuple[dict[str, object], dict[str, list[object]]]:
+    import numpy as np
     import pandas as pd
 
     columns, categories = {}, {}
-    for name in frame.columns:
-        series = frame[name]
-        if isinstance(series.dtype, pd.CategoricalDtype) or series.dtype == object:
-            codes = series.astype("category")
-            categories[str(name)] = list(codes.cat.categories)
-            columns[str(name)] = codes.cat.codes.to_numpy(copy=True)
+    for name, series in frame.items():
+        labels = series.array
+        if series.dtype == object:
+            labels = pd.Categorical(series)
+        if isinstance(labels, pd.Categorical):  # its codes as they are stored, copied to int64
+            categories[str(name)] = list(labels.categories)
+            columns[str(name)] = labels.codes.astype(np.int64)
         else:
             columns[str(name)] = series.to_numpy(copy=True)
     return columns, categories
@@ -156,7 +158,8 @@ def _inside(support: constraints.Constraint, value: Tensor) -> bool:
     if isinstance(support, constraints.integer_interval) and not value.is_floating_point():
         lower, upper = support.lower_bound, support.upper_bound
         if isinstance(lower, int | float) and isinstance(upper, int | float):
-            return bool(value.min() >= lower) and bool(value.max() <= upper)
+            least, most = torch.aminmax(value)  # one pass over the column
+            return bool(least >= lower) and bool(most <= upper)
     try:
         return bool(support.check(value).all())
     except RuntimeError:  # a support that varies by row cannot be checked from two rows

@@ -122,6 +122,10 @@ class ExactLogLikelihood(nn.Module):
             if None in parents:
                 return None
             factors[name] = (call[0], parents)
+        if all(isinstance(m, Tabular) for m, _ in factors.values()) and all(
+            sites[n]["fn"].shape() == (rows,) for n in factors
+        ):  # each site is its table's Categorical (matched above), one value a row: they agree
+            return factors
         self.factors = factors
         with torch.no_grad():
             fast = sum(t.sum() for t in self(probe).values())
@@ -173,29 +177,39 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
         >>> round(root().probs.item(), 6)
         0.75
     """
+    return _solve(module, value, parents)[0]
+
+
+def _solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool, Tensor | None]:
+    """As :func:`solve_closed_form`, and the log-likelihood summed over the rows at the solution
+    where the solver has it for free (a table's, from its counts), else `None`."""
     parents = list(parents)
     with torch.no_grad():
         if isinstance(module, Tabular):
-            return _solve_tabular(module, value, parents)
+            return True, _solve_tabular(module, value, parents)
         if isinstance(module, LinearGaussian):
-            return _solve_linear_gaussian(module, value, parents)
+            return _solve_linear_gaussian(module, value, parents), None
         if isinstance(module, Root):
-            return _solve_root(module, value)
-    return False
+            return _solve_root(module, value), None
+    return False, None
 
 
-def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> bool:
+def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Tensor:
+    r"""Counts each (parents, value) configuration with one `bincount` over a mixed-radix index,
+    sets the table to the conditional frequencies, and returns the log-likelihood of the rows
+    under it, :math:`\sum n \log(n / N_{pa})`, from the counts alone."""
     shape = (*module.parent_cardinalities, module.cardinality)
-    index = torch.zeros_like(value, dtype=torch.long)
-    for p, k in zip([*parents, value], shape, strict=True):
-        index = index * k + p.long()
+    digits = [*parents, value]
+    index = digits[0].long()
+    for p, k in zip(digits[1:], shape[1:], strict=True):  # index * k + p, in one kernel
+        index = torch.add(p.long(), index, alpha=k)
     counts = torch.bincount(index.reshape(-1), minlength=math.prod(shape))
     counts = distributed.all_reduce(counts)  # every rank's rows, under a process group
     counts = counts.reshape(shape).to(module.logits.dtype)
     totals = counts.sum(-1, keepdim=True)
     logits = torch.where(totals > 0, counts.log() - totals.log(), torch.zeros_like(counts))
     module.logits.copy_(logits)
-    return True
+    return torch.where(counts > 0, counts * module.logits.log_softmax(-1), 0.0).sum()
 
 
 def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[Tensor]) -> bool:
@@ -561,12 +575,16 @@ def fit_mle(
     _device(model, device)
     objective = ExactLogLikelihood(model, data.rows(slice(0, 64)), *args, **kwargs)
     closed: list[str] = []
+    sums: dict[str, Tensor] = {}  # the training rows' log-likelihood per site, where counted
     if objective.factors is not None:
         group = distributed.active()  # each rank counts its own rows, and the counts are summed
         own = data if group is None else Table(data.rows(slice(group[0], None, group[1])))
         for name, (module, parents) in objective.factors.items():
-            if solve_closed_form(module, own.columns[name], (own.columns[p] for p in parents)):
+            solved, total = _solve(module, own.columns[name], (own.columns[p] for p in parents))
+            if solved:
                 closed.append(name)
+            if total is not None:
+                sums[name] = total
         neural = {n: m for n, (m, _) in objective.factors.items() if n not in closed}
         if len({id(m) for m in neural.values()}) == len(neural):
             groups = {n: (list(m.parameters()), [n]) for n, m in neural.items()}
@@ -587,8 +605,9 @@ def fit_mle(
                 description="fit_mle", checkpoint=checkpoint, every=checkpoint_every,
                 resume=resume,
             )  # fmt: skip
-        else:
-            result = FitResult(history=[_record(0, objective, None, data, val, len(data))])
+        else:  # every site solved: the training terms come from the counts where all have them
+            counted = sums if len(sums) == len(data.columns) else None
+            result = FitResult(history=[_record(0, objective, counted, data, val, len(data))])
     finally:
         for p in fixed:
             p.requires_grad_(True)

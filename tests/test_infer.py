@@ -100,14 +100,25 @@ def test_tabular_mle_equals_pgmpy(name):
             .log()
         )
         assert torch.allclose(ours[v], theirs.to(ours[v].dtype), atol=1e-9)
+        # the history's training term, computed from the counts, is the mean of the same rows
+        assert fit.history[-1][f"train/{v}"] == pytest.approx(ours[v].mean().item(), abs=1e-9)
         total += theirs.sum().item()
     assert ppgen.log_prob(model, codes).sum().item() == pytest.approx(total, abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["relay", "mixed"])
+@pytest.mark.parametrize("kind", ["relay", "mixed", "tabular"])
 def test_log_prob_is_sum_of_terms_and_pyro_trace(relay, kind):
     if kind == "relay":
         model, rows = relay, relay_race(50)
+    elif kind == "tabular":  # the fast path taken without its check against the trace
+        model = ppgen.dag(
+            [("a", "b"), ("b", "c"), ("a", "c")], kinds=dict.fromkeys("abc", "tabular"),
+            cardinalities={"a": 3, "b": 2, "c": 4},
+        )  # fmt: skip
+        with torch.no_grad():
+            for table in model.conditionals:
+                table.logits.normal_()
+        rows = ppgen.sample(model, 50)
     else:
         model = ppgen.dag(
             [("a", "b"), ("b", "c"), ("a", "c"), ("c", "d")],
