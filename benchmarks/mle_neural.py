@@ -9,16 +9,42 @@ drawn from a known nonlinear generator written as a plain Pyro program:
 Three fitters start from identical weights and see the same batches (`torch.manual_seed` before
 each, so each epoch's `torch.randperm(N)` is the same), Adam with the same lr and batch size:
 
-- ppgen: `ppgen.fit_mle` (root nodes solved in closed form; per-epoch seconds from its history);
+- ppgen: `ppgen.fit_mle` (root nodes solved in closed form, scored once and left out of the
+  steps; one fused Adam kernel for all parameters);
 - hand: a torch loop over `torch.distributions` with `nn.Sequential` MLPs whose weights are
-  copied from the ppgen model, the roots' parameters trained by gradient;
+  copied from the ppgen model, the roots' parameters trained by gradient, and
+  `torch.optim.Adam(parameters, lr=lr)` as a user writes it (torch's per-parameter loop on CPU);
 - pyro: an `ELBOModule` (`Trace_ELBO()(conditioned model, empty guide)`) on a deep copy of the
   ppgen model, stepped by `torch.optim.Adam` (as Pyro's examples/svi_torch.py).
 
-The comparison is run twice per model, ppgen-hand-pyro then pyro-hand-ppgen, so that load from
-other processes hits all alike. One thread.
+Timing: in each of `--repeats` repeats every fitter fits a fresh copy for `--timing-epochs`
+epochs, the three in turn with the first one rotating, and its seconds per epoch are divided by
+the hand loop's in the same repeat; the table gives the median and the min of these ratios. Two
+clocks: wall seconds of the step loop (ppgen's from its history), and CPU seconds of the whole
+call per epoch (set-up included, which counts against ppgen; robust to other processes on a
+shared machine). Then each fitter fits once for `--epochs` epochs, in turn, for the test
+log-likelihood. One thread.
 
-Run: python benchmarks/mle_neural.py [--epochs 200 --train 20000 --test 10000 --batch-size 512]
+Measured (2 shared cores, load average 8-10, so wall times are ~5x the CPU times; relay and
+mixed run as two processes side by side; `--repeats 6`, timing on 5 epochs, test after 200):
+
+    x hand loop, median (min)   wall s/epoch   CPU s/epoch   CPU, 200-epoch fits (ppgen vs hand)
+    relay  ppgen                0.76 (0.73)    0.79 (0.73)   0.82 (0.215 s vs 0.261 s)
+           pyro                 1.40 (1.16)    1.43 (1.37)   1.53
+    mixed  ppgen                0.81 (0.62)    0.88 (0.80)   0.83 (0.447 s vs 0.539 s)
+           pyro                 1.20 (1.06)    1.40 (1.21)   1.30
+
+    test nats/row after 200 epochs: relay -2.5434 for all three (generator -2.5310), mixed
+    -4.2406 for all three (generator -4.2050); ppgen - hand = +0.0000 on both.
+
+The compute (tanh, matmuls, their backward) is the same in all three; ppgen saves Adam's
+per-parameter loop, the roots' terms in every step and a few ops per node. Batching the MLPs
+of same-shaped nodes into one `bmm` was measured and left out: with the weights stored stacked,
+the relay's two MLPs run forward and backward 10% faster (~6% of a step, for a second copy of
+every parameter outside the model); stacked from the nodes at each step, 8% slower.
+
+Run: python benchmarks/mle_neural.py --repeats 6 --models relay   (and --models mixed)
+     [--epochs 200 --timing-epochs 5 --train 20000 --test 10000 --batch-size 512]
 """
 
 import argparse
@@ -218,9 +244,8 @@ def report(label, truth, repeats, full, args):
             row += f" {statistics.median(ratios):>10.2f} {min(ratios):>6.2f}"
         print(row)
     print(f"one fit of {args.epochs} epochs per fitter (in turn, not interleaved):")
-    print(
-        f"{'fitter':>6} {'wall s/epoch':>12} {'CPU s/epoch':>12} {'test nats/row':>13} {'- hand':>8}"
-    )
+    head = f"{'fitter':>6} {'wall s/epoch':>12} {'CPU s/epoch':>12}"
+    print(head + f" {'test nats/row':>13} {'- hand':>8}")
     for name in FITTERS:
         wall, cpu, ll = full[name]
         print(
