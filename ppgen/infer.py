@@ -133,24 +133,29 @@ class ExactLogLikelihood(nn.Module):
             exact = sum(t.sum() for t in self(probe).values())
         return factors if torch.allclose(fast, exact, rtol=1e-5, atol=1e-5) else None
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Returns each site's log-likelihood per row, of shape :math:`(N,)`."""
+    def forward(
+        self, batch: dict[str, Tensor], sites: Iterable[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Returns each site's log-likelihood per row, of shape :math:`(N,)`, for every site or
+        for `sites` alone (computed alone where the structure is known)."""
         rows = len(next(iter(batch.values())))
         if self.factors is not None:
+            factors = self.factors if sites is None else {s: self.factors[s] for s in sites}
             return {
                 name: _per_row(module.log_prob(batch[name], *(batch[p] for p in parents)), rows)
-                for name, (module, parents) in self.factors.items()
+                for name, (module, parents) in factors.items()
             }
         conditioned = poutine.condition(self.model, data=batch)
         trace = poutine.trace(conditioned).get_trace(*self.args, n=rows, **self.kwargs)
         with warnings.catch_warnings():  # a non-finite term gets train's own error, naming it
             warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
             trace.compute_log_prob()
-        return {
+        terms = {
             name: _per_row(site["log_prob"], rows)
             for name, site in trace.nodes.items()
             if _is_variable(site)
         }
+        return terms if sites is None else {s: terms[s] for s in sites}
 
 
 def _per_row(log_prob: Tensor, rows: int) -> Tensor:
@@ -305,6 +310,7 @@ def train(
     checkpoint: str | os.PathLike[str] | None = None,
     every: int = 1,
     resume: bool = False,
+    fixed: Mapping[str, Tensor] | None = None,
 ) -> FitResult:
     r"""The one training loop: minibatch Adam on the sum of an objective's terms.
 
@@ -331,6 +337,10 @@ def train(
         every: The epochs between checkpoints.
         resume: Whether to continue from the checkpoint in `checkpoint`, when there is one:
             the fit then ends with the parameters an uninterrupted fit would have reached.
+        fixed: The terms of every training row, in order, that no step changes (such as the
+            sites :func:`fit_mle` solved in closed form). The steps then call
+            `objective(batch, sites=...)` for the other terms alone, and each epoch's history
+            sums the fixed ones over the epoch's rows.
 
     Ctrl-C stops the fit between two steps: the parameters of the best epoch so far are
     restored, a warning says so, and the result has `interrupted=True`.
@@ -347,8 +357,11 @@ def train(
     parameters = [p for params, _ in groups.values() for p in params]
     stepper = getattr(objective, "step", None)  # an objective with its own optimisers (a GAN)
     optimizer = None
-    if parameters and stepper is None:
-        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if parameters and stepper is None:  # one fused kernel steps every parameter, where it can
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+        optimizer = torch.optim.Adam(
+            parameters, lr=lr, weight_decay=weight_decay, fused=fused or None
+        )
     if path is not None and stepper is not None:
         raise ValueError("Checkpoints need the loop's own optimiser; this objective has its own.")
     result = FitResult()
@@ -363,22 +376,33 @@ def train(
         result.history, result.best_epoch = state["history"], state["best_epoch"]
         first = epochs + 1 if state["done"] else state["epoch"] + 1
 
-    def loss_of(batch: dict[str, Tensor], rows: float) -> tuple[Tensor, dict[str, Tensor]]:
+    trained = () if fixed is None else ([t for _, terms in groups.values() for t in terms],)
+    names: list[str] = []  # the trained terms, in the order of their stacked sums
+
+    def loss_of(batch: dict[str, Tensor], rows: float) -> tuple[Tensor, Tensor | None]:
         if not len(next(iter(batch.values()))):  # a rank's share ran out: it adds nothing
-            return torch.zeros(()), {}
-        terms = objective(batch)
-        loss = -sum(t.sum() for t in terms.values()) / rows
+            return torch.zeros(()), None
+        terms = objective(batch, *trained)
+        totals = torch.stack([t.sum() for t in terms.values()])
+        loss = -totals.sum() / rows
+        names[:] = terms
         if not torch.isfinite(loss):
             bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
             raise ValueError(
                 f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
                 "the parameters are left at the last finite step. Try a smaller lr."
             )
-        return loss, terms
+        return loss, totals.detach()
 
     # DDP under a process group, every rank stopping together where one fails
     step = None if stepper is not None else distributed.Lockstep(loss_of, objective, parameters)
     writer = distributed.is_writer()
+    for name, t in (fixed or {}).items():
+        if not torch.isfinite(t).all():
+            raise ValueError(
+                f"The log-likelihood of site {name!r} is non-finite on the training rows, and "
+                "no step can change it: it has no parameters to train."
+            )
     last = [p.detach().clone() for p in parameters]  # the parameters after the last epoch
     show = progress and writer
     bar = tqdm(range(first, epochs + 1), desc=description, disable=not show, leave=False)
@@ -388,22 +412,27 @@ def train(
             order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
             order, longest = distributed.shard(order)  # this rank's rows (all, in one process)
             sums: dict[str, Tensor] = {}
+            running = None  # the trained terms' sums over the epoch's rows, stacked
             for start_row in range(0, longest, batch_size):
                 index = order[start_row : start_row + batch_size]
                 rows = distributed.batch_rows(len(data), start_row, batch_size)
                 if stepper is not None:
-                    terms = stepper(data.rows(index), rows)
-                else:
-                    loss, terms = step(data.rows(index), rows)
-                    optimizer.zero_grad(set_to_none=True)
-                    step.backward(loss)
-                    for name in frozen:
-                        for p in groups[name][0]:
-                            p.grad = None
-                    optimizer.step()
-                for name, t in terms.items():
-                    sums[name] = sums.get(name, 0.0) + t.detach().sum()
+                    for name, t in stepper(data.rows(index), rows).items():
+                        sums[name] = sums.get(name, 0.0) + t.detach().sum()
+                    continue
+                loss, totals = step(data.rows(index), rows)
+                optimizer.zero_grad(set_to_none=True)
+                step.backward(loss)
+                for name in frozen:
+                    for p in groups[name][0]:
+                        p.grad = None
+                optimizer.step()
+                if totals is not None:
+                    running = totals if running is None else running + totals
             seconds = time.perf_counter() - tic
+            if running is not None:
+                sums = dict(zip(names, running, strict=True))
+                sums.update({name: t[order].sum() for name, t in (fixed or {}).items()})
             if distributed.active() is not None and sums:  # every rank's rows, each once
                 summed = distributed.all_reduce(torch.stack(list(sums.values())))
                 sums = dict(zip(sums, summed, strict=True))
@@ -507,6 +536,18 @@ def _record(
     return record
 
 
+def _terms(
+    objective: ExactLogLikelihood, sites: list[str], data: Table, batch_size: int
+) -> dict[str, Tensor]:
+    """The terms of `sites` on every row of `data`, in order, without gradients."""
+    chunk = max(batch_size, _EVALUATION_ROWS)
+    with torch.no_grad():
+        parts = [
+            objective(data.rows(slice(i, i + chunk)), sites) for i in range(0, len(data), chunk)
+        ]
+    return {site: torch.cat([part[site] for part in parts]) for site in sites}
+
+
 def _device(model: object, device: str | torch.device | None) -> torch.device | None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -593,6 +634,8 @@ def fit_mle(
     else:
         groups = {"all": (list(model.parameters()), list(data.columns))}
     groups = {n: (ps, terms) for n, (ps, terms) in groups.items() if ps}
+    trained = {t for _, terms in groups.values() for t in terms}
+    constant = [s for s in objective.factors or () if s not in trained]  # no step changes them
     trainable = {p for ps, _ in groups.values() for p in ps}
     fixed = [p for p in model.parameters() if p.requires_grad and p not in trainable]
     for p in fixed:  # closed-form nodes still count in the history, but take no gradients
@@ -604,6 +647,7 @@ def fit_mle(
                 weight_decay=weight_decay, patience=patience, progress=progress,
                 description="fit_mle", checkpoint=checkpoint, every=checkpoint_every,
                 resume=resume,
+                fixed=_terms(objective, constant, data, batch_size) if constant else None,
             )  # fmt: skip
         else:  # every site solved: the training terms come from the counts where all have them
             counted = sums if len(sums) == len(data.columns) else None

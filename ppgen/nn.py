@@ -184,6 +184,7 @@ class _Head:
             self.params.append((name, shape, _transform(constraint), vector))
         self.sizes = [math.prod(shape) for _, shape, _, _ in self.params]
         self.size = sum(self.sizes)
+        self.scalar = all(shape == () for _, shape, _, _ in self.params)  # one column each
 
     def initial(self) -> Tensor:
         """An η whose parameters are the family's plain defaults (0 for reals, 1 for scales)."""
@@ -202,10 +203,17 @@ class _Head:
             else value
             for name, value in self.fixed.items()
         }
-        for (name, shape, transform, vector), part in zip(
-            self.params, eta.split(self.sizes, dim=-1), strict=True
-        ):
-            value = transform(part.reshape(batch + shape))
+        if self.scalar:  # one view per parameter, without a split and reshapes to undo
+            parts = eta.unbind(-1) if self.params else ()
+        else:
+            parts = [
+                part.reshape(batch + shape)
+                for part, (_, shape, _, _) in zip(
+                    eta.split(self.sizes, dim=-1), self.params, strict=True
+                )
+            ]
+        for (name, _, transform, vector), value in zip(self.params, parts, strict=True):
+            value = transform(value)
             if vector:  # the last category is the reference: its logit is fixed at 0
                 value = F.pad(value, (0, 1))
             kwargs[name] = value
@@ -239,6 +247,8 @@ def features(
         >>> features([torch.tensor([0, 2]), torch.ones(2, 3)], [3, None], torch.float).shape
         torch.Size([2, 6])
     """
+    if parents and all(k is None for k in cardinalities) and all(p.dim() == 1 for p in parents):
+        return torch.stack(parents, dim=-1).to(dtype)  # scalar parents: one op
     columns = []
     for value, k in zip(parents, cardinalities, strict=True):
         value = value.reshape(-1) if value.dim() == 0 else value

@@ -139,11 +139,11 @@ def test_ctrl_c_keeps_the_last_epoch_and_warns(monkeypatch):
     calls = {"n": 0}
     original = ppgen.infer.ExactLogLikelihood.forward
 
-    def interrupted(self, batch):
+    def interrupted(self, batch, *sites):
         calls["n"] += 1
-        if calls["n"] == 13:  # two calls find the structure, then 4 batches an epoch
+        if calls["n"] == 14:  # two find the structure, one scores root a, then 4 batches an epoch
             raise KeyboardInterrupt
-        return original(self, batch)
+        return original(self, batch, *sites)
 
     monkeypatch.setattr(ppgen.infer.ExactLogLikelihood, "forward", interrupted)
     model, data = _setup(64)

@@ -277,3 +277,37 @@ def test_non_finite_loss_names_the_site():
     model = ppgen.dag([("a", "b")], hidden=(3,))
     with pytest.raises(ValueError, match="site 'b' became non-finite"):
         ppgen.fit_mle(model, {"a": [0.0, 1.0], "b": [1.0, 1e300]}, epochs=2, progress=False)
+
+
+def test_closed_form_terms_leave_the_steps_but_stay_exact_in_the_history(relay):
+    """The root is solved once; the steps compute t1 and t2 alone, and the history's t0 is its
+    exact mean log-likelihood on the training rows at every epoch."""
+    rows = relay_race(300, seed=1)
+    objective = ExactLogLikelihood(relay, rows)
+    subset = objective(rows, ["t2", "t1"])
+    assert list(subset) == ["t2", "t1"]
+    for site, t in subset.items():
+        assert torch.equal(t, objective(rows)[site])
+    fit = ppgen.fit_mle(relay, rows, epochs=3, batch_size=64, progress=False)
+    assert fit.closed_form == ["t0"]
+    t0 = ppgen.log_prob(relay, rows, per_node=True)["t0"].mean().item()
+    for record in fit.history:
+        assert record["train/t0"] == pytest.approx(t0, abs=1e-12)
+        total = sum(record[f"train/{s}"] for s in ("t0", "t1", "t2"))
+        assert record["train"] == pytest.approx(total, abs=1e-12)
+
+
+def test_non_finite_fixed_term_names_the_site():
+    class Sharp(ppgen.Model):  # a root with no free parameter, far too narrow for its data
+        def __init__(self):
+            super().__init__()
+            self.a = Root(dist.Normal, loc=0.0, scale=1e-200)
+            self.b = ppgen.nn.Conditional(dist.Normal, 1, hidden=(3,))
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n):
+                a = pyro.sample("a", self.a())
+                pyro.sample("b", self.b(a))
+
+    with pytest.raises(ValueError, match="site 'a' is non-finite on the training rows"):
+        ppgen.fit_mle(Sharp(), {"a": [1.0, 2.0], "b": [1.0, 2.0]}, epochs=2, progress=False)
