@@ -354,16 +354,20 @@ def train(
             tic = time.perf_counter()
             order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
             order, total = distributed.shard(order)  # this rank's rows (all, in one process)
-            sums: dict[str, Tensor] = {}
+            parts: dict[str, list[Tensor]] = {}  # the terms of each step, summed once an epoch
             for start_row in range(0, len(order), batch_size):
                 index = order[start_row : start_row + batch_size]
                 if stepper is not None:
                     for name, t in stepper(data.rows(index)).items():
-                        sums[name] = sums.get(name, 0.0) + t.detach().sum()
+                        parts.setdefault(name, []).append(t.detach())
                     continue
                 terms = step(data.rows(index))
-                loss = -sum(t.sum() for t in terms.values()) / len(index)
-                if not torch.isfinite(loss):
+                total = None
+                for t in terms.values():
+                    t = t.sum() if t.dim() else t
+                    total = t if total is None else total + t
+                loss = total / -len(index)  # minus the mean per row, in one step of the graph
+                if not math.isfinite(loss.item()):  # one step, where torch.isfinite takes four
                     bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
                     raise ValueError(
                         f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
@@ -377,7 +381,10 @@ def train(
                         p.grad = None
                 optimizer.step()
                 for name, t in terms.items():
-                    sums[name] = sums.get(name, 0.0) + t.detach().sum()
+                    parts.setdefault(name, []).append(t.detach())
+            sums = {
+                name: torch.cat([t.reshape(-1) for t in ts]).sum() for name, ts in parts.items()
+            }
             seconds = time.perf_counter() - tic
             if distributed.active() is not None and sums:  # every rank's rows, per row of data
                 summed = distributed.all_reduce(torch.stack(list(sums.values())))
