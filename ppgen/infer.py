@@ -362,11 +362,11 @@ def train(
                         parts.setdefault(name, []).append(t.detach())
                     continue
                 terms = step(data.rows(index))
-                total = None
+                step_sum = None
                 for t in terms.values():
                     t = t.sum() if t.dim() else t
-                    total = t if total is None else total + t
-                loss = total / -len(index)  # minus the mean per row, in one step of the graph
+                    step_sum = t if step_sum is None else step_sum + t
+                loss = step_sum / -len(index)  # minus the mean per row, in one step of the graph
                 if not math.isfinite(loss.item()):  # one step, where torch.isfinite takes four
                     bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
                     raise ValueError(
