@@ -15,13 +15,13 @@ that.
 
     python benchmarks/vae.py
 
-Measured 2026-11-23 on 2 shared cores (load average 9-11), one thread:
+Measured 2026-11-23 on 2 shared cores, one thread, two runs (load average 9-11; then 1-3):
 
-    ppgen    s/epoch 0.174 (wall), 0.0563 (cpu); ratio 0.99 median, 0.76 min (wall),
-             1.00 median, 0.91 min (cpu); IWAE-500 17.18; probe 0.872
-    pyro     s/epoch 0.346, 0.1090; ratio 1.87, 1.73 (wall), 1.89, 1.72 (cpu); 17.18; 0.875
-    torch    s/epoch 0.176, 0.0579; 1.00; 17.19; 0.872
-    ppgen defaults: 200 epochs in 79 s; test IWAE-500 16.74 nats/image; linear probe 0.872
+    ppgen    s/epoch 0.174, 0.093 (wall), 0.056, 0.061 (cpu); ratio median 0.99, 1.03 (wall),
+             1.00, 1.00 (cpu); min 0.76, 0.89 (wall), 0.91, 0.89 (cpu); IWAE-500 17.18; probe 0.872
+    pyro     ratio median 1.87, 1.86 (wall), 1.89, 1.85 (cpu); IWAE-500 17.18; probe 0.875
+    torch    s/epoch 0.176, 0.094 (wall), 0.058, 0.064 (cpu); IWAE-500 17.19; probe 0.872
+    ppgen defaults: 200 epochs in 79 s, 29 s; test IWAE-500 16.74 nats/image; linear probe 0.872
 """
 
 from __future__ import annotations
