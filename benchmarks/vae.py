@@ -2,10 +2,26 @@
 
 The three share the nets (z = 8, one hidden layer of 256 in encoder and decoder, ReLU, softplus
 scales), the initial weights, Adam (lr 1e-3), batches of 128 and the seeded batch order, and draw
-the same normals in the same order. Each is scored by the same estimator, ppgen's IWAE-500 on the
-test images, and ppgen's codes by a linear probe.
+the same normals in the same order. Speed: `--rounds` rounds in which each peer trains
+`--round-epochs` epochs from the initial weights, the peers in turn and the order rotated between
+rounds, so that each ratio compares runs seconds apart on a loaded machine; s/epoch is a run's
+whole time over its epochs (ppgen's set-up included), by the wall clock and by this thread's CPU
+time (less disturbed by other processes); ratios are over the hand-written loop's in the same
+round, median and min over the rounds. Quality: each peer trained once for `--epochs`, scored by
+the same estimator, ppgen's IWAE-500 on the test images, and its codes (`encode(x)`, posterior
+means) by `ppgen.metrics.linear_probe`. Last, `VAE(64, 8)` fitted with every default of
+`fit_svi` (one hidden layer of 512; 200 epochs, batches of 64, lr 1e-3); `--defaults` runs only
+that.
 
-    python benchmarks/vae.py --epochs 50
+    python benchmarks/vae.py
+
+Measured 2026-11-23 on 2 shared cores, one thread, two runs (load average 9-11; then 1-3):
+
+    ppgen    s/epoch 0.174, 0.093 (wall), 0.056, 0.061 (cpu); ratio median 0.99, 1.03 (wall),
+             1.00, 1.00 (cpu); min 0.76, 0.89 (wall), 0.91, 0.89 (cpu); IWAE-500 17.18; probe 0.872
+    pyro     ratio median 1.87, 1.86 (wall), 1.89, 1.85 (cpu); IWAE-500 17.18; probe 0.875
+    torch    s/epoch 0.176, 0.094 (wall), 0.058, 0.064 (cpu); IWAE-500 17.19; probe 0.872
+    ppgen defaults: 200 epochs in 79 s, 29 s; test IWAE-500 16.74 nats/image; linear probe 0.872
 """
 
 from __future__ import annotations
@@ -20,11 +36,11 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
-from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 import ppgen.infer
 from ppgen.datasets import digits
+from ppgen.metrics import linear_probe
 from ppgen.models import VAE
 
 Z, HIDDEN, LR, BATCH = 8, 256, 1e-3, 128
@@ -75,32 +91,23 @@ class PyroVAE(nn.Module):
 
 def train_ppgen(vae, x, epochs):
     torch.manual_seed(1)
-    fit = ppgen.infer.fit_svi(
-        vae, vae.guide, x, epochs=epochs, batch_size=BATCH, lr=LR, progress=False
-    )
-    return [record["seconds"] for record in fit.history]
+    ppgen.infer.fit_svi(vae, vae.guide, x, epochs=epochs, batch_size=BATCH, lr=LR, progress=False)
 
 
 def train_pyro(net, x, epochs):
     pyro.clear_param_store()
     svi = SVI(net.model, net.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
     torch.manual_seed(1)
-    seconds = []
     for _ in range(epochs):
-        tic = time.perf_counter()
         order = torch.randperm(len(x))
         for start in range(0, len(x), BATCH):
             svi.step(x[order[start : start + BATCH]])
-        seconds.append(time.perf_counter() - tic)
-    return seconds
 
 
 def train_torch(encoder, decoder, x, epochs):
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR)
     torch.manual_seed(1)
-    seconds = []
     for _ in range(epochs):
-        tic = time.perf_counter()
         order = torch.randperm(len(x))
         for start in range(0, len(x), BATCH):
             batch = x[order[start : start + BATCH]]
@@ -114,8 +121,6 @@ def train_torch(encoder, decoder, x, epochs):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        seconds.append(time.perf_counter() - tic)
-    return seconds
 
 
 def as_vae(template, encoder, decoder):
@@ -128,43 +133,96 @@ def as_vae(template, encoder, decoder):
     return vae
 
 
+def peers(template):
+    """Fresh copies of the three peers, all holding the weights of `template`; each entry is
+    (train(x, epochs), the trained model as a ppgen VAE for scoring)."""
+    vae, pyro_net = copy.deepcopy(template), PyroVAE(template)
+    encoder, decoder = Encoder(template), Decoder(template)
+    return {
+        "ppgen": (lambda x, e: train_ppgen(vae, x, e), lambda: vae),
+        "pyro": (
+            lambda x, e: train_pyro(pyro_net, x, e),
+            lambda: as_vae(template, pyro_net.encoder, pyro_net.decoder),
+        ),
+        "torch": (
+            lambda x, e: train_torch(encoder, decoder, x, e),
+            lambda: as_vae(template, encoder, decoder),
+        ),
+    }
+
+
+def timed(train, x, epochs):
+    """Seconds per epoch of one run, (wall clock, this thread's CPU time)."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    train(x, epochs)
+    return (time.perf_counter() - wall) / epochs, (time.thread_time() - cpu) / epochs
+
+
+def scores(vae, data, iwae):
+    """The test NLL (IWAE bound, nats per image) and the linear probe of the codes."""
+    torch.manual_seed(2)
+    nats = -vae.log_prob(data.test, num_samples=iwae).mean().item()
+    codes = vae.encode(data.train), vae.encode(data.test)
+    return nats, linear_probe(codes[0], data.train_labels, codes[1], data.test_labels)
+
+
+def defaults(data, iwae):
+    """ppgen's own defaults: VAE(64, 8) and fit_svi(vae, vae.guide, x), nothing else set."""
+    torch.manual_seed(0)
+    vae = VAE(64, Z)
+    wall = time.perf_counter()
+    fit = ppgen.infer.fit_svi(vae, vae.guide, data.train, progress=False)
+    wall = time.perf_counter() - wall
+    nats, probe = scores(vae, data, iwae)
+    print(f"ppgen defaults: VAE(64, {Z}), fit_svi(vae, vae.guide, x): {len(fit.history)} epochs "
+          f"in {wall:.0f} s; test IWAE-{iwae} {nats:.2f} nats/image; linear probe {probe:.3f}")  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=200, help="the budget scored for quality")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--round-epochs", type=int, default=50, help="epochs of a timing round")
     parser.add_argument("--iwae", type=int, default=500)
+    parser.add_argument("--defaults", action="store_true", help="only the run with defaults")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = digits(dtype=torch.float32)
+    if args.defaults:
+        defaults(data, args.iwae)
+        return
     torch.manual_seed(0)
-    vae = VAE(64, Z, hidden=(HIDDEN,))
-    pyro_net = PyroVAE(vae)
-    encoder, decoder = Encoder(vae), Decoder(vae)
-    initial = copy.deepcopy(vae)
-
-    runs = {
-        "ppgen": (train_ppgen(vae, data.train, args.epochs), vae),
-        "pyro": (
-            train_pyro(pyro_net, data.train, args.epochs),
-            as_vae(initial, pyro_net.encoder, pyro_net.decoder),
-        ),
-        "torch": (
-            train_torch(encoder, decoder, data.train, args.epochs),
-            as_vae(initial, encoder, decoder),
-        ),
-    }
-    reference = statistics.median(runs["torch"][0])
+    template = VAE(64, Z, hidden=(HIDDEN,))
+    names = ["ppgen", "pyro", "torch"]
+    times = {name: [] for name in names}  # per round: (wall, cpu) seconds per epoch
+    for r in range(args.rounds):
+        runs = peers(template)
+        for name in names[r % 3 :] + names[: r % 3]:  # the order rotates between rounds
+            times[name].append(timed(runs[name][0], data.train, args.round_epochs))
+    quality = {}
+    for name, (train, trained) in peers(template).items():
+        train(data.train, args.epochs)
+        quality[name] = scores(trained(), data, args.iwae)
     print(f"VAE, binarised digits (1500 train / 297 test), z={Z}, hidden={HIDDEN}, "
-          f"batch {BATCH}, Adam {LR}, {args.epochs} epochs, 1 thread")  # fmt: skip
-    print(f"{'':8}{'s/epoch med':>12}{'min':>9}{'ratio':>8}{f'IWAE-{args.iwae}':>12}")
-    for name, (seconds, model) in runs.items():
-        torch.manual_seed(2)
-        nats = -model.log_prob(data.test, num_samples=args.iwae).mean().item()
-        median = statistics.median(seconds)
-        print(f"{name:8}{median:12.4f}{min(seconds):9.4f}{median / reference:8.2f}{nats:12.2f}")
-    probe = LogisticRegression(max_iter=5000).fit(vae.encode(data.train), data.train_labels)
-    accuracy = probe.score(vae.encode(data.test), data.test_labels)
-    print(f"ppgen linear probe on encode(x): test accuracy {accuracy:.3f}")
-    print("(IWAE in nats per image, lower is better; ratio: median s/epoch over torch's)")
+          f"batch {BATCH}, Adam {LR}, 1 thread")  # fmt: skip
+    print(
+        f"speed: {args.rounds} rounds of {args.round_epochs} epochs, the peers in turn; "
+        "ratio: s/epoch over torch's in the same round, median and min over the rounds"
+    )
+    print(f"quality: {args.epochs} epochs; test IWAE-{args.iwae} in nats/image (lower is better), "
+          "linear probe of encode(x) (test accuracy)")  # fmt: skip
+    head = f"{'':7}{'s/epoch':>9}{'ratio med':>10}{'min':>6}{'cpu s/ep':>10}{'ratio med':>10}"
+    print(head + f"{'min':>6}{f'IWAE-{args.iwae}':>11}{'probe':>7}")
+    for name in names:
+        row = f"{name:7}"
+        for kind in (0, 1):
+            ours = [t[kind] for t in times[name]]
+            ratios = [a[kind] / b[kind] for a, b in zip(times[name], times["torch"], strict=True)]
+            median = statistics.median(ours)
+            row += f"{median:9.4f}{statistics.median(ratios):10.2f}{min(ratios):6.2f}"
+        nats, probe = quality[name]
+        print(f"{row}{nats:11.2f}{probe:7.3f}")
+    defaults(data, args.iwae)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,8 @@ class _Head:
         self.sizes = [math.prod(shape) for _, shape, _, _ in self.params]
         self.size = sum(self.sizes)
         self.scalar = all(shape == () for _, shape, _, _ in self.params)  # one column each
+        self._constant = not any(isinstance(value, Tensor) for value in fixed.values())
+        self._cache: dict[tuple[torch.dtype, torch.device, torch.Size], dist.Distribution] = {}
 
     def initial(self) -> Tensor:
         """An η whose parameters are the family's plain defaults (0 for reals, 1 for scales)."""
@@ -196,31 +198,41 @@ class _Head:
 
     def __call__(self, eta: Tensor) -> dist.Distribution:
         batch = eta.shape[:-1]
-        # fixed numbers follow η's dtype and device, and broadcast to the batch and event shape
-        kwargs = {
+        if not self.params:  # fixed numbers: a constant, built once per dtype, device and batch
+            key = (eta.dtype, eta.device, batch)
+            d = self._cache.get(key)
+            if d is None:
+                d = self.family(**self._fixed(eta), validate_args=False)
+                d = d.expand(batch + self.event_shape)
+                d = d.to_event(len(self.event_shape)) if self.event_shape else d
+                if self._constant and not torch.is_inference_mode_enabled():
+                    self._cache[key] = d  # (inference tensors, autograd may not save)
+            return d
+        kwargs = self._fixed(eta)
+        if self.scalar:  # one view per parameter, without a split and reshapes to undo
+            parts = eta.unbind(-1)
+        else:  # one parameter needs no split, and a part of its shape no reshape
+            parts = (eta,) if len(self.params) == 1 else eta.split(self.sizes, dim=-1)
+            parts = [
+                part if part.shape == batch + shape else part.reshape(batch + shape)
+                for part, (_, shape, _, _) in zip(parts, self.params, strict=True)
+            ]
+        for (name, _, transform, vector), part in zip(self.params, parts, strict=True):
+            value = transform(part)
+            if vector:  # the last category is the reference: its logit is fixed at 0
+                value = F.pad(value, (0, 1))
+            kwargs[name] = value
+        d = self.family(**kwargs, validate_args=False)
+        return d.to_event(len(self.event_shape)) if self.event_shape else d
+
+    def _fixed(self, eta: Tensor) -> dict[str, object]:
+        """The fixed parameters, numbers made tensors of η's dtype and device."""
+        return {
             name: torch.as_tensor(value, dtype=eta.dtype, device=eta.device)
             if isinstance(value, float)
             else value
             for name, value in self.fixed.items()
         }
-        if self.scalar:  # one view per parameter, without a split and reshapes to undo
-            parts = eta.unbind(-1) if self.params else ()
-        else:
-            parts = [
-                part.reshape(batch + shape)
-                for part, (_, shape, _, _) in zip(
-                    eta.split(self.sizes, dim=-1), self.params, strict=True
-                )
-            ]
-        for (name, _, transform, vector), value in zip(self.params, parts, strict=True):
-            value = transform(value)
-            if vector:  # the last category is the reference: its logit is fixed at 0
-                value = F.pad(value, (0, 1))
-            kwargs[name] = value
-        d = self.family(**kwargs, validate_args=False)
-        if not self.params:
-            d = d.expand(batch + self.event_shape)
-        return d.to_event(len(self.event_shape)) if self.event_shape else d
 
 
 _INV_SOFTPLUS_ONE = math.log(math.expm1(1.0))
@@ -249,6 +261,8 @@ def features(
     """
     if parents and all(k is None for k in cardinalities) and all(p.dim() == 1 for p in parents):
         return torch.stack(parents, dim=-1).to(dtype)  # scalar parents: one op
+    if len(parents) == 1 and list(cardinalities) == [None] and parents[0].dim() == 2:
+        return parents[0].to(dtype)  # already (N, F): no copy, no step in the autograd graph
     columns = []
     for value, k in zip(parents, cardinalities, strict=True):
         value = value.reshape(-1) if value.dim() == 0 else value

@@ -30,7 +30,8 @@ class VAE(Model):
     Arguments:
         x_shape: The shape of one data point, or its size for vectors.
         z_dim: The size of the latent code :math:`z`.
-        hidden: The widths of the hidden layers of the encoder and of the decoder.
+        hidden: The widths of the hidden layers of the encoder and of the decoder; one layer
+            of 512 by default (ReLU; Normal scales through a softplus).
         likelihood: `"bernoulli"` (binary data) or `"normal"` (a mean and scale per feature).
 
     Example:
@@ -47,7 +48,7 @@ class VAE(Model):
         x_shape: int | Sequence[int],
         z_dim: int,
         *,
-        hidden: Sequence[int] = (256,),
+        hidden: Sequence[int] = (512,),
         likelihood: str = "bernoulli",
     ) -> None:
         super().__init__()
