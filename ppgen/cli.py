@@ -116,8 +116,9 @@ def _fit(args: argparse.Namespace) -> None:
         raise UsageError(f"{out}: already holds a fit; choose another --out or pass --force.")
     model = load_object(args.target)
     data, kwargs = read_data(args.data), parse_args(args.arg)
-    options = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "progress": not args.quiet}  # fmt: skip
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    options = {k: v for k, v in given.items() if v is not None}  # else the fit's own defaults
+    options["progress"] = not args.quiet
     if args.guide is None:
         fit = ppgen.fit_mle(model, data, **options, **kwargs)
     else:
@@ -212,9 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     fit.add_argument("--guide", help="auto_normal, auto_delta or path/to/file.py:guide (then SVI)")
     fit.add_argument("--elbo", default="trace", choices=["trace", "mean_field", "iwae"])
-    fit.add_argument("--epochs", type=int, default=100)
-    fit.add_argument("--batch-size", type=int, default=256)
-    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--epochs", type=int, help="default: fit_mle's 100, fit_svi's 200")
+    fit.add_argument("--batch-size", type=int, help="default: fit_mle's 256, fit_svi's 64")
+    fit.add_argument("--lr", type=float, help="default: 1e-3")
     fit.add_argument("--arg", action="append", default=[], help="a model input: key=value")
     fit.add_argument("--out", required=True, help="the folder for the fitted model")
     fit.add_argument("--force", action="store_true", help="overwrite an existing folder")
