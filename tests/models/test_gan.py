@@ -59,6 +59,8 @@ def test_program_graph_and_sample_shapes():
     gan = GAN(ConvGenerator(4, (8, 8), channels=16), ConvDiscriminator((8, 8), channels=8), 4)
     x = gan.sample(5)
     assert x.shape == (5, 64) and set(x.unique().tolist()) <= {0.0, 1.0}  # binary by default
+    grey = ConvGenerator(4, (8, 8), channels=16, output=torch.nn.Sigmoid())(torch.randn(5, 4))
+    assert ((grey > 0) & (grey < 1)).all() and not set(grey.unique().tolist()) <= {0.0, 1.0}
     g = ppgen.graph(gan, n=3)
     assert sorted(g.edges) == [("z", "x")]
     assert g.nodes["x"]["distribution"] == "Implicit"
