@@ -5,7 +5,13 @@ import ppgen
 from ppgen.infer import fit_gan
 from ppgen.metrics import mmd
 from ppgen.models import GAN
-from ppgen.models.gan import ConvDiscriminator, ConvGenerator, MLPDiscriminator, MLPGenerator
+from ppgen.models.gan import (
+    ConvDiscriminator,
+    ConvGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+    StraightThroughBernoulli,
+)
 
 
 def small_gan(loss: str = "non_saturating") -> GAN:
@@ -51,7 +57,10 @@ def test_gan_places_samples_on_both_modes():
 
 def test_program_graph_and_sample_shapes():
     gan = GAN(ConvGenerator(4, (8, 8), channels=16), ConvDiscriminator((8, 8), channels=8), 4)
-    assert gan.sample(5).shape == (5, 64)
+    x = gan.sample(5)
+    assert x.shape == (5, 64) and set(x.unique().tolist()) <= {0.0, 1.0}  # binary by default
+    grey = ConvGenerator(4, (8, 8), channels=16, output=torch.nn.Sigmoid())(torch.randn(5, 4))
+    assert ((grey > 0) & (grey < 1)).all() and not set(grey.unique().tolist()) <= {0.0, 1.0}
     g = ppgen.graph(gan, n=3)
     assert sorted(g.edges) == [("z", "x")]
     assert g.nodes["x"]["distribution"] == "Implicit"
@@ -59,6 +68,17 @@ def test_program_graph_and_sample_shapes():
     fit = fit_gan(gan, torch.rand(32, 64).round(), epochs=1, batch_size=16, progress=False)
     assert 0 <= fit.history[0]["train/accuracy"] <= 1
     assert all(torch.isfinite(p).all() for p in gan.parameters())
+
+
+def test_straight_through_bernoulli_is_binary_with_the_gradient_of_the_mean():
+    logits = torch.tensor([-2.0, 0.0, 1.0], dtype=torch.float64).expand(20000, 3).requires_grad_()
+    x = StraightThroughBernoulli()(logits)
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    # frequencies of 20000 draws: standard error <= 0.0036, so 5 of them fail about 1 run in 10^6
+    p = torch.sigmoid(logits[0]).detach()
+    assert (x.mean(0).detach() - p).abs().max() < 5 * 0.5 / 20000**0.5
+    x.sum().backward()  # d x / d logit = sigma'(logit) = p (1 - p), by autograd
+    torch.testing.assert_close(logits.grad, (p * (1 - p)).expand(20000, 3))
 
 
 def test_gan_has_no_density():
