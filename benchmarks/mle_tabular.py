@@ -12,9 +12,13 @@ rows are drawn with pgmpy's `simulate`, then:
 - cpd: the largest absolute difference between the two fits' CPD entries, over the parent
   configurations seen in the data, with pgmpy's state orders mapped onto ppgen's codes.
 - sample: `ppgen.sample(model, n)` (integer codes) vs pgmpy's `simulate(n)` (labels).
-- memory: peak RSS of each fit and each sampling at the largest row count, each run once in a
-  forked child process: `ru_maxrss` at its end minus at its start. A lower bound: the child
-  may reuse heap pages that its parent freed but kept resident.
+- memory: the peak RSS that each job (ppgen fit, pgmpy fit, ppgen sample, pgmpy simulate) adds
+  at the largest row count, one run each, in a fresh process of its own (multiprocessing "spawn";
+  the timing stays in this process). That process loads the rows (a pickle written once per
+  network), the network and ppgen's fitted tables, runs the job on 1000 rows (lazy imports,
+  caches), collects garbage, hands glibc's freed heap back to the kernel (`malloc_trim`), resets
+  the high-water mark (`/proc/self/clear_refs`, so VmHWM = VmRSS), runs the job and reports VmHWM
+  minus that baseline: what the job itself holds at its peak, its result included. Linux, glibc.
 
 ppgen's tables are float64 by default here (`--dtype float32` for torch's usual default: its
 tables then agree with pgmpy's only to float32 precision, about 1e-7).
@@ -38,15 +42,29 @@ per repeat (median, min):
 
 At 10k rows the fit ratios are 4.9 (asia) to 9.1 (insurance): there a fit is mostly ppgen's
 fixed cost (two traced runs of the program, one to check the data and one to find the tables).
-Peak RSS added by a fit on 100k rows: ppgen 20 MiB, pgmpy 8-9 MiB; by sampling 100k rows:
-ppgen 14 MiB (29 on hailfinder), pgmpy 9 MiB (51 on hailfinder).
+
+Peak RSS added (MiB) at 100k rows, from `python benchmarks/mle_tabular.py --repeats 3` (load
+average 3-5; that run's median ratios: fit 5.8-12.0, sampling 7.9 on asia, 16.1-18.3 elsewhere):
+
+    network     fit: ppgen  pgmpy | sample: ppgen  pgmpy
+    asia              7.6    5.7  |          24.8   23.5
+    child            17.2    6.8  |          73.5   39.8
+    insurance        23.1    7.4  |         119.0   57.3
+    alarm            30.2    9.2  |         125.6   72.8
+    hailfinder       46.5   11.1  |         254.7  102.5
+    win95pts         60.4   14.9  |         160.8  147.8
+
+ppgen's fit holds the columns as int64 codes (8 bytes a cell: 6.1 MiB on asia's 8 columns, 58 on
+win95pts' 76), pandas' codes take 1; hence 1.3-4.2x pgmpy's. Sampling takes 1.1-2.5x pgmpy's.
 """
 
 import argparse
+import ctypes
+import gc
 import multiprocessing
 import os
-import resource
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -62,6 +80,7 @@ import pyro  # noqa: E402
 import ppgen  # noqa: E402
 
 NETWORKS = ["asia", "child", "insurance", "alarm", "hailfinder", "win95pts"]
+JOBS = ["fit ppgen", "fit pgmpy", "sample ppgen", "sample pgmpy"]
 
 
 def quiet():
@@ -160,25 +179,58 @@ def max_cpd_difference(model, fitted, states, codes):
     return worst
 
 
-# ---------------------------------------------------------------- peak memory in a child
+# ---------------------------------------------------------------- peak memory, a fresh process a job
 
 
-def _child(queue, job):
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _job(job, name, frame_path, state_path, n, batch_size, dtype, queue):
+    """In a spawned process: load the inputs, warm up on 1000 rows, release the freed heap,
+    reset the RSS high-water mark, run the job, and put the peak it added (MiB) on the queue."""
     quiet()
-    job()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start)
+    torch.set_default_dtype(getattr(torch, dtype))
+    network, states = load(name)
+    frame = pd.read_pickle(frame_path)
+    model = build(network, states)
+    model.load_state_dict(torch.load(state_path))
+    run = {
+        "fit ppgen": lambda rows, n: fit_ppgen(network, states, rows, batch_size),
+        "fit pgmpy": lambda rows, n: fit_pgmpy(network, rows),
+        "sample ppgen": lambda rows, n: sample_ppgen(model, n),
+        "sample pgmpy": lambda rows, n: sample_pgmpy(network, n),
+    }[job]
+    run(frame.head(1000), 1000)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc: hand freed heap pages back to the kernel
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # Linux: VmHWM := VmRSS
+    start = _kib("VmHWM")
+    run(frame, n)
+    queue.put((_kib("VmHWM") - start) / 1024)
 
 
-def peak_mib(job):
-    """Peak RSS (MiB) that `job` adds, run in a forked child process."""
-    context = multiprocessing.get_context("fork")
+def peak_mib(job, *args):
+    """Peak RSS (MiB) that `job` adds over its loaded inputs, run once in a spawned process."""
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(queue, job))
+    process = context.Process(target=_job, args=(job, *args, queue))
     process.start()
     extra = queue.get()
     process.join()
-    return extra / 1024
+    return extra
+
+
+def bench_memory(name, frame, model, n, batch_size, dtype):
+    """Peak RSS added by each fit on `frame` and each sampling of n rows, in MiB."""
+    with tempfile.TemporaryDirectory() as folder:
+        frame_path, state_path = f"{folder}/frame.pkl", f"{folder}/model.pt"
+        frame.to_pickle(frame_path)
+        torch.save(model.state_dict(), state_path)
+        args = (name, frame_path, state_path, n, batch_size, dtype)
+        return {job: peak_mib(job, *args) for job in JOBS}
 
 
 # ---------------------------------------------------------------- one network
@@ -224,15 +276,6 @@ def row(ours, theirs, ratios):
     )
 
 
-def bench_memory(network, states, frame, model, n, batch_size):
-    return {
-        "fit ppgen": peak_mib(lambda: fit_ppgen(network, states, frame, batch_size)),
-        "fit pgmpy": peak_mib(lambda: fit_pgmpy(network, frame)),
-        "sample ppgen": peak_mib(lambda: sample_ppgen(model, n)),
-        "sample pgmpy": peak_mib(lambda: sample_pgmpy(network, n)),
-    }
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
@@ -251,30 +294,33 @@ def main():
     print(f"flags: {vars(args)}  threads: {torch.get_num_threads()}")
     print(f"load average before timing: {os.getloadavg()}")
     print("fit seconds from the DataFrame (median/min); ratio = pgmpy / ppgen per repeat")
-    print("(median/min); cpd = max |difference| on seen configurations.")
+    print("(median/min); cpd = max |difference| on seen configurations; MiB = peak RSS added")
+    print(f"(fit on {args.rows[-1]} rows, sampling {args.sample_rows} rows; one run each).")
     header = f"{'ppgen med':>9} {'min':>7} {'pgmpy med':>9} {'min':>7} {'ratio med':>9} {'min':>6}"
-    print(f"{'network':>10} {'rows':>7} {header} {'cpd diff':>9}")
-    memory, sampling = {}, {}
+    mib = f"{'ppgen MiB':>9} {'pgmpy MiB':>9}"
+    print(f"{'network':>10} {'rows':>7} {header} {'cpd diff':>9} {mib}")
+    sampling = {}
     for name in args.networks:
         network, states = load(name)
         for rows in args.rows:
             frame, model, *figures, diff = bench_fit(
                 network, states, rows, args.repeats, args.seed, args.batch_size
             )
-            print(f"{name:>10} {rows:>7} {row(*figures)} {diff:>9.1e}", flush=True)
-        sampling[name] = bench_sample(network, model, args.sample_rows, args.repeats)
-        memory[name] = bench_memory(
-            network, states, frame, model, args.sample_rows, args.batch_size
+            line = f"{name:>10} {rows:>7} {row(*figures)} {diff:>9.1e}"
+            if rows == args.rows[-1]:
+                peaks = bench_memory(
+                    name, frame, model, args.sample_rows, args.batch_size, args.dtype
+                )
+                line += f" {peaks['fit ppgen']:>9.1f} {peaks['fit pgmpy']:>9.1f}"
+            print(line, flush=True)
+        figures = bench_sample(network, model, args.sample_rows, args.repeats)
+        sampling[name] = (
+            f"{row(*figures)} {peaks['sample ppgen']:>9.1f} {peaks['sample pgmpy']:>9.1f}"
         )
     print(f"\nsampling {args.sample_rows} rows, seconds (median/min); ratio = pgmpy / ppgen")
-    print(f"{'network':>10} {header}")
-    for name, figures in sampling.items():
-        print(f"{name:>10} {row(*figures)}")
-    print(f"\npeak RSS added, MiB (fit on {args.rows[-1]} rows, sampling {args.sample_rows} rows)")
-    keys = ["fit ppgen", "fit pgmpy", "sample ppgen", "sample pgmpy"]
-    print(f"{'network':>10} " + " ".join(f"{k:>12}" for k in keys))
-    for name, peaks in memory.items():
-        print(f"{name:>10} " + " ".join(f"{peaks[k]:>12.1f}" for k in keys))
+    print(f"{'network':>10} {header} {mib}")
+    for name, line in sampling.items():
+        print(f"{name:>10} {line}")
     print(f"\nload average after: {os.getloadavg()}")
 
 
