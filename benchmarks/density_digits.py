@@ -11,7 +11,8 @@ split), one thread on a shared 2-core machine (load 3-12): independent 24.49 (it
 (18.16 without its L2 penalty), NADE 16.87, MADE 16.89 at 300 epochs; PixelCNN 16.70 at 50 epochs
 (18 s/epoch under load 12, ~6 s quiet). PixelCNN misses its 16.5: it overfits 1500 images within
 ~30 epochs (train 14, test 17 by epoch 40), and lr 3e-4 (16.89), lr 5e-4 with dropout 0.5 (16.78),
-L2 1e-4 (16.70) or 48 channels (17.26) did not help in 40-100 epochs. On the earlier split
+L2 1e-4 (16.70), 48 channels (17.26), 64 channels x 8 layers with dropout 0.5 (16.80) or
+128 channels with dropout 0.6 (17.10) did not help in 40-100 epochs. On the earlier split
 (torch seed 0) the same settings gave 16.41.
 """
 
