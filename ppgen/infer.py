@@ -230,6 +230,11 @@ def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[
     )
     coef = solution.solution
     sigma = (y - design @ coef).pow(2).mean().sqrt()
+    return _set_linear_gaussian(module, coef, sigma)
+
+
+def _set_linear_gaussian(module: LinearGaussian, coef: Tensor, sigma: Tensor) -> bool:
+    """Writes least-squares coefficients (bias last) and residual scale into `module`, if valid."""
     if not torch.isfinite(coef).all() or sigma <= 0:
         return False
     module.linear.weight.copy_(coef[:-1].T)
@@ -245,12 +250,7 @@ def _solve_normal_equations(module: LinearGaussian, design: Tensor, y: Tensor) -
     driver = "gelsd" if design.device.type == "cpu" else None
     coef = torch.linalg.lstsq(gram[:, :-1], gram[:, -1:], driver=driver).solution
     sigma = (distributed.all_reduce((y - design @ coef).pow(2).sum()) / rows).sqrt()
-    if not torch.isfinite(coef).all() or sigma <= 0:
-        return False
-    module.linear.weight.copy_(coef[:-1].T)
-    module.linear.bias.copy_(coef[-1])
-    module.scale.copy_(_inverse_softplus(sigma))
-    return True
+    return _set_linear_gaussian(module, coef, sigma)
 
 
 def _mean(value: Tensor) -> Tensor:
