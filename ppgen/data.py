@@ -12,30 +12,90 @@ from torch.distributions import constraints
 
 from ppgen.graph import _is_variable, family
 
-__all__ = ["Table", "table"]
+__all__ = ["Table", "fits", "place", "table"]
 
 Data = Mapping[str, object]
 
 
 @dataclass
 class Table:
-    r"""Data checked against a model: one tensor per site, rows first, on one device.
+    r"""Data checked against a model: one tensor per site, rows first.
+
+    The columns live on the compute device when they fit there, else in host memory, and
+    :meth:`rows` moves each batch to `device` as it is taken: data larger than a GPU's
+    memory are streamed batch by batch.
 
     Attributes:
         columns: Site name to tensor of shape :math:`(N, *)`, in the model's dtypes.
         categories: For columns that came as labels (a DataFrame's categorical or text columns),
             the label of each integer code.
+        device: Where batches go (`None`: where the columns are).
     """
 
     columns: dict[str, Tensor]
     categories: dict[str, list[object]] = field(default_factory=dict)
+    device: torch.device | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
 
+    @property
+    def home(self) -> torch.device:
+        """Where the columns are: `device`, or host memory when they do not fit there."""
+        return next(iter(self.columns.values())).device
+
     def rows(self, index: Tensor | slice) -> dict[str, Tensor]:
-        """The rows at `index`, as a dict of tensors."""
-        return {name: value[index] for name, value in self.columns.items()}
+        """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`."""
+        if self.device is None:
+            return {name: value[index] for name, value in self.columns.items()}
+        return {
+            name: value[index].to(self.device, non_blocking=True)
+            for name, value in self.columns.items()
+        }
+
+    def column(self, name: str, index: slice = slice(None)) -> Tensor:
+        """One column (the rows at `index`) on :attr:`device`."""
+        value = self.columns[name][index]
+        return value if self.device is None else value.to(self.device)
+
+
+# the share of a GPU's free memory that data may take there; more is streamed from host memory
+_RESIDENT_SHARE = 0.5
+
+
+def fits(nbytes: int, device: torch.device) -> bool:
+    """Whether `nbytes` of data may live on `device`: anywhere on a CPU, up to half of the
+    free memory of a GPU (the rest is for the model, its activations and the optimiser).
+
+    Example:
+        >>> fits(10**12, torch.device("cpu"))
+        True
+    """
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= _RESIDENT_SHARE * free
+
+
+def place(
+    columns: dict[str, Tensor], device: torch.device | str | None
+) -> tuple[dict[str, Tensor], torch.device | None]:
+    """The columns on `device` when they fit there, else in host memory (pinned, for fast
+    copies to a GPU), and the device their batches go to.
+
+    Example:
+        >>> place({"x": torch.zeros(3)}, "cpu")[0]["x"].device
+        device(type='cpu')
+    """
+    if device is None:
+        return columns, None
+    device = torch.device(device)
+    moving = [v for v in columns.values() if v.device != device]
+    if not moving or fits(sum(v.numel() * v.element_size() for v in moving), device):
+        return {name: v.to(device) for name, v in columns.items()}, device
+    pin = torch.cuda.is_available()
+    host = {name: v.cpu().pin_memory() if pin else v.cpu() for name, v in columns.items()}
+    return host, device
 
 
 def _from_frame(frame: object) -> tuple[dict[str, object], dict[str, list[object]]]:
@@ -68,7 +128,8 @@ def table(
         model: A Pyro program taking the number of rows as its keyword `n`.
         data: A dict of site name to array (rows first) or a pandas DataFrame.
         args, kwargs: Other inputs of `model`.
-        device: Where to put the tensors; by default where the model's parameters are.
+        device: Where batches go; by default where the model's parameters are. The columns
+            are put there when they fit (see :func:`fits`), else kept in host memory.
 
     Raises:
         ValueError: Naming the site or column, for an empty dataset, a column that is no site,
@@ -134,11 +195,10 @@ def table(
                 raise ValueError(
                     f"Column {name!r} must hold whole numbers for its {type(site['fn']).__name__} site."
                 )
-        value = value.to(dtype=expected.dtype, device=device)
+        value = value.to(dtype=expected.dtype)
         fn = site["fn"]
-        if not _inside(fn.support, value.to(expected.device)):
-            inside = fn.support.check(value.to(expected.device))
-            row = int((~inside).reshape(rows, -1).any(1).nonzero()[0])
+        row = _first_outside(fn.support, value, expected.device)
+        if row is not None:
             bad = (
                 value[row].reshape(-1)[0].item()
                 if value[row].numel() == 1
@@ -149,18 +209,34 @@ def table(
                 f"{family(fn)} distribution."
             )
         columns[name] = value
-    return Table(columns, categories)
+    columns, device = place(columns, device)
+    return Table(columns, categories, device)
 
 
-def _inside(support: constraints.Constraint, value: Tensor) -> bool:
-    """Whether every value lies in the support: the bounds of an integer interval (the
-    Categorical's) are checked on the extremes alone, the whole data being integer already."""
+# rows of a column checked at once on the model's device: a column need not fit there whole
+_CHECK_ELEMENTS = 1 << 22
+
+
+def _first_outside(
+    support: constraints.Constraint, value: Tensor, device: torch.device
+) -> int | None:
+    """The first row with a value outside the support, or `None`. The bounds of an integer
+    interval (the Categorical's) are checked on the extremes alone, the whole data being integer
+    already; other supports on `device`, a chunk of rows at a time."""
     if isinstance(support, constraints.integer_interval) and not value.is_floating_point():
         lower, upper = support.lower_bound, support.upper_bound
         if isinstance(lower, int | float) and isinstance(upper, int | float):
             least, most = torch.aminmax(value)  # one pass over the column
-            return bool(least >= lower) and bool(most <= upper)
-    try:
-        return bool(support.check(value).all())
-    except RuntimeError:  # a support that varies by row cannot be checked from two rows
-        return True
+            if bool(least >= lower) and bool(most <= upper):
+                return None
+    step = max(1024, _CHECK_ELEMENTS // max(1, value[0].numel()))
+    for start in range(0, len(value), step):
+        chunk = value[start : start + step].to(device)
+        try:
+            outside = ~support.check(chunk)
+        except RuntimeError:  # a support that varies by row cannot be checked from two rows
+            return None
+        bad = outside.reshape(len(chunk), -1).any(1)
+        if bad.any():
+            return start + int(bad.nonzero()[0])
+    return None

@@ -55,6 +55,8 @@ def init_from_env(device: torch.device | None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
         return
     cuda = device is not None and device.type == "cuda"
+    if cuda and device.index is not None:  # nccl runs on the current device: this rank's GPU
+        torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
 
 
@@ -86,7 +88,12 @@ def shard(order: Tensor) -> tuple[Tensor, int]:
     rank, world = group
     if len(order) < world:
         raise ValueError(f"{len(order)} rows cannot be shared by {world} processes.")
-    dist.broadcast(order, src=0)
+    if dist.get_backend() == "nccl" and order.device.type != "cuda":  # rows in host memory
+        sent = order.to(torch.cuda.current_device())  # nccl sends CUDA tensors alone
+        dist.broadcast(sent, src=0)
+        order = sent.to(order.device)
+    else:
+        dist.broadcast(order, src=0)
     return order[rank::world], -(-len(order) // world)
 
 

@@ -20,7 +20,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
-from ppgen.data import Table, table
+from ppgen.data import Table, place, table
 from ppgen.graph import _is_variable, _unweighted, trace_calls
 from ppgen.importance import _log_weights
 from ppgen.nn import Node
@@ -279,7 +279,8 @@ def svi_table(
         if device is None:  # where the model's parameters are, as ppgen.data.table does
             parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
             device = parameter.device if parameter is not None else None
-        return Table({_ARGUMENT: data.to(device) if device is not None else data})
+        columns, device = place({_ARGUMENT: data}, device)
+        return Table(columns, device=device)
     if not isinstance(data, Mapping):
         raise ValueError(f"Data must be a tensor or a dict of site name to array, not {data!r}.")
     with torch.random.fork_rng(), torch.no_grad():

@@ -414,7 +414,7 @@ def train(
     try:
         for epoch in bar:
             tic = time.perf_counter()
-            order = torch.randperm(len(data), device=next(iter(data.columns.values())).device)
+            order = torch.randperm(len(data), device=data.home)
             order, longest = distributed.shard(order)  # this rank's rows (all, in one process)
             sums: dict[str, Tensor] = {}
             running = None  # the trained terms' sums over the epoch's rows, stacked
@@ -437,7 +437,9 @@ def train(
             seconds = time.perf_counter() - tic
             if running is not None:
                 sums = dict(zip(names, running, strict=True))
-                sums.update({name: t[order].sum() for name, t in (fixed or {}).items()})
+                sums.update(
+                    {n: t[order].sum().to(running.device) for n, t in (fixed or {}).items()}
+                )
             if distributed.active() is not None and sums:  # every rank's rows, each once
                 summed = distributed.all_reduce(torch.stack(list(sums.values())))
                 sums = dict(zip(sums, summed, strict=True))
@@ -544,18 +546,32 @@ def _record(
 def _terms(
     objective: ExactLogLikelihood, sites: list[str], data: Table, batch_size: int
 ) -> dict[str, Tensor]:
-    """The terms of `sites` on every row of `data`, in order, without gradients."""
+    """The terms of `sites` on every row of `data`, in order, without gradients, where the
+    rows are (in host memory, for data streamed to a GPU)."""
     chunk = max(batch_size, _EVALUATION_ROWS)
     with torch.no_grad():
         parts = [
             objective(data.rows(slice(i, i + chunk)), sites) for i in range(0, len(data), chunk)
         ]
-    return {site: torch.cat([part[site] for part in parts]) for site in sites}
+    return {site: torch.cat([part[site] for part in parts]).to(data.home) for site in sites}
 
 
 def _device(model: object, device: str | torch.device | None) -> torch.device | None:
+    """Resolves `device` (`"auto"`: CUDA where there is a GPU) and moves `model` there."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is not None:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', not {device!r}.")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} needs a CUDA GPU, and torch finds none here; use "
+                "'cpu' or 'auto'."
+            )
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process, under torchrun
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     if device is not None and isinstance(model, nn.Module):
@@ -625,9 +641,10 @@ def fit_mle(
     sums: dict[str, Tensor] = {}  # the training rows' log-likelihood per site, where counted
     if objective.factors is not None:
         group = distributed.active()  # each rank counts its own rows, and the counts are summed
-        own = data if group is None else Table(data.rows(slice(group[0], None, group[1])))
-        for name, (module, parents) in objective.factors.items():
-            solved, total = _solve(module, own.columns[name], (own.columns[p] for p in parents))
+        own = slice(None) if group is None else slice(group[0], None, group[1])
+        for name, (module, parents) in objective.factors.items():  # one node's columns at a time
+            value, parent_values = data.column(name, own), [data.column(p, own) for p in parents]
+            solved, total = _solve(module, value, parent_values)
             if solved:
                 closed.append(name)
             if total is not None:

@@ -1,0 +1,92 @@
+"""Where data and queries run: `device=` on the queries, data kept in host memory and streamed
+batch by batch when they do not fit on a GPU, and column checks a chunk of rows at a time."""
+
+import pyro
+import pytest
+import torch
+
+import ppgen
+from ppgen.data import fits, table
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _model() -> ppgen.builder.DAG:
+    return ppgen.dag(
+        [("a", "b"), ("a", "c"), ("b", "c")],
+        kinds={"a": "bernoulli", "b": "linear_gaussian", "c": "normal"},
+        hidden=(8,),
+    )
+
+
+def _rows(n: int = 600) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    a = torch.bernoulli(torch.full((n,), 0.3), generator=generator)
+    b = 2 * a - 1 + 0.5 * torch.randn(n, generator=generator)
+    c = torch.sin(b) * a + 0.3 * torch.randn(n, generator=generator)
+    return {"a": a, "b": b, "c": c}
+
+
+def test_data_may_take_half_of_a_gpus_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
+    assert fits(500, torch.device("cuda"))
+    assert not fits(501, torch.device("cuda"))
+    assert fits(10**15, torch.device("cpu"))  # host memory is the user's to manage
+
+
+def test_support_is_checked_a_chunk_at_a_time_and_names_the_first_bad_row(monkeypatch):
+    monkeypatch.setattr(ppgen.data, "_CHECK_ELEMENTS", 1)  # chunks of 1024 rows
+    rows = _rows(5000)
+    rows["a"][3100] = 2.0  # whole, but outside {0, 1}
+    rows["a"][4500] = 3.0
+    with pytest.raises(ValueError, match="Column 'a' has value 2.0 in row 3100, outside"):
+        table(_model(), rows)
+
+
+def test_queries_take_a_device():
+    model, rows = _model(), _rows()
+    ppgen.fit_mle(model, rows, epochs=3, progress=False)
+    here = ppgen.log_prob(model, rows)
+    assert torch.equal(ppgen.log_prob(model, rows, device="cpu"), here)
+    assert ppgen.log_prob(model, rows, device="auto").device == here.device
+    pyro.set_rng_seed(1)
+    first = ppgen.sample(model, 5)
+    pyro.set_rng_seed(1)
+    again = ppgen.sample(model, 5, device="cpu")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    vae = ppgen.models.VAE(4, 2, hidden=(8,))
+    x = torch.bernoulli(torch.full((6, 4), 0.5))
+    pyro.set_rng_seed(2)
+    bound = ppgen.log_prob(vae, x, guide=vae.guide, num_samples=8)
+    pyro.set_rng_seed(2)
+    assert torch.equal(ppgen.log_prob(vae, x, guide=vae.guide, num_samples=8, device="cpu"), bound)
+
+
+@cuda
+def test_data_that_do_not_fit_a_gpu_stream_from_host_memory(monkeypatch):
+    """A fit on CUDA with its rows in host memory (as when they exceed the GPU's memory) takes
+    the same steps as one on the CPU: the permutation is drawn where the rows are."""
+    rows = _rows()
+    pyro.set_rng_seed(0)
+    on_cpu = _model()
+    pyro.set_rng_seed(0)
+    streamed = _model()
+    streamed.load_state_dict(on_cpu.state_dict())
+    pyro.set_rng_seed(3)
+    ppgen.fit_mle(on_cpu, rows, epochs=4, batch_size=64, progress=False)
+    monkeypatch.setattr(ppgen.data, "fits", lambda nbytes, device: False)
+    held = table(_model(), rows, device="cuda")
+    assert held.home.type == "cpu" and held.columns["a"].is_pinned()
+    assert held.rows(torch.arange(3))["a"].device.type == "cuda"
+    pyro.set_rng_seed(3)
+    ppgen.fit_mle(streamed, rows, epochs=4, batch_size=64, device="cuda", progress=False)
+    for (name, p), q in zip(on_cpu.named_parameters(), streamed.parameters(), strict=True):
+        assert q.device.type == "cuda"
+        torch.testing.assert_close(q.cpu(), p, atol=1e-4, rtol=1e-4, msg=name)
+    density = ppgen.log_prob(streamed, rows, device="cuda")
+    assert density.device.type == "cuda"
+    torch.testing.assert_close(density.cpu(), ppgen.log_prob(on_cpu, rows), atol=1e-4, rtol=1e-4)
+    vae = ppgen.models.VAE(4, 2, hidden=(8,))
+    ppgen.fit_svi(vae, vae.guide, torch.zeros(64, 4), epochs=1, device="cuda", progress=False)
+    assert ppgen.sample(vae, 3, device="cuda")["x"].device.type == "cuda"
+
