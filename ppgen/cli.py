@@ -118,7 +118,7 @@ def _fit(args: argparse.Namespace) -> None:
     data, kwargs = read_data(args.data), parse_args(args.arg)
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = {k: v for k, v in given.items() if v is not None}  # else the fit's own defaults
-    options["progress"] = not args.quiet
+    options["progress"], options["device"] = not args.quiet, args.device
     if args.guide is None:
         fit = ppgen.fit_mle(model, data, **options, **kwargs)
     else:
@@ -145,7 +145,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     categories = describe(Path(args.folder) / "model.safetensors").get("fit", {}) or {}
     frame = ppgen.sample(model, args.n, as_frame=True, categories=categories.get("categories"),
-                         **record.get("kwargs", {}))  # fmt: skip
+                         device=args.device, **record.get("kwargs", {}))  # fmt: skip
     frame.to_csv(args.output, index=False)
     print(f"wrote {args.n} rows to {args.output}")
 
@@ -220,12 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit.add_argument("--out", required=True, help="the folder for the fitted model")
     fit.add_argument("--force", action="store_true", help="overwrite an existing folder")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--device", help="cpu, cuda or auto (default: cpu)")
     fit.set_defaults(run=_fit)
 
     sample = commands.add_parser("sample", help="draw rows from a model saved by `ppgen fit`")
     sample.add_argument("folder", help="the folder written by `ppgen fit`")
     sample.add_argument("-n", type=int, default=1000, help="the number of rows")
     sample.add_argument("-o", "--output", default="samples.csv", help="the CSV to write")
+    sample.add_argument("--device", help="cpu, cuda or auto (default: cpu)")
     sample.set_defaults(run=_sample)
 
     info = commands.add_parser(

@@ -11,7 +11,7 @@ from torch import Tensor
 from ppgen.data import table
 from ppgen.graph import _is_variable
 from ppgen.importance import importance_log_prob
-from ppgen.infer import ExactLogLikelihood
+from ppgen.infer import ExactLogLikelihood, _device
 
 __all__ = ["log_prob", "sample"]
 
@@ -24,6 +24,7 @@ def log_prob(
     batch_size: int = 4096,
     guide: Callable[..., object] | None = None,
     num_samples: int = 1000,
+    device: str | torch.device | None = None,
     **kwargs: object,
 ) -> Tensor | dict[str, Tensor]:
     r"""Returns the log-likelihood :math:`\log p(x)` of each row: exact where every site is
@@ -40,9 +41,13 @@ def log_prob(
             importance-weighted bound :math:`\log \frac{1}{K} \sum_k p(x, z_k) / q(z_k \mid x)`
             of :func:`ppgen.importance.importance_log_prob`, per row.
         num_samples: The draws :math:`K` per row, with `guide`.
+        device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is): the model (and
+            guide) are moved there, as by the fits, and the rows follow in batches (data
+            larger than a GPU's memory stay in host memory, see :func:`ppgen.data.fits`).
 
     Returns:
-        A tensor of shape :math:`(N,)`, or a dict of such tensors per site (they sum to it).
+        A tensor of shape :math:`(N,)` on the device, or a dict of such tensors per site (they
+        sum to it).
 
     Example:
         >>> model = ppgen.dag([("a", "b")], kinds={"a": "bernoulli", "b": "bernoulli"})
@@ -55,13 +60,19 @@ def log_prob(
             "function of latent draws), so log p(x) is undefined; compare samples instead, e.g. "
             "with ppgen.metrics.mmd."
         )
+    if guide is not None and per_node:
+        raise ValueError("per_node needs a fully observed model; with a guide it is undefined.")
+    device = _device(model, device)
     if guide is not None:
-        if per_node:
-            raise ValueError(
-                "per_node needs a fully observed model; with a guide it is undefined."
+        _device(guide, device)
+        if device is not None:
+            data = (
+                data.to(device)
+                if isinstance(data, Tensor)
+                else {name: torch.as_tensor(v, device=device) for name, v in data.items()}
             )
         return importance_log_prob(model, guide, data, *args, num_samples=num_samples, **kwargs)
-    rows = table(model, data, *args, **kwargs)
+    rows = table(model, data, *args, device=device, **kwargs)
     objective = ExactLogLikelihood(model, rows.rows(slice(0, 64)), *args, **kwargs)
     parts: dict[str, list[Tensor]] = {}
     with torch.no_grad():
@@ -78,6 +89,7 @@ def sample(
     *args: object,
     as_frame: bool = False,
     categories: Mapping[str, list[object]] | None = None,
+    device: str | torch.device | None = None,
     **kwargs: object,
 ) -> dict[str, Tensor] | object:
     r"""Draws `n` rows from a program by ancestral sampling, in one vectorised run.
@@ -92,6 +104,8 @@ def sample(
         as_frame: Whether to return a pandas DataFrame (one column per site with scalar rows).
         categories: For `as_frame`, the label of each integer code of a column, e.g. from
             `ppgen.data.table(model, frame).categories`.
+        device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is); the model is moved
+            there, as by the fits, and the draws are made there.
 
     Returns:
         A dict of site name to tensor of shape :math:`(n, *)`, or a DataFrame.
@@ -101,6 +115,7 @@ def sample(
         >>> sorted(rows), rows["b"].shape
         (['a', 'b'], torch.Size([5]))
     """
+    _device(model, device)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
     values = {name: site["value"] for name, site in trace.nodes.items() if _is_variable(site)}

@@ -102,11 +102,11 @@ def test_fit_sample_info_round_trip(tmp_path, chain_files):
     source, data = chain_files
     out = tmp_path / "fit"
     run = ppgen_command("fit", f"{source}:Chain", "--data", str(data), "--epochs", "3",
-                        "--out", str(out), "--quiet")  # fmt: skip
+                        "--out", str(out), "--quiet", "--device", "auto")  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert (out / "model.safetensors").is_file() and (out / "history.png").is_file()
     samples = tmp_path / "samples.csv"
-    run = ppgen_command("sample", str(out), "-n", "25", "-o", str(samples))
+    run = ppgen_command("sample", str(out), "-n", "25", "-o", str(samples), "--device", "cpu")
     assert run.returncode == 0, run.stderr
     lines = samples.read_text().splitlines()
     assert lines[0] == "a,b" and len(lines) == 26
@@ -126,6 +126,8 @@ def test_fit_sample_info_round_trip(tmp_path, chain_files):
         ("fit {tmp}/latent.py:model --data {tmp}/x.csv --out {tmp}/o",
          "Site 'z' is not in the data: it is latent"),
         ("sample {tmp}", "holds no model written by `ppgen fit`"),
+        ("fit {src}:Chain --data {data} --out {tmp}/o --device gpu",
+         "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', not 'gpu'"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_and_write_nothing(tmp_path, chain_files, command, message):

@@ -232,6 +232,21 @@ def test_data_on_cpu_model_on_cuda():
     ppgen.fit_svi(vae, vae.guide, torch.zeros(4, 3), epochs=1, progress=False)
 
 
+@pytest.mark.parametrize("device", ["gpu", "mps:0", 3.5])
+def test_an_unknown_device(device):
+    model = _model()
+    message = r"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', not"
+    _unchanged(lambda: ppgen.fit_mle(model, GOOD, device=device, progress=False), message, model)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_cuda_without_a_gpu():
+    model, message = _model(), "needs a CUDA GPU, and torch finds none here; use 'cpu' or 'auto'"
+    _unchanged(lambda: ppgen.fit_mle(model, GOOD, device="cuda", progress=False), message, model)
+    _unchanged(lambda: ppgen.log_prob(model, GOOD, device="cuda:1"), message, model)
+    _unchanged(lambda: ppgen.sample(model, 3, device="cuda"), message, model)
+
+
 def test_corrupt_or_foreign_file(tmp_path):
     model = _model()
     path = tmp_path / "model.safetensors"
