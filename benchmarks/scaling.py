@@ -36,7 +36,8 @@ from other jobs (figures ±40 %; docs/scaling.md has the tables and their readin
 
 CUDA (not measured here, no GPU): `python benchmarks/scaling.py --device cuda --processes-rows 0`
 times the same sweeps and the VAE on the GPU; compare with `python benchmarks/scaling.py` run on
-the same machine.
+the same machine, and with `--device cuda --stream` (rows kept in pinned host memory, each batch
+copied to the GPU, as for data larger than its memory) for the cost of streaming.
 """
 
 import argparse
@@ -210,10 +211,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--processes-rows", type=int, default=100_000)
     parser.add_argument("--device", default=None, help="cpu (default) or cuda")
+    parser.add_argument("--stream", action="store_true",
+                        help="keep the rows in host memory and copy each batch to --device, as "
+                        "for data larger than the GPU")  # fmt: skip
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker)
+    if args.stream:  # the forked fits inherit it
+        ppgen.data.fits = lambda nbytes, device: False
     start = time.perf_counter()
     for kind in args.kinds:
         sweep("rows", kind, args.rows, args.repeats, args.device)
