@@ -4,16 +4,23 @@ Each model is fitted by `ppgen.infer.fit_mle` (Adam on the exact NLL), validated
 every epoch; the best epoch is kept, as for the anchors.
 
 Run: python benchmarks/density_digits.py --epochs 300 --out /tmp/ppgen-bench
+(PixelCNN: --models pixelcnn --epochs 50; it overfits after ~30 epochs)
 
 Measured 2026-11-23 on the split of `ppgen.datasets.digits` (numpy default_rng(0), the anchors'
-split), one thread on a shared 2-core machine (load 3-12): independent 24.49 (its exact MLE scores
+split), one thread on a shared 2-core machine (load 1-12): independent 24.49 (its exact MLE scores
 24.498; the best test epoch of Adam goes below it, as the anchors' protocol allows), FVSBN 18.12
-(18.16 without its L2 penalty), NADE 16.87, MADE 16.89 at 300 epochs; PixelCNN 16.70 at 50 epochs
-(18 s/epoch under load 12, ~6 s quiet). PixelCNN misses its 16.5: it overfits 1500 images within
-~30 epochs (train 14, test 17 by epoch 40), and lr 3e-4 (16.89), lr 5e-4 with dropout 0.5 (16.78),
-L2 1e-4 (16.70), 48 channels (17.26), 64 channels x 8 layers with dropout 0.5 (16.80) or
-128 channels with dropout 0.6 (17.10) did not help in 40-100 epochs. On the earlier split
-(torch seed 0) the same settings gave 16.41.
+(18.16 without its L2 penalty), NADE 16.87, MADE 16.89 at 300 epochs; PixelCNN 16.41 at 50 epochs
+(6.9 s/epoch median, min 5.7 s, under load 1-2; ~18 s under load 12; sampling 87 ms/image;
+its sample grid shows mostly legible digits).
+
+PixelCNN's zero padding looks like blank pixels, so without `position=True` the type-A layer
+cannot tell where a pixel with blank pixels before it lies: 16.70 without it (seed 0), and in a
+hand-written loop of the same steps 16.70 -> 16.34 (seed 0) and 16.75 -> 16.46 (seed 1);
+dropout 0.5 with it gave 16.40 (seed 0).
+It overfits 1500 images within ~30 epochs (train 14, test 17 by epoch 40). Without the option,
+lr 3e-4 (16.89), lr 5e-4 with dropout 0.5 (16.78), L2 1e-4 (16.70), 48 channels (17.26),
+64 channels x 8 layers with dropout 0.5 (16.80), 128 channels with dropout 0.6 (17.10), or an
+average of the weights (EMA, decay 0.99 a step: 16.70) did not help in 35-100 epochs.
 """
 
 import argparse
@@ -41,11 +48,18 @@ MODELS = {
     "fvsbn": (lambda: FVSBN(64), {"lr": 3e-3, "batch_size": 32, "weight_decay": 3e-4}),
     "nade": (lambda: NADE(64, hidden_features=64), {"lr": 3e-3}),
     "made": (lambda: MADE(64, hidden_features=(512,)), {"lr": 1e-3}),
-    # a 15x15 type-A kernel sees every earlier pixel of an 8x8 image (no blind spot); residual
-    # blocks with dropout keep 1500 training images from being memorised
+    # a 15x15 type-A kernel sees every earlier pixel of an 8x8 image (no blind spot), and a
+    # channel of ones where each pixel lies; residual blocks with dropout keep 1500 training
+    # images from being memorised
     "pixelcnn": (
         lambda: PixelCNN(
-            (8, 8), channels=96, layers=6, kernel_size=15, residual=True, dropout=0.4
+            (8, 8),
+            channels=96,
+            layers=6,
+            kernel_size=15,
+            residual=True,
+            dropout=0.4,
+            position=True,
         ),
         {"lr": 1e-3},
     ),

@@ -398,6 +398,9 @@ class PixelCNN(_Binary):
         dropout: The dropout rate after each :math:`3 \times 3` type-B convolution. It acts only in
             training steps (training mode with gradients recorded): scoring and sampling, under
             `torch.no_grad`, use the whole network.
+        position: Whether the type-A layer also reads a channel of ones (zero in its padding).
+            Zero padding alone looks like blank pixels, so that layer cannot tell where a pixel
+            with blank pixels before it lies; the ones tell it, for one more input channel.
         sites: `"joint"` for one site `x`, `"pixels"` for one site per pixel.
 
     Example:
@@ -415,12 +418,13 @@ class PixelCNN(_Binary):
         kernel_size: int = 7,
         residual: bool = False,
         dropout: float = 0.0,
+        position: bool = False,
         sites: str = "joint",
     ) -> None:
         super().__init__(shape[0] * shape[1], sites)
-        self.shape = tuple(shape)
+        self.shape, self.position = tuple(shape), position
         convs: list[nn.Module] = [
-            MaskedConv2d("A", 1, channels, kernel_size, padding=kernel_size // 2)
+            MaskedConv2d("A", 1 + position, channels, kernel_size, padding=kernel_size // 2)
         ]
         for _ in range(layers):
             block = _PixelBlock(channels, dropout)
@@ -437,6 +441,8 @@ class PixelCNN(_Binary):
     def logits(self, x: Tensor) -> Tensor:
         batch = x.shape[:-1]
         images = x.reshape(-1, 1, *self.shape)
+        if self.position:
+            images = torch.cat([images, torch.ones_like(images)], 1)
         return self.net(images).reshape(*batch, self.features)
 
     def connectivity(self) -> Tensor:

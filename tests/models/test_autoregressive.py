@@ -22,6 +22,9 @@ MODELS = {
     "pixelcnn-residual": lambda **kw: PixelCNN(
         (2, 3), channels=4, layers=2, kernel_size=3, residual=True, **kw
     ),
+    "pixelcnn-position": lambda **kw: PixelCNN(
+        (2, 3), channels=4, layers=1, kernel_size=3, position=True, **kw
+    ),
 }
 
 
@@ -126,6 +129,17 @@ def test_pixelcnn_full_type_a_kernel_has_no_blind_spot():
     assert (before & ~plain).any()  # the blind spot of stacked masked convolutions
     full = PixelCNN((8, 8), channels=2, layers=2, kernel_size=15, residual=True).connectivity()
     assert full.equal(before)
+
+
+def test_pixelcnn_position_tells_blank_pixels_apart():
+    # on a blank image the type-A layer sees only zeros, inside the image or in the padding alike
+    # (1x1 layers after it: no hidden padding either)
+    blank = torch.zeros(1, 9)
+    torch.manual_seed(0)
+    plain = randomized(PixelCNN((3, 3), channels=4, layers=0, kernel_size=5)).logits(blank)
+    assert torch.allclose(plain, plain[0, 0].expand(1, 9), atol=1e-12)
+    model = randomized(PixelCNN((3, 3), channels=4, layers=0, kernel_size=5, position=True))
+    assert len(model.logits(blank).unique()) == 9
 
 
 def test_pixelcnn_dropout_only_in_training_steps():
