@@ -82,6 +82,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/ppgen-bench"))
+    parser.add_argument("--seed", type=int, default=0, help="of each model's initial state")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def main():
     print(header)
     for name in args.models:
         make, options = MODELS[name]
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         model = make()
         fit = fit_mle(
             model,
