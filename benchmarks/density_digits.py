@@ -4,14 +4,15 @@ Each model is fitted by `ppgen.infer.fit_mle` (Adam on the exact NLL), validated
 every epoch; the best epoch is kept, as for the anchors.
 
 Run: python benchmarks/density_digits.py --epochs 300 --out /tmp/ppgen-bench
-(PixelCNN: --models pixelcnn --epochs 50; it overfits after ~30 epochs)
+(PixelCNN: --models pixelcnn --epochs 40; it overfits after ~25 epochs)
 
 Measured 2026-11-23 on the split of `ppgen.datasets.digits` (numpy default_rng(0), the anchors'
 split), one thread on a shared 2-core machine (load 1-12): independent 24.49 (its exact MLE scores
 24.498; the best test epoch of Adam goes below it, as the anchors' protocol allows), FVSBN 18.12
-(18.16 without its L2 penalty), NADE 16.87, MADE 16.89 at 300 epochs; PixelCNN 16.41 at 50 epochs
-(6.9 s/epoch median, min 5.7 s, under load 1-2; ~18 s under load 12; sampling 87 ms/image;
-its sample grid shows mostly legible digits).
+(18.16 without its L2 penalty), NADE 16.87, MADE 16.89 at 300 epochs; PixelCNN 16.35 at 40 epochs in batches of 50
+(16.44 with `--seed 1`; 7.6 s/epoch median, min 6.2 s, under load 2; sampling 95 ms/image;
+its sample grid shows mostly legible digits). In batches of 100 it gave 16.41 (seed 0) but
+16.57 (seed 1): the smaller batches take twice the steps an epoch, with more gradient noise.
 
 PixelCNN's zero padding looks like blank pixels, so without `position=True` the type-A layer
 cannot tell where a pixel with blank pixels before it lies: 16.70 without it (seed 0), and in a
@@ -61,7 +62,7 @@ MODELS = {
             dropout=0.4,
             position=True,
         ),
-        {"lr": 1e-3},
+        {"lr": 1e-3, "batch_size": 50},
     ),
 }
 
