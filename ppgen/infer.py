@@ -791,6 +791,7 @@ def fit_gan(
     d_steps: int = 1,
     betas: tuple[float, float] = (0.5, 0.999),
     r1: float = 0.0,
+    average: float | None = None,
     val: Tensor | None = None,
     val_samples: int = 1000,
     device: str | torch.device | None = None,
@@ -817,6 +818,10 @@ def fit_gan(
         betas: Adam's betas, for both players.
         r1: The weight of the R1 penalty on the discriminator's gradient at real rows (see
             :class:`~ppgen.models.gan.GANObjective`; 0: none).
+        average: The decay of an exponential moving average of the generator's parameters
+            over its steps, e.g. 0.999 (`None`: none). The average is what is scored against
+            `val`, and what the GAN's generator holds at the end: it swings far less than the
+            trained parameters.
         val: Held-out real rows, of the shape of `data`, that choose the epoch (never the
             test rows); `None`: the last epoch.
         val_samples: The generated rows scored against `val` each epoch.
@@ -848,19 +853,26 @@ def fit_gan(
     rows = svi_table(gan, data, (), {}, device)
     held_out = svi_table(gan, val, (), {}, device) if val is not None else None
     objective = GANObjective(
-        gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas, r1=r1, samples=val_samples
-    )
+        gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas, r1=r1, samples=val_samples,
+        average=average,
+    )  # fmt: skip
+    averaged = objective.averaged
+    generator = list((gan.generator if averaged is None else averaged.module).parameters())
     if held_out is None:
         groups = {
-            "generator": (list(gan.generator.parameters()), ["loss_g"]),
+            "generator": (generator, ["loss_g"]),
             "discriminator": (list(gan.discriminator.parameters()), ["loss_d"]),
         }
     else:  # the players of the epoch whose samples are nearest the held-out rows, together
-        groups = {"gan": (list(gan.parameters()), ["neg_mmd"])}
+        groups = {"gan": ([*generator, *gan.discriminator.parameters()], ["neg_mmd"])}
     result = train(
         objective, groups, rows, held_out, epochs=epochs, batch_size=batch_size, lr=lr_g,
         patience=None, progress=progress, description="fit_gan",
     )  # fmt: skip
+    if averaged is not None:  # the GAN's generator becomes the average (of the epoch kept)
+        with torch.no_grad():
+            for p, q in zip(gan.generator.parameters(), generator, strict=True):
+                p.copy_(q)
     for record in result.history:  # the sum of the players' terms means nothing
         record.pop("train", None)
         record.pop("val", None)

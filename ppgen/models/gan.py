@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import DenseNN
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ppgen.distributed import Lockstep, active, all_reduce
 from ppgen.metrics import mmd
@@ -329,6 +330,11 @@ class GANObjective(nn.Module):
             logit at real rows (Mescheder et al., 2018), added to its loss (0: none). It keeps
             the discriminator smooth around the data; the recorded `loss_d` leaves it out.
         samples: The generated rows :meth:`score` draws.
+        average: The decay :math:`\beta` of an exponential moving average
+            :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta) \theta` of the
+            generator's parameters after each of its steps (Yazıcı et al., 2019), kept in
+            `averaged` (a :class:`torch.optim.swa_utils.AveragedModel`; its `module` is the
+            averaged generator), whose rows :meth:`score` measures; `None`: no average.
 
     Example:
         >>> gan = GAN(MLPGenerator(2, 3), MLPDiscriminator(3), 2)
@@ -346,6 +352,7 @@ class GANObjective(nn.Module):
         betas: tuple[float, float] = (0.5, 0.999),
         r1: float = 0.0,
         samples: int = 1000,
+        average: float | None = None,
     ) -> None:
         super().__init__()
         if d_steps < 1:
@@ -354,7 +361,14 @@ class GANObjective(nn.Module):
             raise ValueError(f"r1 must be at least 0, not {r1}.")
         if samples < 2:
             raise ValueError(f"samples must be at least 2, not {samples}.")
+        if average is not None and not 0 <= average < 1:
+            raise ValueError(f"average must be in [0, 1), not {average}.")
         self.gan, self.d_steps, self.r1, self.samples = gan, d_steps, r1, samples
+        self.averaged = None
+        if average is not None:
+            self.averaged = AveragedModel(
+                gan.generator, multi_avg_fn=get_ema_multi_avg_fn(average)
+            )
         self.optimizer_g = torch.optim.Adam(gan.generator.parameters(), lr=lr_g, betas=betas)
         self.optimizer_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr_d, betas=betas)
         # each player's step in DDP under a process group (the generator's alone: D's
@@ -380,13 +394,15 @@ class GANObjective(nn.Module):
 
     def score(self, batch: dict[str, Tensor]) -> dict[str, float]:
         r"""Minus the unbiased MMD² (:func:`ppgen.metrics.mmd`, median-heuristic bandwidth on
-        the rows) between `samples` generated rows and the held-out rows `batch`, as
-        `{"neg_mmd": value}`: higher is better, as a log-likelihood. The draws leave the
-        random state as it was; under a process group the ranks' values are averaged."""
-        x = next(iter(batch.values()))
+        the rows) between `samples` rows of the generator (the averaged one, with `average`)
+        and the held-out rows `batch`, as `{"neg_mmd": value}`: higher is better, as a
+        log-likelihood. The draws leave the random state as it was; under a process group the
+        ranks' values are averaged."""
+        x, gan = next(iter(batch.values())), self.gan
+        generator = gan.generator if self.averaged is None else self.averaged.module
         cuda = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            value = x.new_tensor(mmd(self.gan.sample(self.samples), x))
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            value = x.new_tensor(mmd(generator(gan.prior(self.samples).sample()), x))
         group = active()
         value = all_reduce(value) / (1 if group is None else group[1])
         return {"neg_mmd": -float(value)}
@@ -406,6 +422,8 @@ class GANObjective(nn.Module):
         self.player.backward(loss_g)
         self.optimizer_d.zero_grad(set_to_none=True)  # D's gradients from G's step are dropped
         self.optimizer_g.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.gan.generator)
         (terms_d, real_logits), (terms_g, fake_logits) = outputs, player_outputs
         hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
         return {"loss_d": terms_d, "loss_g": terms_g, "accuracy": hits / 2}

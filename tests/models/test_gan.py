@@ -78,6 +78,30 @@ def test_val_keeps_the_epoch_of_lowest_mmd_without_changing_the_trajectory():
         assert torch.equal(p, q)
 
 
+def test_average_is_the_exponential_moving_average_of_the_generator_steps():
+    torch.manual_seed(0)
+    gan, x = small_gan(), two_modes(32)
+    objective = GANObjective(gan, average=0.9)
+    objective.step({"x": x})
+    expected = [p.detach().clone() for p in gan.generator.parameters()]  # the first step's
+    for _ in range(3):
+        objective.step({"x": x})
+        now = gan.generator.parameters()
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, now, strict=True)]
+    for e, p in zip(expected, objective.averaged.module.parameters(), strict=True):
+        torch.testing.assert_close(p, e)
+    # in fit_gan the average changes no step (the same discriminator), and the GAN's generator
+    # ends as the average, not as the last parameters
+    gans = []
+    for average in (None, 0.9):
+        torch.manual_seed(0)
+        gans.append(small_gan())
+        fit_gan(gans[-1], x, average=average, epochs=2, batch_size=16, progress=False)
+    pairs = zip(*(g.discriminator.parameters() for g in gans), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+    assert not torch.equal(*(g.generator.net.layers[0].weight for g in gans))
+
+
 def test_r1_penalty_of_a_linear_discriminator_is_half_gamma_times_its_squared_weights():
     class Linear(torch.nn.Linear):  # logit w.x + b: its gradient in x is w at every row
         def forward(self, x):
@@ -140,6 +164,8 @@ def test_bad_arguments_and_nonfinite_loss():
         small_gan("wasserstein")
     with pytest.raises(ValueError, match="r1 must be at least 0"):
         GANObjective(small_gan(), r1=-1.0)
+    with pytest.raises(ValueError, match="average must be in"):
+        GANObjective(small_gan(), average=1.0)
     with pytest.raises(ValueError, match="NaN"):
         fit_gan(small_gan(), torch.tensor([[0.0], [float("nan")]]), epochs=1, progress=False)
     gan = small_gan()
