@@ -18,6 +18,10 @@ a sigmoid's grey levels from 0s and 1s by their values alone, wins (accuracy abo
 20 epochs on the digits) and the generator collapses onto a few images. :class:`ConvGenerator`
 therefore ends by default in :class:`StraightThroughBernoulli`, and :class:`MLPGenerator` takes
 it as its `output`; `x = G(z)` then draws its pixels given :math:`z`, still without a density.
+Even so a GAN's samples swing from one epoch to the next; on the digits, the R1 penalty, an
+average of the generator's parameters and the epoch chosen on held-out rows (`fit_gan`'s `r1`,
+`average`, `val`) bring its MMD² to the test set within 2x of the best explicit model's
+(`benchmarks/samples_digits.py`).
 """
 
 from __future__ import annotations
