@@ -320,7 +320,9 @@ def train(
             rows as a scalar; their mean per row is maximised. An objective with a method
             `step(batch, rows) -> terms` optimises itself instead (a GAN's two players, with
             their own optimisers: :class:`ppgen.models.gan.GANObjective`), dividing its losses'
-            sums by `rows`; `lr` is then unused, and the loop only records its terms.
+            sums by `rows`; `lr` is then unused, and the loop only records its terms. An
+            objective with a method `score(rows) -> {name: value}` scores the validation rows
+            all at once with it (higher is better), instead of as a mean of per-row terms.
         groups: Named groups of parameters, each with the terms it alone enters; a group whose
             validation terms have not improved for `patience` epochs stops training, and each
             group keeps the parameters of its best validation epoch.
@@ -537,8 +539,12 @@ def _record(
             continue
         # scoring needs no small batches: large chunks keep it cheap beside the training steps
         chunk = max(batch_size, _EVALUATION_ROWS)
-        sums = sums if sums is not None else evaluate(objective, rows, chunk)
-        means = {f"{split}/{name}": float(total) / len(rows) for name, total in sums.items()}
+        score = getattr(objective, "score", None)  # a score of all the rows at once (a GAN's)
+        if split == "val" and score is not None:
+            means = {f"val/{name}": value for name, value in score(rows.rows(slice(None))).items()}
+        else:
+            sums = sums if sums is not None else evaluate(objective, rows, chunk)
+            means = {f"{split}/{name}": float(total) / len(rows) for name, total in sums.items()}
         record.update({split: sum(means.values()), **means})
     return record
 
@@ -801,6 +807,10 @@ def fit_gan(
     lr_d: float = 1e-3,
     d_steps: int = 1,
     betas: tuple[float, float] = (0.5, 0.999),
+    r1: float = 0.0,
+    average: float | None = None,
+    val: Tensor | None = None,
+    val_samples: int = 1000,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> FitResult:
@@ -809,9 +819,12 @@ def fit_gan(
     The loop is :func:`train`, that of :func:`fit_mle` and :func:`fit_svi`, with the objective
     :class:`ppgen.models.gan.GANObjective`: on each batch of real rows, `d_steps` steps of the
     discriminator (each on fresh codes), then one step of the generator with the GAN's loss.
-    There is no likelihood, hence no validation and no early stopping: the last epoch's
-    parameters are kept. Under `torchrun`, both players run in `DistributedDataParallel`
-    and the rows are shared as for :func:`fit_mle` (`docs/scaling.md`).
+    There is no likelihood. Without `val`, the last epoch's parameters are kept. With `val`,
+    each epoch's generator is scored by the MMD² (:func:`ppgen.metrics.mmd`) of `val_samples`
+    of its rows against the held-out rows `val`, and the GAN keeps both players' parameters of
+    the epoch with the lowest: its quality swings from one epoch to the next, and the last one
+    is a poor pick. Under `torchrun`, both players run in `DistributedDataParallel` and the
+    rows are shared as for :func:`fit_mle` (`docs/scaling.md`).
 
     Arguments:
         gan: The GAN.
@@ -820,6 +833,15 @@ def fit_gan(
         lr_g, lr_d: The learning rates of the generator and the discriminator.
         d_steps: Discriminator steps per generator step.
         betas: Adam's betas, for both players.
+        r1: The weight of the R1 penalty on the discriminator's gradient at real rows (see
+            :class:`~ppgen.models.gan.GANObjective`; 0: none).
+        average: The decay of an exponential moving average of the generator's parameters
+            over its steps, e.g. 0.999 (`None`: none). The average is what is scored against
+            `val`, and what the GAN's generator holds at the end: it swings far less than the
+            trained parameters.
+        val: Held-out real rows, of the shape of `data`, that choose the epoch (never the
+            test rows); `None`: the last epoch.
+        val_samples: The generated rows scored against `val` each epoch.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is).
         progress: Whether to show a progress bar.
 
@@ -827,7 +849,8 @@ def fit_gan(
         A :class:`FitResult` whose history holds, per epoch, the mean per row of the
         discriminator's loss `train/loss_d`, the generator's `train/loss_g` and the
         discriminator's accuracy `train/accuracy` on real and generated rows, as measured during
-        the steps.
+        the steps, and with `val` the MMD² `val/mmd`. `best_epoch["gan"]` is then the epoch
+        kept (without `val`, `best_epoch` names the last for each player).
 
     Raises:
         ValueError: For data with NaN or inf, and when a player's loss becomes non-finite
@@ -845,15 +868,31 @@ def fit_gan(
     device = _device(gan, device)
     distributed.init_from_env(device)
     rows = svi_table(gan, data, (), {}, device)
-    objective = GANObjective(gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas)
-    groups = {
-        "generator": (list(gan.generator.parameters()), ["loss_g"]),
-        "discriminator": (list(gan.discriminator.parameters()), ["loss_d"]),
-    }
+    held_out = svi_table(gan, val, (), {}, device) if val is not None else None
+    objective = GANObjective(
+        gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas, r1=r1, samples=val_samples,
+        average=average,
+    )  # fmt: skip
+    averaged = objective.averaged
+    generator = list((gan.generator if averaged is None else averaged.module).parameters())
+    if held_out is None:
+        groups = {
+            "generator": (generator, ["loss_g"]),
+            "discriminator": (list(gan.discriminator.parameters()), ["loss_d"]),
+        }
+    else:  # the players of the epoch whose samples are nearest the held-out rows, together
+        groups = {"gan": ([*generator, *gan.discriminator.parameters()], ["neg_mmd"])}
     result = train(
-        objective, groups, rows, None, epochs=epochs, batch_size=batch_size, lr=lr_g,
+        objective, groups, rows, held_out, epochs=epochs, batch_size=batch_size, lr=lr_g,
         patience=None, progress=progress, description="fit_gan",
     )  # fmt: skip
+    if averaged is not None:  # the GAN's generator becomes the average (of the epoch kept)
+        with torch.no_grad():
+            for p, q in zip(gan.generator.parameters(), generator, strict=True):
+                p.copy_(q)
     for record in result.history:  # the sum of the players' terms means nothing
         record.pop("train", None)
+        record.pop("val", None)
+        if "val/neg_mmd" in record:
+            record["val/mmd"] = -record.pop("val/neg_mmd")
     return result

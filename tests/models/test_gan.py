@@ -8,6 +8,7 @@ from ppgen.models import GAN
 from ppgen.models.gan import (
     ConvDiscriminator,
     ConvGenerator,
+    GANObjective,
     MLPDiscriminator,
     MLPGenerator,
     StraightThroughBernoulli,
@@ -55,6 +56,76 @@ def test_gan_places_samples_on_both_modes():
     assert len(fit.history) == 100 and {"train/loss_d", "train/loss_g"} <= set(fit.history[-1])
 
 
+def test_val_keeps_the_epoch_of_lowest_mmd_without_changing_the_trajectory():
+    data = two_modes(150)
+    fits, gans = {}, {}
+    for epochs, val in [(6, two_modes(100)), (None, None)]:
+        torch.manual_seed(0)
+        gans[val is None] = gan = small_gan()
+        if val is None:  # the same fit without val, stopped at the epoch the first one kept
+            epochs = fits[False].best_epoch["gan"]
+        fits[val is None] = fit_gan(gan, data, val=val, val_samples=200, epochs=epochs,
+                                    batch_size=50, progress=False)  # fmt: skip
+    scored, plain = fits[False], fits[True]
+    mmds = [r["val/mmd"] for r in scored.history]
+    best = min(range(6), key=mmds.__getitem__) + 1
+    assert scored.best_epoch == {"gan": best} and best < 6  # not the last epoch, in this case
+    # the val draws leave the random state alone: the same steps, and the kept parameters are
+    # exactly those after epoch `best`, both players
+    for a, b in zip(scored.history, plain.history, strict=False):
+        assert a["train/loss_d"] == b["train/loss_d"] and a["train/loss_g"] == b["train/loss_g"]
+    for p, q in zip(gans[False].parameters(), gans[True].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_average_is_the_exponential_moving_average_of_the_generator_steps():
+    torch.manual_seed(0)
+    gan, x = small_gan(), two_modes(32)
+    objective = GANObjective(gan, average=0.9)
+    objective.step({"x": x})
+    expected = [p.detach().clone() for p in gan.generator.parameters()]  # the first step's
+    for _ in range(3):
+        objective.step({"x": x})
+        now = gan.generator.parameters()
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, now, strict=True)]
+    for e, p in zip(expected, objective.averaged.module.parameters(), strict=True):
+        torch.testing.assert_close(p, e)
+    # in fit_gan the average changes no step (the same discriminator), and the GAN's generator
+    # ends as the average, not as the last parameters
+    gans = []
+    for average in (None, 0.9):
+        torch.manual_seed(0)
+        gans.append(small_gan())
+        fit_gan(gans[-1], x, average=average, epochs=2, batch_size=16, progress=False)
+    pairs = zip(*(g.discriminator.parameters() for g in gans), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+    assert not torch.equal(*(g.generator.net.layers[0].weight for g in gans))
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_half_gamma_times_its_squared_weights():
+    class Linear(torch.nn.Linear):  # logit w.x + b: its gradient in x is w at every row
+        def forward(self, x):
+            return super().forward(x).squeeze(-1)
+
+    gan = GAN(MLPGenerator(2, 3, hidden_features=(4,)), Linear(3, 1), 2)
+    x = torch.randn(10, 3)
+    losses = []
+    for r1 in (0.0, 0.7):
+        torch.manual_seed(1)  # the same generated rows
+        loss, (terms, _) = GANObjective(gan, r1=r1).critic(x, 4.0)
+        losses.append(loss)
+        fake = _fake_logits(gan, 1)  # the recorded terms leave the penalty out
+        assert torch.equal(terms, GAN.discriminator_loss(gan.discriminator(x), fake))
+    penalty = 0.7 / 2 * gan.discriminator.weight.pow(2).sum() * 10 / 4.0  # 10 rows, over rows=4
+    torch.testing.assert_close(losses[1] - losses[0], penalty.detach())
+
+
+def _fake_logits(gan: GAN, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return gan.discriminator(gan.generator(gan.prior(10).sample()))
+
+
 def test_program_graph_and_sample_shapes():
     gan = GAN(ConvGenerator(4, (8, 8), channels=16), ConvDiscriminator((8, 8), channels=8), 4)
     x = gan.sample(5)
@@ -91,6 +162,10 @@ def test_gan_has_no_density():
 def test_bad_arguments_and_nonfinite_loss():
     with pytest.raises(ValueError, match="loss must be"):
         small_gan("wasserstein")
+    with pytest.raises(ValueError, match="r1 must be at least 0"):
+        GANObjective(small_gan(), r1=-1.0)
+    with pytest.raises(ValueError, match="average must be in"):
+        GANObjective(small_gan(), average=1.0)
     with pytest.raises(ValueError, match="NaN"):
         fit_gan(small_gan(), torch.tensor([[0.0], [float("nan")]]), epochs=1, progress=False)
     gan = small_gan()
