@@ -4,9 +4,9 @@ Each model is trained on 1200 of the 1500 training digits, and the other 300 cho
 keeps (never the test set): the fully visible models by `fit_mle` with the models and options
 tuned in density_digits.py (best held-out NLL, patience 20), the VAE by `fit_svi` (best held-out
 ELBO), the GAN with each generator loss by `fit_gan` (lowest held-out MMD^2, below). 1000
-samples are compared with the 297
-test digits by `ppgen.metrics.mmd`: Gaussian kernel exp(-d^2/h), h = 17.0 the median squared
-distance between test digits (a Hamming distance of 17 pixels), the same kernel for every row. The
+samples are compared with the 297 test digits by `ppgen.metrics.mmd`: Gaussian kernel
+exp(-d^2/h), h = 17.0 the median squared distance between test digits (a Hamming distance of 17
+pixels), the same kernel for every row. The
 floor is 1000 training digits against the test set; the column `- floor` subtracts it.
 
 The GAN: MLP generator and discriminator (16-d code, two hidden layers of 256), the generator
