@@ -46,17 +46,12 @@ class Table:
 
     def rows(self, index: Tensor | slice) -> dict[str, Tensor]:
         """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`."""
-        if self.device is None:
-            return {name: value[index] for name, value in self.columns.items()}
-        return {
-            name: value[index].to(self.device, non_blocking=True)
-            for name, value in self.columns.items()
-        }
+        return {name: self.column(name, index) for name in self.columns}
 
-    def column(self, name: str, index: slice = slice(None)) -> Tensor:
+    def column(self, name: str, index: Tensor | slice = slice(None)) -> Tensor:
         """One column (the rows at `index`) on :attr:`device`."""
         value = self.columns[name][index]
-        return value if self.device is None else value.to(self.device)
+        return value if self.device is None else value.to(self.device, non_blocking=True)
 
 
 # the share of a GPU's free memory that data may take there; more is streamed from host memory
@@ -78,17 +73,21 @@ def fits(nbytes: int, device: torch.device) -> bool:
 
 
 def place(
-    columns: dict[str, Tensor], device: torch.device | str | None
+    columns: dict[str, Tensor], device: torch.device | str | None, model: object = None
 ) -> tuple[dict[str, Tensor], torch.device | None]:
-    """The columns on `device` when they fit there, else in host memory (pinned, for fast
-    copies to a GPU), and the device their batches go to.
+    """The columns on `device` (by default where the parameters of `model` are, if it has
+    any) when they fit there, else in host memory (pinned, for fast copies to a GPU), and the
+    device their batches go to.
 
     Example:
         >>> place({"x": torch.zeros(3)}, "cpu")[0]["x"].device
         device(type='cpu')
     """
     if device is None:
-        return columns, None
+        parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
+        if parameter is None:
+            return columns, None
+        device = parameter.device
     device = torch.device(device)
     moving = [v for v in columns.values() if v.device != device]
     if not moving or fits(sum(v.numel() * v.element_size() for v in moving), device):
@@ -150,9 +149,6 @@ def table(
         )
     if not data:
         raise ValueError("The data have no columns.")
-    if device is None:
-        parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
-        device = parameter.device if parameter is not None else None
     with torch.random.fork_rng(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
     sites = {name: site for name, site in trace.nodes.items() if _is_variable(site)}
@@ -209,7 +205,7 @@ def table(
                 f"{family(fn)} distribution."
             )
         columns[name] = value
-    columns, device = place(columns, device)
+    columns, device = place(columns, device, model)
     return Table(columns, categories, device)
 
 

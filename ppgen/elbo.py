@@ -276,10 +276,7 @@ def svi_table(
     if isinstance(data, Tensor):
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
-        if device is None:  # where the model's parameters are, as ppgen.data.table does
-            parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
-            device = parameter.device if parameter is not None else None
-        columns, device = place({_ARGUMENT: data}, device)
+        columns, device = place({_ARGUMENT: data}, device, model)
         return Table(columns, device=device)
     if not isinstance(data, Mapping):
         raise ValueError(f"Data must be a tensor or a dict of site name to array, not {data!r}.")
