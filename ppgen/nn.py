@@ -13,6 +13,7 @@ import functools
 import inspect
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,7 +21,7 @@ from contextvars import ContextVar
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import DenseNN, PyroModule
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 from torch.distributions.transforms import (
@@ -39,6 +40,7 @@ __all__ = [
     "Root",
     "Tabular",
     "gaussian_mixture",
+    "mlp",
     "recording_calls",
 ]
 
@@ -272,6 +274,25 @@ def features(
     return torch.cat([c.to(dtype) for c in columns], dim=-1)
 
 
+def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh) -> nn.Sequential:
+    r"""Linear layers of the given widths, `activation` between them (none after the last).
+
+    Unlike Pyro's `DenseNN`, it takes no hidden layer too (`widths` of length 2: one linear map).
+
+    Example:
+        >>> mlp([3, 8, 2], nn.ReLU)
+        Sequential(
+          (0): Linear(in_features=3, out_features=8, bias=True)
+          (1): ReLU()
+          (2): Linear(in_features=8, out_features=2, bias=True)
+        )
+    """
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), activation()]
+    return nn.Sequential(*layers[:-1])
+
+
 class Root(Node):
     r"""A node without parents: its parameters :math:`\eta` are learned directly.
 
@@ -343,13 +364,7 @@ class Conditional(Node):
         super().__init__()
         self.head = _Head(family, cardinality, event_shape, fixed)
         self.parent_cardinalities = parent_cardinalities
-        widths = [in_features, *hidden, self.head.size]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(itertools.pairwise(widths)):
-            layers += (
-                [nn.Linear(a, b)] if i == len(widths) - 2 else [nn.Linear(a, b), activation()]
-            )
-        self.net = nn.Sequential(*layers)
+        self.net = mlp([in_features, *hidden, self.head.size], activation)
 
     def distribution(self, *parents: Tensor) -> dist.Distribution:
         cards = self.parent_cardinalities or [None] * len(parents)
@@ -475,7 +490,7 @@ class MixtureOfGaussians(Node):
     Arguments:
         in_features: The width of the concatenated parent features; 0 for a root node.
         components: The number of Gaussians :math:`K`.
-        hidden: The widths of the hidden layers (at least one).
+        hidden: The widths of the hidden layers (none: a linear map).
         activation: The hidden non-linearity.
         parent_cardinalities: One entry per parent: an int one-hot encodes that parent.
 
@@ -505,13 +520,23 @@ class MixtureOfGaussians(Node):
                 torch.cat([torch.zeros(components), loc, loc.new_zeros(components)])
             )
         else:
-            self.net = DenseNN(in_features, list(hidden), [3 * components], activation())
+            self.net = mlp([in_features, *hidden, 3 * components], activation)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Tensor], prefix: str, *args: object, **kwargs: object
+    ) -> None:
+        # files saved by earlier ppgen hold Pyro's DenseNN keys: net.layers.i is net.(2i) here
+        old = re.compile(rf"^{re.escape(prefix)}net\.layers\.(\d+)\.")
+        for key in [k for k in state_dict if old.match(k)]:
+            layer = int(old.match(key).group(1))
+            state_dict[old.sub(f"{prefix}net.{2 * layer}.", key)] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def distribution(self, *parents: Tensor) -> dist.MixtureSameFamily:
         if self.in_features == 0:
             return gaussian_mixture(self.eta)
         cards = self.parent_cardinalities or [None] * len(parents)
-        weight = self.net.layers[0].weight
+        weight = self.net[0].weight
         return gaussian_mixture(self.net(features(parents, cards, weight.dtype)))
 
     def extra_repr(self) -> str:

@@ -60,3 +60,19 @@ def test_node_in_a_program():
     assert list(g.edges) == [("x0", "x1")]
     assert model.x1.n_params == (1 * 8 + 8) + (8 * 6 + 6)
     assert g.nodes["x0"]["distribution"] == "MixtureSameFamily"
+
+
+def test_no_hidden_layer_and_files_of_pyros_densenn_load():
+    """`hidden=()` is a linear map of the parents; weights saved under the keys of Pyro's
+    `DenseNN` (earlier ppgen) load into the same node."""
+    linear = MixtureOfGaussians(2, components=3, hidden=())
+    parents = torch.randn(5, 2)
+    assert linear(parents).batch_shape == (5,) and len(linear.net) == 1
+    node = MixtureOfGaussians(2, components=3, hidden=(8, 4))
+    old = {f"net.layers.{int(k.split('.')[1]) // 2}.{k.split('.')[2]}": v
+           for k, v in node.state_dict().items()}  # fmt: skip
+    assert sorted(old)[0] == "net.layers.0.bias"
+    clone = MixtureOfGaussians(2, components=3, hidden=(8, 4))
+    clone.load_state_dict(old)
+    x = torch.randn(5)
+    assert torch.equal(clone(parents).log_prob(x), node(parents).log_prob(x))

@@ -32,13 +32,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import DenseNN
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ppgen.distributed import Lockstep, active, all_reduce
 from ppgen.metrics import mmd
-from ppgen.nn import Model
+from ppgen.nn import Model, mlp
 
 __all__ = [
     "GAN",
@@ -112,7 +111,7 @@ class MLPGenerator(nn.Module):
         output: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.net = DenseNN(z_dim, list(hidden_features), [features], nonlinearity=nn.ReLU())
+        self.net = mlp([z_dim, *hidden_features, features], nn.ReLU)
         self.output = output if output is not None else nn.Identity()
 
     def forward(self, z: Tensor) -> Tensor:
@@ -136,11 +135,12 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, features: int, *, hidden_features: Sequence[int] = (128, 128)) -> None:
         super().__init__()
-        *inner, last = hidden_features
+        if not hidden_features:
+            raise ValueError("An MLPDiscriminator needs at least one hidden layer: its features.")
         self.body = nn.Sequential(
-            DenseNN(features, inner, [last], nonlinearity=nn.LeakyReLU(0.2)), nn.LeakyReLU(0.2)
+            mlp([features, *hidden_features], lambda: nn.LeakyReLU(0.2)), nn.LeakyReLU(0.2)
         )
-        self.head = nn.Linear(last, 1)
+        self.head = nn.Linear(hidden_features[-1], 1)
 
     def features(self, x: Tensor) -> Tensor:
         """The last hidden layer, shape :math:`(N, H)`: codes for a linear probe."""

@@ -99,7 +99,7 @@ def test_average_is_the_exponential_moving_average_of_the_generator_steps():
         fit_gan(gans[-1], x, average=average, epochs=2, batch_size=16, progress=False)
     pairs = zip(*(g.discriminator.parameters() for g in gans), strict=True)
     assert all(torch.equal(p, q) for p, q in pairs)
-    assert not torch.equal(*(g.generator.net.layers[0].weight for g in gans))
+    assert not torch.equal(*(g.generator.net[0].weight for g in gans))
 
 
 def test_r1_penalty_of_a_linear_discriminator_is_half_gamma_times_its_squared_weights():
@@ -183,3 +183,15 @@ def test_ppgen_log_prob_of_a_gan_says_it_has_no_density():
               MLPDiscriminator(3, hidden_features=(4, 4)), 2)  # fmt: skip
     with pytest.raises(ValueError, match="GAN has no density"):
         ppgen.log_prob(gan, {"x": torch.zeros(2, 3)})
+
+
+def test_players_with_one_layer_or_none():
+    """A generator with no hidden layer is linear; a discriminator's last hidden layer is its
+    features, so it needs one, and says so."""
+    linear = MLPGenerator(2, 3, hidden_features=())
+    z = torch.randn(4, 2)
+    assert torch.allclose(linear(z), z @ linear.net[0].weight.T + linear.net[0].bias)
+    d = MLPDiscriminator(3, hidden_features=(5,))
+    assert d(torch.randn(4, 3)).shape == (4,) and d.features(torch.randn(4, 3)).shape == (4, 5)
+    with pytest.raises(ValueError, match="needs at least one hidden layer"):
+        MLPDiscriminator(3, hidden_features=())
