@@ -62,7 +62,7 @@ import pyro  # noqa: E402
 
 import ppgen  # noqa: E402
 
-HIDDEN, BATCH = (16,), 1024
+HIDDEN = (16,)
 
 
 def build(nodes: int, kind: str, seed: int = 0) -> ppgen.builder.DAG:
@@ -81,12 +81,12 @@ def data(nodes: int, kind: str, rows: int) -> dict:
         return ppgen.sample(build(nodes, kind), rows)
 
 
-def fit(nodes: int, kind: str, rows: dict, device: str | None) -> float:
+def fit(nodes: int, kind: str, rows: dict, device: str | None, batch: int) -> float:
     """Seconds of the fit's epoch (neural) or of the whole closed-form fit (tabular)."""
     pyro.set_rng_seed(0)
     model = build(nodes, kind)
     start = time.perf_counter()
-    result = ppgen.fit_mle(model, rows, epochs=1, batch_size=BATCH, progress=False,
+    result = ppgen.fit_mle(model, rows, epochs=1, batch_size=batch, progress=False,
                            device=device)  # fmt: skip
     return result.history[0]["seconds"] if kind == "neural" else time.perf_counter() - start
 
@@ -128,18 +128,23 @@ def slopes(sizes: list[int], seconds: list[float]) -> tuple[float, list[float]]:
     return float(np.polyfit(x, y, 1)[0]), list(np.diff(y) / np.diff(x))
 
 
-def sweep(axis: str, kind: str, points: list[int], repeats: int, device: str | None) -> None:
+def sweep(
+    axis: str, kind: str, points: list[int], repeats: int, device: str | None, batch: int
+) -> None:
     seconds, peaks = [], []
     for size in points:
         nodes, rows = (10, size) if axis == "rows" else (size, 10_000)
         table = data(nodes, kind, rows)
-        runs = [forked(lambda t=table, n=nodes: fit(n, kind, t, device)) for _ in range(repeats)]
+        runs = [forked(lambda t=table, n=nodes: fit(n, kind, t, device, batch))
+                for _ in range(repeats)]  # fmt: skip
         seconds.append(statistics.median(s for s, _ in runs))
         peaks.append(max(m for _, m in runs))
         mib = sum(v.numel() * v.element_size() for v in table.values()) / 2**20
         print(f"{kind:8s} {axis:5s} {size:>9,d}  {seconds[-1]:8.3f} s  "
               f"{seconds[-1] / rows * 1e6:7.2f} us/row  peak +{peaks[-1]:7.1f} MiB  "
               f"(data {mib:6.1f} MiB)", flush=True)  # fmt: skip
+    if len(points) < 2:
+        return
     overall, local = slopes(points, seconds)
     memory = (peaks[-1] - peaks[0]) * 2**20 / (points[-1] - points[0])
     print(
@@ -149,18 +154,19 @@ def sweep(axis: str, kind: str, points: list[int], repeats: int, device: str | N
     )
 
 
-def vae(device: str | None, epochs: int = 3) -> None:
-    """The throughput of `fit_svi` on a VAE (z = 8, hidden 256, batches of 128) on the digits."""
+def vae(device: str | None, batch: int, epochs: int = 3) -> None:
+    """The throughput of `fit_svi` on a VAE (z = 8, hidden 256) on the digits."""
     from ppgen.datasets import digits
     from ppgen.models import VAE
 
     x = digits().train
     pyro.set_rng_seed(0)
     model = VAE(64, 8, hidden=(256,))
-    fit = ppgen.fit_svi(model, model.guide, x, epochs=epochs, batch_size=128, progress=False,
+    fit = ppgen.fit_svi(model, model.guide, x, epochs=epochs, batch_size=batch, progress=False,
                         device=device)  # fmt: skip
     seconds = statistics.median(r["seconds"] for r in fit.history[1:])  # warm epochs
-    print(f"vae      {len(x):,d} rows on {device or 'cpu'}: {seconds:.3f} s/epoch, "
+    print(f"vae      {len(x):,d} rows on {device or 'cpu'}, batches of {batch}: "
+          f"{seconds:.3f} s/epoch, "
           f"{len(x) / seconds:,.0f} rows/s", flush=True)  # fmt: skip
 
 
@@ -180,12 +186,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def processes(rows: int, repeats: int, epochs: int = 2) -> None:
+def processes(rows: int, repeats: int, batch: int, epochs: int = 2) -> None:
     script = os.path.abspath(__file__)
-    one = [sys.executable, script, "--worker", str(rows), str(BATCH), str(epochs)]
+    one = [sys.executable, script, "--worker", str(rows), str(batch), str(epochs)]
     two = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
            "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script, "--worker",
-           str(rows), str(BATCH // 2), str(epochs)]  # fmt: skip
+           str(rows), str(batch // 2), str(epochs)]  # fmt: skip
     times = {"1 process": [], "2 processes": []}
     for r in range(repeats):
         for name in [("1 process", "2 processes"), ("2 processes", "1 process")][r % 2]:
@@ -211,6 +217,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--processes-rows", type=int, default=100_000)
     parser.add_argument("--device", default=None, help="cpu (default) or cuda")
+    parser.add_argument("--batch-size", type=int, default=1024, help="rows a step, neural")
+    parser.add_argument("--vae-batch-size", type=int, default=128)
     parser.add_argument("--stream", action="store_true",
                         help="keep the rows in host memory and copy each batch to --device, as "
                         "for data larger than the GPU")  # fmt: skip
@@ -222,12 +230,12 @@ def main() -> None:
         ppgen.data.fits = lambda nbytes, device: False
     start = time.perf_counter()
     for kind in args.kinds:
-        sweep("rows", kind, args.rows, args.repeats, args.device)
+        sweep("rows", kind, args.rows, args.repeats, args.device, args.batch_size)
     for kind in args.kinds:
-        sweep("nodes", kind, args.nodes, args.repeats, args.device)
-    vae(args.device)
+        sweep("nodes", kind, args.nodes, args.repeats, args.device, args.batch_size)
+    vae(args.device, args.vae_batch_size)
     if args.device in (None, "cpu") and args.processes_rows:
-        processes(args.processes_rows, args.repeats)
+        processes(args.processes_rows, args.repeats, args.batch_size)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

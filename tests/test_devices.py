@@ -51,13 +51,13 @@ def test_queries_take_a_device():
     ppgen.fit_mle(model, rows, epochs=3, progress=False)
     here = ppgen.log_prob(model, rows)
     assert torch.equal(ppgen.log_prob(model, rows, device="cpu"), here)
-    on_auto = ppgen.log_prob(model, rows, device="auto")
-    assert on_auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     pyro.set_rng_seed(1)
     first = ppgen.sample(model, 5)
     pyro.set_rng_seed(1)
     again = ppgen.sample(model, 5, device="cpu")
     assert all(torch.equal(first[k], again[k]) for k in first)
+    on_auto = ppgen.log_prob(model, rows, device="auto")  # moves the model, as the fits do
+    assert on_auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     vae = ppgen.models.VAE(4, 2, hidden=(8,))
     x = torch.bernoulli(torch.full((6, 4), 0.5))
     pyro.set_rng_seed(2)
@@ -93,7 +93,6 @@ def test_data_that_do_not_fit_a_gpu_stream_from_host_memory(monkeypatch):
     vae = ppgen.models.VAE(4, 2, hidden=(8,))
     ppgen.fit_svi(vae, vae.guide, torch.zeros(64, 4), epochs=1, device="cuda", progress=False)
     assert ppgen.sample(vae, 3, device="cuda")["x"].device.type == "cuda"
-
 
 
 def _zoo() -> dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]]:
