@@ -28,6 +28,7 @@ CLOSED = dict(edges=[("a", "b"), ("a", "c"), ("b", "c"), ("c", "d")],
               cardinalities={"a": 2, "b": 3, "c": 3})  # fmt: skip
 
 GAN_ROWS = 4 * BATCH - 1  # shares of 32 and 31 rows: two steps, the second one row short
+GAN_OPTIONS = dict(r1=1.0, average=0.5)  # R1's double backward through DDP, and the EMA
 
 # One rank of the two: the fits under one gloo process group, their parameters saved by the
 # test's own code (the checkpoint folder is per rank, to see which rank wrote one). A hang
@@ -111,7 +112,7 @@ def _gan_setup():
 def _gan(batch_size: int, seed: int):
     gan, x = _gan_setup()
     pyro.set_rng_seed(seed)
-    options = dict(lr_g=1e-2, lr_d=1e-2, progress=False)
+    options = dict(lr_g=1e-2, lr_d=1e-2, progress=False, **GAN_OPTIONS)
     return gan, ppgen.fit_gan(gan, x, epochs=1, batch_size=batch_size, **options)
 
 
@@ -226,7 +227,7 @@ def test_gan_matches_one_process_with_the_global_batch(ranks):
     rank's rows with its own codes; the reported terms are the means over the 63 rows."""
     results, _ = ranks
     gan, x = _gan_setup()
-    objective = GANObjective(gan, lr_g=1e-2, lr_d=1e-2)
+    objective = GANObjective(gan, lr_g=1e-2, lr_d=1e-2, **GAN_OPTIONS)
     states, drawn = [], []
     for rank in range(WORLD):
         pyro.set_rng_seed(20 + rank)
@@ -255,10 +256,12 @@ def test_gan_matches_one_process_with_the_global_batch(ranks):
         objective.optimizer_g.zero_grad()
         loss_g.backward()
         objective.optimizer_g.step()
+        objective.averaged.update_parameters(gan.generator)
         for (terms_d, real), (terms_g, fake) in zip(out_d, out_g, strict=True):
             sums["loss_d"] += terms_d.sum()
             sums["loss_g"] += terms_g.sum()
             sums["accuracy"] += (((real > 0).double() + (fake < 0).double()) / 2).sum()
+    gan.generator.load_state_dict(objective.averaged.module.state_dict())  # what fit_gan keeps
     assert _close(results[0]["gan"], gan.state_dict(), rtol=1e-9, atol=1e-10)
     assert _close(results[1]["gan"], results[0]["gan"], rtol=0, atol=0)
     for name, total in sums.items():
