@@ -28,7 +28,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from ppgen.nn import Model
+from ppgen.nn import Model, Rebuildable
 
 if TYPE_CHECKING:
     from ppgen.infer import FitResult
@@ -152,17 +152,16 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     description, tensors = _read(path, "model")
     cls = _find_class(path, str(description.get("class")))
     try:
-        args = [_decode(v) for v in description["args"]]
-        kwargs = {str(k): _decode(v) for k, v in dict(description["kwargs"]).items()}
-    except (KeyError, TypeError, ValueError):
-        raise LoadError(f"{path} holds malformed constructor arguments.") from None
-    try:
-        with torch.random.fork_rng():  # constructors may draw initial weights
+        with torch.random.fork_rng():  # constructors (a module argument's too) draw weights
+            args = [_decode(v, path) for v in description["args"]]
+            kwargs = {str(k): _decode(v, path) for k, v in dict(description["kwargs"]).items()}
             model = cls(*args, **kwargs)
         dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
         if len(dtypes) == 1:
             model.to(dtypes.pop())
         model.load_state_dict(tensors, strict=True)
+    except LoadError:  # a module argument's class, already named with the file
+        raise
     except Exception as error:  # any failure of a rebuild from a file is the file's fault
         raise LoadError(
             f"{path} does not rebuild its {cls.__qualname__}: {type(error).__name__}: {error}"
@@ -182,7 +181,8 @@ def _fit_record(fit: FitResult) -> dict[str, object]:
 
 
 def _encode(value: object, where: str) -> object:
-    """A constructor argument as JSON: tuples and dicts tagged so that they decode exactly."""
+    """A constructor argument as JSON: tuples, dicts and modules tagged so that they decode
+    exactly (a module by its class and arguments; its weights are in the model's)."""
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -195,25 +195,57 @@ def _encode(value: object, where: str) -> object:
         return [_encode(v, where) for v in value]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
         return {"__dict__": {k: _encode(v, where) for k, v in value.items()}}
+    name = type(value).__name__
+    if isinstance(value, nn.Module):
+        cls = type(value)
+        if isinstance(value, Rebuildable):
+            args, kwargs = value.init_arguments or ((), {})
+        elif cls.__module__.startswith("torch.nn.") and _default_torch_module(value):
+            args, kwargs = (), {}  # e.g. nn.Sigmoid(): its class alone rebuilds it
+        else:
+            raise ValueError(
+                f"The {where} is a {name} module, which ppgen cannot rebuild; make its class a "
+                "ppgen.nn.Rebuildable (it then records its constructor's arguments)."
+            )
+        return {"__module__": {
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "args": [_encode(v, f"argument {i} of {name} ({where})") for i, v in enumerate(args)],
+            "kwargs": {k: _encode(v, f"argument {k!r} of {name} ({where})")
+                       for k, v in kwargs.items()},
+        }}  # fmt: skip
     raise ValueError(
-        f"The {where} is a {type(value).__name__}, not a JSON value, so the model cannot be "
-        "saved; give the constructor numbers, strings, lists or dicts instead."
+        f"The {where} is a {name}, not a JSON value, so the model cannot be saved; give the "
+        "constructor numbers, strings, lists, dicts or rebuildable modules instead."
     )
 
 
-def _decode(value: object) -> object:
+def _default_torch_module(module: nn.Module) -> bool:
+    """Whether torch's module class, built without arguments, is this module (nn.Sigmoid())."""
+    try:
+        return repr(type(module)()) == repr(module)
+    except TypeError:  # its constructor needs arguments
+        return False
+
+
+def _decode(value: object, path: Path) -> object:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [_decode(v, path) for v in value]
     if isinstance(value, dict) and list(value) == ["__tuple__"]:
-        return tuple(_decode(v) for v in value["__tuple__"])
+        return tuple(_decode(v, path) for v in value["__tuple__"])
     if isinstance(value, dict) and list(value) == ["__dict__"]:
-        return {str(k): _decode(v) for k, v in dict(value["__dict__"]).items()}
+        return {str(k): _decode(v, path) for k, v in dict(value["__dict__"]).items()}
+    if isinstance(value, dict) and list(value) == ["__module__"]:
+        spec = dict(value["__module__"])
+        cls = _find_class(path, str(spec["class"]), nn.Module)
+        args = [_decode(v, path) for v in spec["args"]]
+        kwargs = {str(k): _decode(v, path) for k, v in dict(spec["kwargs"]).items()}
+        return cls(*args, **kwargs)
     raise ValueError(f"not an encoded argument: {value!r}")
 
 
-def _find_class(path: Path, name: str) -> type[Model]:
+def _find_class(path: Path, name: str, base: type[nn.Module] = Model) -> type[nn.Module]:
     module_name, _, qualname = name.partition(":")
     if not module_name or not qualname:
         raise LoadError(f"{path} names no model class ({name!r}).")
@@ -236,8 +268,9 @@ def _find_class(path: Path, name: str) -> type[Model]:
             f"{path} holds a {qualname} from module {module_name!r}, which is not imported; "
             f"import {module_name} first (load imports no module named by a file)."
         )
-    if not (isinstance(cls, type) and issubclass(cls, Model)):
-        raise LoadError(f"{path} names {name!r}, which is not a ppgen.Model class.")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        what = "a ppgen.Model" if base is Model else "an nn.Module"
+        raise LoadError(f"{path} names {name!r}, which is not {what} class.")
     return cls
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "MixtureOfGaussians",
     "Model",
     "Node",
+    "Rebuildable",
     "Root",
     "Tabular",
     "gaussian_mixture",
@@ -48,7 +49,35 @@ Call = tuple["Node", tuple[Tensor, ...], dist.Distribution]
 _CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
 
 
-class Model(PyroModule):
+class Rebuildable:
+    r"""A module that :func:`ppgen.save` can rebuild: it records its constructor's arguments.
+
+    Every subclass records the arguments its outermost `__init__` was called with, as
+    `init_arguments` (positional, keyword); only the arguments are kept, never copied or
+    checked here. A module argument that is itself `Rebuildable` is saved by its arguments
+    in turn (a GAN's players), and the weights of both come from the `state_dict`.
+
+    Example:
+        >>> class Affine(Rebuildable, nn.Linear):
+        ...     def __init__(self, features: int) -> None:
+        ...         super().__init__(features, features)
+        >>> Affine(3).init_arguments
+        ((3,), {})
+    """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _recording(init)
+
+    @property
+    def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]] | None:
+        """The positional and keyword arguments of the outermost `__init__` call, or `None`."""
+        return self.__dict__.get("_ppgen_init_arguments")
+
+
+class Model(Rebuildable, PyroModule):
     r"""A generative model: a `PyroModule` whose `forward` is a plain Pyro program.
 
     By convention the number of rows reaches the program as its keyword argument `n`, and the
@@ -67,31 +96,19 @@ class Model(PyroModule):
         torch.Size([3])
 
     Every subclass records the arguments its outermost `__init__` was called with, as
-    `model.init_arguments` (positional, keyword), so that :func:`ppgen.save` can rebuild it;
-    only the arguments are kept, never copied or checked here.
+    `model.init_arguments` (see :class:`Rebuildable`), so that :func:`ppgen.save` can rebuild it.
 
         >>> ppgen.dag([("a", "b")], hidden=(8,)).init_arguments[0][-1]
         (8,)
     """
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            cls.__init__ = _recording(init)
-
-    @property
-    def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]] | None:
-        """The positional and keyword arguments of the outermost `__init__` call, or `None`."""
-        return self.__dict__.get("_ppgen_init_arguments")
-
 
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    """Wraps a `Model` subclass's `__init__` so that the outermost call records its arguments."""
+    """Wraps a subclass's `__init__` so that the outermost call records its arguments."""
     signature = inspect.signature(init)
 
     @functools.wraps(init)
-    def wrapper(self: Model, *args: object, **kwargs: object) -> None:
+    def wrapper(self: Rebuildable, *args: object, **kwargs: object) -> None:
         outermost = "_ppgen_init_arguments" not in self.__dict__
         if outermost:
             self.__dict__["_ppgen_init_arguments"] = None

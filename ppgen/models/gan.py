@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ppgen.distributed import Lockstep, active, all_reduce
 from ppgen.metrics import mmd
-from ppgen.nn import Model, mlp
+from ppgen.nn import Model, Rebuildable, mlp
 
 __all__ = [
     "GAN",
@@ -67,7 +67,7 @@ class Implicit(dist.Delta):
     """
 
 
-class StraightThroughBernoulli(nn.Module):
+class StraightThroughBernoulli(Rebuildable, nn.Module):
     r"""The output of a generator of binary data: pixels :math:`x_i \sim
     \mathrm{Bernoulli}(\sigma(\ell_i))` drawn from the logits :math:`\ell`, with the
     straight-through gradient of :math:`\sigma(\ell_i)` (Bengio et al., 2013).
@@ -87,7 +87,7 @@ class StraightThroughBernoulli(nn.Module):
         return torch.bernoulli(probs.detach()) + (probs - probs.detach())  # exactly 0 or 1
 
 
-class MLPGenerator(nn.Module):
+class MLPGenerator(Rebuildable, nn.Module):
     r"""A multilayer perceptron :math:`G: \mathbb{R}^Z \to \mathbb{R}^D` for vectors.
 
     Arguments:
@@ -119,7 +119,7 @@ class MLPGenerator(nn.Module):
         return self.output(self.net(z))
 
 
-class MLPDiscriminator(nn.Module):
+class MLPDiscriminator(Rebuildable, nn.Module):
     r"""A multilayer perceptron returning the logit :math:`\ell(x)` of "x is real".
 
     Arguments:
@@ -151,7 +151,7 @@ class MLPDiscriminator(nn.Module):
         return self.head(self.features(x)).squeeze(-1)
 
 
-class ConvGenerator(nn.Module):
+class ConvGenerator(Rebuildable, nn.Module):
     r"""A small transposed-convolution generator of :math:`H \times W` images.
 
     The code is mapped linearly to `channels` maps of size :math:`H/4 \times W/4`, then doubled
@@ -197,7 +197,7 @@ class ConvGenerator(nn.Module):
         return self.output(self.net(h).reshape(len(z), -1))
 
 
-class ConvDiscriminator(nn.Module):
+class ConvDiscriminator(Rebuildable, nn.Module):
     r"""A small convolutional discriminator of flattened :math:`H \times W` images.
 
     Arguments:
