@@ -142,7 +142,7 @@ def test_every_family_fits_and_answers_on_cuda(name, tmp_path):
 
 
 @cuda
-def test_vae_and_gan_fit_on_cuda():
+def test_vae_and_gan_fit_on_cuda(tmp_path):
     x = torch.bernoulli(torch.full((128, 6), 0.4), generator=torch.Generator().manual_seed(5))
     vae = ppgen.models.VAE(6, 2, hidden=(8,))
     ppgen.fit_svi(vae, vae.guide, x, val=x[:32], epochs=2, batch_size=32, device="cuda",
@@ -156,3 +156,6 @@ def test_vae_and_gan_fit_on_cuda():
                         average=0.9, device="cuda", progress=False)  # fmt: skip
     assert "val/mmd" in fit.history[-1]
     assert gan.sample(4).device.type == "cuda"
+    loaded = ppgen.load(ppgen.save(gan, tmp_path / "gan.safetensors"), device="cuda")
+    for (name, p), q in zip(gan.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert q.device.type == "cuda" and torch.equal(p, q), name
