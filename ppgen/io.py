@@ -52,7 +52,9 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
     r"""Saves a model as one safetensors file: its weights and a JSON description.
 
     The description holds the model's class, the arguments of its constructor (which must be
-    JSON values: numbers, strings, booleans, `None`, lists, tuples and dicts with text keys),
+    JSON values: numbers, strings, booleans, `None`, lists, tuples and dicts with text keys; or
+    modules rebuilt from their class and arguments in turn, as a GAN's players: a
+    :class:`ppgen.nn.Rebuildable`, or torch's own built without arguments such as `nn.Sigmoid()`),
     its graph where :func:`ppgen.graph` can draw it without inputs, and `fit`'s history. The
     file is written beside `path` and renamed over it: an interrupted save leaves the old file.
 
@@ -222,7 +224,8 @@ def _encode(value: object, where: str) -> object:
 def _default_torch_module(module: nn.Module) -> bool:
     """Whether torch's module class, built without arguments, is this module (nn.Sigmoid())."""
     try:
-        return repr(type(module)()) == repr(module)
+        with torch.random.fork_rng():  # a saved model leaves the random state as it was
+            return repr(type(module)()) == repr(module)
     except TypeError:  # its constructor needs arguments
         return False
 
