@@ -242,6 +242,8 @@ def _decode(value: object, path: Path) -> object:
     if isinstance(value, dict) and list(value) == ["__module__"]:
         spec = dict(value["__module__"])
         cls = _find_class(path, str(spec["class"]), nn.Module)
+        if not (issubclass(cls, Rebuildable) or cls.__module__.startswith("torch.nn.")):
+            raise LoadError(f"{path} names {cls.__qualname__}, which save never writes.")
         args = [_decode(v, path) for v in spec["args"]]
         kwargs = {str(k): _decode(v, path) for k, v in dict(spec["kwargs"]).items()}
         return cls(*args, **kwargs)

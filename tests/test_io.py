@@ -261,3 +261,11 @@ def test_gan_round_trips_with_its_players(tmp_path):
                                            "kwargs": {}}}]})  # fmt: skip
     with pytest.raises(LoadError, match="names 'os:system', which is not an nn.Module class"):
         load(path)
+    module = {"class": "torch.utils.data:Dataset", "args": [], "kwargs": {}}  # not a module
+    _forge(path, {"args": [{"__module__": module}]})
+    with pytest.raises(LoadError, match="which is not an nn.Module class"):
+        load(path)
+    module["class"] = "ppgen.models.autoregressive:MaskedConv2d"  # a module save never writes
+    _forge(path, {"args": [{"__module__": module}]})
+    with pytest.raises(LoadError, match="names MaskedConv2d, which save never writes"):
+        load(path)
