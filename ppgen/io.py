@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
+import itertools
 import json
 import os
 import struct
@@ -86,7 +88,6 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
         raise ValueError(
             f"save needs a ppgen.Model (a subclass records its constructor arguments); got {name}."
         )
-    # a subclass without an __init__ of its own is built without arguments
     args, kwargs = model.init_arguments or ((), {})
     encoded_args = [_encode(v, f"argument {i} of {name}") for i, v in enumerate(args)]
     encoded_kwargs = {k: _encode(v, f"argument {k!r} of {name}") for k, v in kwargs.items()}
@@ -158,9 +159,10 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
             args = [_decode(v, path) for v in description["args"]]
             kwargs = {str(k): _decode(v, path) for k, v in dict(description["kwargs"]).items()}
             model = cls(*args, **kwargs)
-        dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
-        if len(dtypes) == 1:
-            model.to(dtypes.pop())
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            saved = tensors.get(name)  # each tensor in its saved dtype (a float64 player too)
+            if saved is not None and t.is_floating_point() and saved.dtype != t.dtype:
+                t.data = t.data.to(saved.dtype)
         model.load_state_dict(tensors, strict=True)
     except LoadError:  # a module argument's class, already named with the file
         raise
@@ -222,11 +224,18 @@ def _encode(value: object, where: str) -> object:
 
 
 def _default_torch_module(module: nn.Module) -> bool:
-    """Whether torch's module class, built without arguments, is this module (nn.Sigmoid())."""
+    """Whether torch's module class, built without arguments, is this module (nn.Sigmoid()):
+    the same settings, compared attribute by attribute (a repr leaves some out)."""
+
+    def settings(m: nn.Module) -> dict[str, object]:
+        return {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
+
+    if next(module.children(), None) is not None:  # a container: its class alone is empty
+        return False
     try:
         with torch.random.fork_rng():  # a saved model leaves the random state as it was
-            return repr(type(module)()) == repr(module)
-    except TypeError:  # its constructor needs arguments
+            return settings(type(module)()) == settings(module)
+    except (TypeError, RuntimeError):  # its constructor needs arguments; a tensor setting
         return False
 
 
@@ -261,8 +270,8 @@ def _find_class(path: Path, name: str, base: type[nn.Module] = Model) -> type[nn
         except ImportError:
             module = None
     cls: object = module
-    for part in qualname.split("."):
-        cls = getattr(cls, part, None)
+    for part in qualname.split("."):  # static: a module's __getattr__ could import others
+        cls = inspect.getattr_static(cls, part, None)
     if module_name == "__main__" and cls is None:
         raise LoadError(
             f"{path} holds a {qualname} defined in a script or notebook (__main__), which cannot "

@@ -49,6 +49,25 @@ Call = tuple["Node", tuple[Tensor, ...], dist.Distribution]
 _CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
 
 
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wraps a subclass's `__init__` so that the outermost call records its arguments."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Rebuildable, *args: object, **kwargs: object) -> None:
+        outermost = "_ppgen_init_arguments" not in self.__dict__
+        if outermost:
+            self.__dict__["_ppgen_init_arguments"] = None
+        init(self, *args, **kwargs)
+        if outermost:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            self.__dict__["_ppgen_init_arguments"] = (bound.args[1:], dict(bound.kwargs))
+
+    wrapper._ppgen_recording = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Rebuildable:
     r"""A module that :func:`ppgen.save` can rebuild: it records its constructor's arguments.
 
@@ -67,8 +86,8 @@ class Rebuildable:
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None:
+        init = cls.__dict__.get("__init__", cls.__init__)  # its own, or one it inherits
+        if not getattr(init, "_ppgen_recording", False):
             cls.__init__ = _recording(init)
 
     @property
@@ -101,24 +120,6 @@ class Model(Rebuildable, PyroModule):
         >>> ppgen.dag([("a", "b")], hidden=(8,)).init_arguments[0][-1]
         (8,)
     """
-
-
-def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    """Wraps a subclass's `__init__` so that the outermost call records its arguments."""
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def wrapper(self: Rebuildable, *args: object, **kwargs: object) -> None:
-        outermost = "_ppgen_init_arguments" not in self.__dict__
-        if outermost:
-            self.__dict__["_ppgen_init_arguments"] = None
-        init(self, *args, **kwargs)
-        if outermost:
-            bound = signature.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            self.__dict__["_ppgen_init_arguments"] = (bound.args[1:], dict(bound.kwargs))
-
-    return wrapper
 
 
 class Node(nn.Module):

@@ -244,7 +244,7 @@ def test_gan_round_trips_with_its_players(tmp_path):
         path = save(gan, tmp_path / f"{name}.safetensors")
         state = torch.get_rng_state()
         loaded = load(path)
-        assert torch.equal(torch.get_rng_state(), state)  # the players' inits drew nothing
+        assert torch.equal(torch.get_rng_state(), state)  # the players' inits are forked off
         assert _same_state(loaded, gan) and loaded.loss == "minimax"
         assert type(loaded.generator.output) is type(generator.output)
         pyro.set_rng_seed(0)
@@ -269,3 +269,59 @@ def test_gan_round_trips_with_its_players(tmp_path):
     _forge(path, {"args": [{"__module__": module}]})
     with pytest.raises(LoadError, match="names MaskedConv2d, which save never writes"):
         load(path)
+
+
+class _Wrap(ppgen.Model):
+    """A model holding any module, to save modules of every kind."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+
+class _Lin(ppgen.nn.Rebuildable, torch.nn.Linear):
+    """A rebuildable module that inherits its constructor."""
+
+
+def test_module_arguments_keep_their_settings_classes_and_dtypes(tmp_path):
+    """Torch modules whose repr hides a setting are refused rather than saved as the default;
+    a Rebuildable that inherits its constructor records its arguments; each tensor comes back
+    in its own dtype."""
+    for hidden in (torch.nn.CosineSimilarity(dim=0), torch.nn.MSELoss(reduction="sum")):
+        with pytest.raises(ValueError, match="which ppgen cannot rebuild"):
+            save(_Wrap(hidden), tmp_path / "hidden.safetensors")
+    default = load(save(_Wrap(torch.nn.CosineSimilarity()), tmp_path / "c.safetensors")).inner
+    assert type(default) is torch.nn.CosineSimilarity and default.dim == 1
+    linear = _Wrap(_Lin(2, 3))
+    assert linear.inner.init_arguments == ((2, 3, True, None, None), {})
+    mixed = _Wrap(torch.nn.ModuleList([_Lin(2, 3).double(), _Lin(3, 1)]))
+    with pytest.raises(ValueError, match="ModuleList module, which ppgen cannot rebuild"):
+        save(mixed, tmp_path / "list.safetensors")
+    from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
+
+    generator = MLPGenerator(2, 3, hidden_features=(4,)).float()
+    mixed = GAN(generator, MLPDiscriminator(3).double(), 2)
+    loaded = load(save(mixed, tmp_path / "mixed.safetensors"))
+    assert next(loaded.generator.parameters()).dtype == torch.float32
+    assert next(loaded.discriminator.parameters()).dtype == torch.float64
+    assert _same_state(loaded, mixed)
+
+
+def test_a_forged_class_name_imports_nothing(tmp_path):
+    """torch's module `__getattr__` imports its lazy submodules (torch.onnx): a class named
+    through one is looked up statically, in a fresh process where none is imported yet."""
+    import subprocess
+    import sys
+
+    path = save(ppgen.dag([("a", "b")], hidden=(3,)), tmp_path / "m.safetensors")
+    _forge(path, {"class": "torch:onnx.Nothing"})
+    script = (
+        "import sys, ppgen\n"
+        "assert 'torch.onnx' not in sys.modules\n"
+        f"try:\n    ppgen.load({str(path)!r})\nexcept ppgen.io.LoadError as e:\n    print(e)\n"
+        "print('torch.onnx' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    message, imported = run.stdout.strip().splitlines()
+    assert str(path) in message and imported == "False"
