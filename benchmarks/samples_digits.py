@@ -55,7 +55,9 @@ the samples is about 2x smaller, and the test set's 297 rows are common to every
 stronger discriminator (`--gan-lr-d 4e-3 --gan-d-steps 2`, measured with 1000 samples) breaks
 the minimax GAN on some seeds (0.0142, seed 0: thin strokes), as the notes' argument says, and
 the non-saturating one on others (0.0208, seed 1, with lr 2e-3 for the generator and 600
-epochs); it is no setting in which one loss reliably wins. The explicit models' samples do not
+epochs); it is no setting in which one loss reliably wins. A weaker R1 (`--gan-r1 1`, 5000
+samples) leaves them tied too: non-saturating 0.00100 and 0.00118, minimax 0.00099 and 0.00112
+(seeds 0, 1). The explicit models' samples do not
 follow their likelihoods: PixelCNN, best by test NLL, is second to last here.
 
 Run: python benchmarks/samples_digits.py --out /tmp/ppgen-samples
