@@ -88,9 +88,7 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
         raise ValueError(
             f"save needs a ppgen.Model (a subclass records its constructor arguments); got {name}."
         )
-    args, kwargs = model.init_arguments or ((), {})
-    encoded_args = [_encode(v, f"argument {i} of {name}") for i, v in enumerate(args)]
-    encoded_kwargs = {k: _encode(v, f"argument {k!r} of {name}") for k, v in kwargs.items()}
+    encoded_args, encoded_kwargs = _encode_arguments(model, "")
     try:
         g = graph(model)
         described = {"nodes": list(g.nodes), "edges": [list(e) for e in g.edges]}
@@ -156,9 +154,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     cls = _find_class(path, str(description.get("class")))
     try:
         with torch.random.fork_rng():  # constructors (a module argument's too) draw weights
-            args = [_decode(v, path) for v in description["args"]]
-            kwargs = {str(k): _decode(v, path) for k, v in dict(description["kwargs"]).items()}
-            model = cls(*args, **kwargs)
+            model = _build(cls, description, path)
         for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
             saved = tensors.get(name)  # each tensor in its saved dtype (a float64 player too)
             if saved is not None and t.is_floating_point() and saved.dtype != t.dtype:
@@ -201,31 +197,44 @@ def _encode(value: object, where: str) -> object:
         return {"__dict__": {k: _encode(v, where) for k, v in value.items()}}
     name = type(value).__name__
     if isinstance(value, nn.Module):
-        cls = type(value)
-        if isinstance(value, Rebuildable):
-            args, kwargs = value.init_arguments or ((), {})
-        elif cls.__module__.startswith("torch.nn.") and _default_torch_module(value):
-            args, kwargs = (), {}  # e.g. nn.Sigmoid(): its class alone rebuilds it
-        else:
+        if not (isinstance(value, Rebuildable) or _default_torch_module(value)):
             raise ValueError(
                 f"The {where} is a {name} module, which ppgen cannot rebuild; make its class a "
                 "ppgen.nn.Rebuildable (it then records its constructor's arguments)."
             )
-        return {"__module__": {
-            "class": f"{cls.__module__}:{cls.__qualname__}",
-            "args": [_encode(v, f"argument {i} of {name} ({where})") for i, v in enumerate(args)],
-            "kwargs": {k: _encode(v, f"argument {k!r} of {name} ({where})")
-                       for k, v in kwargs.items()},
-        }}  # fmt: skip
+        args, kwargs = _encode_arguments(value, f" ({where})")
+        cls = type(value)
+        return {"__module__": {"class": f"{cls.__module__}:{cls.__qualname__}", "args": args,
+                               "kwargs": kwargs}}  # fmt: skip
     raise ValueError(
         f"The {where} is a {name}, not a JSON value, so the model cannot be saved; give the "
         "constructor numbers, strings, lists, dicts or rebuildable modules instead."
     )
 
 
+def _encode_arguments(module: nn.Module, within: str) -> tuple[list, dict]:
+    """A module's constructor arguments, encoded (none for torch's own, e.g. nn.Sigmoid());
+    `within` ends the names of arguments in errors."""
+    name = type(module).__name__
+    args, kwargs = getattr(module, "init_arguments", None) or ((), {})
+    return (
+        [_encode(v, f"argument {i} of {name}{within}") for i, v in enumerate(args)],
+        {k: _encode(v, f"argument {k!r} of {name}{within}") for k, v in kwargs.items()},
+    )
+
+
+def _build(cls: type[nn.Module], spec: Mapping[str, object], path: Path) -> nn.Module:
+    """A module rebuilt from its encoded constructor arguments."""
+    args = [_decode(v, path) for v in spec["args"]]
+    kwargs = {str(k): _decode(v, path) for k, v in dict(spec["kwargs"]).items()}
+    return cls(*args, **kwargs)
+
+
 def _default_torch_module(module: nn.Module) -> bool:
     """Whether torch's module class, built without arguments, is this module (nn.Sigmoid()):
     the same settings, compared attribute by attribute (a repr leaves some out)."""
+    if not type(module).__module__.startswith("torch.nn."):
+        return False
 
     def settings(m: nn.Module) -> dict[str, object]:
         return {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
@@ -253,9 +262,7 @@ def _decode(value: object, path: Path) -> object:
         cls = _find_class(path, str(spec["class"]), nn.Module)
         if not (issubclass(cls, Rebuildable) or cls.__module__.startswith("torch.nn.")):
             raise LoadError(f"{path} names {cls.__qualname__}, which save never writes.")
-        args = [_decode(v, path) for v in spec["args"]]
-        kwargs = {str(k): _decode(v, path) for k, v in dict(spec["kwargs"]).items()}
-        return cls(*args, **kwargs)
+        return _build(cls, spec, path)
     raise ValueError(f"not an encoded argument: {value!r}")
 
 
