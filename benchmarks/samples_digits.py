@@ -164,8 +164,9 @@ def main():
                           lr_d=args.gan_lr_d, d_steps=args.gan_d_steps,
                           r1=args.gan_r1, average=args.gan_average or None,
                           betas=(args.gan_beta1, 0.999), progress=False)  # fmt: skip
-            accuracy = fit.history[-1]["train/accuracy"]
-            early = max(r["train/accuracy"] for r in fit.history[:20])
+            early, last = fit.history[:20], fit.history[-1]  # D's accuracy, D(G(z))
+            accuracy = max(r["train/accuracy"] for r in early), last["train/accuracy"]
+            d_fake = min(r["train/d_fake"] for r in early), last["train/d_fake"]
             curve = {r["epoch"]: r["val/mmd"] for r in fit.history if "val/mmd" in r}
             kept = fit.best_epoch.get("gan", args.gan_epochs)
             samples = model.sample(args.samples)
@@ -181,7 +182,8 @@ def main():
         if name in GAN_LOSSES:  # mean squared distance between samples / between test rows
             points = " ".join(f"{curve[e]:.4f}" for e in (5, 10, 25, 50, 100) if e in curve)
             extra += (f"  spread {spread:.3f}  epoch kept {kept}  D accuracy: highest of the "
-                      f"first 20 epochs {early:.2f}, last {accuracy:.2f}  held-out MMD^2 at "
+                      f"first 20 epochs {accuracy[0]:.2f}, last {accuracy[1]:.2f}  D(G(z)): lowest of "
+                      f"the first 20 {d_fake[0]:.3f}, last {d_fake[1]:.3f}  held-out MMD^2 at "
                       f"epochs 5 10 25 50 100: {points}")  # fmt: skip
         print(
             f"{name:<16} {value:>9.5f} {value - floor:>9.5f} {binarised:>10.5f} {seconds:>7.0f}"

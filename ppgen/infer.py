@@ -717,7 +717,8 @@ def fit_svi(
     the steps run without it. Where every site of the model and the guide comes from a ppgen
     :class:`~ppgen.nn.Node` called on other sites' values or on the inputs (reparameterised
     guide sites, no masks or scales), the `"trace"` and `"mean_field"` ELBOs are computed from
-    those modules alone, without tracing, after a check against Pyro's on the same draws. The data come in one of two conventions:
+    those modules alone, without tracing, after a check against Pyro's on the same draws.
+    The data come in one of two conventions:
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
@@ -793,7 +794,8 @@ def fit_svi(
         return train(
             objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-            progress=progress, description="fit_svi", checkpoint=checkpoint, every=checkpoint_every, resume=resume,
+            progress=progress, description="fit_svi", checkpoint=checkpoint,
+            every=checkpoint_every, resume=resume,
         )  # fmt: skip
 
 
@@ -847,10 +849,12 @@ def fit_gan(
 
     Returns:
         A :class:`FitResult` whose history holds, per epoch, the mean per row of the
-        discriminator's loss `train/loss_d`, the generator's `train/loss_g` and the
-        discriminator's accuracy `train/accuracy` on real and generated rows, as measured during
-        the steps, and with `val` the MMD² `val/mmd`. `best_epoch["gan"]` is then the epoch
-        kept (without `val`, `best_epoch` names the last for each player).
+        discriminator's loss `train/loss_d`, the generator's `train/loss_g`, the
+        discriminator's accuracy `train/accuracy` on real and generated rows and its mean
+        probabilities that they are real, `train/d_real` (:math:`D(x)`) and `train/d_fake`
+        (:math:`D(G(z))`), as measured during the steps, and with `val` the MMD² `val/mmd`.
+        `best_epoch["gan"]` is then the epoch kept (without `val`, `best_epoch` names the last
+        for each player).
 
     Raises:
         ValueError: For data with NaN or inf, and when a player's loss becomes non-finite
@@ -860,8 +864,9 @@ def fit_gan(
         >>> from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
         >>> gan = GAN(MLPGenerator(2, 1), MLPDiscriminator(1), 2)
         >>> fit = fit_gan(gan, torch.randn(64, 1), epochs=2, batch_size=32, progress=False)
-        >>> sorted(fit.history[-1])
-        ['epoch', 'seconds', 'train/accuracy', 'train/loss_d', 'train/loss_g']
+        >>> sorted(fit.history[-1])  # doctest: +NORMALIZE_WHITESPACE
+        ['epoch', 'seconds', 'train/accuracy', 'train/d_fake', 'train/d_real',
+         'train/loss_d', 'train/loss_g']
     """
     from ppgen.models.gan import GANObjective
 

@@ -244,7 +244,7 @@ def test_gan_matches_one_process_with_the_global_batch(ranks):
             total, outputs = total + value, [*outputs, extra]
         return total, outputs
 
-    sums = dict.fromkeys(["loss_d", "loss_g", "accuracy"], 0.0)
+    sums = dict.fromkeys(["loss_d", "loss_g", "accuracy", "d_real", "d_fake"], 0.0)
     for start in range(0, -(-GAN_ROWS // WORLD), BATCH):
         batches = [x[order[rank::WORLD][start : start + BATCH]] for rank in range(WORLD)]
         rows = sum(len(b) for b in batches)
@@ -261,6 +261,8 @@ def test_gan_matches_one_process_with_the_global_batch(ranks):
             sums["loss_d"] += terms_d.sum()
             sums["loss_g"] += terms_g.sum()
             sums["accuracy"] += (((real > 0).double() + (fake < 0).double()) / 2).sum()
+            sums["d_real"] += real.sigmoid().sum()
+            sums["d_fake"] += fake.sigmoid().sum()
     gan.generator.load_state_dict(objective.averaged.module.state_dict())  # what fit_gan keeps
     assert _close(results[0]["gan"], gan.state_dict(), rtol=1e-9, atol=1e-10)
     assert _close(results[1]["gan"], results[0]["gan"], rtol=0, atol=0)

@@ -9,9 +9,12 @@ logit :math:`\ell`; the two players are trained by :func:`ppgen.infer.fit_gan`, 
 (Goodfellow et al., 2014).
 
 The generator loss is either the minimax :math:`\log(1 - D(G(z)))` or the non-saturating
-:math:`-\log D(G(z))`. Early in training :math:`D(G(z)) \approx 0`; there the gradient of the
-minimax loss with respect to the logit, :math:`-\sigma(\ell)`, vanishes, while that of the
-non-saturating loss, :math:`-\sigma(-\ell)`, is about :math:`-1`.
+:math:`-\log D(G(z))`. Where the discriminator wins, :math:`D(G(z)) \approx 0`, the gradient of
+the minimax loss with respect to the logit, :math:`-\sigma(\ell)`, vanishes, while that of the
+non-saturating loss, :math:`-\sigma(-\ell)`, is about :math:`-1`. Where it is unsure,
+:math:`D(G(z)) \approx 1/2`, both are about :math:`-1/2` and the two losses train alike, however
+many rows it classifies right by the sign of :math:`\ell`: `fit_gan`'s history records
+:math:`D(G(z))` as `train/d_fake` beside the accuracy.
 
 On binary data (the binarised digits) the generator must emit binary rows: a discriminator tells
 a sigmoid's grey levels from 0s and 1s by their values alone, wins (accuracy above 0.98 within
@@ -319,9 +322,13 @@ class GANObjective(nn.Module):
     r"""The two-player objective of a GAN for :func:`ppgen.infer.train`.
 
     Called on a batch of real rows, it returns the loop's terms per row without changing
-    anything: `loss_d`, `loss_g` and `accuracy` (of the discriminator, on real and generated
-    rows). :meth:`step` trains on the batch: `d_steps` Adam steps of the discriminator (each on
-    fresh codes), then one of the generator, and returns the terms of the last steps.
+    anything: `loss_d`, `loss_g`, the discriminator's `accuracy` on real and generated rows and
+    its probabilities that they are real, `d_real` (:math:`D(x)`) and `d_fake`
+    (:math:`D(G(z))`). Accuracy alone does not tell whether the discriminator wins: it is high
+    with :math:`D(G(z)) = 0.49`, where the two generator losses have the same gradient; the
+    minimax loss saturates only where :math:`D(G(z)) \approx 0`. :meth:`step` trains on the
+    batch: `d_steps` Adam steps of the discriminator (each on fresh codes), then one of the
+    generator, and returns the terms of the last steps.
     :meth:`score` measures the generator on held-out rows, for the loop's choice of an epoch.
 
     Arguments:
@@ -343,7 +350,7 @@ class GANObjective(nn.Module):
     Example:
         >>> gan = GAN(MLPGenerator(2, 3), MLPDiscriminator(3), 2)
         >>> sorted(GANObjective(gan).step({"*data": torch.randn(8, 3)}))
-        ['accuracy', 'loss_d', 'loss_g']
+        ['accuracy', 'd_fake', 'd_real', 'loss_d', 'loss_g']
     """
 
     def __init__(
@@ -384,11 +391,10 @@ class GANObjective(nn.Module):
         gan = self.gan
         fake = gan.generator(gan.prior(len(x)).sample())
         real_logits, fake_logits = gan.discriminator(x), gan.discriminator(fake)
-        hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
         return {
             "loss_d": gan.discriminator_loss(real_logits, fake_logits.detach()),
             "loss_g": gan.generator_loss(fake_logits),
-            "accuracy": hits / 2,
+            **_judgement(real_logits, fake_logits),
         }
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -429,8 +435,7 @@ class GANObjective(nn.Module):
         if self.averaged is not None:
             self.averaged.update_parameters(self.gan.generator)
         (terms_d, real_logits), (terms_g, fake_logits) = outputs, player_outputs
-        hits = (real_logits > 0).to(x.dtype) + (fake_logits < 0).to(x.dtype)
-        return {"loss_d": terms_d, "loss_g": terms_g, "accuracy": hits / 2}
+        return {"loss_d": terms_d, "loss_g": terms_g, **_judgement(real_logits, fake_logits)}
 
     def _discriminator_loss(self, x: Tensor, rows: float) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         gan = self.gan
@@ -453,6 +458,16 @@ class GANObjective(nn.Module):
         loss_g = gan.generator_loss(fake_logits)
         _check(loss_g, "generator", "lr_g")
         return loss_g.sum() / rows, (loss_g.detach(), fake_logits.detach())
+
+
+def _judgement(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
+    """The discriminator's accuracy and its probabilities D(x), D(G(z)) that rows are real."""
+    hits = (real_logits > 0).to(real_logits.dtype) + (fake_logits < 0).to(fake_logits.dtype)
+    return {
+        "accuracy": hits / 2,
+        "d_real": torch.sigmoid(real_logits),
+        "d_fake": torch.sigmoid(fake_logits),
+    }
 
 
 def _check(loss: Tensor, player: str, lr: str) -> None:

@@ -44,6 +44,26 @@ def test_generator_gradient_saturates_only_for_minimax(loss, saturates):
         assert logits.grad.abs().min() > 0.99
 
 
+@pytest.mark.parametrize("loss", ["minimax", "non_saturating"])
+def test_terms_hold_the_discriminators_probabilities_of_real_and_generated_rows(loss):
+    gan, x = small_gan(loss), two_modes(8)
+    objective = GANObjective(gan)
+    torch.manual_seed(3)
+    terms = objective({"x": x})
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fake_logits = gan.discriminator(gan.generator(gan.prior(8).sample()))
+    torch.testing.assert_close(terms["d_fake"], torch.sigmoid(fake_logits))
+    torch.testing.assert_close(terms["d_real"], torch.sigmoid(gan.discriminator(x).detach()))
+    hits = (terms["d_real"] > 0.5).to(x.dtype) + (terms["d_fake"] < 0.5).to(x.dtype)
+    torch.testing.assert_close(terms["accuracy"], hits / 2)
+    # in a step, D(G(z)) is that of the generator's step: its loss is -log D or log(1 - D)
+    stepped = objective.step({"x": x})
+    d_fake = 1 - stepped["loss_g"].exp() if loss == "minimax" else (-stepped["loss_g"]).exp()
+    torch.testing.assert_close(stepped["d_fake"], d_fake)
+    assert ((stepped["d_real"] > 0) & (stepped["d_real"] < 1)).all()
+
+
 def test_gan_places_samples_on_both_modes():
     data = two_modes(1000)
     gan = small_gan()
@@ -53,7 +73,8 @@ def test_gan_places_samples_on_both_modes():
     # second sample ~ 0 (|.| < 0.005).
     assert mmd(samples, data, bandwidth=1.0) < 0.05
     assert 0.3 < (samples > 0).double().mean() < 0.7
-    assert len(fit.history) == 100 and {"train/loss_d", "train/loss_g"} <= set(fit.history[-1])
+    assert len(fit.history) == 100
+    assert {"train/loss_d", "train/loss_g", "train/d_real", "train/d_fake"} <= set(fit.history[-1])
 
 
 def test_val_keeps_the_epoch_of_lowest_mmd_without_changing_the_trajectory():
