@@ -17,6 +17,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
@@ -33,6 +34,11 @@ ELBOS = {"trace": Trace_ELBO, "mean_field": TraceMeanField_ELBO}
 
 class ELBOObjective(nn.Module):
     """The ELBO of a batch as the loop's one term `"elbo"`, a scalar summed over the rows.
+
+    With `rows`, the number of rows of the whole data, the sites outside the plate of the rows
+    (global latents, and their guide sites) count in each batch by the batch's share of the
+    rows, so that an epoch counts them once, as the ELBO of the whole data does, whatever the
+    batch size: :meth:`prepare` finds that plate.
 
     Example:
         >>> vae = ppgen.models.VAE(4, 2, hidden=(8,))
@@ -53,9 +59,11 @@ class ELBOObjective(nn.Module):
         argument: bool,
         args: tuple[object, ...],
         kwargs: dict[str, object],
+        rows: int | None = None,
     ) -> None:
         super().__init__()
         self.model, self.args, self.kwargs = model, args, kwargs
+        self.rows, self.plate = rows, None  # the plate of the rows, found by prepare
         self.observed, self.argument = observed, argument
         self.num_particles, self.iwae = num_particles, elbo == "iwae"
         if guide == "auto_normal" or guide == "auto_delta":
@@ -77,11 +85,17 @@ class ELBOObjective(nn.Module):
         It is known when every site's distribution is returned by a :class:`~ppgen.nn.Node`
         called on the values of other sites or on the programs' inputs, unmasked and unscaled,
         and every guide site is reparameterised. The fast ELBO is then checked against Pyro's,
-        on the same draws; on any doubt the objective keeps Pyro's ELBO.
+        on the same draws; on any doubt the objective keeps Pyro's ELBO. With `rows`, it first
+        finds the plate of the rows, if latent sites lie outside it (then Pyro's ELBO scales
+        them, and there is no fast path).
         """
         if self.iwae:
             return False
         with torch.random.fork_rng(), torch.no_grad():
+            self.plate = None
+            self.plate = None if self.rows is None else self._outer_latents(probe)
+            if self.plate is not None:
+                return False
             self.plan = self._structure(probe)
             if self.plan is not None:
                 seed = int(torch.randint(2**31, ()))
@@ -146,6 +160,43 @@ class ELBOObjective(nn.Module):
             return None
         return guide, model
 
+    def _outer_latents(self, probe: dict[str, Tensor]) -> str | None:
+        """The name of the plate of the rows, where latent sites of the model lie outside it.
+
+        It is the plate of the probe's size around every observed site; a second probe, one row
+        shorter, settles a tie with another plate of that size.
+        """
+        size, found, trace = len(next(iter(probe.values()))), None, None
+        for rows in range(size, max(size - 2, 0), -1):
+            trace = poutine.trace(self._model).get_trace({k: v[:rows] for k, v in probe.items()})
+            sites = [site for site in trace.nodes.values() if _is_variable(site)]
+            plates = [
+                {f.name for f in site["cond_indep_stack"] if f.size == rows}
+                for site in sites
+                if site["is_observed"]
+            ]
+            common = set.intersection(*plates) if plates else set()
+            found = common if found is None else found & common
+            if len(found) <= 1:
+                break
+        if found is None or len(found) != 1:
+            return None
+        (plate,) = found
+        outside = [
+            site
+            for site in sites
+            if not site["is_observed"]
+            and all(f.name != plate for f in site["cond_indep_stack"])
+        ]
+        return plate if outside else None
+
+    def _share(self, program: Callable[..., object], batch: dict[str, Tensor]) -> Callable:
+        """`program` with its sites outside the plate of the rows scaled by the batch's share."""
+        if self.plate is None:
+            return program
+        share = len(next(iter(batch.values()))) / self.rows
+        return _ScaleOutside(self.plate, share)(program)
+
     def _constants(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The programs' tensor inputs by name: the batch's columns, and `args` and `kwargs`."""
         constants = {f"*args[{i}]": a for i, a in enumerate(self.args) if isinstance(a, Tensor)}
@@ -181,11 +232,11 @@ class ELBOObjective(nn.Module):
     def _model(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
         model = self.model if self.argument else poutine.condition(self.model, data=batch)
         args, kwargs = self._inputs(batch)
-        return model(*args, **kwargs)
+        return self._share(model, batch)(*args, **kwargs)
 
     def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
         args, kwargs = self._inputs(batch)
-        return self.guide(*args, **kwargs)
+        return self._share(self.guide, batch)(*args, **kwargs)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         state = torch.get_rng_state()
@@ -227,6 +278,18 @@ class ELBOObjective(nn.Module):
 
 
 _Plan = tuple[list[tuple[str, Node, list[str]]], list[tuple[str, Node, list[str], bool]]]
+
+
+class _ScaleOutside(Messenger):
+    """Scales the log-density of every sample site outside the plate `plate` by `factor`."""
+
+    def __init__(self, plate: str, factor: float) -> None:
+        super().__init__()
+        self.plate, self.factor = plate, factor
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and all(f.name != self.plate for f in msg["cond_indep_stack"]):
+            msg["scale"] = self.factor * msg["scale"]
 
 
 def _add(total: Tensor | None, term: Tensor, sign: int) -> Tensor:

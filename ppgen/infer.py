@@ -726,6 +726,12 @@ def fit_svi(
     - a tensor, for programs in the style of Pyro's tutorials, `model(x, *args, **kwargs)` and
       `guide(x, *args, **kwargs)`: each batch is the argument `x` (amortised guides, the VAE).
 
+    Either way the model's plate of the rows has the batch's size. Latent sites outside it
+    (global ones, such as a prior's mean) and their guide sites count in each batch by the
+    batch's share of the rows, as Pyro's subsampling plates scale the local ones: an epoch
+    sums the ELBO of the whole data once, and the fit does not depend on `batch_size`. (The
+    validation ELBO per row counts them per training row.)
+
     Arguments:
         model: A Pyro program.
         guide: A Pyro program sampling the latent sites of `model`, or `"auto_normal"` /
@@ -780,7 +786,9 @@ def fit_svi(
     val = svi_table(model, val, args, kwargs, device) if val is not None else None
     _device(model, device)
     observed = list(data.columns)
-    objective = ELBOObjective(model, guide, elbo, num_particles, observed, argument, args, kwargs)
+    objective = ELBOObjective(
+        model, guide, elbo, num_particles, observed, argument, args, kwargs, rows=len(data)
+    )
     _device(objective.guide, device)
     with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
         objective(data.rows(slice(0, batch_size)))  # creates the auto guides' parameters

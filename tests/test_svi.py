@@ -111,8 +111,10 @@ class NormalGuide(nn.Module):
         pyro.sample("mu", dist.Normal(self.loc, nn.functional.softplus(self.scale)))
 
 
-def test_fit_svi_reaches_the_normal_normal_posterior():
-    # mu ~ N(0, 1), x_i | mu ~ N(mu, 1): posterior N(sum x / (n + 1), 1 / (n + 1))
+@pytest.mark.parametrize("batch_size", [40, 10])
+def test_fit_svi_reaches_the_normal_normal_posterior(batch_size):
+    # mu ~ N(0, 1), x_i | mu ~ N(mu, 1): posterior N(sum x / (n + 1), 1 / (n + 1)), whatever
+    # the batch: the prior counts once an epoch
     x = 1.0 + torch.randn(40)
 
     def model(n=1):
@@ -121,7 +123,7 @@ def test_fit_svi_reaches_the_normal_normal_posterior():
             pyro.sample("x", dist.Normal(mu, 1.0))
 
     guide = NormalGuide()
-    fit = fit_svi(model, guide, {"x": x}, epochs=500, batch_size=40, lr=0.03,
+    fit = fit_svi(model, guide, {"x": x}, epochs=500, batch_size=batch_size, lr=0.03,
                   num_particles=4, progress=False, elbo="mean_field")  # fmt: skip
     assert isinstance(fit, FitResult) and fit.best_epoch == {"all": 500}
     loc, scale = guide.loc.item(), nn.functional.softplus(guide.scale).item()
@@ -165,6 +167,42 @@ def test_auto_guides_fit_global_latents():
     fit_svi(model, "auto_delta", x, epochs=300, batch_size=40, lr=0.02, progress=False)
     # the MAP of mu is its posterior mean
     assert pyro.param("AutoDelta.mu").item() == pytest.approx(x.sum().item() / 41, abs=0.03)
+
+
+@pytest.mark.parametrize("batch_size", [40, 10, 7])
+def test_global_latents_count_once_an_epoch_whatever_the_batch(batch_size):
+    # with lr 0 AutoDelta's mu stays put, and the epoch's ELBO per row is that of the whole
+    # data: (sum_i log N(x_i | mu, 1) + log N(mu | 0, 1)) / n
+    x, held_out = 1.0 + torch.randn(40), torch.randn(9)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    fit = fit_svi(model, "auto_delta", x, val=held_out, epochs=1, batch_size=batch_size,
+                  lr=0.0, progress=False)  # fmt: skip
+    mu = pyro.param("AutoDelta.mu").detach()
+    prior = dist.Normal(0.0, 1.0).log_prob(mu)
+    expected = (dist.Normal(mu, 1.0).log_prob(x).sum() + prior) / 40
+    assert fit.history[0]["train"] == pytest.approx(expected.item(), rel=1e-5)
+    # held-out rows: their own terms per row, the prior as in training (per training row)
+    expected = dist.Normal(mu, 1.0).log_prob(held_out).mean() + prior / 40
+    assert fit.history[0]["val"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_plate_of_the_rows_is_told_from_another_of_the_batch_size():
+    def model(x):  # rows of 5 columns, a latent w per column: outside the rows
+        with pyro.plate("columns", 5, dim=-1):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            with pyro.plate("rows", len(x), dim=-2):
+                pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    x = torch.randn(20, 5)
+    fit = fit_svi(model, "auto_delta", x, epochs=1, batch_size=5, lr=0.0, progress=False)
+    w = pyro.param("AutoDelta.w").detach()
+    total = dist.Normal(w, 1.0).log_prob(x).sum() + dist.Normal(0.0, 1.0).log_prob(w).sum()
+    assert fit.history[0]["train"] == pytest.approx(total.item() / 20, rel=1e-5)
 
 
 def test_wrong_column_name_is_named():
