@@ -41,6 +41,8 @@ def importance_log_prob(
     way), and a tensor is the first argument of `model(x, *args, **kwargs)` and
     `guide(x, *args, **kwargs)`. The rows are repeated once per draw, so the programs run
     unchanged, `chunk_size` draws at a time; every sample site must be inside the data plate.
+    A latent site the guide leaves out is drawn from its prior in the model, which is then its
+    proposal (its density ratio is 1).
 
     Arguments:
         model: A Pyro program whose rows are its outermost plate.
@@ -102,12 +104,15 @@ def _log_weights(
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         *args, **kwargs
     )
+    guided = {name for name, site in guide_trace.nodes.items() if _is_variable(site)}
     terms = []
     for sign, trace in ((1, model_trace), (-1, guide_trace)):
         trace.compute_log_prob()
         for name, site in trace.nodes.items():
             if not _is_variable(site) or (sign < 0 and site["is_observed"]):
                 continue
+            if sign > 0 and not site["is_observed"] and name not in guided:
+                continue  # drawn from its prior, its own proposal: p / q = 1
             log_prob = site["log_prob"]
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:
                 raise ValueError(

@@ -89,6 +89,25 @@ def test_large_k_matches_the_linear_gaussian_marginal():
     torch.testing.assert_close(estimate, lg.marginal().log_prob(x), atol=0.08, rtol=0)
 
 
+def test_a_latent_site_the_guide_leaves_out_is_proposed_by_its_prior():
+    # z1, z2 ~ N(0, 1), x | z ~ N(z1 + z2, 1): p(x) = N(x; 0, 3). The guide draws z1 from its
+    # prior too, so every weight is p(x | z): relative sd ~0.6, 20000 draws, ~0.005 nats
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            z1 = pyro.sample("z1", dist.Normal(0.0, 1.0))
+            z2 = pyro.sample("z2", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z1 + z2, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z1", dist.Normal(0.0, 1.0))
+
+    x = torch.tensor([0.0, 1.5])
+    pyro.set_rng_seed(0)
+    estimate = importance_log_prob(model, guide, x, num_samples=20000)
+    torch.testing.assert_close(estimate, dist.Normal(0.0, 3**0.5).log_prob(x), atol=0.03, rtol=0)
+
+
 def test_mean_field_and_sampled_kl_agree_in_expectation():
     lg = LinearGaussian()
     x = lg.marginal().sample((4,))
