@@ -44,15 +44,30 @@ class Relay(ppgen.Model):
             pyro.sample("t2", self.t2(t1))
 
 
-def _output_folder(out: Path, force: bool) -> Path:
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(
-                f"{out} already holds an earlier run; choose another --out or pass --force."
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+_WRITES = {".png", ".json", ".md"}  # what a run writes, results.json and report.md among them
+
+
+def _check_output_folder(out: Path, force: bool) -> None:
+    """Refuses a folder that holds anything but an earlier run, and an earlier run without
+    `force`; nothing is removed here."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose another --out.")
+    entries = list(out.iterdir()) if out.exists() else []
+    if not entries:
+        return
+    earlier = {"results.json", "report.md"} <= {e.name for e in entries} and all(
+        e.is_file() and e.suffix in _WRITES for e in entries
+    )
+    if not earlier:
+        other = next(e.name for e in entries if e.name not in ("results.json", "report.md"))
+        raise FileExistsError(
+            f"{out} holds files that are not a ppgen demo run (such as {other}); choose "
+            "another --out."
+        )
+    if not force:
+        raise FileExistsError(
+            f"{out} already holds an earlier run; choose another --out or pass --force."
+        )
 
 
 def _save(ax: Axes, path: Path) -> str:
@@ -88,7 +103,7 @@ def _relay(out: Path, scale: float, progress: bool) -> tuple[dict[str, object], 
     return results, report
 
 
-def _sprinkler(out: Path, scale: float) -> tuple[dict[str, object], list[str]]:
+def _sprinkler(out: Path) -> tuple[dict[str, object], list[str]]:
     """Closed-form MLE of a tabular DAG built from an edge list, on draws from a known one."""
     edges = [("season", "rain"), ("season", "sprinkler"), ("rain", "wet"), ("sprinkler", "wet"),
              ("wet", "slippery")]  # fmt: skip
@@ -101,7 +116,7 @@ def _sprinkler(out: Path, scale: float) -> tuple[dict[str, object], list[str]]:
     with torch.no_grad():
         for table in truth.conditionals:
             table.logits.normal_(0.0, 1.5)
-    data, test = ppgen.sample(truth, int(20000 * scale)), ppgen.sample(truth, 5000)
+    data, test = ppgen.sample(truth, 20000), ppgen.sample(truth, 5000)  # counting: unscaled
     fit = ppgen.fit_mle(model, data, progress=False)
     ours = ppgen.log_prob(model, test).mean().item()
     exact = ppgen.log_prob(truth, test).mean().item()
@@ -172,20 +187,46 @@ def run(
     """Runs the demo, writing pictures, `results.json` and `report.md` to `out`.
 
     Arguments:
-        out: The output folder; an existing, non-empty one is kept unless `force`.
-        force: Whether to replace an earlier run's folder.
+        out: The output folder: new, empty, or (with `force`) an earlier run's, which is
+            replaced once the new run has finished. A folder holding other files is refused.
+        force: Whether to replace an earlier run.
         progress: Whether to show progress bars and the results table.
-        scale: Shrinks the data and epochs (e.g. 0.05 for a smoke test).
+        scale: Shrinks the data and epochs, at least 0.01 (e.g. 0.05 for a smoke test).
+
+    Raises:
+        ValueError: For a scale below 0.01.
+        FileExistsError: For an output folder that is not new, empty or an earlier run (with
+            `force`); nothing in it is touched.
     """
     import matplotlib
 
+    if not scale >= 0.01:
+        raise ValueError(f"The scale must be at least 0.01, not {scale}.")
+    _check_output_folder(out, force)
     matplotlib.use("Agg")
-    out = _output_folder(out, force)
+    final, out = out, out.parent / f".{out.name}.ppgen-demo-tmp"
+    shutil.rmtree(out, ignore_errors=True)  # a crashed run's leftovers
+    out.mkdir(parents=True)
+    try:
+        results = _run(out, progress, scale)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    if progress:
+        print(f"ppgen demo: wrote {len(list(final.iterdir()))} files to {final}")
+    return results
+
+
+def _run(out: Path, progress: bool, scale: float) -> dict[str, object]:
+    """The three stages, writing into `out`; their results."""
     pyro.set_rng_seed(0)
     results, report = {}, ["# ppgen demo", ""]
     for name, stage in [
         ("relay", lambda: _relay(out, scale, progress)),
-        ("sprinkler", lambda: _sprinkler(out, scale)),
+        ("sprinkler", lambda: _sprinkler(out)),
         ("digits", lambda: _digits_models(out, scale, progress)),
     ]:
         results[name], lines = stage()
@@ -196,5 +237,4 @@ def run(
         print(
             "\n".join(line for line in report if line.startswith("|") or line.startswith("Test"))
         )
-        print(f"ppgen demo: wrote {len(list(out.iterdir()))} files to {out}")
     return results

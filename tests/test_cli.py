@@ -61,7 +61,7 @@ def test_demo_smoke_and_no_silent_overwrite(tmp_path, capsys):
     out = tmp_path / "demo"
     run = ppgen_command("demo", "--out", str(out), "--scale", "0.02", "--quiet")
     assert run.returncode == 0, run.stderr
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(), parse_constant=pytest.fail)  # no inf
     assert set(results) == {"relay", "sprinkler", "digits"}
     assert results["relay"]["factorization"] == "p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)"
     for png in [
@@ -77,6 +77,22 @@ def test_demo_smoke_and_no_silent_overwrite(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--scale", "0.02", "--quiet"]) == 2
     assert "already holds an earlier run" in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
+    # a failing run with --force leaves the earlier one as it was
+    assert main(["demo", "--out", str(out), "--scale", "0", "--force", "--quiet"]) == 2
+    assert "The scale must be at least 0.01, not 0.0." in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temporary folder left
+
+
+def test_demo_force_touches_no_folder_but_an_earlier_run(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    assert main(["demo", "--out", str(precious), "--force", "--scale", "0.02", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files that are not a ppgen demo run (such as thesis.txt)" in err
+    assert [p.name for p in precious.iterdir()] == ["thesis.txt"]
+    assert (precious / "thesis.txt").read_text() == "years of work"
 
 
 LATENT = """
