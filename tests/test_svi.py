@@ -224,6 +224,20 @@ def test_the_plate_of_the_rows_is_told_from_another_of_the_batch_size():
     assert fit.history[0]["train"] == pytest.approx(total.item() / 20, rel=1e-5)
 
 
+@pytest.mark.parametrize("rows", [40, 100])
+def test_an_auto_guide_of_a_latent_site_per_row_is_refused(rows):
+    # its parameters would follow positions in a shuffled batch, not rows: refused even where
+    # one batch holds every row
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="Site 'z' is latent inside the plate of the rows 'rows'"):
+        fit_svi(model, "auto_normal", torch.randn(rows), epochs=1, batch_size=64, progress=False)
+
+
 def test_wrong_column_name_is_named():
     def model(n=1):
         with pyro.plate("rows", n):
