@@ -34,14 +34,34 @@ def load_object(spec: str, *, instantiate: bool = True) -> Callable[..., object]
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"{path}: no such file.")
-    module_spec = importlib.util.spec_from_file_location(file.stem, file)
+    module_spec = importlib.util.spec_from_file_location(_module_name(file), file)
     module = importlib.util.module_from_spec(module_spec)
-    sys.modules[file.stem] = module  # so that ppgen.io.load finds the classes it defines
+    sys.modules[module_spec.name] = module  # so that ppgen.io.load finds the classes it defines
     module_spec.loader.exec_module(module)
     if not hasattr(module, name):
         raise UsageError(f"{path}: defines no object named {name!r}.")
     obj = getattr(module, name)
     return obj() if isinstance(obj, type) and instantiate else obj
+
+
+def _module_name(file: Path) -> str:
+    """The module name of a user's file: its stem, unless another module has that name (a file
+    `random.py` must not stand in for the standard library's `random`)."""
+    name = file.stem
+    if name in sys.stdlib_module_names:
+        return f"ppgen_model_{name}"
+    known = sys.modules.get(name)
+    if known is not None:
+        origin = getattr(known, "__file__", None)
+    else:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return name  # no other module of that name
+        origin = spec.origin
+    return name if origin and Path(origin).resolve() == file.resolve() else f"ppgen_model_{name}"
 
 
 def parse_args(pairs: Sequence[str]) -> dict[str, object]:
@@ -131,7 +151,9 @@ def _fit(args: argparse.Namespace) -> None:
     save(model, out / "model.safetensors", fit=fit)
     path, _, name = args.target.rpartition(":")
     target = f"{Path(path).resolve()}:{name}"
-    (out / "source.json").write_text(json.dumps({"target": target, "kwargs": kwargs}))
+    observed = list(data.columns) if hasattr(data, "columns") else list(data)
+    record = {"target": target, "kwargs": kwargs, "observed": observed}
+    (out / "source.json").write_text(json.dumps(record))
     figure = ppgen.viz.draw_history(fit).figure
     figure.savefig(out / "history.png", dpi=110, bbox_inches="tight")
     last = fit.history[-1] if fit.history else {}
@@ -155,8 +177,10 @@ def _info(args: argparse.Namespace) -> None:
     kwargs = record.get("kwargs", {})
     g = ppgen.graph(model, **kwargs)
     print(ppgen.factorization(g))
+    observed = record.get("observed")  # the fitted columns (folders of older versions lack it)
     for node, attributes in g.nodes(data=True):
-        kind = "observed" if attributes["observed"] else "latent"
+        seen = attributes["observed"] if observed is None else node in observed
+        kind = "observed" if seen else "latent"
         print(f"  {node}: {attributes['distribution']}, {kind}, n_params={attributes['n_params']}")
     print(f"parameters: {ppgen.count_parameters(model)}")
     from ppgen.io import describe

@@ -114,8 +114,10 @@ def chain_files(tmp_path):
     return source, data
 
 
-def test_fit_sample_info_round_trip(tmp_path, chain_files):
+@pytest.mark.parametrize("stem", ["chain", "random"])  # a file named as a standard module
+def test_fit_sample_info_round_trip(tmp_path, chain_files, stem):
     source, data = chain_files
+    source = source.rename(source.with_stem(stem))
     out = tmp_path / "fit"
     run = ppgen_command("fit", f"{source}:Chain", "--data", str(data), "--epochs", "3",
                         "--out", str(out), "--quiet", "--device", "auto")  # fmt: skip
@@ -131,6 +133,7 @@ def test_fit_sample_info_round_trip(tmp_path, chain_files):
     printed = run.stdout
     assert "p(a, b) = p(a) p(b | a)" in printed and "fit: 3 epochs" in printed
     assert "closed form: ['a']" in printed
+    assert "a: Normal, observed" in printed and "b: Bernoulli, observed" in printed
 
 
 @pytest.mark.parametrize(
