@@ -37,11 +37,20 @@ def load_object(spec: str, *, instantiate: bool = True) -> Callable[..., object]
     module_spec = importlib.util.spec_from_file_location(_module_name(file), file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module  # so that ppgen.io.load finds the classes it defines
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # the user's code: one line, the traceback with --debug
+        del sys.modules[module_spec.name]
+        raise UsageError(f"{path}: running it raised {type(error).__name__}: {error}") from error
     if not hasattr(module, name):
         raise UsageError(f"{path}: defines no object named {name!r}.")
     obj = getattr(module, name)
-    return obj() if isinstance(obj, type) and instantiate else obj
+    if not (isinstance(obj, type) and instantiate):
+        return obj
+    try:
+        return obj()
+    except TypeError as error:
+        raise UsageError(f"{path}: {name}() cannot be built without arguments: {error}") from error
 
 
 def _module_name(file: Path) -> str:
@@ -118,7 +127,10 @@ def _run_folder(folder: str) -> tuple[Callable[..., object], dict[str, object]]:
     source = Path(folder) / "source.json"
     if not source.is_file():
         raise UsageError(f"{folder}: holds no model written by `ppgen fit` (no source.json).")
-    record = json.loads(source.read_text())
+    try:
+        record = json.loads(source.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{source}: is not the JSON `ppgen fit` writes ({error}).") from None
     if record.get("target"):
         load_object(record["target"], instantiate=False)
     return load(Path(folder) / "model.safetensors"), record
@@ -132,6 +144,8 @@ def _fit(args: argparse.Namespace) -> None:
     from ppgen.io import save
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: is a file, not a folder; choose another --out.")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"{out}: already holds a fit; choose another --out or pass --force.")
     model = load_object(args.target)
@@ -161,14 +175,23 @@ def _fit(args: argparse.Namespace) -> None:
           f"closed form: {', '.join(fit.closed_form) or 'none'}; wrote {out}")  # fmt: skip
 
 
+def _output_file(path: str) -> Path:
+    """The file a command writes, in a folder that exists."""
+    file = Path(path)
+    if not file.parent.is_dir():
+        raise UsageError(f"{path}: its folder {file.parent} does not exist.")
+    return file
+
+
 def _sample(args: argparse.Namespace) -> None:
+    output = _output_file(args.output)
     model, record = _run_folder(args.folder)
     from ppgen.io import describe
 
     categories = describe(Path(args.folder) / "model.safetensors").get("fit", {}) or {}
     frame = ppgen.sample(model, args.n, as_frame=True, categories=categories.get("categories"),
                          device=args.device, **record.get("kwargs", {}))  # fmt: skip
-    frame.to_csv(args.output, index=False)
+    frame.to_csv(output, index=False)
     print(f"wrote {args.n} rows to {args.output}")
 
 
@@ -197,9 +220,10 @@ def _draw(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    output = _output_file(args.output)
     model = load_object(args.target)
     ax = ppgen.draw(model, title=args.title, **parse_args(args.arg))
-    ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
+    ax.figure.savefig(output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
 
 

@@ -159,3 +159,28 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, chain_files, command, m
     err = run.stderr
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        ("draw {tmp}/broken.py:Model", "broken.py: running it raised SyntaxError"),
+        ("draw {tmp}/needs.py:Needs", "Needs() cannot be built without arguments"),
+        ("fit {src}:Chain --data {data} --out {tmp}/taken.txt", "taken.txt: is a file, not a"),
+        ("info {tmp}/corrupt", "source.json: is not the JSON `ppgen fit` writes"),
+        ("sample {tmp}/corrupt -o {tmp}/no/x.csv", "x.csv: its folder"),
+        ("draw {src}:Chain -o {tmp}/no/g.png", "g.png: its folder"),
+    ],
+)  # fmt: skip
+def test_input_errors_are_one_line_in_process(tmp_path, chain_files, capsys, command, message):
+    source, data = chain_files
+    (tmp_path / "broken.py").write_text("def (:\n")
+    (tmp_path / "needs.py").write_text(MODEL + "\nclass Needs(Chain):\n    def __init__(self, k):\n"
+                                       "        super().__init__()\n")  # fmt: skip
+    (tmp_path / "taken.txt").write_text("keep me")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "source.json").write_text("{bad")
+    assert main(command.format(src=source, data=data, tmp=tmp_path).split()) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert (tmp_path / "taken.txt").read_text() == "keep me" and not (tmp_path / "no").exists()
