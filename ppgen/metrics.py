@@ -8,7 +8,7 @@ from them (:func:`linear_probe`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -86,9 +86,14 @@ def mmd(
     """
     if len(samples) < 2 or len(data) < 2:
         raise ValueError("mmd needs at least two rows in each sample.")
+    if samples.shape[1:] != data.shape[1:]:
+        raise ValueError(
+            f"The samples' rows have shape {tuple(samples.shape[1:])} and the data's "
+            f"{tuple(data.shape[1:])}: mmd compares rows of one shape."
+        )
     if kernel is None:
         h = bandwidth if bandwidth is not None else median_bandwidth(data)
-        if h <= 0:
+        if not h > 0:  # NaN too
             raise ValueError(f"The bandwidth must be positive, not {h}.")
 
         def kernel(a: Tensor, b: Tensor) -> Tensor:
@@ -104,9 +109,9 @@ def mmd(
 
 def linear_probe(
     codes_train: Tensor,
-    y_train: Tensor,
+    y_train: Tensor | Sequence[object],
     codes_test: Tensor,
-    y_test: Tensor,
+    y_test: Tensor | Sequence[object],
     *,
     max_iter: int = 2000,
 ) -> float:
@@ -119,7 +124,8 @@ def linear_probe(
     Arguments:
         codes_train, codes_test: Codes of shape :math:`(N, *)`, e.g. `vae.encode(x)` or
             `gan.features(x)`.
-        y_train, y_test: Integer labels of shape :math:`(N,)`.
+        y_train, y_test: Labels of shape :math:`(N,)`: a tensor, or any sequence of labels
+            (strings too); the training labels must hold at least two classes.
         max_iter: The iterations of the solver.
 
     Returns:
@@ -131,6 +137,7 @@ def linear_probe(
         >>> linear_probe(codes[::2], labels[::2], codes[1::2], labels[1::2])
         1.0
     """
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -138,6 +145,15 @@ def linear_probe(
     def numpy(t: Tensor) -> object:
         return t.detach().cpu().reshape(len(t), -1).numpy()
 
+    def labels(y: Tensor | Sequence[object], codes: Tensor, name: str) -> object:
+        y = numpy(y).reshape(-1) if isinstance(y, Tensor) else np.asarray(y)
+        if len(y) != len(codes):
+            raise ValueError(f"{name} has {len(y)} labels for {len(codes)} rows of codes.")
+        return y
+
+    train, test = labels(y_train, codes_train, "y_train"), labels(y_test, codes_test, "y_test")
+    if len(np.unique(train)) < 2:
+        raise ValueError("y_train holds one class: a probe needs at least two to tell apart.")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-    probe.fit(numpy(codes_train), y_train.detach().cpu().numpy())
-    return float(probe.score(numpy(codes_test), y_test.detach().cpu().numpy()))
+    probe.fit(numpy(codes_train), train)
+    return float(probe.score(numpy(codes_test), test))

@@ -58,3 +58,17 @@ def test_linear_probe_reads_separable_labels():
     assert linear_probe(codes[:300], labels[:300], codes[300:], labels[300:]) > 0.9
     noise = torch.randint(0, 2, (400,))
     assert linear_probe(codes[:300], noise[:300], codes[300:], noise[300:]) < 0.7
+
+
+def test_string_labels_and_bad_input_to_the_metrics():
+    codes = torch.randn(200, 3)
+    names = ["left" if c < 0 else "right" for c in codes[:, 0].tolist()]
+    assert linear_probe(codes[:150], names[:150], codes[150:], names[150:]) > 0.9
+    with pytest.raises(ValueError, match="y_train holds one class"):
+        linear_probe(codes[:150], ["left"] * 150, codes[150:], names[150:])
+    with pytest.raises(ValueError, match="y_test has 150 labels for 50 rows"):
+        linear_probe(codes[:150], names[:150], codes[150:], names[:150])
+    with pytest.raises(ValueError, match=r"rows have shape \(3,\) and the data's \(4,\)"):
+        mmd(codes, torch.randn(10, 4))
+    with pytest.raises(ValueError, match="bandwidth must be positive, not nan"):
+        mmd(codes, codes, bandwidth=float("nan"))
