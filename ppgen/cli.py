@@ -157,8 +157,7 @@ def _fit(args: argparse.Namespace) -> None:
         fit = ppgen.fit_mle(model, data, **options, **kwargs)
     else:
         guide = args.guide if args.guide.startswith("auto_") else load_object(args.guide)
-        frame = data if isinstance(data, dict) else {c: data[c].to_numpy() for c in data.columns}
-        fit = ppgen.fit_svi(model, guide, frame, elbo=args.elbo, **options, **kwargs)
+        fit = ppgen.fit_svi(model, guide, data, elbo=args.elbo, **options, **kwargs)
     if not distributed.is_writer():  # under torchrun, rank 0 alone writes
         return
     out.mkdir(parents=True, exist_ok=True)

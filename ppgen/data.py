@@ -2,13 +2,15 @@ r"""Checks data against a model's sample sites: one clear sentence per problem, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
-from torch.distributions import constraints
+from torch.distributions import Distribution, constraints
 
 from ppgen.graph import _is_variable, family
 
@@ -27,8 +29,9 @@ class Table:
 
     Attributes:
         columns: Site name to tensor of shape :math:`(N, *)`, in the model's dtypes.
-        categories: For columns that came as labels (a DataFrame's categorical or text columns),
-            the label of each integer code.
+        categories: For columns that came as labels (pandas categorical or text columns), the
+            label of each integer code: the `categories` given to :func:`table`, else the
+            labels of the column itself.
         device: Where batches go (`None`: where the columns are).
     """
 
@@ -97,52 +100,64 @@ def place(
     return host, device
 
 
-def _from_frame(frame: object) -> tuple[dict[str, object], dict[str, list[object]]]:
-    import numpy as np
-    import pandas as pd
-
-    columns, categories = {}, {}
-    for name, series in frame.items():
-        labels = series.array
-        if series.dtype == object:
-            labels = pd.Categorical(series)
-        if isinstance(labels, pd.Categorical):  # its codes as they are stored, copied to int64
-            categories[str(name)] = list(labels.categories)
-            columns[str(name)] = labels.codes.astype(np.int64)
-        else:
-            columns[str(name)] = series.to_numpy(copy=True)
-    return columns, categories
+def _is_frame(data: object) -> bool:
+    """Whether `data` is a DataFrame (pandas', or one that acts like it)."""
+    return hasattr(data, "columns") and hasattr(data, "iloc")
 
 
 def table(
     model: Callable[..., object],
     data: Data | object,
     *args: object,
+    categories: Mapping[str, Sequence[object]] | None = None,
     device: torch.device | str | None = None,
     **kwargs: object,
 ) -> Table:
     r"""Checks `data` against the sample sites of `model` and returns it as a :class:`Table`.
 
+    Columns of labels (a pandas categorical or text column, in a DataFrame or a dict) are
+    coded as integers: by `categories` where it is given (so that new data get the codes of the
+    fit: `categories=fit.categories`), else by the labels of the column itself, as a fit codes
+    its own data (the coding is then :attr:`Table.categories`).
+
     Arguments:
         model: A Pyro program taking the number of rows as its keyword `n`.
         data: A dict of site name to array (rows first) or a pandas DataFrame.
         args, kwargs: Other inputs of `model`.
+        categories: The labels of each label column, in the order of their codes.
         device: Where batches go; by default where the model's parameters are. The columns
             are put there when they fit (see :func:`fits`), else kept in host memory.
 
     Raises:
         ValueError: Naming the site or column, for an empty dataset, a column that is no site,
-            a site missing from the data, a wrong shape or dtype, NaN or inf, or a value outside
-            the support of the site's distribution.
+            a site missing from the data or outside the data plate, a wrong shape or dtype, NaN
+            or inf, a label not in `categories`, or a value outside the support of the site's
+            distribution.
 
     Example:
         >>> model = ppgen.dag([("a", "b")], kinds={"b": "bernoulli"})
         >>> table(model, {"a": [0.5, 1.5], "b": [1, 0]}).columns["b"]
         tensor([1., 0.])
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"a": [0.5, 1.5], "b": ["yes", "no"]})
+        >>> table(model, frame, categories={"b": ["no", "yes"]}).columns["b"]
+        tensor([1., 0.])
     """
-    categories: dict[str, list[object]] = {}
-    if hasattr(data, "columns") and hasattr(data, "iloc"):
-        data, categories = _from_frame(data)
+    return _table(model, data, args, kwargs, categories, device, latent=False)
+
+
+def _table(
+    model: Callable[..., object],
+    data: Data | object,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    categories: Mapping[str, Sequence[object]] | None,
+    device: torch.device | str | None,
+    latent: bool,
+) -> Table:
+    """:func:`table`, where `latent` lets sites be missing from the data (for a guide)."""
+    if _is_frame(data):
+        data = {str(name): series for name, series in data.items()}
     if not isinstance(data, Mapping):
         raise ValueError(
             f"Data must be a dict of site name to array or a DataFrame, not {type(data).__name__}."
@@ -158,24 +173,32 @@ def table(
                 f"Column {name!r} is not a sample site of the model (its sites: {', '.join(sites)})."
             )
     columns: dict[str, Tensor] = {}
+    labels: dict[str, list[object]] = {}
+    varying: list[str] = []  # sites whose support has tensor bounds, checked below
     rows = None
     for name, site in sites.items():
         if name not in data:
+            if latent:
+                continue
             raise ValueError(
                 f"Site {name!r} is not in the data: it is latent, so exact maximum likelihood does "
                 "not apply; fit it with ppgen.fit_svi(model, guide, data)."
             )
-        try:
-            value = torch.as_tensor(data[name])
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"Column {name!r} cannot be read as numbers: {error}") from None
         expected = site["value"]
-        if rows is None:
-            rows, first = len(value) if value.dim() else 0, name
-        if value.dim() == 0 or len(value) != rows:
+        if expected.dim() == 0 or len(expected) != 2:  # the program was run with n=2
             raise ValueError(
-                f"Column {name!r} has {len(value) if value.dim() else 0} rows but {first!r} has {rows}."
+                f"Site {name!r} is outside the data plate (one value for all rows), so it cannot "
+                "be a data column: make it a parameter, or leave it latent and give a guide."
             )
+        value, coding = _column(name, data[name], categories)
+        if coding is not None:
+            labels[name] = coding
+        if value.dim() == 0:
+            raise ValueError(f"Column {name!r} holds a single value, not one per row.")
+        if rows is None:
+            rows, first = len(value), name
+        if len(value) != rows:
+            raise ValueError(f"Column {name!r} has {len(value)} rows but {first!r} has {rows}.")
         if rows == 0:
             raise ValueError("The data have no rows.")
         if value.shape[1:] != expected.shape[1:]:
@@ -183,56 +206,138 @@ def table(
                 f"Column {name!r} has rows of shape {tuple(value.shape[1:])}, but site {name!r} "
                 f"has rows of shape {tuple(expected.shape[1:])}."
             )
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            row = int((~torch.isfinite(value)).reshape(rows, -1).any(1).nonzero()[0])
-            raise ValueError(f"Column {name!r} holds NaN or inf (row {row}).")
+        if value.is_floating_point():
+            row = _first_row(~torch.isfinite(value))
+            if row is not None:
+                raise ValueError(f"Column {name!r} holds NaN or inf (row {row}).")
         if not expected.is_floating_point() and value.is_floating_point():
             if not torch.equal(value, value.round()):
                 raise ValueError(
                     f"Column {name!r} must hold whole numbers for its {type(site['fn']).__name__} site."
                 )
+        wide = value.is_floating_point() and value.dtype.itemsize > expected.dtype.itemsize
         value = value.to(dtype=expected.dtype)
-        fn = site["fn"]
-        row = _first_outside(fn.support, value, expected.device)
+        row = _first_row(~torch.isfinite(value)) if wide and value.is_floating_point() else None
         if row is not None:
-            bad = (
-                value[row].reshape(-1)[0].item()
-                if value[row].numel() == 1
-                else value[row].tolist()
-            )
             raise ValueError(
-                f"Column {name!r} has value {bad} in row {row}, outside the support of its "
-                f"{family(fn)} distribution."
+                f"Column {name!r} holds a value beyond the range of its site's dtype, "
+                f"{str(value.dtype).removeprefix('torch.')} (row {row})."
             )
+        if _varies(site["fn"].support):
+            varying.append(name)
+        else:
+            _check_support(name, site["fn"], value, expected.device)
         columns[name] = value
+    if varying and len(columns) == len(sites):  # bounds drawn from a latent site are unknown
+        _check_varying(model, columns, varying, args, kwargs, expected.device)
     columns, device = place(columns, device, model)
-    return Table(columns, categories, device)
+    return Table(columns, labels, device)
+
+
+def _column(
+    name: str, value: object, categories: Mapping[str, Sequence[object]] | None
+) -> tuple[Tensor, list[object] | None]:
+    """A column as a tensor and, where it came as labels (a pandas categorical or text column),
+    its labels: the tensor holds their codes, by `categories[name]` where `categories` is given,
+    else by the labels of the column."""
+    pd = sys.modules.get("pandas")  # data hold pandas objects only where pandas is imported
+    labels = None
+    if pd is not None and isinstance(value, pd.Series | pd.Index):
+        kind = value.dtype
+        text = pd.api.types.is_string_dtype(kind) or pd.api.types.is_object_dtype(kind)
+        if text or isinstance(kind, pd.CategoricalDtype):
+            if categories is None:
+                coded = pd.Categorical(value)
+                labels, codes = list(coded.categories), coded.codes
+            elif name in categories:
+                labels = list(categories[name])
+                codes = pd.Index(labels).get_indexer(value)
+            else:
+                raise ValueError(f"Column {name!r} holds labels, but categories has none for it.")
+            row = _first_row(torch.from_numpy(codes < 0))
+            if row is not None:
+                label = value.to_numpy()[row]
+                if pd.isna(label):
+                    raise ValueError(f"Column {name!r} holds a missing label (row {row}).")
+                raise ValueError(
+                    f"Column {name!r} has label {label!r} in row {row}, which is not among its "
+                    f"{len(labels)} categories."
+                )
+            value = codes.astype("int64")  # a copy, as the numbers below
+        else:
+            value = value.to_numpy(copy=True)  # in order: a Series' index plays no part
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"Column {name!r} cannot be read as numbers: {error}") from None
+    if tensor.is_complex():
+        raise ValueError(f"Column {name!r} holds complex numbers; its site takes real ones.")
+    return tensor, labels
 
 
 # rows of a column checked at once on the model's device: a column need not fit there whole
 _CHECK_ELEMENTS = 1 << 22
+# rows of the program run at once to find supports that vary by row, as a fit evaluates them
+_TRACE_ROWS = 8192
 
 
-def _first_outside(
-    support: constraints.Constraint, value: Tensor, device: torch.device
-) -> int | None:
-    """The first row with a value outside the support, or `None`. The bounds of an integer
-    interval (the Categorical's) are checked on the extremes alone, the whole data being integer
-    already; other supports on `device`, a chunk of rows at a time."""
+def _first_row(bad: Tensor) -> int | None:
+    """The first row where `bad` (rows first) holds `True`, or `None`."""
+    rows = bad.flatten(1).any(1) if bad.dim() > 1 else bad
+    return int(rows.nonzero()[0]) if rows.any() else None
+
+
+def _varies(support: constraints.Constraint) -> bool:
+    """Whether a support has tensor bounds (a Binomial's `total_count`), which may vary by row."""
+    return any(
+        isinstance(v, Tensor) or (isinstance(v, constraints.Constraint) and _varies(v))
+        for v in vars(support).values()
+    )
+
+
+def _check_support(name: str, fn: Distribution, value: Tensor, device: torch.device) -> None:
+    """Raises, naming the column, at the first row outside the support of `fn` (whose bounds
+    hold for every row): a chunk of rows at a time on `device`; the bounds of an integer
+    interval (the Categorical's) on the extremes alone, the whole data being integer already."""
+    support = fn.support
     if isinstance(support, constraints.integer_interval) and not value.is_floating_point():
-        lower, upper = support.lower_bound, support.upper_bound
-        if isinstance(lower, int | float) and isinstance(upper, int | float):
-            least, most = torch.aminmax(value)  # one pass over the column
-            if bool(least >= lower) and bool(most <= upper):
-                return None
+        least, most = torch.aminmax(value)  # one pass over the column
+        if bool(least >= support.lower_bound) and bool(most <= support.upper_bound):
+            return
     step = max(1024, _CHECK_ELEMENTS // max(1, value[0].numel()))
     for start in range(0, len(value), step):
-        chunk = value[start : start + step].to(device)
-        try:
-            outside = ~support.check(chunk)
-        except RuntimeError:  # a support that varies by row cannot be checked from two rows
-            return None
-        bad = outside.reshape(len(chunk), -1).any(1)
-        if bad.any():
-            return start + int(bad.nonzero()[0])
-    return None
+        row = _first_row(~support.check(value[start : start + step].to(device)))
+        if row is not None:
+            _outside(name, fn, value, start + row)
+
+
+def _check_varying(
+    model: Callable[..., object],
+    columns: dict[str, Tensor],
+    names: list[str],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    device: torch.device,
+) -> None:
+    """Checks the sites `names`, whose supports have tensor bounds, on the program conditioned
+    on the data, where the bounds are known: a chunk of rows at a time on `device`."""
+    rows = len(columns[names[0]])
+    for start in range(0, rows, _TRACE_ROWS):
+        chunk = {k: v[start : start + _TRACE_ROWS].to(device) for k, v in columns.items()}
+        with torch.random.fork_rng(), torch.no_grad():
+            conditioned = poutine.condition(model, data=chunk)
+            trace = poutine.trace(conditioned).get_trace(*args, n=len(chunk[names[0]]), **kwargs)
+        for name in names:
+            fn = trace.nodes[name]["fn"]
+            row = _first_row(~fn.support.check(chunk[name]))
+            if row is not None:
+                _outside(name, fn, columns[name], start + row)
+
+
+def _outside(name: str, fn: Distribution, value: Tensor, row: int) -> NoReturn:
+    """Raises the error of a value outside the support, naming the column, row and family."""
+    bad = value[row].reshape(-1)[0].item() if value[row].numel() == 1 else value[row].tolist()
+    raise ValueError(
+        f"Column {name!r} has value {bad} in row {row}, outside the support of its "
+        f"{family(fn)} distribution."
+    )

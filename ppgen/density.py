@@ -2,13 +2,14 @@ r"""The queries of a generative model: density :math:`\log p(x)` and ancestral s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
 from ppgen.data import table
+from ppgen.elbo import _ARGUMENT, svi_table
 from ppgen.graph import _is_variable
 from ppgen.importance import importance_log_prob
 from ppgen.infer import ExactLogLikelihood, _device
@@ -24,6 +25,7 @@ def log_prob(
     batch_size: int = 4096,
     guide: Callable[..., object] | None = None,
     num_samples: int = 1000,
+    categories: Mapping[str, Sequence[object]] | None = None,
     device: str | torch.device | None = None,
     **kwargs: object,
 ) -> Tensor | dict[str, Tensor]:
@@ -32,7 +34,8 @@ def log_prob(
 
     Arguments:
         model: A Pyro program taking the number of rows as its keyword `n`.
-        data: A dict of site name to array (rows first) or a pandas DataFrame; checked first.
+        data: A dict of site name to array (rows first) or a pandas DataFrame; checked first,
+            as by :func:`ppgen.data.table`, with or without `guide`.
         args, kwargs: Other inputs of `model`.
         per_node: Whether to return each site's term :math:`\log p(x_i \mid \mathrm{Pa}(x_i))`
             instead of their sum.
@@ -41,6 +44,9 @@ def log_prob(
             importance-weighted bound :math:`\log \frac{1}{K} \sum_k p(x, z_k) / q(z_k \mid x)`
             of :func:`ppgen.importance.importance_log_prob`, per row.
         num_samples: The draws :math:`K` per row, with `guide`.
+        categories: The labels of each label column (a pandas categorical or text column), in
+            the order of their codes: the fit's, `fit.categories`. Data with such columns need
+            it, so that each label gets the code it had in the fit.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is): the model (and
             guide) are moved there, as by the fits, and the rows follow in batches (data
             larger than a GPU's memory stay in host memory, see :func:`ppgen.data.fits`).
@@ -62,17 +68,25 @@ def log_prob(
         )
     if guide is not None and per_node:
         raise ValueError("per_node needs a fully observed model; with a guide it is undefined.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be a positive number of draws, not {num_samples}.")
     device = _device(model, device)
     if guide is not None:
         _device(guide, device)
-        if device is not None:
-            data = (
-                data.to(device)
-                if isinstance(data, Tensor)
-                else {name: torch.as_tensor(v, device=device) for name, v in data.items()}
-            )
+        rows = svi_table(model, data, args, kwargs, device, categories=categories)
+    else:
+        rows = table(model, data, *args, categories=categories, device=device, **kwargs)
+    if categories is None and rows.categories:
+        raise ValueError(
+            f"Column {next(iter(rows.categories))!r} holds labels, and log_prob needs the codes "
+            "they had in the fit: pass categories=fit.categories."
+        )
+    if guide is not None:
+        batch = rows.rows(slice(None))
+        data = batch.get(_ARGUMENT, batch)
         return importance_log_prob(model, guide, data, *args, num_samples=num_samples, **kwargs)
-    rows = table(model, data, *args, device=device, **kwargs)
     objective = ExactLogLikelihood(model, rows.rows(slice(0, 64)), *args, **kwargs)
     parts: dict[str, list[Tensor]] = {}
     with torch.no_grad():
@@ -99,11 +113,11 @@ def sample(
 
     Arguments:
         model: A Pyro program taking the number of rows as its keyword `n`.
-        n: The number of rows.
+        n: The number of rows, at least 1.
         args, kwargs: Other inputs of `model`.
         as_frame: Whether to return a pandas DataFrame (one column per site with scalar rows).
-        categories: For `as_frame`, the label of each integer code of a column, e.g. from
-            `ppgen.data.table(model, frame).categories`.
+        categories: For `as_frame`, the labels of each integer code of a column: the fit's,
+            `fit.categories` (as :func:`log_prob` takes them).
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is); the model is moved
             there, as by the fits, and the draws are made there.
 
@@ -115,6 +129,8 @@ def sample(
         >>> sorted(rows), rows["b"].shape
         (['a', 'b'], torch.Size([5]))
     """
+    if n < 1:
+        raise ValueError(f"n must be a positive number of rows, not {n}.")
     _device(model, device)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
@@ -125,12 +141,14 @@ def sample(
 
     columns = {}
     for name, value in values.items():
-        if value.dim() != 1:
+        if value.shape != (n,):
             raise ValueError(
-                f"Site {name!r} has rows of shape {tuple(value.shape[1:])}; as_frame needs "
-                "one number per row."
+                f"Site {name!r} has values of shape {tuple(value.shape)}; as_frame needs one "
+                f"number per row, shape ({n},)."
             )
         column = value.cpu().numpy()
         labels = (categories or {}).get(name)
-        columns[name] = pd.Categorical.from_codes(column, labels) if labels else column
+        columns[name] = (
+            pd.Categorical.from_codes(column.astype("int64"), labels) if labels else column
+        )
     return pd.DataFrame(columns)

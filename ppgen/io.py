@@ -19,6 +19,7 @@ import importlib
 import inspect
 import itertools
 import json
+import numbers
 import os
 import struct
 import sys
@@ -69,8 +70,9 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
         The path written.
 
     Raises:
-        ValueError: Naming the argument, for a constructor argument that is not a JSON value,
-            or when `model` is not a :class:`ppgen.Model`.
+        ValueError: Naming the argument, for a constructor argument that is not a JSON value
+            (numpy's numbers are converted), when `model` is not a :class:`ppgen.Model`, or
+            naming the folder, when `path`'s folder does not exist.
 
     Example:
         >>> import tempfile, pathlib
@@ -185,9 +187,9 @@ def _encode(value: object, where: str) -> object:
     exactly (a module by its class and arguments; its weights are in the model's)."""
     if value is None or isinstance(value, bool | str):
         return value
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # numpy's integers too
         return int(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, tuple):
         return {"__tuple__": [_encode(v, where) for v in value]}
@@ -297,6 +299,10 @@ def _find_class(path: Path, name: str, base: type[nn.Module] = Model) -> type[nn
 
 def _write(path: Path, tensors: Mapping[str, Tensor], description: dict[str, object]) -> Path:
     """Writes tensors and a description as one safetensors file, atomically."""
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"The folder {path.parent} does not exist; create it to write {path.name}."
+        )
     text = json.dumps(description, sort_keys=True)
     # independent, contiguous CPU copies: safetensors refuses tensors that share memory
     plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}

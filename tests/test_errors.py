@@ -4,6 +4,8 @@ the model's parameters and the user's files are unchanged."""
 import re
 from collections.abc import Callable
 
+import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -135,6 +137,112 @@ def test_negative_value_for_a_positive_distribution():
         "Column 'x' has value -2.0 in row 1, outside the support of its Exponential distribution.",
         model,
     )
+
+
+class PerRowBinomial(ppgen.Model):
+    """x_i ~ Binomial(i, 1/2): a support whose bound differs by row."""
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Binomial(torch.arange(1.0, n + 1), 0.5))
+
+
+def test_value_outside_a_per_row_support():
+    model = PerRowBinomial()
+    message = "Column 'x' has value 5.0 in row 1, outside the support of its Binomial"
+    _unchanged(lambda: ppgen.log_prob(model, {"x": [1, 5, 1]}), message, model)
+    _unchanged(_fit(model, {"x": [1, 5, 1]}), message, model)
+    expected = dist.Binomial(torch.tensor([1.0, 2.0, 3.0]), 0.5).log_prob(torch.tensor([1, 2, 0]))
+    assert torch.allclose(ppgen.log_prob(model, {"x": [1, 2, 0]}), expected, rtol=0, atol=1e-12)
+
+
+class Trials(ppgen.Model):
+    """k ~ Uniform{0, ..., 3}, x | k ~ Binomial(k, 1/2): the bound of x is its parent's value."""
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            k = pyro.sample("k", dist.Categorical(torch.ones(4)))
+            pyro.sample("x", dist.Binomial(k.to(torch.float64), 0.5))
+
+
+def test_value_outside_a_support_bounded_by_a_parent(monkeypatch):
+    monkeypatch.setattr(ppgen.data, "_TRACE_ROWS", 2)  # the rows are checked two at a time
+    model, data = Trials(), {"k": [3, 3, 1, 2, 0], "x": [1, 2, 0, 3, 0]}
+    message = "Column 'x' has value 3.0 in row 3, outside the support of its Binomial"
+    _unchanged(lambda: ppgen.log_prob(model, data), message, model)
+
+
+def test_value_beyond_float32_and_complex_values():
+    model = _model().float()
+    big = np.array([0.5, 1e39, 2.0])  # float64, finite, but inf in float32
+    message = "Column 'c' holds a value beyond the range of its site's dtype, float32 (row 1)."
+    _unchanged(_fit(model, {**GOOD, "c": big}), re.escape(message), model)
+    _unchanged(lambda: ppgen.log_prob(model, {**GOOD, "c": big}), re.escape(message), model)
+    complex_values = np.array([0.5, 1.0 + 1.0j, 2.0])
+    message = "Column 'c' holds complex numbers; its site takes real ones."
+    _unchanged(_fit(model, {**GOOD, "c": complex_values}), message, model)
+
+
+class GlobalMean(ppgen.Model):
+    """mu ~ N(0, 1) once, outside the plate; x_i | mu ~ N(mu, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mu = Root(dist.Normal)
+
+    def forward(self, n=1):
+        mu = pyro.sample("mu", self.mu())
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(mu, 1.0))
+
+
+def test_site_outside_the_data_plate_and_a_single_value():
+    model = GlobalMean()
+    message = re.escape("Site 'mu' is outside the data plate (one value for all rows), so it")
+    _unchanged(lambda: ppgen.log_prob(model, ppgen.sample(model, 3)), message, model)
+    _unchanged(_fit(model, {"mu": 0.5, "x": [0.0, 1.0]}), message, model)
+    message = re.escape("Site 'mu' has values of shape (); as_frame needs one number per row")
+    _unchanged(lambda: ppgen.sample(model, 3, as_frame=True), message, model)
+    model = _model()
+    message = "Column 'c' holds a single value, not one per row."
+    _unchanged(lambda: ppgen.log_prob(model, {**GOOD, "c": 0.5}), message, model)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            lambda m: ppgen.log_prob(m, GOOD, batch_size=0),
+            "batch_size must be a positive number of rows, not 0.",
+        ),
+        (
+            lambda m: ppgen.log_prob(m, GOOD, num_samples=0),
+            "num_samples must be a positive number of draws, not 0.",
+        ),
+        (lambda m: ppgen.sample(m, 0), "n must be a positive number of rows, not 0."),
+        (lambda m: ppgen.sample(m, -1), "n must be a positive number of rows, not -1."),
+    ],
+    ids=["batch_size", "num_samples", "n=0", "n=-1"],
+)
+def test_sizes_below_one(query, message):
+    model = _model()
+    _unchanged(lambda: query(model), message, model)
+
+
+def test_labels_are_coded_by_the_fits_categories_or_refused():
+    model, categories = _model(), {"b": ["x", "y", "z"]}
+    frame = pd.DataFrame({**GOOD, "b": ["z", "purple", "x"]})
+    message = "Column 'b' has label 'purple' in row 1, which is not among its 3 categories."
+    _unchanged(lambda: ppgen.log_prob(model, frame, categories=categories), message, model)
+    frame = pd.DataFrame({**GOOD, "b": pd.Categorical(["z", None, "x"])})
+    message = re.escape("Column 'b' holds a missing label (row 1).")
+    _unchanged(lambda: ppgen.log_prob(model, frame, categories=categories), message, model)
+    _unchanged(_fit(model, frame), message, model)
+    frame = pd.DataFrame({**GOOD, "b": ["z", "y", "x"]})
+    message = "Column 'b' holds labels, and log_prob needs the codes they had in the fit: pass"
+    _unchanged(lambda: ppgen.log_prob(model, frame), message, model)
+    message = "Column 'b' holds labels, but categories has none for it."
+    _unchanged(lambda: ppgen.log_prob(model, frame, categories={}), message, model)
 
 
 def test_latent_site_given_to_fit_mle():

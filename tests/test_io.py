@@ -1,7 +1,9 @@
 import json
 import pickle
+import re
 import struct
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -85,6 +87,22 @@ def test_non_json_argument_is_named_and_nothing_written(tmp_path):
     model = Scaled(3, labels=torch.zeros(2))
     with pytest.raises(ValueError, match=r"argument 'labels' of Scaled is a Tensor"):
         save(model, tmp_path / "m.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_numpy_numbers_are_saved_as_json_numbers(tmp_path):
+    model = ppgen.dag([("a", "b")], kinds={"a": "categorical"}, cardinalities={"a": np.int64(3)},
+                      hidden=(np.int64(4),))  # fmt: skip
+    loaded = load(save(model, tmp_path / "m.safetensors"))
+    assert describe(tmp_path / "m.safetensors")["args"][3] == {"__dict__": {"a": 3}}
+    assert _same_state(model, loaded) and loaded.cardinalities == {"a": 3}
+
+
+def test_save_into_a_missing_folder_names_it(tmp_path):
+    folder = tmp_path / "missing"
+    message = f"The folder {folder} does not exist; create it to write m.safetensors."
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        save(ppgen.dag([("a", "b")], hidden=(2,)), folder / "m.safetensors")
     assert not list(tmp_path.iterdir())
 
 
