@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -21,7 +21,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
-from ppgen.data import Table, place, table
+from ppgen.data import Table, _is_frame, _table, place
 from ppgen.graph import _is_variable, _unweighted, trace_calls
 from ppgen.importance import _log_weights
 from ppgen.nn import Node
@@ -66,7 +66,8 @@ class ELBOObjective(nn.Module):
         self.rows, self.plate = rows, None  # the plate of the rows, found by prepare
         self.observed, self.argument = observed, argument
         self.num_particles, self.iwae = num_particles, elbo == "iwae"
-        if guide == "auto_normal" or guide == "auto_delta":
+        self.auto = guide in ("auto_normal", "auto_delta")
+        if self.auto:
             prototype = model if self.argument else poutine.block(model, hide=observed)
             guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
         self.guide = guide
@@ -85,17 +86,31 @@ class ELBOObjective(nn.Module):
         It is known when every site's distribution is returned by a :class:`~ppgen.nn.Node`
         called on the values of other sites or on the programs' inputs, unmasked and unscaled,
         and every guide site is reparameterised. The fast ELBO is then checked against Pyro's,
-        on the same draws; on any doubt the objective keeps Pyro's ELBO. With `rows`, it first
-        finds the plate of the rows, if latent sites lie outside it (then Pyro's ELBO scales
-        them, and there is no fast path).
+        on the same draws; on any doubt the objective keeps Pyro's ELBO. It first finds the
+        plate of the rows: with `rows`, where latent sites lie outside it, Pyro's ELBO scales
+        them (and there is no fast path).
+
+        Raises:
+            ValueError: For an auto guide of a latent site inside the plate of the rows: its
+                parameters would be those of a position in a batch, not of a row.
         """
-        if self.iwae:
-            return False
         with torch.random.fork_rng(), torch.no_grad():
             self.plate = None
-            self.plate = None if self.rows is None else self._outer_latents(probe)
-            if self.plate is not None:
-                return False
+            plate, latent = self._plate_of_rows(probe)
+        inside = [
+            n for n, s in latent.items() if any(f.name == plate for f in s["cond_indep_stack"])
+        ]
+        if self.auto and plate is not None and inside:
+            raise ValueError(
+                f"Site {inside[0]!r} is latent inside the plate of the rows {plate!r}, where an "
+                "auto guide learns a value per position in a batch, not per row; write a guide "
+                "that maps each row to its site (amortised, as VAE.guide does)."
+            )
+        if self.rows is not None and plate is not None and len(inside) < len(latent):
+            self.plate = plate  # latent sites outside it: scaled by each batch's share
+        if self.iwae or self.plate is not None:
+            return False
+        with torch.random.fork_rng(), torch.no_grad():
             self.plan = self._structure(probe)
             if self.plan is not None:
                 seed = int(torch.randint(2**31, ()))
@@ -160,8 +175,9 @@ class ELBOObjective(nn.Module):
             return None
         return guide, model
 
-    def _outer_latents(self, probe: dict[str, Tensor]) -> str | None:
-        """The name of the plate of the rows, where latent sites of the model lie outside it.
+    def _plate_of_rows(self, probe: dict[str, Tensor]) -> tuple[str | None, dict[str, dict]]:
+        """The name of the plate of the rows (`None` where none is found) and the model's
+        latent sites by name.
 
         It is the plate of the probe's size around every observed site; a second probe, one row
         shorter, settles a tie with another plate of that size.
@@ -179,16 +195,8 @@ class ELBOObjective(nn.Module):
             found = common if found is None else found & common
             if len(found) <= 1:
                 break
-        if found is None or len(found) != 1:
-            return None
-        (plate,) = found
-        outside = [
-            site
-            for site in sites
-            if not site["is_observed"]
-            and all(f.name != plate for f in site["cond_indep_stack"])
-        ]
-        return plate if outside else None
+        latent = {site["name"]: site for site in sites if not site["is_observed"]}
+        return (found.pop() if found is not None and len(found) == 1 else None), latent
 
     def _share(self, program: Callable[..., object], batch: dict[str, Tensor]) -> Callable:
         """`program` with its sites outside the plate of the rows scaled by the batch's share."""
@@ -324,12 +332,15 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
 
 def svi_table(
     model: Callable[..., object],
-    data: Mapping[str, object] | Tensor,
+    data: Mapping[str, object] | Tensor | object,
     args: tuple[object, ...],
     kwargs: dict[str, object],
     device: torch.device | None,
+    *,
+    categories: Mapping[str, Sequence[object]] | None = None,
 ) -> Table:
-    """Checks the observed columns of a model with latent sites, or wraps a tensor.
+    """Checks the observed columns (a dict or a DataFrame, as :func:`ppgen.data.table` does,
+    `categories` included) of a model with latent sites, or wraps a tensor.
 
     Example:
         >>> vae = ppgen.models.VAE(4, 2, hidden=(8,))
@@ -341,15 +352,9 @@ def svi_table(
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
         columns, device = place({_ARGUMENT: data}, device, model)
         return Table(columns, device=device)
-    if not isinstance(data, Mapping):
-        raise ValueError(f"Data must be a tensor or a dict of site name to array, not {data!r}.")
-    with torch.random.fork_rng(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
-    sites = [name for name, site in trace.nodes.items() if _is_variable(site)]
-    for name in data:
-        if name not in sites:
-            raise ValueError(
-                f"Column {name!r} is not a sample site of the model (its sites: {', '.join(sites)})."
-            )
-    latent = [name for name in sites if name not in data]
-    return table(poutine.block(model, hide=latent), data, *args, device=device, **kwargs)
+    if not isinstance(data, Mapping) and not _is_frame(data):
+        raise ValueError(
+            "Data must be a tensor, a dict of site name to array or a DataFrame, not "
+            f"{type(data).__name__}."
+        )
+    return _table(model, data, args, kwargs, categories, device, latent=True)

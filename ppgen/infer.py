@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,9 @@ class FitResult:
             epoch whose parameters were kept.
         closed_form: The sites solved exactly, without gradient steps.
         seconds: The wall-clock time of the fit.
-        categories: The labels of the data's categorical columns, for
-            `ppgen.sample(..., as_frame=True, categories=fit.categories)`.
+        categories: The labels of the data's categorical columns, in the order of their codes,
+            for `ppgen.sample(..., as_frame=True, categories=fit.categories)` and
+            `ppgen.log_prob(model, frame, categories=fit.categories)`.
         interrupted: Whether the fit was stopped by Ctrl-C (the model then holds the best
             parameters reached so far).
     """
@@ -170,7 +172,10 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
     Tabular nodes take the empirical conditional frequencies (a parent configuration never seen
     gets the uniform distribution), linear-Gaussian nodes least squares and the biased residual
     standard deviation, and roots of the Normal, Bernoulli and Categorical families their
-    sample statistics.
+    sample statistics over every value of the site (its rows, and the plates inside them). A
+    frequency of 0 is the log-probability :math:`-\infty` of a table and the logit
+    :math:`-\infty` of a categorical root; a Bernoulli root's frequency of 0 or 1 is the logit
+    :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`).
 
     Returns:
         Whether the module was solved; `False` leaves it untouched, for gradient ascent.
@@ -253,36 +258,48 @@ def _solve_normal_equations(module: LinearGaussian, design: Tensor, y: Tensor) -
     return _set_linear_gaussian(module, coef, sigma)
 
 
-def _mean(value: Tensor) -> Tensor:
-    """The mean over the rows, of every rank's rows under a process group."""
+def _mean(value: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The mean over `dims` (the rows first), of every rank's rows under a process group."""
     if distributed.active() is None:
-        return value.mean(0)
-    rows = torch.tensor(float(len(value)), dtype=value.dtype, device=value.device)
-    return distributed.all_reduce(value.sum(0)) / distributed.all_reduce(rows)
+        return value.mean(dims)
+    count = math.prod(value.shape[d] for d in dims)
+    rows = torch.tensor(float(count), dtype=value.dtype, device=value.device)
+    return distributed.all_reduce(value.sum(dims)) / distributed.all_reduce(rows)
+
+
+# The logit of a probability of 1 (its opposite: of 0). torch's Bernoulli has no log-density at
+# an infinite logit; at ±1000 it is certain in every float dtype: exp(-1000) is 0 in float64.
+_CERTAIN = 1000.0
 
 
 def _solve_root(module: Root, value: Tensor) -> bool:
+    """Sets a root's η to its maximum-likelihood value on every value of its site: the rows
+    and any plate dimensions beside them share the one parameter, split only along the root's
+    event dimensions."""
     head = module.head
     if not head.params:  # every parameter is fixed
         return True
     value = value.to(module.eta.dtype)
-    stats: dict[str, Tensor] = {}
+    dims = tuple(range(value.dim() - len(head.event_shape)))  # the rows and the plates'
     if head.family is dist.Normal:
-        loc = torch.as_tensor(head.fixed.get("loc", _mean(value)), dtype=value.dtype)
-        stats = {"loc": loc, "scale": _mean((value - loc).pow(2)).sqrt()}
-        if (stats["scale"] <= 0).any():
+        fixed = {
+            name: torch.as_tensor(v, dtype=value.dtype, device=value.device)
+            for name, v in head.fixed.items()
+        }
+        loc = fixed.get("loc")
+        if loc is None:  # each value weighs its precision: one weight, unless scales are fixed
+            weight = fixed.get("scale", value.new_ones(())).pow(-2).expand_as(value)
+            loc = _mean(weight * value, dims) / _mean(weight, dims)
+        stats = {"loc": loc, "scale": _mean((value - loc).pow(2), dims).sqrt()}
+        if "scale" not in fixed and (stats["scale"] <= 0).any():
             return False
     elif head.family is dist.Bernoulli:
-        p = _mean(value)
-        if ((p <= 0) | (p >= 1)).any():
-            return False
-        stats = {"logits": p.log() - (-p).log1p()}
+        p = _mean(value, dims)
+        stats = {"logits": (p.log() - (-p).log1p()).clamp(-_CERTAIN, _CERTAIN)}
     elif head.family is dist.Categorical:
-        counts = distributed.all_reduce(F.one_hot(value.long(), head.cardinality).sum(0))
-        counts = counts.to(value.dtype)
-        if (counts == 0).any():
-            return False
-        stats = {"logits": (counts.log() - counts[..., -1:].log())[..., :-1]}
+        counts = F.one_hot(value.long(), head.cardinality).sum(dims)
+        counts = distributed.all_reduce(counts).to(value.dtype)
+        stats = {"logits": counts.log() - counts.sum(-1, keepdim=True).log()}  # log 0 = -inf
     else:
         return False
     parts = [transform.inv(stats[name]).reshape(-1) for name, _, transform, _ in head.params]
@@ -585,6 +602,31 @@ def _device(model: object, device: str | torch.device | None) -> torch.device | 
     return torch.device(device) if device is not None else None
 
 
+def _parameters(run: Callable[[], object], *programs: object) -> list[nn.Parameter]:
+    """The trainable tensors of `programs`, each once: the unconstrained values of the
+    `pyro.param`s that `run()` reads (creating them), then the parameters of the programs that
+    are modules or a module's bound methods."""
+    with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
+        run()
+    found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
+    for program in programs:
+        owner = getattr(program, "__self__", program)  # a bound method's module
+        found += list(owner.parameters()) if isinstance(owner, nn.Module) else []
+    return list({id(p): p for p in found if p.requires_grad}.values())
+
+
+def _check_columns(val: object, data: Table) -> None:
+    """Raises, naming it, for a site of the training rows that the validation data (a dict
+    or a DataFrame) lack, which :func:`~ppgen.data.table` would call latent."""
+    names = {str(c) for c in val.columns} if hasattr(val, "iloc") else val
+    if isinstance(names, Mapping | set):
+        for name in data.columns:
+            if name not in names:
+                raise ValueError(
+                    f"The validation data lack column {name!r}, which the training data have."
+                )
+
+
 def fit_mle(
     model: Callable[..., object],
     data: Mapping[str, object] | object,
@@ -607,11 +649,14 @@ def fit_mle(
     Tabular, linear-Gaussian and root (Normal, Bernoulli, Categorical) nodes are solved in
     closed form; the other parameters by minibatch Adam on the exact log-likelihood. Each node's
     parameters enter only its own term, so early stopping on `val` is per node, and each node
-    keeps its best validation epoch. The data are checked first; on bad data the model is left
+    keeps its best validation epoch; a module that makes several sites is fitted by steps on
+    all their terms together. The data are checked first; on bad data the model is left
     untouched.
 
     Arguments:
-        model: A Pyro program taking the number of rows as its keyword `n`.
+        model: A Pyro program taking the number of rows as its keyword `n`: a `ppgen.Model`,
+            any `PyroModule` or a function. Its module parameters and the `pyro.param`s it
+            reads are fitted.
         data: A dict of site name to array (rows first) or a pandas DataFrame.
         args, kwargs: Other inputs of `model`.
         epochs, batch_size, lr: The Adam budget for neural nodes.
@@ -636,37 +681,49 @@ def fit_mle(
         ['a', 'b']
     """
     start = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
     _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
     data = table(model, data, *args, device=device, **kwargs)
-    val = table(model, val, *args, device=device, **kwargs) if val is not None else None
+    if val is not None:
+        _check_columns(val, data)
+        val = table(model, val, *args, categories=data.categories, device=device, **kwargs)
     _device(model, device)
-    objective = ExactLogLikelihood(model, data.rows(slice(0, 64)), *args, **kwargs)
+    probe = data.rows(slice(0, 64))
+    objective = ExactLogLikelihood(model, probe, *args, **kwargs)
     closed: list[str] = []
     sums: dict[str, Tensor] = {}  # the training rows' log-likelihood per site, where counted
     if objective.factors is not None:
         group = distributed.active()  # each rank counts its own rows, and the counts are summed
         own = slice(None) if group is None else slice(group[0], None, group[1])
+        uses = Counter(id(m) for m, _ in objective.factors.values())
         for name, (module, parents) in objective.factors.items():  # one node's columns at a time
+            if uses[id(module)] > 1:  # one module, several sites: steps fit it on all their terms
+                continue
             value, parent_values = data.column(name, own), [data.column(p, own) for p in parents]
             solved, total = _solve(module, value, parent_values)
             if solved:
                 closed.append(name)
             if total is not None:
                 sums[name] = total
-        neural = {n: m for n, (m, _) in objective.factors.items() if n not in closed}
-        if len({id(m) for m in neural.values()}) == len(neural):
-            groups = {n: (list(m.parameters()), [n]) for n, m in neural.items()}
-        else:  # a module shared by several sites: its terms are trained together
-            groups = {"all": ([p for m in neural.values() for p in m.parameters()], list(neural))}
-    else:
-        groups = {"all": (list(model.parameters()), list(data.columns))}
+        neural = {
+            n: list(m.parameters()) for n, (m, _) in objective.factors.items() if n not in closed
+        }
+        unique = {id(p): p for ps in neural.values() for p in ps}
+        if len(unique) == sum(map(len, neural.values())):
+            groups = {n: (ps, [n]) for n, ps in neural.items()}
+        else:  # a parameter shared by several sites: their terms are trained together
+            groups = {"all": (list(unique.values()), list(neural))}
+    else:  # the model's parameters, and the pyro.params the program reads
+        groups = {"all": (_parameters(lambda: objective(probe), model), list(data.columns))}
     groups = {n: (ps, terms) for n, (ps, terms) in groups.items() if ps}
     trained = {t for _, terms in groups.values() for t in terms}
     constant = [s for s in objective.factors or () if s not in trained]  # no step changes them
     trainable = {p for ps, _ in groups.values() for p in ps}
-    fixed = [p for p in model.parameters() if p.requires_grad and p not in trainable]
+    exact = [objective.factors[name][0] for name in closed]
+    fixed = [p for m in exact for p in m.parameters() if p.requires_grad and p not in trainable]
     for p in fixed:  # closed-form nodes still count in the history, but take no gradients
         p.requires_grad_(False)
     try:
@@ -783,28 +840,46 @@ def fit_svi(
     distributed.init_from_env(device)
     argument = isinstance(data, Tensor)
     data = svi_table(model, data, args, kwargs, device)
-    val = svi_table(model, val, args, kwargs, device) if val is not None else None
+    if val is not None:
+        val = svi_table(model, val, args, kwargs, device, categories=data.categories)
     _device(model, device)
     observed = list(data.columns)
     objective = ELBOObjective(
         model, guide, elbo, num_particles, observed, argument, args, kwargs, rows=len(data)
     )
     _device(objective.guide, device)
-    with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
-        objective(data.rows(slice(0, batch_size)))  # creates the auto guides' parameters
-    objective.prepare(data.rows(slice(0, batch_size)))
-    found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
-    for program in (model, objective.guide):
-        owner = getattr(program, "__self__", program)  # a bound method's module
-        found += list(owner.parameters()) if isinstance(owner, nn.Module) else []
-    unique = list({id(p): p for p in found if p.requires_grad}.values())
+    probe = data.rows(slice(0, batch_size))
+    unique = _parameters(lambda: objective(probe), model, objective.guide)  # auto guides' too
+    objective.prepare(probe)
     with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
-        return train(
+        result = train(
             objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
             progress=progress, description="fit_svi", checkpoint=checkpoint,
             every=checkpoint_every, resume=resume,
         )  # fmt: skip
+    result.categories = data.categories
+    return result
+
+
+def _check_gan_rows(gan: nn.Module, data: Table, val: Table | None) -> None:
+    """Checks, before any step, that the generator's rows, the data and `val` agree in shape
+    and that `val` has the two rows an MMD² needs."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        made = tuple(gan.generator(gan.prior(2).sample()).shape[1:])
+    shapes = {
+        name: next(iter(t.columns.values())).shape
+        for name, t in [("data", data), ("val", val)]
+        if t is not None
+    }
+    if "val" in shapes and shapes["val"][0] < 2:
+        raise ValueError("val must have at least 2 rows to compare with the samples, not 1.")
+    for name, shape in shapes.items():
+        if tuple(shape[1:]) != made:
+            raise ValueError(
+                f"The {name} rows have shape {tuple(shape[1:])}, but the generator makes rows of "
+                f"shape {made}."
+            )
 
 
 def fit_gan(
@@ -882,6 +957,7 @@ def fit_gan(
     distributed.init_from_env(device)
     rows = svi_table(gan, data, (), {}, device)
     held_out = svi_table(gan, val, (), {}, device) if val is not None else None
+    _check_gan_rows(gan, rows, held_out)
     objective = GANObjective(
         gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas, r1=r1, samples=val_samples,
         average=average,

@@ -169,7 +169,11 @@ def recording_calls() -> Iterator[list[Call]]:
 
 
 class _Head:
-    """Maps a flat unconstrained vector η of shape (*, size) to a distribution of a family."""
+    """Maps a flat unconstrained vector η of shape (*, size) to a distribution of a family.
+
+    A vector of logits has k - 1 entries in η, the last category's logit fixed at 0 (a
+    network's outputs); with `reference=False`, all k (a root's: see :class:`Root`).
+    """
 
     def __init__(
         self,
@@ -177,8 +181,10 @@ class _Head:
         cardinality: int | None,
         event_shape: Sequence[int],
         fixed: dict[str, object],
+        reference: bool = True,
     ) -> None:
         self.family, self.cardinality, self.fixed = family, cardinality, fixed
+        self.reference = reference
         self.event_shape = tuple(event_shape)
         # a property, not a dict, where the constraints depend on the values (e.g. Uniform)
         arg_constraints = vars(family).get("arg_constraints", family.arg_constraints)
@@ -200,10 +206,16 @@ class _Head:
                 raise ValueError(f"{family.__name__}'s parameter '{name}' cannot be learned here.")
             if vector and (cardinality is None or cardinality < 2):
                 raise ValueError(f"{family.__name__} needs cardinality=k (k >= 2).")
-            shape = self.event_shape + ((cardinality - 1,) if vector else ())
+            logits = (cardinality - 1 if reference else cardinality,) if vector else ()
+            shape = self.event_shape + logits
             self.params.append((name, shape, _transform(constraint), vector))
         self.sizes = [math.prod(shape) for _, shape, _, _ in self.params]
         self.size = sum(self.sizes)
+        # the free entries: without a reference, one logit a vector is redundant
+        self.free = [
+            size - (math.prod(shape[:-1]) if vector and not reference else 0)
+            for (_, shape, _, vector), size in zip(self.params, self.sizes, strict=True)
+        ]
         self.scalar = all(shape == () for _, shape, _, _ in self.params)  # one column each
         self._constant = not any(isinstance(value, Tensor) for value in fixed.values())
         self._cache: dict[tuple[torch.dtype, torch.device, torch.Size], dist.Distribution] = {}
@@ -239,7 +251,7 @@ class _Head:
             ]
         for (name, _, transform, vector), part in zip(self.params, parts, strict=True):
             value = transform(part)
-            if vector:  # the last category is the reference: its logit is fixed at 0
+            if vector and self.reference:  # the last category's logit is fixed at 0
                 value = F.pad(value, (0, 1))
             kwargs[name] = value
         d = self.family(**kwargs, validate_args=False)
@@ -314,6 +326,14 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh) ->
 class Root(Node):
     r"""A node without parents: its parameters :math:`\eta` are learned directly.
 
+    A categorical root keeps a logit for each of its :math:`k` categories (:math:`k - 1` are
+    free: adding a constant to all changes nothing), so that, as in a :class:`Tabular`, a
+    category of probability 0 has the logit :math:`-\infty`: the maximum-likelihood logits
+    of :func:`ppgen.fit_mle` are the log-frequencies, :math:`-\infty` for a category the data
+    never show. A Bernoulli root's probability of 0 or 1 has the logit :math:`\mp 1000`
+    instead: torch's Bernoulli has no log-density at an infinite logit, and at :math:`\pm 1000`
+    it is certain in every float dtype (the impossible value's log-density is -1000).
+
     Arguments:
         family: A Pyro distribution class, e.g. `dist.Normal`, `dist.Bernoulli`.
         cardinality: The number of categories, for `dist.Categorical`.
@@ -338,11 +358,29 @@ class Root(Node):
         **fixed: object,
     ) -> None:
         super().__init__()
-        self.head = _Head(family, cardinality, event_shape, fixed)
+        self.head = _Head(family, cardinality, event_shape, fixed, reference=False)
         self.eta = nn.Parameter(self.head.initial())
 
     def distribution(self) -> dist.Distribution:
         return self.head(self.eta)
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.head.free) if self.eta.requires_grad else 0
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Tensor], prefix: str, *args: object, **kwargs: object
+    ) -> None:
+        # files saved by earlier ppgen hold k - 1 logits a vector, the last category's 0 implied
+        eta = state_dict.get(f"{prefix}eta")
+        if eta is not None and eta.shape == (sum(self.head.free),) != self.eta.shape:
+            saved = zip(eta.split(self.head.free), self.head.params, strict=True)
+            parts = [
+                F.pad(part.reshape(*shape[:-1], -1), (0, 1)).reshape(-1) if vector else part
+                for part, (_, shape, _, vector) in saved
+            ]
+            state_dict[f"{prefix}eta"] = torch.cat(parts)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{self.head.family.__name__}, n_params={self.n_params}"

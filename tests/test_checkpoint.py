@@ -5,8 +5,10 @@ import sys
 import time
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch.distributions import constraints
 
 import ppgen
 from ppgen.io import LoadError
@@ -154,3 +156,30 @@ def test_ctrl_c_keeps_the_last_epoch_and_warns(monkeypatch):
     assert fit.interrupted and len(fit.history) == 2
     reference, _ = _fit(64, 2)
     assert _equal(model, reference)
+
+
+def test_resume_fits_pyro_params_exactly(tmp_path):
+    """The pyro.params of a function are trained, checkpointed and resumed as a module's."""
+
+    def located(n=1):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(loc, scale))
+
+    pyro.set_rng_seed(1)
+    data = {"x": 3.0 + 2.0 * torch.randn(64)}
+
+    def fit(epochs: int, **options) -> list[float]:
+        pyro.clear_param_store()  # each fit starts afresh: a resumed one from its checkpoint
+        pyro.set_rng_seed(2)
+        ppgen.fit_mle(located, data, epochs=epochs, batch_size=16, lr=0.05, progress=False,
+                      **options)  # fmt: skip
+        values = [pyro.param(name).item() for name in ("loc", "scale")]
+        pyro.clear_param_store()
+        return values
+
+    reference = fit(6)
+    fit(3, checkpoint=tmp_path)
+    assert fit(6, checkpoint=tmp_path, resume=True) == reference
+    assert reference[0] > 0.5  # 24 steps of 0.05 from 0 toward 3

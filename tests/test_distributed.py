@@ -6,15 +6,19 @@ import subprocess
 import sys
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed
+from test_infer import Pixels
+from torch.distributions import constraints
 
 import ppgen
 from ppgen.elbo import ELBOObjective
 from ppgen.io import describe
 from ppgen.models import GAN, VAE
 from ppgen.models.gan import GANObjective, MLPDiscriminator, MLPGenerator
+from ppgen.nn import Root
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is unavailable"
@@ -43,7 +47,10 @@ dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=ra
                         world_size={world}, timeout=datetime.timedelta(seconds=60))
 sys.path.insert(0, {tests!r})
 from test_distributed import _neural, _closed, _vae, _gan, _nonfinite, _gan_nonfinite
+from test_distributed import _located, _pixels
 results = {{}}
+results["located"] = _located(batch_size={batch})
+results["pixels"] = _pixels().state_dict()
 model, fit = _neural(batch_size={batch}, checkpoint=f"{{out}}/checkpoint{{rank}}")
 results["neural"], results["history"] = model.state_dict(), fit.history
 results["closed"] = _closed()[0].state_dict()
@@ -84,6 +91,32 @@ def _closed():
     pyro.set_rng_seed(0)
     model = ppgen.dag(**CLOSED)
     return model, ppgen.fit_mle(model, data, progress=False)
+
+
+def _program(n=1):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    with pyro.plate("rows", n):
+        pyro.sample("x", dist.Normal(loc, scale))
+
+
+def _located(batch_size: int) -> dict:
+    """The pyro.params of a function, fitted on 255 rows (shares of 128 and 127)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(5)
+    x = 3.0 + 2.0 * torch.randn(255)
+    pyro.set_rng_seed(2)
+    ppgen.fit_mle(_program, {"x": x}, epochs=2, batch_size=batch_size, lr=0.05, progress=False)
+    return {name: pyro.param(name).detach().clone() for name in ("loc", "scale")}
+
+
+def _pixels():
+    """A root shared by the 4 pixels of 101 rows, solved from the values of every rank."""
+    pyro.set_rng_seed(6)
+    x = 1.0 + 2.0 * torch.randn(101, 4)
+    model = Pixels(Root(dist.Normal))
+    ppgen.fit_mle(model, {"x": x}, progress=False)
+    return model
 
 
 def _vae_setup():
@@ -192,6 +225,20 @@ def test_closed_form_fit_is_exact(ranks):
             assert torch.allclose(value, expected[name], rtol=1e-9, atol=1e-10), name
         else:  # counts summed over the ranks: the very same tables
             assert torch.equal(value, expected[name]), name
+
+
+def test_pyro_params_match_one_process_with_the_global_batch(ranks):
+    results, _ = ranks
+    expected = _located(batch_size=WORLD * BATCH)
+    pyro.clear_param_store()
+    assert _close(results[0]["located"], expected, rtol=1e-9, atol=1e-10)
+    assert _close(results[1]["located"], results[0]["located"], rtol=0, atol=0)
+
+
+def test_root_in_nested_plates_is_solved_on_the_values_of_every_rank(ranks):
+    results, _ = ranks
+    assert _close(results[0]["pixels"], _pixels().state_dict(), rtol=1e-12, atol=1e-12)
+    assert _close(results[1]["pixels"], results[0]["pixels"], rtol=0, atol=0)
 
 
 def test_vae_step_averages_the_ranks_gradients(ranks):

@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import pandas as pd
@@ -224,6 +225,52 @@ def test_dataframe_categories_round_trip():
     assert set(out["weather"]) <= {"rain", "snow", "sun"}
 
 
+def test_new_frames_are_coded_by_the_fits_categories():
+    model = ppgen.dag([("color", "y")], kinds={"color": "tabular", "y": "tabular"},
+                      cardinalities={"color": 3, "y": 2})  # fmt: skip
+    colors = pd.Categorical(["blue", "green", "red"] * 4)
+    train = pd.DataFrame({"color": colors, "y": [0, 1, 1] * 4})
+    fit = ppgen.fit_mle(model, train, progress=False)
+    assert fit.categories == {"color": ["blue", "green", "red"]}
+    third = torch.tensor(1 / 3).log()  # p(color) = 1/3 each, and y is determined by the color
+    red = pd.DataFrame({"color": pd.Categorical(["red"]), "y": [1]})  # its categories: red alone
+    assert ppgen.log_prob(model, red, categories=fit.categories).item() == pytest.approx(third)
+    text = pd.DataFrame({"color": ["red", "blue"], "y": [1, 0]})
+    assert torch.allclose(ppgen.log_prob(model, text, categories=fit.categories), third)
+    drawn = ppgen.sample(model, 6, as_frame=True, categories=fit.categories)
+    assert torch.allclose(ppgen.log_prob(model, drawn, categories=fit.categories), third)
+    codes = ppgen.data.table(model, red, categories=fit.categories).columns["color"]  # a val
+    assert codes.tolist() == [2]
+    with pytest.raises(ValueError, match="pass categories=fit.categories"):
+        ppgen.log_prob(model, red)
+
+
+@pytest.mark.parametrize("dtype", [None, object, "string"])
+def test_text_columns_are_labels(dtype):
+    sky = pd.Series(["sun", "rain", "sun", "snow"] * 5, dtype=dtype)
+    frame = pd.DataFrame({"sky": sky, "wet": [0, 1, 0, 1] * 5})
+    model = ppgen.dag([("sky", "wet")], kinds={"sky": "categorical", "wet": "bernoulli"},
+                      cardinalities={"sky": 3}, hidden=(4,))  # fmt: skip
+    fit = ppgen.fit_mle(model, frame, epochs=1, progress=False)
+    assert fit.categories == {"sky": ["rain", "snow", "sun"]}
+    probs = model.conditionals[0]().probs
+    assert torch.allclose(probs, torch.tensor([0.25, 0.25, 0.5]), atol=1e-12)
+    flags = pd.DataFrame({"sky": sky, "wet": ["no", "yes", "no", "yes"] * 5})
+    fit = ppgen.fit_mle(model, flags, epochs=1, progress=False)  # a Bernoulli site of labels
+    assert fit.categories["wet"] == ["no", "yes"]
+    drawn = ppgen.sample(model, 50, as_frame=True, categories=fit.categories)
+    assert set(drawn["wet"]) == {"no", "yes"}
+
+
+def test_series_in_a_dict_are_read_in_order():
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 2.0, 3.0, 4.0]})
+    part = frame[frame.a > 0]  # its index: 1, 2, 3
+    model = ppgen.dag([("a", "b")], hidden=(3,))
+    expected = ppgen.log_prob(model, {"a": [1.0, 2.0, 3.0], "b": [2.0, 3.0, 4.0]})
+    assert torch.equal(ppgen.log_prob(model, {"a": part["a"], "b": part["b"]}), expected)
+    assert torch.equal(ppgen.log_prob(model, part), expected)
+
+
 def latent_model(n=1):
     with pyro.plate("rows", n):
         z = pyro.sample("z", dist.Normal(0.0, 1.0))
@@ -312,3 +359,163 @@ def test_non_finite_fixed_term_names_the_site():
 
     with pytest.raises(ValueError, match="site 'a' is non-finite on the training rows"):
         ppgen.fit_mle(Sharp(), {"a": [1.0, 2.0], "b": [1.0, 2.0]}, epochs=2, progress=False)
+
+
+class Pixels(ppgen.Model):
+    """One root shared by every pixel of every row: the rows' plate is dim -2, the pixels' -1."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.x = root
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n, dim=-2), pyro.plate("pixels", 4, dim=-1):
+            pyro.sample("x", self.x())
+
+
+SCALES = [1.0, 2.0, 0.5, 3.0]  # one fixed scale a pixel
+
+
+@pytest.mark.parametrize(
+    "family,options,draw",
+    [
+        (dist.Bernoulli, {}, lambda: torch.bernoulli(torch.full((50, 4), 0.3))),
+        (dist.Normal, {}, lambda: 2.0 + 3.0 * torch.randn(50, 4)),
+        (dist.Categorical, {"cardinality": 3}, lambda: torch.randint(0, 3, (50, 4))),
+        (
+            dist.Normal,
+            {"event_shape": (2,)},
+            lambda: torch.randn(50, 4, 2) + torch.tensor([1, -1]),
+        ),
+        (dist.Normal, {"scale": SCALES}, lambda: 1.0 + torch.tensor(SCALES) * torch.randn(50, 4)),
+    ],
+    ids=["bernoulli", "normal", "categorical", "event", "fixed-scales"],
+)
+def test_root_in_nested_plates_is_solved_on_every_value(family, options, draw):
+    """The closed form of a root under the pixels' plate uses all 200 values (event dims
+    apart): the sample statistics, where the gradient of the exact log-likelihood vanishes."""
+    fixed = {k: torch.tensor(v) if k == "scale" else v for k, v in options.items()}
+    model, x = Pixels(Root(family, **fixed)), draw()
+    fit = ppgen.fit_mle(model, {"x": x}, progress=False)
+    assert fit.closed_form == ["x"]
+    d = model.x()
+    if isinstance(d, dist.Independent):  # the event-shaped root: a loc and scale per position
+        d = d.base_dist
+        assert torch.allclose(d.loc, x.mean((0, 1)), atol=1e-12)
+        assert torch.allclose(d.scale, x.std((0, 1), unbiased=False), atol=1e-12)
+    elif isinstance(d, dist.Bernoulli):
+        assert d.probs.item() == pytest.approx(x.mean().item(), abs=1e-12)
+    elif isinstance(d, dist.Categorical):
+        assert torch.allclose(d.probs, torch.bincount(x.reshape(-1)) / x.numel(), atol=1e-12)
+    elif "scale" in options:  # each value weighs its precision
+        weight = torch.tensor(SCALES).pow(-2).expand_as(x)
+        expected = (weight * x).sum() / weight.sum()
+        assert torch.allclose(d.loc, expected.expand(4), atol=1e-12)  # a loc the pixels share
+    else:
+        assert d.loc.item() == pytest.approx(x.mean().item(), abs=1e-12)
+        assert d.scale.item() == pytest.approx(x.std(unbiased=False).item(), abs=1e-12)
+    total = pyro.poutine.trace(pyro.condition(model, data={"x": x})).get_trace(n=50).log_prob_sum()
+    (grad,) = torch.autograd.grad(total, model.x.eta)
+    assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-9)
+
+
+def test_roots_certain_or_never_seen_are_exact():
+    """Frequencies of 0 and 1 are exact: a categorical root's unseen last category has the
+    logit -inf (as a table's), a Bernoulli root always 1 the logit 1000 (certain)."""
+    counts = torch.tensor([8, 23, 28, 41, 0])
+    c = torch.repeat_interleave(torch.arange(5), counts)
+    model = ppgen.dag([("a", "b"), ("c", "b")], kinds={"a": "bernoulli", "c": "categorical",
+                      "b": "linear_gaussian"}, cardinalities={"c": 5})  # fmt: skip
+    rows = {"a": torch.ones(100), "c": c, "b": torch.randn(100)}
+    fit = ppgen.fit_mle(model, rows, progress=False)
+    assert sorted(fit.closed_form) == ["a", "b", "c"]
+    a, c_root = (model.conditionals[model.nodes.index(v)] for v in "ac")
+    assert a().probs.item() == 1.0 and a().sample((1000,)).min().item() == 1.0
+    assert a().log_prob(torch.tensor([1.0, 0.0])).tolist() == [0.0, -1000.0]
+    assert torch.allclose(c_root().probs, counts / 100, atol=1e-15, rtol=0)
+    assert c_root().logits[-1].item() == -math.inf and c_root().probs[-1].item() == 0.0
+    terms = ppgen.log_prob(model, rows, per_node=True)
+    expected = (counts[:4] * (counts[:4] / 100).log()).sum() / 100  # Σ n log(n / N), per row
+    assert fit.history[-1]["train/c"] == pytest.approx(expected.item(), abs=1e-12)
+    assert terms["c"].mean().item() == pytest.approx(expected.item(), abs=1e-12)
+    assert terms["a"].abs().max().item() == 0.0
+
+
+def test_plain_function_model_is_fitted():
+    """A function without parameters has nothing to fit; one with a pyro.param has it fitted."""
+
+    def fixed(n=1):
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    x = torch.tensor([1.0, 2.0])
+    fit = ppgen.fit_mle(fixed, {"x": x}, progress=False)
+    assert fit.closed_form == [] and len(fit.history) == 1
+    expected = dist.Normal(0.0, 1.0).log_prob(x).mean().item()
+    assert fit.history[0]["train"] == pytest.approx(expected, abs=1e-12)
+
+    def located(n=1):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(loc, 1.0))
+
+    pyro.clear_param_store()
+    x = 3.0 + torch.randn(100)
+    ppgen.fit_mle(located, {"x": x}, epochs=300, batch_size=100, lr=0.1, progress=False)
+    # full-batch Adam from 0 to the sample mean, about 3: within 1e-5 after 300 steps
+    assert pyro.param("loc").item() == pytest.approx(x.mean().item(), abs=1e-5)
+    pyro.clear_param_store()
+
+
+class PoissonRate(ppgen.Model):
+    """A rate kept in Pyro's parameter store, not in the module."""
+
+    def forward(self, n=1):
+        rate = pyro.param("rate", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Poisson(rate))
+
+
+def test_pyro_param_is_fitted_to_the_mle():
+    pyro.clear_param_store()
+    fit = ppgen.fit_mle(PoissonRate(), {"x": [4.0, 5.0, 6.0] * 20}, epochs=500, lr=0.05,
+                        progress=False)  # fmt: skip
+    # the MLE is the mean, 5; full-batch Adam reaches it within 1e-6 in 500 steps
+    assert len(fit.history) == 500
+    assert pyro.param("rate").item() == pytest.approx(5.0, abs=1e-6)
+    pyro.clear_param_store()
+
+
+def test_module_shared_by_two_sites_is_fitted_on_both():
+    """One coin for two sites: its MLE is the frequency over both columns, 15 / 20."""
+
+    class Tied(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.coin = Root(dist.Bernoulli)
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n):
+                pyro.sample("x1", self.coin())
+                pyro.sample("x2", self.coin())
+
+    model = Tied()
+    rows = {"x1": torch.ones(10), "x2": torch.tensor([1.0, 0.0] * 5)}
+    fit = ppgen.fit_mle(model, rows, epochs=300, batch_size=10, lr=0.1, progress=False)
+    assert fit.closed_form == []
+    # full-batch Adam: within 1e-6 of the MLE after 300 steps
+    assert model.coin().probs.item() == pytest.approx(0.75, abs=1e-6)
+
+
+def test_batch_size_and_validation_columns_are_checked():
+    model = ppgen.dag([("a", "b")], kinds={"b": "bernoulli"}, hidden=(3,))
+    before = params(model)
+    rows = {"a": [1.0, 2.0], "b": [1, 0]}
+    with pytest.raises(ValueError, match="batch_size must be a positive number of rows, not 0"):
+        ppgen.fit_mle(model, rows, batch_size=0, progress=False)
+    lacking = "The validation data lack column 'b', which the training data have"
+    with pytest.raises(ValueError, match=lacking):
+        ppgen.fit_mle(model, rows, val={"a": [1.0]}, progress=False)
+    with pytest.raises(ValueError, match=lacking):
+        ppgen.fit_mle(model, rows, val=pd.DataFrame({"a": [1.0]}), progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(before, params(model), strict=True))

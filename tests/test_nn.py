@@ -50,11 +50,31 @@ def test_root_with_every_parameter_fixed():
     assert solve_closed_form(root, torch.randn(5, 3), [])  # nothing to solve
 
 
-def test_categorical_reference_logit_is_zero():
-    root = Root(dist.Categorical, cardinality=3)
+def test_categorical_logits_of_a_conditional_and_a_root():
+    """A net's k - 1 outputs, the last logit fixed at 0; a root's k logits, k - 1 of them free."""
+    cond = Conditional(dist.Categorical, in_features=1, hidden=(), cardinality=3)
     with torch.no_grad():
-        root.eta.copy_(torch.tensor([1.0, -2.0]))
-    assert torch.allclose(root().logits, F.log_softmax(torch.tensor([1.0, -2.0, 0.0]), -1))
+        cond.net[0].weight.zero_()
+        cond.net[0].bias.copy_(torch.tensor([1.0, -2.0]))
+    expected = F.log_softmax(torch.tensor([1.0, -2.0, 0.0]), -1)
+    assert torch.allclose(cond(torch.zeros(1)).logits[0], expected, atol=1e-12)
+    root = Root(dist.Categorical, cardinality=3, event_shape=(2,))
+    assert root.eta.shape == (6,) and root.n_params == 4
+    with torch.no_grad():
+        root.eta.copy_(torch.tensor([1.0, -2.0, 0.0, -math.inf, 0.0, 0.0]))
+    assert torch.allclose(root().base_dist.logits[0], expected, atol=1e-12)
+    assert root().base_dist.probs[1].tolist() == [0.0, 0.5, 0.5]  # a logit of -inf: never
+    assert root().log_prob(torch.tensor([[0, 1], [2, 0]])).tolist()[1] == -math.inf
+
+
+def test_root_loads_the_k_minus_1_logits_of_earlier_files():
+    """Earlier ppgen saved k - 1 logits a categorical root, the last one's 0 implied."""
+    root = Root(dist.Categorical, cardinality=3, event_shape=(2,))
+    root.load_state_dict({"eta": torch.tensor([1.0, -2.0, 0.5, 0.25])})
+    assert root.eta.tolist() == [1.0, -2.0, 0.0, 0.5, 0.25, 0.0]
+    plain = Root(dist.Normal)
+    plain.load_state_dict({"eta": torch.tensor([1.0, 2.0])})
+    assert plain.eta.tolist() == [1.0, 2.0]
 
 
 def test_event_shaped_conditional():

@@ -1,5 +1,7 @@
 import math
+import re
 
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -8,7 +10,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 import ppgen.infer
-from ppgen.elbo import ELBOObjective
+from ppgen.elbo import ELBOObjective, svi_table
 from ppgen.importance import _log_weights, importance_log_prob
 from ppgen.infer import FitResult, fit_svi
 from ppgen.models import VAE
@@ -246,6 +248,52 @@ def test_wrong_column_name_is_named():
 
     with pytest.raises(ValueError, match="'y' is not a sample site.*z, x"):
         fit_svi(model, "auto_normal", {"y": torch.zeros(3)}, progress=False)
+
+
+def normal_normal(n=1):
+    with pyro.plate("rows", n):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0))
+
+
+def test_svi_data_may_be_a_dataframe_and_errors_never_print_the_data():
+    def model(n=1):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(mu, 1.0))
+
+    frame = pd.DataFrame({"x": [0.5, -1.0, 2.0]})
+    rows = svi_table(model, frame, (), {}, None)
+    assert torch.equal(rows.columns["x"], torch.tensor([0.5, -1.0, 2.0]))
+    fit = fit_svi(model, "auto_delta", frame, epochs=1, progress=False)
+    assert len(fit.history) == 1
+    message = "Data must be a tensor, a dict of site name to array or a DataFrame, not list."
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        fit_svi(model, "auto_delta", [[0.5], [-1.0]], progress=False)
+
+
+def test_log_prob_with_a_guide_checks_its_data():
+    x = torch.tensor([0.0, 1.0])
+
+    def guide(n=1):  # the exact posterior of each row; the rows come once per draw
+        with pyro.plate("rows", n):
+            pyro.sample("z", dist.Normal(x.repeat(n // 2) / 2, 0.5**0.5))
+
+    exact = dist.Normal(0.0, 2**0.5).log_prob(x)  # every weight is p(x)
+    for data in (
+        {"x": x.numpy()},
+        pd.DataFrame({"x": [0.0, 1.0]}),
+        {"x": pd.Series([0.0, 1.0], index=[3, 4])},
+    ):
+        estimate = ppgen.log_prob(normal_normal, data, guide=guide, num_samples=10)
+        assert torch.allclose(estimate, exact, rtol=0, atol=1e-12)
+    for data, message in [
+        ({"x": x, "q": x}, "Column 'q' is not a sample site of the model (its sites: z, x)."),
+        ({"x": torch.tensor([0.0, float("nan")])}, "Column 'x' holds NaN or inf (row 1)."),
+        (pd.DataFrame({"x": ["a", "b"]}), "Column 'x' holds labels, and log_prob needs"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ppgen.log_prob(normal_normal, data, guide=guide)
 
 
 def test_non_finite_loss_names_the_site():

@@ -199,6 +199,21 @@ def test_bad_arguments_and_nonfinite_loss():
         assert torch.equal(p, q)
 
 
+def test_rows_of_the_wrong_shape_and_a_one_row_val_are_refused_before_any_step():
+    gan = small_gan()  # rows of shape (1,)
+    before = [p.detach().clone() for p in gan.parameters()]
+    cases = [
+        (torch.randn(8, 2), None, r"The data rows have shape \(2,\), but the generator makes"),
+        (torch.randn(8, 1), torch.randn(4, 3), r"The val rows have shape \(3,\)"),
+        (torch.randn(8, 1), torch.randn(1, 1), "val must have at least 2 rows"),
+    ]
+    for data, val, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fit_gan(gan, data, val=val, epochs=1, batch_size=4, progress=False)
+    for p, q in zip(gan.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+
+
 def test_ppgen_log_prob_of_a_gan_says_it_has_no_density():
     gan = GAN(MLPGenerator(2, 3, hidden_features=(4, 4)),
               MLPDiscriminator(3, hidden_features=(4, 4)), 2)  # fmt: skip
