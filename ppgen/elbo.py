@@ -21,7 +21,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
-from ppgen.data import Table, _is_frame, _table, place
+from ppgen.data import Table, _check_support, _is_frame, _table, _varies, place
 from ppgen.graph import _is_variable, _unweighted, trace_calls
 from ppgen.importance import _log_weights
 from ppgen.nn import Node
@@ -330,6 +330,45 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
     return True
 
 
+def _check_argument(
+    model: Callable[..., object], data: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    """Runs `model(x, ...)` on the data tensor's first rows, and checks each observed site that
+    holds those very values (the tensor or a view of it, rows first): the shape of its rows,
+    and every row against its support."""
+    probe = data[:2]
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(probe, *args, **kwargs)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"The model fails on the first rows of the data tensor, of shape "
+            f"{tuple(data.shape)}: {error}"
+        ) from error
+    for name, site in trace.nodes.items():
+        value = site["value"] if _is_variable(site) and site["is_observed"] else None
+        if (
+            isinstance(value, Tensor)
+            and value.data_ptr() == probe.data_ptr()
+            and value.numel() == probe.numel()
+            and value.shape[:1] == probe.shape[:1]
+        ):
+            fn = site["fn"]
+            shape = tuple(fn.batch_shape + fn.event_shape)
+            try:
+                fits = torch.broadcast_shapes(shape, value.shape) == value.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
+                    f"{name!r} of the model has rows of shape {shape[1:]}."
+                )
+            if not _varies(fn.support):
+                rows = data.reshape(len(data), *value.shape[1:])
+                _check_support(name, fn, rows, data.device)
+
+
 def svi_table(
     model: Callable[..., object],
     data: Mapping[str, object] | Tensor | object,
@@ -338,9 +377,11 @@ def svi_table(
     device: torch.device | None,
     *,
     categories: Mapping[str, Sequence[object]] | None = None,
+    observed_by_model: bool = True,
 ) -> Table:
     """Checks the observed columns (a dict or a DataFrame, as :func:`ppgen.data.table` does,
-    `categories` included) of a model with latent sites, or wraps a tensor.
+    `categories` included) of a model with latent sites, or a tensor: that `model(x, *args,
+    **kwargs)` observes (its shape and support checked) unless `observed_by_model` is `False`.
 
     Example:
         >>> vae = ppgen.models.VAE(4, 2, hidden=(8,))
@@ -351,6 +392,8 @@ def svi_table(
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
         columns, device = place({_ARGUMENT: data}, device, model)
+        if observed_by_model:  # `model(x)` observes the tensor (not a GAN, which draws rows)
+            _check_argument(model, columns[_ARGUMENT], args, kwargs)
         return Table(columns, device=device)
     if not isinstance(data, Mapping) and not _is_frame(data):
         raise ValueError(

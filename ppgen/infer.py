@@ -955,16 +955,17 @@ def fit_gan(
 
     device = _device(gan, device)
     distributed.init_from_env(device)
-    rows = svi_table(gan, data, (), {}, device)
-    held_out = svi_table(gan, val, (), {}, device) if val is not None else None
-    _check_gan_rows(gan, rows, held_out)
+    rows = svi_table(gan, data, (), {}, device, observed_by_model=False)
+    if val is not None:
+        val = svi_table(gan, val, (), {}, device, observed_by_model=False)
+    _check_gan_rows(gan, rows, val)
     objective = GANObjective(
         gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas, r1=r1, samples=val_samples,
         average=average,
     )  # fmt: skip
     averaged = objective.averaged
     generator = list((gan.generator if averaged is None else averaged.module).parameters())
-    if held_out is None:
+    if val is None:
         groups = {
             "generator": (generator, ["loss_g"]),
             "discriminator": (list(gan.discriminator.parameters()), ["loss_d"]),
@@ -972,7 +973,7 @@ def fit_gan(
     else:  # the players of the epoch whose samples are nearest the held-out rows, together
         groups = {"gan": ([*generator, *gan.discriminator.parameters()], ["neg_mmd"])}
     result = train(
-        objective, groups, rows, held_out, epochs=epochs, batch_size=batch_size, lr=lr_g,
+        objective, groups, rows, val, epochs=epochs, batch_size=batch_size, lr=lr_g,
         patience=None, progress=progress, description="fit_gan",
     )  # fmt: skip
     if averaged is not None:  # the GAN's generator becomes the average (of the epoch kept)

@@ -402,3 +402,20 @@ def test_fast_path_falls_back_when_the_check_fails():
     objective = ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (), {})
     objective._fast_elbo = lambda batch: torch.tensor(0.0)  # a wrong fast ELBO
     assert not objective.prepare({"*data": torch.ones(4, 6)})
+
+
+def test_a_data_tensor_is_checked_against_the_model():
+    vae = VAE(4, 2, hidden=(8,))  # Bernoulli pixels
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    cases = [
+        (torch.full((8, 4), 2.0), r"Column 'x' has value \[2.0, 2.0, 2.0, 2.0\] in row 0, outside"),
+        (torch.ones(8, 5), r"rows have shape \(5,\), but site 'x' of the model has rows of shape \(4,\)"),
+    ]  # fmt: skip
+    for x, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fit_svi(vae, vae.guide, x, epochs=1, progress=False)
+    x = torch.ones(3, 4)
+    x[2, 1] = 0.5
+    with pytest.raises(ValueError, match="in row 2, outside the support of its Bernoulli"):
+        vae.log_prob(x)
+    assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())

@@ -16,6 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from ppgen.elbo import svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.nn import Conditional, Model, Root
 
@@ -109,7 +110,9 @@ class VAE(Model):
     ) -> Tensor:
         r"""The importance-weighted bound on :math:`\log p(x)` with `num_samples` draws of the
         encoder, per row, of shape :math:`(N,)`; see :func:`ppgen.importance.importance_log_prob`.
+        `x` is checked first (its shape, and the support of the decoder's distribution).
         """
+        svi_table(self, x, (), {}, None)
         return importance_log_prob(
             self, self.guide, x, num_samples=num_samples, chunk_size=chunk_size
         )
