@@ -30,7 +30,7 @@ from ppgen import distributed
 from ppgen.data import Table, table
 from ppgen.elbo import ELBOS, ELBOObjective, svi_table
 from ppgen.graph import _is_variable, _unweighted, trace_calls
-from ppgen.io import load_checkpoint, save_checkpoint
+from ppgen.io import LoadError, load_checkpoint, save_checkpoint
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 
 __all__ = [
@@ -683,7 +683,7 @@ def fit_mle(
     start = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
-    _checkpoint_file(checkpoint, resume)  # before anything changes
+    path = _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
     data = table(model, data, *args, device=device, **kwargs)
@@ -695,6 +695,9 @@ def fit_mle(
     objective = ExactLogLikelihood(model, probe, *args, **kwargs)
     closed: list[str] = []
     sums: dict[str, Tensor] = {}  # the training rows' log-likelihood per site, where counted
+    resuming = path is not None and path.exists()  # a checkpoint that may yet be refused
+    modules = [m for m, _ in (objective.factors or {}).values()] if resuming else []
+    before = [(p, p.detach().clone()) for m in modules for p in m.parameters()]
     if objective.factors is not None:
         group = distributed.active()  # each rank counts its own rows, and the counts are summed
         own = slice(None) if group is None else slice(group[0], None, group[1])
@@ -738,6 +741,11 @@ def fit_mle(
         else:  # every site solved: the training terms come from the counts where all have them
             counted = sums if len(sums) == len(data.columns) else None
             result = FitResult(history=[_record(0, objective, counted, data, val, len(data))])
+    except LoadError:  # the checkpoint refused: the closed forms are undone
+        with torch.no_grad():
+            for p, value in before:
+                p.copy_(value)
+        raise
     finally:
         for p in fixed:
             p.requires_grad_(True)

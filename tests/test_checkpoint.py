@@ -125,10 +125,12 @@ def test_existing_checkpoint_is_kept_unless_resumed(tmp_path):
 
 def test_checkpoint_of_another_model_is_rejected(tmp_path):
     _fit(50, 2, checkpoint=tmp_path)
-    model = ppgen.dag([("a", "b")], hidden=(4,))
+    model = ppgen.dag([("a", "b")], hidden=(4,))  # 'a' is solved in closed form, then undone
     data = ppgen.sample(model, 20)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(LoadError, match="checkpoint of another model"):
         ppgen.fit_mle(model, data, epochs=2, checkpoint=tmp_path, resume=True, progress=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def test_resume_without_checkpoint_starts_afresh(tmp_path):
