@@ -49,6 +49,16 @@ Call = tuple["Node", tuple[Tensor, ...], dist.Distribution]
 _CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
 
 
+def _containers_copied(value: object) -> object:
+    """`value` with its lists, tuples and dicts copied, nested ones too; anything else (a
+    tensor, a module) is the same object."""
+    if type(value) in (list, tuple):
+        return type(value)(_containers_copied(v) for v in value)
+    if type(value) is dict:
+        return {k: _containers_copied(v) for k, v in value.items()}
+    return value
+
+
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
     """Wraps a subclass's `__init__` so that the outermost call records its arguments."""
     signature = inspect.signature(init)
@@ -58,9 +68,10 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
         outermost = "_ppgen_init_arguments" not in self.__dict__
         if outermost:
             self.__dict__["_ppgen_init_arguments"] = None
+            given = _containers_copied((args, kwargs))  # as given, whatever __init__ changes
         init(self, *args, **kwargs)
         if outermost:
-            bound = signature.bind(self, *args, **kwargs)
+            bound = signature.bind(self, *given[0], **given[1])
             bound.apply_defaults()
             self.__dict__["_ppgen_init_arguments"] = (bound.args[1:], dict(bound.kwargs))
 
@@ -72,8 +83,8 @@ class Rebuildable:
     r"""A module that :func:`ppgen.save` can rebuild: it records its constructor's arguments.
 
     Every subclass records the arguments its outermost `__init__` was called with, as
-    `init_arguments` (positional, keyword); only the arguments are kept, never copied or
-    checked here. A module argument that is itself `Rebuildable` is saved by its arguments
+    `init_arguments` (positional, keyword), as they were given: lists, tuples and dicts are
+    copied (a constructor may change them), anything else is kept as it is, not checked here. A module argument that is itself `Rebuildable` is saved by its arguments
     in turn (a GAN's players), and the weights of both come from the `state_dict`.
 
     Example:

@@ -343,3 +343,23 @@ def test_a_forged_class_name_imports_nothing(tmp_path):
     assert run.returncode == 0, run.stderr
     message, imported = run.stdout.strip().splitlines()
     assert str(path) in message and imported == "False"
+
+
+class _Widening(ppgen.Model):
+    def __init__(self, widths, options):
+        super().__init__()
+        widths.append(1)  # the constructor changes the list and the dict it was given
+        options["hidden"] = (2,)
+        self.net = torch.nn.Sequential(*(torch.nn.Linear(a, b) for a, b in
+                                         zip(widths, widths[1:], strict=False)))  # fmt: skip
+
+    def forward(self, n=1):
+        pass
+
+
+def test_arguments_are_recorded_as_given_though_the_constructor_changes_them(tmp_path):
+    model = _Widening([3, 4], {})
+    assert model.init_arguments == (([3, 4], {}), {})
+    loaded = ppgen.load(ppgen.save(model, tmp_path / "w.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 loaded.state_dict().values(), strict=True))  # fmt: skip
