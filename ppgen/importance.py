@@ -75,6 +75,10 @@ def importance_log_prob(
         rows = len(next(iter(data.values())))
     if chunk_size is None:
         chunk_size = max(1, 65536 // rows)
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_samples and chunk_size must be at least 1, not {num_samples} and {chunk_size}."
+        )
     chunks = []
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):

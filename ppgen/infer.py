@@ -371,6 +371,7 @@ def train(
     stops every rank with the same message), the epoch's sums are all-reduced for the history
     (each row counted once), and rank 0 alone writes checkpoints and shows the bar.
     """
+    _check_budget(epochs, batch_size)
     start = time.perf_counter()
     path = _checkpoint_file(checkpoint, resume)
     parameters = [p for params, _ in groups.values() for p in params]
@@ -506,6 +507,14 @@ def train(
                 p.copy_(v)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_budget(epochs: int, batch_size: int) -> None:
+    """One sentence for a budget of no epoch or no row a batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be a positive number, not {epochs}.")
 
 
 def _checkpoint_file(checkpoint: str | os.PathLike[str] | None, resume: bool) -> Path | None:
@@ -681,8 +690,7 @@ def fit_mle(
         ['a', 'b']
     """
     start = time.perf_counter()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
+    _check_budget(epochs, batch_size)
     path = _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
@@ -843,6 +851,7 @@ def fit_svi(
         raise ValueError(f"elbo must be 'trace', 'mean_field' or 'iwae', not {elbo!r}.")
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
+    _check_budget(epochs, batch_size)
     _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
@@ -961,6 +970,7 @@ def fit_gan(
     """
     from ppgen.models.gan import GANObjective
 
+    _check_budget(epochs, batch_size)
     device = _device(gan, device)
     distributed.init_from_env(device)
     rows = svi_table(gan, data, (), {}, device, observed_by_model=False)

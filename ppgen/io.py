@@ -168,7 +168,10 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
         raise LoadError(
             f"{path} does not rebuild its {cls.__qualname__}: {type(error).__name__}: {error}"
         ) from None
-    return model.to(device) if device is not None else model
+    from ppgen.infer import _device  # the fits' rule: "auto", and one sentence without a GPU
+
+    _device(model, device)
+    return model
 
 
 def _fit_record(fit: FitResult) -> dict[str, object]:
@@ -219,8 +222,17 @@ def _encode_arguments(module: nn.Module, within: str) -> tuple[list, dict]:
     `within` ends the names of arguments in errors."""
     name = type(module).__name__
     args, kwargs = getattr(module, "init_arguments", None) or ((), {})
+    try:  # the names of the positional arguments, for errors
+        parameters = list(inspect.signature(type(module).__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        parameters = []
+    names = [p.name for p in itertools.takewhile(lambda p: p.kind <= p.POSITIONAL_OR_KEYWORD,
+                                                  parameters)]  # fmt: skip
     return (
-        [_encode(v, f"argument {i} of {name}{within}") for i, v in enumerate(args)],
+        [
+            _encode(v, f"argument {names[i] if i < len(names) else i!r} of {name}{within}")
+            for i, v in enumerate(args)
+        ],
         {k: _encode(v, f"argument {k!r} of {name}{within}") for k, v in kwargs.items()},
     )
 

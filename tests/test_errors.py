@@ -221,8 +221,16 @@ def test_site_outside_the_data_plate_and_a_single_value():
         ),
         (lambda m: ppgen.sample(m, 0), "n must be a positive number of rows, not 0."),
         (lambda m: ppgen.sample(m, -1), "n must be a positive number of rows, not -1."),
+        (
+            lambda m: ppgen.fit_mle(m, GOOD, epochs=0, progress=False),
+            "epochs must be a positive number, not 0.",
+        ),
+        (
+            lambda m: ppgen.fit_svi(m, "auto_normal", GOOD, batch_size=0, progress=False),
+            "batch_size must be a positive number of rows, not 0.",
+        ),
     ],
-    ids=["batch_size", "num_samples", "n=0", "n=-1"],
+    ids=["batch_size", "num_samples", "n=0", "n=-1", "epochs", "svi batch_size"],
 )
 def test_sizes_below_one(query, message):
     model = _model()

@@ -270,9 +270,8 @@ def test_gan_round_trips_with_its_players(tmp_path):
         pyro.set_rng_seed(0)
         assert torch.equal(loaded.sample(4), expected)
     leaky = GAN(MLPGenerator(3, 5, output=torch.nn.LeakyReLU(0.1)), MLPDiscriminator(5), 3)
-    with pytest.raises(
-        ValueError, match=r"'output' of MLPGenerator \(argument 0 of GAN\) is a LeakyReLU module"
-    ):
+    message = r"'output' of MLPGenerator \(argument 'generator' of GAN\) is a LeakyReLU module"
+    with pytest.raises(ValueError, match=message):
         save(leaky, tmp_path / "leaky.safetensors")
     assert not (tmp_path / "leaky.safetensors").exists()
     _forge(path, {"args": [{"__module__": {"class": "os:system", "args": ["true"],
@@ -363,3 +362,23 @@ def test_arguments_are_recorded_as_given_though_the_constructor_changes_them(tmp
     loaded = ppgen.load(ppgen.save(model, tmp_path / "w.safetensors"))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  loaded.state_dict().values(), strict=True))  # fmt: skip
+
+
+class _Activated(ppgen.Model):
+    def __init__(self, width=2, act=torch.nn.Tanh):  # a class as a default: no JSON value
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(width, width), act())
+
+    def forward(self, n=1):
+        pass
+
+
+def test_a_positional_argument_is_named_in_errors_and_load_takes_auto(tmp_path):
+    with pytest.raises(ValueError, match="The argument 'act' of _Activated is a type"):
+        ppgen.save(_Activated(), tmp_path / "a.safetensors")
+    model = ppgen.dag([("a", "b")], hidden=(3,))
+    loaded = ppgen.load(ppgen.save(model, tmp_path / "m.safetensors"), device="auto")
+    assert next(loaded.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' needs a CUDA GPU"):
+            ppgen.load(tmp_path / "m.safetensors", device="cuda")
