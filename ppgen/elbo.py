@@ -108,6 +108,17 @@ class ELBOObjective(nn.Module):
             )
         if self.rows is not None and plate is not None and len(inside) < len(latent):
             self.plate = plate  # latent sites outside it: scaled by each batch's share
+        size = len(next(iter(probe.values())))
+        unplated = [
+            n for n, s in latent.items() if all(f.size != size for f in s["cond_indep_stack"])
+        ]
+        if self.rows is not None and plate is None and unplated and self.rows > size:
+            warnings.warn(
+                f"Latent site {unplated[0]!r} seems global, but no plate of the rows holds every "
+                "site of the data (observed as given, not transformed), so it counts once a "
+                "batch: the fit depends on batch_size.",
+                stacklevel=4,
+            )
         if self.iwae or self.plate is not None:
             return False
         with torch.random.fork_rng(), torch.no_grad():
@@ -179,17 +190,19 @@ class ELBOObjective(nn.Module):
         """The name of the plate of the rows (`None` where none is found) and the model's
         latent sites by name.
 
-        It is the plate of the probe's size around every observed site; a second probe, one row
+        It is the plate of the probe's size around every site that holds the data (a column, or
+        the data tensor itself or a view of it; not a `pyro.factor`); a second probe, one row
         shorter, settles a tie with another plate of that size.
         """
         size, found, trace = len(next(iter(probe.values()))), None, None
         for rows in range(size, max(size - 2, 0), -1):
-            trace = poutine.trace(self._model).get_trace({k: v[:rows] for k, v in probe.items()})
+            batch = {k: v[:rows] for k, v in probe.items()}
+            trace = poutine.trace(self._model).get_trace(batch)
             sites = [site for site in trace.nodes.values() if _is_variable(site)]
             plates = [
                 {f.name for f in site["cond_indep_stack"] if f.size == rows}
                 for site in sites
-                if site["is_observed"]
+                if self._holds_data(site, batch)
             ]
             common = set.intersection(*plates) if plates else set()
             found = common if found is None else found & common
@@ -197,6 +210,19 @@ class ELBOObjective(nn.Module):
                 break
         latent = {site["name"]: site for site in sites if not site["is_observed"]}
         return (found.pop() if found is not None and len(found) == 1 else None), latent
+
+    def _holds_data(self, site: dict, batch: dict[str, Tensor]) -> bool:
+        """Whether an observed site's value is a column of the batch, or its data tensor."""
+        if not site["is_observed"]:
+            return False
+        if not self.argument:
+            return site["name"] in batch
+        x, value = batch[_ARGUMENT], site["value"]
+        return (
+            isinstance(value, Tensor)
+            and value.data_ptr() == x.data_ptr()
+            and value.numel() == x.numel()
+        )
 
     def _share(self, program: Callable[..., object], batch: dict[str, Tensor]) -> Callable:
         """`program` with its sites outside the plate of the rows scaled by the batch's share."""

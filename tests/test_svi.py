@@ -419,3 +419,47 @@ def test_a_data_tensor_is_checked_against_the_model():
     with pytest.raises(ValueError, match="in row 2, outside the support of its Bernoulli"):
         vae.log_prob(x)
     assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+
+
+def test_a_factor_outside_the_rows_leaves_the_plate_of_the_rows_found():
+    # the plate comes from the sites of the data alone: the factor is scaled with the prior
+    x = 1.0 + torch.randn(40)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.factor("penalty", -0.5 * mu**2)
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    fit = fit_svi(model, "auto_delta", x, epochs=1, batch_size=10, lr=0.0, progress=False)
+    mu = pyro.param("AutoDelta.mu").detach()
+    total = dist.Normal(mu, 1.0).log_prob(x).sum() + dist.Normal(0.0, 1.0).log_prob(mu) - mu**2 / 2
+    assert fit.history[0]["train"] == pytest.approx(total.item() / 40, rel=1e-5)
+
+
+def test_an_unguided_global_latent_has_no_weight_per_row():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="Site 'mu' is not inside the data plate"):
+        importance_log_prob(model, lambda x: None, torch.tensor([0.3, -1.0]), num_samples=10)
+
+
+def test_svi_validation_columns_and_parameters_are_checked():
+    def model(n=1):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(mu, 1.0))
+            pyro.sample("y", dist.Normal(mu, 1.0))
+
+    data = {"x": torch.randn(20), "y": torch.randn(20)}
+    with pytest.raises(ValueError, match="The validation data lack column 'y'"):
+        fit_svi(model, "auto_delta", data, val={"x": torch.randn(5)}, epochs=1, progress=False)
+
+    def guide(n=1):
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="Neither the model nor the guide has parameters"):
+        fit_svi(model, guide, data, epochs=1, progress=False)
