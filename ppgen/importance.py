@@ -115,8 +115,6 @@ def _log_weights(
         for name, site in trace.nodes.items():
             if not _is_variable(site) or (sign < 0 and site["is_observed"]):
                 continue
-            if sign > 0 and not site["is_observed"] and name not in guided:
-                continue  # drawn from its prior, its own proposal: p / q = 1
             log_prob = site["log_prob"]
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:
                 raise ValueError(
@@ -124,5 +122,7 @@ def _log_weights(
                     f"{tuple(log_prob.shape)}, not {draws * rows} rows first), so it has no "
                     "importance weight per row."
                 )
+            if sign > 0 and not site["is_observed"] and name not in guided:
+                continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
