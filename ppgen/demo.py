@@ -59,10 +59,10 @@ def _check_output_folder(out: Path, force: bool) -> None:
         e.is_file() and e.suffix in _WRITES for e in entries
     )
     if not earlier:
-        other = next(e.name for e in entries if e.name not in ("results.json", "report.md"))
+        other = [e.name for e in entries if not e.is_file() or e.suffix not in _WRITES]
+        why = f"such as {other[0]}" if other else "it lacks results.json or report.md"
         raise FileExistsError(
-            f"{out} holds files that are not a ppgen demo run (such as {other}); choose "
-            "another --out."
+            f"{out} holds files that are not a ppgen demo run ({why}); choose another --out."
         )
     if not force:
         raise FileExistsError(
@@ -202,6 +202,7 @@ def run(
 
     if not scale >= 0.01:
         raise ValueError(f"The scale must be at least 0.01, not {scale}.")
+    out = out.resolve()  # `.` has no name to put the new run beside
     _check_output_folder(out, force)
     matplotlib.use("Agg")
     final, out = out, out.parent / f".{out.name}.ppgen-demo-tmp"
@@ -212,9 +213,12 @@ def run(
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    out.rename(final)
+    final.mkdir(parents=True, exist_ok=True)  # kept, if there: it may be the working folder
+    for entry in final.iterdir():  # an earlier run's files (checked above)
+        entry.unlink()
+    for entry in out.iterdir():
+        entry.rename(final / entry.name)
+    out.rmdir()
     if progress:
         print(f"ppgen demo: wrote {len(list(final.iterdir()))} files to {final}")
     return results

@@ -184,3 +184,24 @@ def test_input_errors_are_one_line_in_process(tmp_path, chain_files, capsys, com
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert (tmp_path / "taken.txt").read_text() == "keep me" and not (tmp_path / "no").exists()
+
+
+def test_demo_into_the_current_folder_and_a_folder_of_a_lone_results_file(tmp_path, monkeypatch,
+                                                                          capsys):  # fmt: skip
+    import ppgen.demo
+
+    def run(out, progress, scale):  # the stages' output, without their minutes
+        (out / "results.json").write_text("{}")
+        (out / "report.md").write_text("# ppgen demo")
+        return {}
+
+    monkeypatch.setattr(ppgen.demo, "_run", run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", ".", "--quiet"]) == 0
+    assert main(["demo", "--out", ".", "--force", "--quiet"]) == 0  # replaces the earlier run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "results.json"]
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "results.json").write_text("{}")
+    assert main(["demo", "--out", str(lone), "--force", "--quiet"]) == 2
+    assert "(it lacks results.json or report.md)" in capsys.readouterr().err
