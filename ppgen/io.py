@@ -175,7 +175,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
 
 
 def _fit_record(fit: FitResult) -> dict[str, object]:
-    categories = {k: [str(c) for c in v] for k, v in fit.categories.items()}
+    categories = {k: [_label(c) for c in v] for k, v in fit.categories.items()}
     return {
         "history": fit.history,
         "best_epoch": fit.best_epoch,
@@ -183,6 +183,14 @@ def _fit_record(fit: FitResult) -> dict[str, object]:
         "seconds": fit.seconds,
         "categories": categories,
     }
+
+
+def _label(label: object) -> object:
+    """A category's label as JSON: a number or a string as it is (numpy's as Python's), so
+    that frames of the same labels are coded alike after loading; anything else as text."""
+    if isinstance(label, numbers.Number) and not isinstance(label, complex):
+        return label.item() if hasattr(label, "item") else label
+    return label if isinstance(label, str) else str(label)
 
 
 def _encode(value: object, where: str) -> object:

@@ -382,3 +382,17 @@ def test_a_positional_argument_is_named_in_errors_and_load_takes_auto(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda' needs a CUDA GPU"):
             ppgen.load(tmp_path / "m.safetensors", device="cuda")
+
+
+def test_saved_categories_code_the_same_labels_after_loading(tmp_path):
+    import pandas as pd
+
+    model = ppgen.dag([("a", "b")], kinds={"a": "tabular"}, cardinalities={"a": 3})
+    frame = pd.DataFrame({"a": pd.Categorical([10, 20, 20, 10, 30, 10] * 5),
+                          "b": torch.randn(30).numpy()})  # fmt: skip
+    fit = ppgen.fit_mle(model, frame, progress=False)
+    path = ppgen.save(model, tmp_path / "m.safetensors", fit=fit)
+    categories = ppgen.io.describe(path)["fit"]["categories"]
+    assert categories == {"a": [10, 20, 30]}  # numbers stay numbers
+    expected = ppgen.log_prob(model, frame, categories=fit.categories)
+    assert torch.equal(ppgen.log_prob(ppgen.load(path), frame, categories=categories), expected)
