@@ -115,8 +115,8 @@ def table(
 ) -> Table:
     r"""Checks `data` against the sample sites of `model` and returns it as a :class:`Table`.
 
-    Columns of labels (a pandas categorical or text column, in a DataFrame or a dict) are
-    coded as integers: by `categories` where it is given (so that new data get the codes of the
+    Columns of labels (a pandas categorical or text column of a DataFrame, or such a pandas
+    Series as a value of a dict) are coded as integers: by `categories` where it is given (so that new data get the codes of the
     fit: `categories=fit.categories`), else by the labels of the column itself, as a fit codes
     its own data (the coding is then :attr:`Table.categories`).
 

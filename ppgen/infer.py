@@ -795,7 +795,8 @@ def fit_svi(
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
-      **kwargs)` (so it cannot see the data: use this for guides of global or auto guides);
+      **kwargs)` (so it cannot see the data: use this for guides of global latents, auto
+      guides among them);
     - a tensor, for programs in the style of Pyro's tutorials, `model(x, *args, **kwargs)` and
       `guide(x, *args, **kwargs)`: each batch is the argument `x` (amortised guides, the VAE).
 
@@ -858,6 +859,7 @@ def fit_svi(
     argument = isinstance(data, Tensor)
     data = svi_table(model, data, args, kwargs, device)
     if val is not None:
+        _check_columns(val, data)
         val = svi_table(model, val, args, kwargs, device, categories=data.categories)
     _device(model, device)
     observed = list(data.columns)
@@ -867,6 +869,10 @@ def fit_svi(
     _device(objective.guide, device)
     probe = data.rows(slice(0, batch_size))
     unique = _parameters(lambda: objective(probe), model, objective.guide)  # auto guides' too
+    if not unique:
+        raise ValueError(
+            "Neither the model nor the guide has parameters to fit (no nn.Parameter or pyro.param)."
+        )
     objective.prepare(probe)
     with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
         result = train(
