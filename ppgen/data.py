@@ -116,9 +116,10 @@ def table(
     r"""Checks `data` against the sample sites of `model` and returns it as a :class:`Table`.
 
     Columns of labels (a pandas categorical or text column of a DataFrame, or such a pandas
-    Series as a value of a dict) are coded as integers: by `categories` where it is given (so that new data get the codes of the
-    fit: `categories=fit.categories`), else by the labels of the column itself, as a fit codes
-    its own data (the coding is then :attr:`Table.categories`).
+    Series as a value of a dict) are coded as integers: by `categories` where it is given (so
+    that new data get the codes of the fit: `categories=fit.categories`), else by the labels of
+    the column itself, as a fit codes its own data (the coding is then
+    :attr:`Table.categories`).
 
     Arguments:
         model: A Pyro program taking the number of rows as its keyword `n`.
