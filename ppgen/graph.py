@@ -100,6 +100,8 @@ def _parents_from_calls(
     """Each site's parents, where every site's distribution is a ppgen conditional called on
     the values other sites returned; `None` where any is not (then provenance decides)."""
     names = {id(site["value"]): name for name, site in sites.items()}
+    if len(names) < len(sites):  # two sites hold one tensor (conditioned on it): ambiguous
+        return None
     parents = {}
     for name in sites:
         if name not in calls:

@@ -601,6 +601,11 @@ class MixtureOfGaussians(Node):
 
     def distribution(self, *parents: Tensor) -> dist.MixtureSameFamily:
         if self.in_features == 0:
+            if parents:
+                raise ValueError(
+                    f"This MixtureOfGaussians has in_features=0 (a root), but was called on "
+                    f"{len(parents)} parent(s); give it in_features, the parents' width."
+                )
             return gaussian_mixture(self.eta)
         cards = self.parent_cardinalities or [None] * len(parents)
         weight = self.net[0].weight

@@ -172,3 +172,19 @@ def test_broadcast_mixture_root_is_still_its_module():
     assert edges(g) == {("a", "b")}
     assert g.nodes["a"]["n_params"] == model.a.n_params == 9
     assert g.nodes["b"]["n_params"] == model.b.n_params
+
+
+def test_two_sites_conditioned_on_one_tensor_keep_their_edge():
+    class Chain(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = Root(dist.Normal), Conditional(dist.Normal, 1, hidden=(3,))
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n):
+                pyro.sample("c", self.c(pyro.sample("a", self.a())))
+
+    x = torch.randn(5)
+    assert list(ppgen.graph(pyro.condition(Chain(), data={"a": x, "c": x}), n=5).edges) == [
+        ("a", "c")
+    ]

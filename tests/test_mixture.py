@@ -76,3 +76,9 @@ def test_no_hidden_layer_and_files_of_pyros_densenn_load():
     clone.load_state_dict(old)
     x = torch.randn(5)
     assert torch.equal(clone(parents).log_prob(x), node(parents).log_prob(x))
+
+
+def test_a_root_mixture_called_on_a_parent_says_so():
+    mixture = MixtureOfGaussians(components=3)
+    with pytest.raises(ValueError, match=r"in_features=0 \(a root\), but was called on 1 parent"):
+        mixture(torch.zeros(4))

@@ -158,6 +158,18 @@ def _nade_hidden(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.sigmoid(bias.unsqueeze(-1) + before)
 
 
+def _permutation(order: Sequence[int], features: int) -> Tensor:
+    """`order` as a tensor, checked to be a permutation of 0 .. features - 1."""
+    tensor = torch.as_tensor(order, dtype=torch.long)
+    if tensor.shape != (features,) or not torch.equal(
+        tensor.sort().values, torch.arange(features)
+    ):
+        raise ValueError(
+            f"order must be a permutation of 0..{features - 1}, not {tensor.tolist()}."
+        )
+    return tensor
+
+
 def _before(order: Tensor) -> Tensor:
     """The boolean matrix whose entry (i, j) says j comes strictly before i in `order`."""
     rank = torch.empty_like(order)
@@ -287,8 +299,10 @@ class MADE(_Binary):
         sites: str = "joint",
     ) -> None:
         super().__init__(features, sites)
+        if not hidden_features:
+            raise ValueError("MADE needs at least one hidden layer (hidden_features).")
         if order is not None:
-            self.order = torch.as_tensor(order, dtype=torch.long)
+            self.order = _permutation(order, features)
         self.net = AutoRegressiveNN(
             features,
             list(hidden_features),
@@ -311,7 +325,9 @@ class MADE(_Binary):
 
     def resample(self, order: Sequence[int] | None = None) -> None:
         """Sets a new order (a random one when `None`) and the masks that go with it."""
-        order = torch.randperm(self.features) if order is None else torch.as_tensor(order)
+        order = (
+            torch.randperm(self.features) if order is None else _permutation(order, self.features)
+        )
         self.order.copy_(order)
         self.net.permutation.copy_(order)
         masks, skip = create_mask(self.features, 0, self.net.hidden_dims, self.order, 1)

@@ -248,3 +248,16 @@ def test_rnade_pixel_sites_and_fit():
     # the target's entropy is 1.42 (x0) + 0.69 - 0.88 (x1) = 1.23 nats per row; one Gaussian
     # per conditional cannot go below 1.42 + 0.5 log(2 pi e E[4 x0^2]) = 3.54
     assert -model.distribution(2000).log_prob(rows).mean().item() < 1.5
+
+
+def test_made_order_must_be_a_permutation_and_it_needs_a_hidden_layer():
+    for bad in ([0, 0, 1], [0, 1], [0, 1, 3]):
+        with pytest.raises(ValueError, match="order must be a permutation of 0..2"):
+            MADE(3, hidden_features=(8,), order=bad)
+    made = MADE(3, hidden_features=(8,))
+    before = made.order.clone()
+    with pytest.raises(ValueError, match=r"not \[1, 1, 2\]"):
+        made.resample([1, 1, 2])
+    assert torch.equal(made.order, before)
+    with pytest.raises(ValueError, match="MADE needs at least one hidden layer"):
+        MADE(3, hidden_features=())
