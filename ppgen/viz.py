@@ -59,7 +59,38 @@ def layout(g: nx.DiGraph, *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
         for v, w in zip(layer, widths, strict=True):
             pos[v] = (x + w / 2, -depth * rise)
             x += w + _GAP
+    _clear_plates(g, layers, pos)
     return pos
+
+
+def _clear_plates(
+    g: nx.DiGraph, layers: list[list[str]], pos: dict[str, tuple[float, float]]
+) -> None:
+    """Moves each node that would fall inside the box of a plate it is not in to the right of
+    that box, with the nodes after it in its layer; inner plates first, so that an outer box,
+    drawn around its members wherever they end up, is cleared last."""
+    inner: dict[str, int] = {}  # a plate's most plates inside it among its members, plus 1
+    for _, data in g.nodes(data=True):
+        nested = data.get("plates", ())
+        for i, name in enumerate(nested):
+            inner[name] = max(inner.get(name, 0), len(nested) - i)
+    for name in sorted(inner, key=inner.__getitem__):
+        members = [v for v in g if name in g.nodes[v].get("plates", ())]
+        right = max(pos[v][0] + _width(v) / 2 for v in members) + _GAP  # room for the box's pad
+        left = min(pos[v][0] - _width(v) / 2 for v in members) - _GAP
+        top, bottom = max(pos[v][1] for v in members), min(pos[v][1] for v in members)
+        for layer in layers:
+            row = sorted(layer, key=lambda v: pos[v][0])
+            if not row or not bottom <= pos[row[0]][1] <= top:
+                continue
+            free = right  # the left edge of the next node placed to the right of the box
+            for v in row:
+                x, y, half = *pos[v], _width(v) / 2
+                if v not in members and left < x + half and x - half < right:  # in the box
+                    pos[v], free = (free + half, y), free + 2 * half + _GAP
+                elif x - half >= right:  # right of the box: pushed along where needed
+                    x = max(x, free + half)
+                    pos[v], free = (x, y), x + half + _GAP
 
 
 def _width(label: str) -> float:

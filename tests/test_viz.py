@@ -48,3 +48,30 @@ def test_layout_puts_parents_above_children():
     pos = ppgen.viz.layout(g)
     for u, v in g.edges:
         assert pos[u][1] > pos[v][1]
+
+
+def test_a_node_outside_a_plate_is_drawn_outside_its_box():
+    """Random DAGs of 7 nodes, each in no plate, in `rows`, or in `pixels` inside `rows`."""
+    import random
+
+    import matplotlib.pyplot as plt
+
+    rng = random.Random(0)
+    for _ in range(60):
+        g = nx.DiGraph()
+        g.graph["plates"] = {"rows": 5, "pixels": 4}
+        for i in range(7):
+            plates = rng.choice([(), ("rows",), ("rows", "pixels")])
+            g.add_node(f"n{i}", plates=plates, observed=True)
+        g.add_edges_from((f"n{i}", f"n{j}") for i in range(7) for j in range(i + 1, 7)
+                         if rng.random() < 0.3)  # fmt: skip
+        ax = ppgen.draw(g)
+        patches = {p.get_gid(): p for p in ax.patches}
+        for name in ("rows", "pixels"):
+            box = patches.get(f"plate:{name}")
+            for v, data in g.nodes(data=True):
+                if box is None or name in data["plates"]:
+                    continue
+                (x, y), x0, y0 = patches[f"node:{v}"].center, box.get_x(), box.get_y()
+                assert not (x0 < x < x0 + box.get_width() and y0 < y < y0 + box.get_height()), v
+        plt.close(ax.figure)
