@@ -2,6 +2,7 @@ r"""Builds a ppgen program from a graph: one conditional per node, sampled in to
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -10,6 +11,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppgen.graph import check_dag
 from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular
 
 __all__ = ["DAG", "KINDS", "dag"]
@@ -104,22 +106,13 @@ def dag(
         >>> ppgen.factorization(model)
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
     """
-    g = nx.DiGraph(edges)
-    if not isinstance(edges, nx.DiGraph) and g.number_of_nodes() == 0:
-        raise ValueError("The edge list is empty: a DAG needs at least one edge or node.")
+    g = check_dag(nx.DiGraph(edges))
     kinds = {**dict.fromkeys(g.nodes, default), **(kinds or {})}
     cardinalities = dict(cardinalities or {})
     for name, mapping in (("kinds", kinds), ("cardinalities", cardinalities)):
         unknown = [v for v in mapping if v not in g]
         if unknown:
             raise ValueError(f"{name} names node {unknown[0]!r}, which is not in the graph.")
-    loops = list(nx.nodes_with_selfloops(g))
-    if loops:
-        raise ValueError(f"Node {loops[0]!r} has an edge to itself; a DAG has no self-loops.")
-    if not nx.is_directed_acyclic_graph(g):
-        cycle = [u for u, _ in nx.find_cycle(g)]
-        path = " -> ".join(repr(v) for v in [*cycle, cycle[0]])
-        raise ValueError(f"The graph has a cycle: {path}; a DAG has none.")
     for v, kind in kinds.items():
         if kind not in KINDS:
             raise ValueError(f"Node {v!r} has unknown kind {kind!r}; choose one of {KINDS}.")
@@ -127,6 +120,15 @@ def dag(
             raise ValueError(f"Node {v!r} is {kind} but has no entry in cardinalities.")
         if kind not in _DISCRETE and v in cardinalities:
             raise ValueError(f"Node {v!r} is {kind}, so it takes no cardinality.")
+        if v in cardinalities:
+            k = cardinalities[v]
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2:
+                raise ValueError(
+                    f"Node {v!r} has cardinality {k!r}; it must be a whole number >= 2."
+                )
+            if kind == "bernoulli" and k != 2:
+                raise ValueError(f"Node {v!r} is bernoulli, so its cardinality is 2, not {k}.")
+            cardinalities[v] = int(k)
         if kind == "bernoulli":
             cardinalities[v] = 2
         if kind == "tabular":

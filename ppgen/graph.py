@@ -15,7 +15,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppgen.nn import Call, recording_calls
 
-__all__ = ["factorization", "graph", "trace_calls"]
+__all__ = ["check_dag", "factorization", "graph", "trace_calls"]
 
 
 class _MatchCalls(Messenger):
@@ -178,6 +178,30 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
     return g
 
 
+def check_dag(g: object) -> nx.DiGraph:
+    """Returns `g` where it is a DAG (a `networkx.DiGraph` with a node, no self-loop and no
+    cycle), else raises one `ValueError` naming the problem.
+
+    Example:
+        >>> check_dag(nx.DiGraph([("a", "b"), ("b", "a")]))
+        Traceback (most recent call last):
+        ...
+        ValueError: The graph has a cycle: 'a' -> 'b' -> 'a'; a DAG has none.
+    """
+    if not isinstance(g, nx.DiGraph):
+        raise ValueError(f"Expected a networkx.DiGraph, not {type(g).__name__}.")
+    if g.number_of_nodes() == 0:
+        raise ValueError("The graph is empty: a DAG needs at least one edge or node.")
+    loops = list(nx.nodes_with_selfloops(g))
+    if loops:
+        raise ValueError(f"Node {loops[0]!r} has an edge to itself; a DAG has no self-loops.")
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = [u for u, _ in nx.find_cycle(g)]
+        path = " -> ".join(repr(v) for v in [*cycle, cycle[0]])
+        raise ValueError(f"The graph has a cycle: {path}; a DAG has none.")
+    return g
+
+
 def factorization(
     model: Callable[..., object] | nx.DiGraph, *args: object, **kwargs: object
 ) -> str:
@@ -194,12 +218,12 @@ def factorization(
         >>> factorization(nx.DiGraph([("t0", "t1"), ("t1", "t2")]))
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
     """
-    g = model if isinstance(model, nx.DiGraph) else graph(model, *args, **kwargs)
+    g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
     position = {v: i for i, v in enumerate(g.nodes)}
     order = list(nx.lexicographical_topological_sort(g, key=position.__getitem__))
     rank = {v: i for i, v in enumerate(order)}
     terms = []
     for v in order:
-        parents = sorted(g.predecessors(v), key=rank.__getitem__)
+        parents = [str(u) for u in sorted(g.predecessors(v), key=rank.__getitem__)]
         terms.append(f"p({v} | {', '.join(parents)})" if parents else f"p({v})")
-    return f"p({', '.join(order)}) = {' '.join(terms)}"
+    return f"p({', '.join(map(str, order))}) = {' '.join(terms)}"

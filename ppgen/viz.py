@@ -11,7 +11,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ppgen.graph import factorization, graph
+from ppgen.graph import check_dag, factorization, graph
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -132,7 +132,7 @@ def draw(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch
 
-    g = model if isinstance(model, nx.DiGraph) else graph(model, *args, **kwargs)
+    g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
     pos = layout(g)
     xs = [x for x, _ in pos.values()]
     ys = [y for _, y in pos.values()]

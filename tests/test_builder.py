@@ -39,7 +39,14 @@ def test_dag_accepts_networkx_with_isolated_nodes_and_int_names():
         ([("a", "b")], {"kinds": {"b": "tabular"}, "cardinalities": {"b": 2}},
          "Node 'b' is tabular but its parent 'a' is normal"),
         ([("a", "b")], {"cardinalities": {"a": 2}}, "Node 'a' is normal, so it takes no"),
-        ([], {}, "The edge list is empty"),
+        ([], {}, "The graph is empty"),
+        (nx.DiGraph(), {}, "The graph is empty"),
+        ([("a", "b")], {"kinds": {"a": "tabular", "b": "tabular"},
+                        "cardinalities": {"a": 1, "b": 2}}, "Node 'a' has cardinality 1; it must"),
+        ([("a", "b")], {"kinds": {"a": "categorical"}, "cardinalities": {"a": 2.5}},
+         "Node 'a' has cardinality 2.5"),
+        ([("a", "b")], {"kinds": {"a": "bernoulli"}, "cardinalities": {"a": 3}},
+         "Node 'a' is bernoulli, so its cardinality is 2, not 3"),
     ],
 )  # fmt: skip
 def test_dag_bad_input(edges, kwargs, message):

@@ -284,7 +284,7 @@ def test_empty_dataset():
             "kinds names node 'z', which is not in the graph",
         ),
         ([("a", "b")], {"cardinalities": {"q": 2}}, "cardinalities names node 'q'"),
-        ([], {}, "The edge list is empty"),
+        ([], {}, "The graph is empty"),
     ],
 )
 def test_bad_edge_list(edges, options, message):

@@ -188,3 +188,17 @@ def test_two_sites_conditioned_on_one_tensor_keep_their_edge():
     assert list(ppgen.graph(pyro.condition(Chain(), data={"a": x, "c": x}), n=5).edges) == [
         ("a", "c")
     ]
+
+
+def test_factorization_and_draw_of_a_graph_check_it_and_take_any_node_names():
+    import matplotlib.pyplot as plt
+
+    g = nx.DiGraph([(0, 1), (1, 2)])
+    assert ppgen.factorization(g) == "p(0, 1, 2) = p(0) p(1 | 0) p(2 | 1)"
+    plt.close(ppgen.draw(g, title=True).figure)
+    for bad, message in [(nx.DiGraph(), "The graph is empty"),
+                         (nx.DiGraph([(0, 1), (1, 0)]), "The graph has a cycle: 0 -> 1 -> 0"),
+                         (nx.Graph([(0, 1)]), "Expected a networkx.DiGraph, not Graph")]:  # fmt: skip
+        for query in (ppgen.factorization, ppgen.draw):
+            with pytest.raises(ValueError, match=message):
+                query(bad)
