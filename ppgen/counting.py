@@ -3,6 +3,7 @@ r"""Free-parameter counts of discrete joint distributions, of DAG factorisations
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -58,8 +59,10 @@ def count_parameters(
     cards = dict(
         cardinalities.items() if isinstance(cardinalities, Mapping) else enumerate(cardinalities)
     )
-    if any(not isinstance(k, int) or k < 1 for k in cards.values()):
+    if any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
+           for k in cards.values()):  # fmt: skip
         raise ValueError(f"Cardinalities must be positive ints, got {list(cards.values())}.")
+    cards = {v: int(k) for v, k in cards.items()}
     if isinstance(structure, str):
         sizes = list(cards.values())
         if structure == "joint":

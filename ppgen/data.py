@@ -171,7 +171,8 @@ def _table(
     for name in data:
         if name not in sites:
             raise ValueError(
-                f"Column {name!r} is not a sample site of the model (its sites: {', '.join(sites)})."
+                f"Column {name!r} is not a sample site of the model (its sites: "
+                f"{', '.join(map(repr, sites))})."
             )
     columns: dict[str, Tensor] = {}
     labels: dict[str, list[object]] = {}

@@ -75,6 +75,8 @@ def relay_race(num_rows: int, *, seed: int = 0) -> dict[str, Tensor]:
         >>> relay_race(5)["t1"].shape
         torch.Size([5])
     """
+    if num_rows < 1:
+        raise ValueError(f"num_rows must be a positive number of rows, not {num_rows}.")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         with torch.no_grad():

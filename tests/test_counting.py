@@ -51,3 +51,11 @@ def test_module_counts():
     made = AutoRegressiveNN(4, [8], param_dims=[1], permutation=torch.arange(4))
     masks = sum(int(layer.mask.sum()) + layer.bias.numel() for layer in made.layers)
     assert count_parameters(made) == masks < sum(p.numel() for p in made.parameters())
+
+
+def test_numpy_cardinalities_count_as_ints():
+    import numpy as np
+
+    assert count_parameters([np.int64(2), 3], "joint") == 5
+    with pytest.raises(ValueError, match="Cardinalities must be positive ints"):
+        count_parameters([True, 2], "joint")

@@ -89,7 +89,7 @@ def test_extra_column():
     model = _model()
     _unchanged(
         _fit(model, {**GOOD, "d": [1, 2, 3]}),
-        re.escape("Column 'd' is not a sample site of the model (its sites: a, b, c)."),
+        re.escape("Column 'd' is not a sample site of the model (its sites: 'a', 'b', 'c')."),
         model,
     )
 
@@ -371,3 +371,8 @@ def test_corrupt_or_foreign_file(tmp_path):
         ppgen.io.load(path)
     assert path.read_bytes() == b"\x80\x04not a model at all"
     _unchanged(lambda: ppgen.io.load(path), "is not a ppgen file", model, tmp_path)
+
+
+def test_relay_race_of_no_rows():
+    with pytest.raises(ValueError, match="num_rows must be a positive number of rows, not 0."):
+        ppgen.datasets.relay_race(0)

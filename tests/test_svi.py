@@ -246,7 +246,7 @@ def test_wrong_column_name_is_named():
             z = pyro.sample("z", dist.Normal(0.0, 1.0))
             pyro.sample("x", dist.Normal(z, 1.0))
 
-    with pytest.raises(ValueError, match="'y' is not a sample site.*z, x"):
+    with pytest.raises(ValueError, match="'y' is not a sample site.*'z', 'x'"):
         fit_svi(model, "auto_normal", {"y": torch.zeros(3)}, progress=False)
 
 
@@ -288,7 +288,7 @@ def test_log_prob_with_a_guide_checks_its_data():
         estimate = ppgen.log_prob(normal_normal, data, guide=guide, num_samples=10)
         assert torch.allclose(estimate, exact, rtol=0, atol=1e-12)
     for data, message in [
-        ({"x": x, "q": x}, "Column 'q' is not a sample site of the model (its sites: z, x)."),
+        ({"x": x, "q": x}, "Column 'q' is not a sample site of the model (its sites: 'z', 'x')."),
         ({"x": torch.tensor([0.0, float("nan")])}, "Column 'x' holds NaN or inf (row 1)."),
         (pd.DataFrame({"x": ["a", "b"]}), "Column 'x' holds labels, and log_prob needs"),
     ]:

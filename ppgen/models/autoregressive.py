@@ -360,6 +360,8 @@ class MaskedConv2d(nn.Conv2d):
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got '{mask_type}'.")
         kh, kw = self.kernel_size
+        if kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"The kernel must have odd sides, not {kh}x{kw}.")
         mask = torch.ones(kh, kw)
         mask[kh // 2, kw // 2 + (mask_type == "B") :] = 0
         mask[kh // 2 + 1 :] = 0

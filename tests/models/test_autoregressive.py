@@ -261,3 +261,8 @@ def test_made_order_must_be_a_permutation_and_it_needs_a_hidden_layer():
     assert torch.equal(made.order, before)
     with pytest.raises(ValueError, match="MADE needs at least one hidden layer"):
         MADE(3, hidden_features=())
+
+
+def test_an_even_kernel_is_refused():
+    with pytest.raises(ValueError, match="The kernel must have odd sides, not 4x4"):
+        PixelCNN((7, 9), kernel_size=4)
