@@ -473,8 +473,10 @@ class Tabular(Node):
                 f"Tabular expects {len(self.parent_cardinalities)} parents, got {len(parents)}."
             )
         index = tuple(p.long() for p in parents)
-        probs = self.logits.softmax(-1)  # normalised once, over the table rather than the rows
-        return _TableCategorical(probs=probs[index], validate_args=False)
+        # normalised once, over the table rather than the rows; by logits, so that a cell of
+        # probability 0 has log-probability -inf (torch clamps probabilities at its eps)
+        log_probs = self.logits.log_softmax(-1)
+        return _TableCategorical(logits=log_probs[index], validate_args=False)
 
     def log_prob(self, value: Tensor, *parents: Tensor) -> Tensor:
         index = (*(p.long() for p in parents), value.long())

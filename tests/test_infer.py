@@ -519,3 +519,17 @@ def test_batch_size_and_validation_columns_are_checked():
     with pytest.raises(ValueError, match=lacking):
         ppgen.fit_mle(model, rows, val=pd.DataFrame({"a": [1.0]}), progress=False)
     assert all(torch.equal(p, q) for p, q in zip(before, params(model), strict=True))
+
+
+def test_a_table_cell_of_probability_zero_is_exact_and_a_refit_is_solved_again():
+    model = ppgen.dag([("a", "b")], kinds={"a": "tabular", "b": "linear_gaussian"},
+                      cardinalities={"a": 3})  # fmt: skip
+    ppgen.fit_mle(model, {"a": torch.tensor([0, 1] * 50), "b": torch.randn(100)}, progress=False)
+    unseen = {"a": torch.tensor([2]), "b": torch.zeros(1)}
+    assert ppgen.log_prob(model, unseen, per_node=True)["a"].item() == -math.inf
+    rows = {"a": torch.tensor([0] * 64 + [2]), "b": torch.zeros(65)}  # the row behind 64 others
+    assert ppgen.log_prob(model, rows)[64].item() == -math.inf == ppgen.log_prob(model, unseen)
+    fit = ppgen.fit_mle(model, {"a": torch.tensor([0, 1, 2] * 50), "b": torch.randn(150)},
+                  epochs=2, progress=False)  # fmt: skip
+    assert fit.closed_form == ["a", "b"]
+    assert fit.history[-1]["train/a"] == pytest.approx(-math.log(3), abs=1e-6)
