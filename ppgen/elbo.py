@@ -356,6 +356,12 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
     return True
 
 
+def _parameters_of(program: object) -> list[Tensor]:
+    """The parameters of a program that is a module or a module's bound method; else none."""
+    owner = getattr(program, "__self__", program)
+    return list(owner.parameters()) if isinstance(owner, nn.Module) else []
+
+
 def _check_argument(
     model: Callable[..., object], data: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> None:
@@ -417,6 +423,9 @@ def svi_table(
     if isinstance(data, Tensor):
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
+        if not data.is_floating_point():  # integer images: the model's floats, as for a column
+            floats = [p for p in _parameters_of(model) if p.is_floating_point()]
+            data = data.to(floats[0].dtype if floats else torch.get_default_dtype())
         columns, device = place({_ARGUMENT: data}, device, model)
         if observed_by_model:  # `model(x)` observes the tensor (not a GAN, which draws rows)
             _check_argument(model, columns[_ARGUMENT], args, kwargs)

@@ -463,3 +463,15 @@ def test_svi_validation_columns_and_parameters_are_checked():
 
     with pytest.raises(ValueError, match="Neither the model nor the guide has parameters"):
         fit_svi(model, guide, data, epochs=1, progress=False)
+
+
+def test_integer_images_are_taken_as_floats():
+    x = torch.bernoulli(torch.rand(20, 6))
+    vae = VAE(6, 2, hidden=(8,))
+    pyro.set_rng_seed(0)
+    as_floats = vae.log_prob(x, num_samples=5)
+    for integers in (x.long(), x.to(torch.uint8)):
+        pyro.set_rng_seed(0)
+        assert torch.equal(vae.log_prob(integers, num_samples=5), as_floats)
+    fit = fit_svi(vae, vae.guide, x.long(), epochs=1, progress=False)
+    assert math.isfinite(fit.history[0]["train"])

@@ -110,9 +110,10 @@ class VAE(Model):
     ) -> Tensor:
         r"""The importance-weighted bound on :math:`\log p(x)` with `num_samples` draws of the
         encoder, per row, of shape :math:`(N,)`; see :func:`ppgen.importance.importance_log_prob`.
-        `x` is checked first (its shape, and the support of the decoder's distribution).
+        `x` is checked first (its shape, and the support of the decoder's distribution); integer
+        images are taken as floats.
         """
-        svi_table(self, x, (), {}, None)
+        (x,) = svi_table(self, x, (), {}, None).columns.values()  # integer images as floats
         return importance_log_prob(
             self, self.guide, x, num_samples=num_samples, chunk_size=chunk_size
         )
