@@ -195,6 +195,14 @@ def _table(
         value, coding = _column(name, data[name], categories)
         if coding is not None:
             labels[name] = coding
+            support = site["fn"].support
+            if isinstance(support, constraints.integer_interval) and not _varies(support):
+                values = int(support.upper_bound) - int(support.lower_bound) + 1
+                if len(coding) > values:
+                    raise ValueError(
+                        f"Column {name!r} has {len(coding)} labels, but its site takes "
+                        f"{values} values."
+                    )
         if value.dim() == 0:
             raise ValueError(f"Column {name!r} holds a single value, not one per row.")
         if rows is None:

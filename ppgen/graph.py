@@ -121,7 +121,8 @@ def family(fn: object) -> str:
     """
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
-    return type(fn).__name__
+    public = next(c for c in type(fn).__mro__ if not c.__name__.startswith("_"))
+    return public.__name__  # a private subclass (ppgen's table) by the family it is
 
 
 def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.DiGraph:

@@ -376,3 +376,12 @@ def test_corrupt_or_foreign_file(tmp_path):
 def test_relay_race_of_no_rows():
     with pytest.raises(ValueError, match="num_rows must be a positive number of rows, not 0."):
         ppgen.datasets.relay_race(0)
+
+
+def test_a_table_names_its_family_and_more_labels_than_values():
+    model = ppgen.dag([("c", "y")], kinds={"c": "tabular", "y": "tabular"},
+                      cardinalities={"c": 3, "y": 2})  # fmt: skip
+    with pytest.raises(ValueError, match="outside the support of its Categorical distribution"):
+        ppgen.fit_mle(model, {"c": [0, 1], "y": [0, 2]}, progress=False)
+    frame = pd.DataFrame({"c": ["red", "green", "blue", "purple"], "y": [0, 1, 0, 1]})
+    _unchanged(_fit(model, frame), "Column 'c' has 4 labels, but its site takes 3 values.", model)
