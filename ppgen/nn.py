@@ -473,10 +473,10 @@ class Tabular(Node):
                 f"Tabular expects {len(self.parent_cardinalities)} parents, got {len(parents)}."
             )
         index = tuple(p.long() for p in parents)
-        # normalised once, over the table rather than the rows; by logits, so that a cell of
-        # probability 0 has log-probability -inf (torch clamps probabilities at its eps)
-        log_probs = self.logits.log_softmax(-1)
-        return _TableCategorical(logits=log_probs[index], validate_args=False)
+        log_probs = self.logits.log_softmax(-1)  # normalised once, over the table, not the rows
+        d = _TableCategorical(probs=log_probs.exp()[index], validate_args=False)
+        d.logits = log_probs[index]  # exact: from probabilities torch clamps a 0 at its eps
+        return d
 
     def log_prob(self, value: Tensor, *parents: Tensor) -> Tensor:
         index = (*(p.long() for p in parents), value.long())
