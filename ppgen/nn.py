@@ -475,7 +475,7 @@ class Tabular(Node):
         index = tuple(p.long() for p in parents)
         log_probs = self.logits.log_softmax(-1)  # normalised once, over the table, not the rows
         d = _TableCategorical(probs=log_probs.exp()[index], validate_args=False)
-        d.logits = log_probs[index]  # exact: from probabilities torch clamps a 0 at its eps
+        d.logits = d.probs.log()  # exact at 0, where torch clamps a probability at its eps
         return d
 
     def log_prob(self, value: Tensor, *parents: Tensor) -> Tensor:
