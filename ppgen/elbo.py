@@ -217,12 +217,7 @@ class ELBOObjective(nn.Module):
             return False
         if not self.argument:
             return site["name"] in batch
-        x, value = batch[_ARGUMENT], site["value"]
-        return (
-            isinstance(value, Tensor)
-            and value.data_ptr() == x.data_ptr()
-            and value.numel() == x.numel()
-        )
+        return _is_view(site["value"], batch[_ARGUMENT])
 
     def _share(self, program: Callable[..., object], batch: dict[str, Tensor]) -> Callable:
         """`program` with its sites outside the plate of the rows scaled by the batch's share."""
@@ -356,6 +351,17 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
     return True
 
 
+def _is_view(value: object, x: Tensor, *, rows: bool = False) -> bool:
+    """Whether `value` holds the very values of `x` (`x` or a view of it; with `rows`, one
+    whose rows are those of `x`)."""
+    return (
+        isinstance(value, Tensor)
+        and value.data_ptr() == x.data_ptr()
+        and value.numel() == x.numel()
+        and (not rows or value.shape[:1] == x.shape[:1])
+    )
+
+
 def _parameters_of(program: object) -> list[Tensor]:
     """The parameters of a program that is a module or a module's bound method; else none."""
     owner = getattr(program, "__self__", program)
@@ -379,12 +385,7 @@ def _check_argument(
         ) from error
     for name, site in trace.nodes.items():
         value = site["value"] if _is_variable(site) and site["is_observed"] else None
-        if (
-            isinstance(value, Tensor)
-            and value.data_ptr() == probe.data_ptr()
-            and value.numel() == probe.numel()
-            and value.shape[:1] == probe.shape[:1]
-        ):
+        if _is_view(value, probe, rows=True):
             fn = site["fn"]
             shape = tuple(fn.batch_shape + fn.event_shape)
             try:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ppgen import distributed
 from ppgen.data import Table, table
-from ppgen.elbo import ELBOS, ELBOObjective, svi_table
+from ppgen.elbo import ELBOS, ELBOObjective, _parameters_of, svi_table
 from ppgen.graph import _is_variable, _unweighted, trace_calls
 from ppgen.io import LoadError, load_checkpoint, save_checkpoint
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
@@ -618,9 +618,7 @@ def _parameters(run: Callable[[], object], *programs: object) -> list[nn.Paramet
     with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
         run()
     found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
-    for program in programs:
-        owner = getattr(program, "__self__", program)  # a bound method's module
-        found += list(owner.parameters()) if isinstance(owner, nn.Module) else []
+    found += [p for program in programs for p in _parameters_of(program)]
     return list({id(p): p for p in found if p.requires_grad}.values())
 
 
