@@ -1,15 +1,15 @@
 r"""ppgen: generative models written as directed graphical models in Pyro."""
 
-__version__ = "0.1.0"
-
 from ppgen import counting, datasets, metrics, models, viz
 from ppgen.builder import dag
 from ppgen.counting import count_parameters
 from ppgen.density import log_prob, sample
 from ppgen.graph import factorization, graph
-from ppgen.infer import FitResult, fit_gan, fit_mle, fit_svi
+from ppgen.infer import fit_gan, fit_mle, fit_svi
 from ppgen.io import load, save
-from ppgen.nn import Model
+from ppgen.model import Model
+from ppgen.result import FitResult
+from ppgen.version import __version__
 from ppgen.viz import draw
 
 __all__ = [

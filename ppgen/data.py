@@ -12,9 +12,11 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from ppgen.graph import _is_variable, family
+from ppgen.graph import family
+from ppgen.model import coding
+from ppgen.tracing import is_variable
 
-__all__ = ["Table", "fits", "place", "table"]
+__all__ = ["Table", "fits", "place", "read_table", "table"]
 
 Data = Mapping[str, object]
 
@@ -100,7 +102,7 @@ def place(
     return host, device
 
 
-def _is_frame(data: object) -> bool:
+def is_frame(data: object) -> bool:
     """Whether `data` is a DataFrame (pandas', or one that acts like it)."""
     return hasattr(data, "columns") and hasattr(data, "iloc")
 
@@ -116,10 +118,10 @@ def table(
     r"""Checks `data` against the sample sites of `model` and returns it as a :class:`Table`.
 
     Columns of labels (a pandas categorical or text column of a DataFrame, or such a pandas
-    Series as a value of a dict) are coded as integers: by `categories` where it is given (so
-    that new data get the codes of the fit: `categories=fit.categories`), else by the labels of
-    the column itself, as a fit codes its own data (the coding is then
-    :attr:`Table.categories`).
+    Series as a value of a dict) are coded as integers: by `categories` where it is given,
+    else by the model's own coding (:func:`ppgen.model.coding`, which a fit records), with
+    labels it has not seen given the next codes; a column the model has no coding for is coded
+    by its own labels, as a fit codes its data (the coding is then :attr:`Table.categories`).
 
     Arguments:
         model: A Pyro program taking the number of rows as its keyword `n`.
@@ -132,8 +134,7 @@ def table(
     Raises:
         ValueError: Naming the site or column, for an empty dataset, a column that is no site,
             a site missing from the data or outside the data plate, a wrong shape or dtype, NaN
-            or inf, a label not in `categories`, or a value outside the support of the site's
-            distribution.
+            or inf, or a value outside the support of the site's distribution.
 
     Example:
         >>> model = ppgen.dag([("a", "b")], kinds={"b": "bernoulli"})
@@ -144,20 +145,24 @@ def table(
         >>> table(model, frame, categories={"b": ["no", "yes"]}).columns["b"]
         tensor([1., 0.])
     """
-    return _table(model, data, args, kwargs, categories, device, latent=False)
+    return read_table(model, data, args, kwargs, categories=categories, device=device)
 
 
-def _table(
+def read_table(
     model: Callable[..., object],
     data: Data | object,
     args: tuple[object, ...],
     kwargs: dict[str, object],
-    categories: Mapping[str, Sequence[object]] | None,
-    device: torch.device | str | None,
-    latent: bool,
+    *,
+    categories: Mapping[str, Sequence[object]] | None = None,
+    device: torch.device | str | None = None,
+    latent: bool = False,
+    known: bool = False,
 ) -> Table:
-    """:func:`table`, where `latent` lets sites be missing from the data (for a guide)."""
-    if _is_frame(data):
+    """:func:`table`, where `latent` lets sites be missing from the data (for a guide), and
+    `known` codes labels by the known coding alone (`categories`, else the model's): a query's
+    or a validation's rows, where a label the fit never saw has no code and is refused."""
+    if is_frame(data):
         data = {str(name): series for name, series in data.items()}
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -167,17 +172,18 @@ def _table(
         raise ValueError("The data have no columns.")
     with torch.random.fork_rng(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
-    sites = {name: site for name, site in trace.nodes.items() if _is_variable(site)}
+    sites = {name: site for name, site in trace.nodes.items() if is_variable(site)}
     for name in data:
         if name not in sites:
             raise ValueError(
                 f"Column {name!r} is not a sample site of the model (its sites: "
                 f"{', '.join(map(repr, sites))})."
             )
+    coder = _Coder(coding(model) if categories is None else categories, categories is not None,
+                   known)  # fmt: skip
     columns: dict[str, Tensor] = {}
     labels: dict[str, list[object]] = {}
     varying: list[str] = []  # sites whose support has tensor bounds, checked below
-    rows = None
     for name, site in sites.items():
         if name not in data:
             if latent:
@@ -186,84 +192,115 @@ def _table(
                 f"Site {name!r} is not in the data: it is latent, so exact maximum likelihood does "
                 "not apply; fit it with ppgen.fit_svi(model, guide, data)."
             )
-        expected = site["value"]
-        if expected.dim() == 0 or len(expected) != 2:  # the program was run with n=2
-            raise ValueError(
-                f"Site {name!r} is outside the data plate (one value for all rows), so it cannot "
-                "be a data column: make it a parameter, or leave it latent and give a guide."
-            )
-        value, coding = _column(name, data[name], categories)
-        if coding is not None:
-            labels[name] = coding
-            support = site["fn"].support
-            if isinstance(support, constraints.integer_interval) and not _varies(support):
-                values = int(support.upper_bound) - int(support.lower_bound) + 1
-                if len(coding) > values:
-                    raise ValueError(
-                        f"Column {name!r} has {len(coding)} labels, but its site takes "
-                        f"{values} values."
-                    )
-        if value.dim() == 0:
-            raise ValueError(f"Column {name!r} holds a single value, not one per row.")
-        if rows is None:
-            rows, first = len(value), name
-        if len(value) != rows:
-            raise ValueError(f"Column {name!r} has {len(value)} rows but {first!r} has {rows}.")
-        if rows == 0:
-            raise ValueError("The data have no rows.")
-        if value.shape[1:] != expected.shape[1:]:
-            raise ValueError(
-                f"Column {name!r} has rows of shape {tuple(value.shape[1:])}, but site {name!r} "
-                f"has rows of shape {tuple(expected.shape[1:])}."
-            )
-        if value.is_floating_point():
-            row = _first_row(~torch.isfinite(value))
-            if row is not None:
-                raise ValueError(f"Column {name!r} holds NaN or inf (row {row}).")
-        if not expected.is_floating_point() and value.is_floating_point():
-            if not torch.equal(value, value.round()):
-                raise ValueError(
-                    f"Column {name!r} must hold whole numbers for its {type(site['fn']).__name__} site."
-                )
-        wide = value.is_floating_point() and value.dtype.itemsize > expected.dtype.itemsize
-        value = value.to(dtype=expected.dtype)
-        row = _first_row(~torch.isfinite(value)) if wide and value.is_floating_point() else None
-        if row is not None:
-            raise ValueError(
-                f"Column {name!r} holds a value beyond the range of its site's dtype, "
-                f"{str(value.dtype).removeprefix('torch.')} (row {row})."
-            )
-        if _varies(site["fn"].support):
+        value, found = _column(name, data[name], coder)
+        if found is not None:
+            _check_labels(name, site, found)
+            labels[name] = found
+        columns[name] = _checked(name, site, value, columns)
+        if varies(site["fn"].support):
             varying.append(name)
         else:
-            _check_support(name, site["fn"], value, expected.device)
-        columns[name] = value
+            check_support(name, site["fn"], columns[name], site["value"].device)
     if varying and len(columns) == len(sites):  # bounds drawn from a latent site are unknown
-        _check_varying(model, columns, varying, args, kwargs, expected.device)
+        device_ = next(iter(sites.values()))["value"].device
+        _check_varying(model, columns, varying, args, kwargs, device_)
     columns, device = place(columns, device, model)
     return Table(columns, labels, device)
 
 
-def _column(
-    name: str, value: object, categories: Mapping[str, Sequence[object]] | None
-) -> tuple[Tensor, list[object] | None]:
+def _check_labels(name: str, site: dict, labels: list[object]) -> None:
+    """Raises where a label column has more labels than its site takes values."""
+    support = site["fn"].support
+    if isinstance(support, constraints.integer_interval) and not varies(support):
+        values = int(support.upper_bound) - int(support.lower_bound) + 1
+        if len(labels) > values:
+            raise ValueError(
+                f"Column {name!r} has {len(labels)} labels, but its site takes {values} values."
+            )
+
+
+def _checked(name: str, site: dict, value: Tensor, columns: dict[str, Tensor]) -> Tensor:
+    """A column checked against its site and the columns before it (rows, shape, finite
+    values, whole numbers for a discrete site), in the site's dtype."""
+    expected = site["value"]
+    if expected.dim() == 0 or len(expected) != 2:  # the program was run with n=2
+        raise ValueError(
+            f"Site {name!r} is outside the data plate (one value for all rows), so it cannot "
+            "be a data column: make it a parameter, or leave it latent and give a guide."
+        )
+    if value.dim() == 0:
+        raise ValueError(f"Column {name!r} holds a single value, not one per row.")
+    first = next(iter(columns), None)
+    if first is not None and len(value) != len(columns[first]):
+        raise ValueError(
+            f"Column {name!r} has {len(value)} rows but {first!r} has {len(columns[first])}."
+        )
+    if len(value) == 0:
+        raise ValueError("The data have no rows.")
+    if value.shape[1:] != expected.shape[1:]:
+        raise ValueError(
+            f"Column {name!r} has rows of shape {tuple(value.shape[1:])}, but site {name!r} "
+            f"has rows of shape {tuple(expected.shape[1:])}."
+        )
+    if value.is_floating_point():
+        row = _first_row(~torch.isfinite(value))
+        if row is not None:
+            raise ValueError(f"Column {name!r} holds NaN or inf (row {row}).")
+    if not expected.is_floating_point() and value.is_floating_point():
+        if not torch.equal(value, value.round()):
+            raise ValueError(
+                f"Column {name!r} must hold whole numbers for its {type(site['fn']).__name__} site."
+            )
+    wide = value.is_floating_point() and value.dtype.itemsize > expected.dtype.itemsize
+    value = value.to(dtype=expected.dtype)
+    row = _first_row(~torch.isfinite(value)) if wide and value.is_floating_point() else None
+    if row is not None:
+        raise ValueError(
+            f"Column {name!r} holds a value beyond the range of its site's dtype, "
+            f"{str(value.dtype).removeprefix('torch.')} (row {row})."
+        )
+    return value
+
+
+@dataclass
+class _Coder:
+    """How label columns get their codes: `categories` (given, or the model's own), and whether
+    they alone may code (`known`: a query's rows) or a fit may code new labels."""
+
+    categories: Mapping[str, Sequence[object]]
+    given: bool
+    known: bool
+
+    def labels(self, name: str, value: object, pd: object) -> list[object]:
+        """The labels of a label column, in the order of their codes."""
+        if name in self.categories:
+            labels = list(self.categories[name])
+            if not self.known:  # a fit: labels not coded yet take the next codes
+                seen = set(labels)
+                labels += [c for c in pd.Categorical(value).categories if c not in seen]
+            return labels
+        if self.known and self.given:
+            raise ValueError(f"Column {name!r} holds labels, but categories has none for it.")
+        if self.known:
+            raise ValueError(
+                f"Column {name!r} holds labels, and log_prob needs the codes they had in the fit: "
+                "pass categories=fit.categories, or fit the model on a frame with this column "
+                "first (it then keeps them)."
+            )
+        return list(pd.Categorical(value).categories)
+
+
+def _column(name: str, value: object, coder: _Coder) -> tuple[Tensor, list[object] | None]:
     """A column as a tensor and, where it came as labels (a pandas categorical or text column),
-    its labels: the tensor holds their codes, by `categories[name]` where `categories` is given,
-    else by the labels of the column."""
+    its labels: the tensor holds their codes, by `coder`."""
     pd = sys.modules.get("pandas")  # data hold pandas objects only where pandas is imported
     labels = None
     if pd is not None and isinstance(value, pd.Series | pd.Index):
         kind = value.dtype
         text = pd.api.types.is_string_dtype(kind) or pd.api.types.is_object_dtype(kind)
         if text or isinstance(kind, pd.CategoricalDtype):
-            if categories is None:
-                coded = pd.Categorical(value)
-                labels, codes = list(coded.categories), coded.codes
-            elif name in categories:
-                labels = list(categories[name])
-                codes = pd.Index(labels).get_indexer(value)
-            else:
-                raise ValueError(f"Column {name!r} holds labels, but categories has none for it.")
+            labels = coder.labels(name, value, pd)
+            codes = pd.Index(labels).get_indexer(value)
             row = _first_row(torch.from_numpy(codes < 0))
             if row is not None:
                 label = value.to_numpy()[row]
@@ -285,6 +322,18 @@ def _column(
     return tensor, labels
 
 
+def check_columns(val: object, data: Table) -> None:
+    """Raises, naming it, for a site of the training rows that the validation data (a dict
+    or a DataFrame) lack, which :func:`table` would call latent."""
+    names = {str(c) for c in val.columns} if hasattr(val, "iloc") else val
+    if isinstance(names, Mapping | set):
+        for name in data.columns:
+            if name not in names:
+                raise ValueError(
+                    f"The validation data lack column {name!r}, which the training data have."
+                )
+
+
 # rows of a column checked at once on the model's device: a column need not fit there whole
 _CHECK_ELEMENTS = 1 << 22
 # rows of the program run at once to find supports that vary by row, as a fit evaluates them
@@ -297,15 +346,15 @@ def _first_row(bad: Tensor) -> int | None:
     return int(rows.nonzero()[0]) if rows.any() else None
 
 
-def _varies(support: constraints.Constraint) -> bool:
+def varies(support: constraints.Constraint) -> bool:
     """Whether a support has tensor bounds (a Binomial's `total_count`), which may vary by row."""
     return any(
-        isinstance(v, Tensor) or (isinstance(v, constraints.Constraint) and _varies(v))
+        isinstance(v, Tensor) or (isinstance(v, constraints.Constraint) and varies(v))
         for v in vars(support).values()
     )
 
 
-def _check_support(name: str, fn: Distribution, value: Tensor, device: torch.device) -> None:
+def check_support(name: str, fn: Distribution, value: Tensor, device: torch.device) -> None:
     """Raises, naming the column, at the first row outside the support of `fn` (whose bounds
     hold for every row): a chunk of rows at a time on `device`; the bounds of an integer
     interval (the Categorical's) on the extremes alone, the whole data being integer already."""

@@ -1,20 +1,130 @@
-r"""The queries of a generative model: density :math:`\log p(x)` and ancestral sampling."""
+r"""The queries of a generative model: the exact density :math:`\log p(x)` and ancestral sampling.
+
+A fully observed program has the exact log-likelihood
+:math:`\log p(x) = \sum_i \log p(x_i \mid \mathrm{Pa}(x_i))`, a sum of one term per site
+(:class:`ExactLogLikelihood`): :func:`log_prob` scores rows with it, :func:`ppgen.fit_mle` fits
+it, and :func:`sample` draws rows ancestrally.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import pyro
 import pyro.poutine as poutine
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ppgen.data import table
-from ppgen.elbo import _ARGUMENT, svi_table
-from ppgen.graph import _is_variable
+from ppgen.data import Table, read_table
+from ppgen.device import resolve_device
+from ppgen.elbo import ARGUMENT, svi_table
 from ppgen.importance import importance_log_prob
-from ppgen.infer import ExactLogLikelihood, _device
+from ppgen.model import coding
+from ppgen.nn import Node, Tabular
+from ppgen.tracing import is_unweighted, is_variable, trace_calls
 
-__all__ = ["log_prob", "sample"]
+__all__ = ["ExactLogLikelihood", "log_prob", "sample"]
+
+
+class ExactLogLikelihood(nn.Module):
+    r"""The exact log-likelihood of a fully observed program, one term per site.
+
+    Where every site's distribution comes from a ppgen conditional called directly on its
+    parents' values, the terms are computed from those modules alone, without running the
+    program (checked once against Pyro's own trace); otherwise the conditioned program is traced.
+
+    Arguments:
+        model: A Pyro program taking the number of rows as its keyword `n`.
+        probe: A few rows of checked data, used to find the structure.
+        args, kwargs: Other inputs of `model`.
+
+    Example:
+        >>> model = ppgen.dag([("a", "b")])
+        >>> rows = {"a": torch.zeros(4), "b": torch.ones(4)}
+        >>> sorted(ExactLogLikelihood(model, rows)(rows))
+        ['a', 'b']
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., object],
+        probe: dict[str, Tensor],
+        *args: object,
+        **kwargs: object,
+    ) -> None:
+        super().__init__()
+        self.model, self.args, self.kwargs = model, args, kwargs
+        self.factors = self._structure(probe)
+
+    def _structure(self, probe: dict[str, Tensor]) -> dict[str, tuple[Node, list[str]]] | None:
+        rows = len(next(iter(probe.values())))
+        conditioned = pyro.condition(self.model, data=probe)
+        with torch.no_grad():
+            trace, calls = trace_calls(conditioned, *self.args, n=rows, **self.kwargs)
+        sites = {name: s for name, s in trace.nodes.items() if is_variable(s)}
+        names = {id(site["value"]): name for name, site in sites.items()}
+        factors = {}
+        for name, site in sites.items():
+            call = calls.get(name)
+            if call is None or not is_unweighted(site):
+                return None
+            parents = [names.get(id(value)) for value in call[1]]
+            if None in parents:
+                return None
+            factors[name] = (call[0], parents)
+        if all(isinstance(m, Tabular) for m, _ in factors.values()) and all(
+            sites[n]["fn"].shape() == (rows,) for n in factors
+        ):  # each site is its table's Categorical (matched above), one value a row: they agree
+            return factors
+        self.factors = factors
+        with torch.no_grad():
+            fast = sum(t.sum() for t in self(probe).values())
+            self.factors = None
+            exact = sum(t.sum() for t in self(probe).values())
+        return factors if torch.allclose(fast, exact, rtol=1e-5, atol=1e-5) else None
+
+    def forward(
+        self, batch: dict[str, Tensor], sites: Iterable[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Returns each site's log-likelihood per row, of shape :math:`(N,)`, for every site or
+        for `sites` alone (computed alone where the structure is known)."""
+        rows = len(next(iter(batch.values())))
+        if self.factors is not None:
+            factors = self.factors if sites is None else {s: self.factors[s] for s in sites}
+            return {
+                name: _per_row(module.log_prob(batch[name], *(batch[p] for p in parents)), rows)
+                for name, (module, parents) in factors.items()
+            }
+        conditioned = poutine.condition(self.model, data=batch)
+        trace = poutine.trace(conditioned).get_trace(*self.args, n=rows, **self.kwargs)
+        with warnings.catch_warnings():  # a non-finite term gets train's own error, naming it
+            warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+            trace.compute_log_prob()
+        terms = {
+            name: _per_row(site["log_prob"], rows)
+            for name, site in trace.nodes.items()
+            if is_variable(site)
+        }
+        return terms if sites is None else {s: terms[s] for s in sites}
+
+    def terms(
+        self, data: Table, batch_size: int, sites: list[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Each site's terms (or those of `sites`) on every row of `data`, in order, `batch_size`
+        rows at a time, without gradients, on the device of the rows' batches."""
+        parts: dict[str, list[Tensor]] = {}
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                for name, term in self(data.rows(slice(start, start + batch_size)), sites).items():
+                    parts.setdefault(name, []).append(term)
+        return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+def _per_row(log_prob: Tensor, rows: int) -> Tensor:
+    if log_prob.dim() == 1:
+        return log_prob
+    return log_prob.reshape(rows, -1).sum(-1) if log_prob.dim() else log_prob.expand(rows) / rows
 
 
 def log_prob(
@@ -45,8 +155,8 @@ def log_prob(
             of :func:`ppgen.importance.importance_log_prob`, per row.
         num_samples: The draws :math:`K` per row, with `guide`.
         categories: The labels of each label column (a pandas categorical or text column), in
-            the order of their codes: the fit's, `fit.categories`. Data with such columns need
-            it, so that each label gets the code it had in the fit.
+            the order of their codes; by default the model's own (:func:`ppgen.model.coding`),
+            which a fit on labels records, so that each label gets the code it had in the fit.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is): the model (and
             guide) are moved there, as by the fits, and the rows follow in batches (data
             larger than a GPU's memory stay in host memory, see :func:`ppgen.data.fits`).
@@ -72,28 +182,16 @@ def log_prob(
         raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive number of draws, not {num_samples}.")
-    device = _device(model, device)
+    device = resolve_device(model, device)
     if guide is not None:
-        _device(guide, device)
-        rows = svi_table(model, data, args, kwargs, device, categories=categories)
-    else:
-        rows = table(model, data, *args, categories=categories, device=device, **kwargs)
-    if categories is None and rows.categories:
-        raise ValueError(
-            f"Column {next(iter(rows.categories))!r} holds labels, and log_prob needs the codes "
-            "they had in the fit: pass categories=fit.categories."
-        )
-    if guide is not None:
+        resolve_device(guide, device)
+        rows = svi_table(model, data, args, kwargs, device, categories=categories, known=True)
         batch = rows.rows(slice(None))
-        data = batch.get(_ARGUMENT, batch)
+        data = batch.get(ARGUMENT, batch)
         return importance_log_prob(model, guide, data, *args, num_samples=num_samples, **kwargs)
+    rows = read_table(model, data, args, kwargs, categories=categories, device=device, known=True)
     objective = ExactLogLikelihood(model, rows.rows(slice(0, 64)), *args, **kwargs)
-    parts: dict[str, list[Tensor]] = {}
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            for name, term in objective(rows.rows(slice(start, start + batch_size))).items():
-                parts.setdefault(name, []).append(term)
-    terms = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    terms = objective.terms(rows, batch_size)
     return terms if per_node else sum(terms.values())
 
 
@@ -116,8 +214,8 @@ def sample(
         n: The number of rows, at least 1.
         args, kwargs: Other inputs of `model`.
         as_frame: Whether to return a pandas DataFrame (one column per site with scalar rows).
-        categories: For `as_frame`, the labels of each integer code of a column: the fit's,
-            `fit.categories` (as :func:`log_prob` takes them).
+        categories: For `as_frame`, the labels of each integer code of a column; by default
+            the model's own (:func:`ppgen.model.coding`), as :func:`log_prob` takes them.
         device: `"cpu"`, `"cuda"`, `"auto"` or `None` (where the model is); the model is moved
             there, as by the fits, and the draws are made there.
 
@@ -131,14 +229,15 @@ def sample(
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of rows, not {n}.")
-    _device(model, device)
+    resolve_device(model, device)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
-    values = {name: site["value"] for name, site in trace.nodes.items() if _is_variable(site)}
+    values = {name: site["value"] for name, site in trace.nodes.items() if is_variable(site)}
     if not as_frame:
         return values
     import pandas as pd
 
+    categories = coding(model) if categories is None else categories
     columns = {}
     for name, value in values.items():
         if value.shape != (n,):
@@ -147,7 +246,7 @@ def sample(
                 f"number per row, shape ({n},)."
             )
         column = value.cpu().numpy()
-        labels = (categories or {}).get(name)
+        labels = categories.get(name)
         columns[name] = (
             pd.Categorical.from_codes(column.astype("int64"), labels) if labels else column
         )

@@ -21,14 +21,14 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
-from ppgen.data import Table, _check_support, _is_frame, _table, _varies, place
-from ppgen.graph import _is_variable, _unweighted, trace_calls
-from ppgen.importance import _log_weights
+from ppgen.data import Table, check_support, is_frame, place, read_table, varies
+from ppgen.importance import log_weights
 from ppgen.nn import Node
+from ppgen.tracing import is_unweighted, is_variable, is_view, program_parameters, trace_calls
 
-__all__ = ["ELBOS", "ELBOObjective", "svi_table"]
+__all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "svi_table"]
 
-_ARGUMENT = "*data"  # the column of data given as a tensor: the programs' first argument
+ARGUMENT = "*data"  # the column of data given as a tensor: the programs' first argument
 ELBOS = {"trace": Trace_ELBO, "mean_field": TraceMeanField_ELBO}
 
 
@@ -143,7 +143,7 @@ class ELBOObjective(nn.Module):
         known = {id(value): key for key, value in inputs.items()}
         guide: list[tuple[str, Node, list[str]]] = []
         for name, site in guide_trace.nodes.items():
-            if not _is_variable(site):
+            if not is_variable(site):
                 continue
             call = guide_calls.get(name)
             if (
@@ -162,7 +162,7 @@ class ELBOObjective(nn.Module):
         drawn = {name for name, _, _ in guide}
         model: list[tuple[str, Node, list[str], bool]] = []
         for name, site in model_trace.nodes.items():
-            if not _is_variable(site):
+            if not is_variable(site):
                 continue
             call, key = model_calls.get(name), known.get(id(site["value"]))
             latent = not site["is_observed"]  # its value must be the guide's, else an input's
@@ -198,7 +198,7 @@ class ELBOObjective(nn.Module):
         for rows in range(size, max(size - 2, 0), -1):
             batch = {k: v[:rows] for k, v in probe.items()}
             trace = poutine.trace(self._model).get_trace(batch)
-            sites = [site for site in trace.nodes.values() if _is_variable(site)]
+            sites = [site for site in trace.nodes.values() if is_variable(site)]
             plates = [
                 {f.name for f in site["cond_indep_stack"] if f.size == rows}
                 for site in sites
@@ -217,7 +217,7 @@ class ELBOObjective(nn.Module):
             return False
         if not self.argument:
             return site["name"] in batch
-        return _is_view(site["value"], batch[_ARGUMENT])
+        return is_view(site["value"], batch[ARGUMENT])
 
     def _share(self, program: Callable[..., object], batch: dict[str, Tensor]) -> Callable:
         """`program` with its sites outside the plate of the rows scaled by the batch's share."""
@@ -255,7 +255,7 @@ class ELBOObjective(nn.Module):
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[tuple[object, ...], dict[str, object]]:
         if self.argument:
-            return (batch[_ARGUMENT], *self.args), self.kwargs
+            return (batch[ARGUMENT], *self.args), self.kwargs
         return self.args, {**self.kwargs, "n": len(next(iter(batch.values())))}
 
     def _model(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
@@ -270,12 +270,12 @@ class ELBOObjective(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         state = torch.get_rng_state()
         if self.iwae:
-            data = batch[_ARGUMENT] if self.argument else batch
+            data = batch[ARGUMENT] if self.argument else batch
             rows, draws = (
                 len(data) if self.argument else len(batch[self.observed[0]]),
                 self.num_particles,
             )
-            log_w = _log_weights(self.model, self.guide, data, draws, rows, self.args, self.kwargs)
+            log_w = log_weights(self.model, self.guide, data, draws, rows, self.args, self.kwargs)
             elbo = (log_w.logsumexp(0) - math.log(self.num_particles)).sum()
         elif self.plan is not None:
             elbo = self._fast_elbo(batch)
@@ -296,7 +296,7 @@ class ELBOObjective(nn.Module):
             model_trace = poutine.trace(replayed).get_trace(batch)
         for program, trace in (("guide", guide_trace), ("model", model_trace)):
             for name, site in trace.nodes.items():
-                if _is_variable(site) and not (program == "guide" and site["is_observed"]):
+                if is_variable(site) and not (program == "guide" and site["is_observed"]):
                     if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
                         return (
                             f"The log-probability of site {name!r} in the {program} became "
@@ -339,7 +339,7 @@ def _log_prob_sum(d: dist.Distribution, value: Tensor) -> Tensor:
 def _plain(site: dict, d: dist.Distribution) -> bool:
     """Whether a site is unmasked and unscaled, and its distribution is `d`, maybe expanded."""
     fn = site["fn"]
-    return _unweighted(site) and type(fn) is type(d) and fn.event_shape == d.event_shape
+    return is_unweighted(site) and type(fn) is type(d) and fn.event_shape == d.event_shape
 
 
 def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
@@ -349,23 +349,6 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
     except NotImplementedError:
         return False
     return True
-
-
-def _is_view(value: object, x: Tensor, *, rows: bool = False) -> bool:
-    """Whether `value` holds the very values of `x` (`x` or a view of it; with `rows`, one
-    whose rows are those of `x`)."""
-    return (
-        isinstance(value, Tensor)
-        and value.data_ptr() == x.data_ptr()
-        and value.numel() == x.numel()
-        and (not rows or value.shape[:1] == x.shape[:1])
-    )
-
-
-def _parameters_of(program: object) -> list[Tensor]:
-    """The parameters of a program that is a module or a module's bound method; else none."""
-    owner = getattr(program, "__self__", program)
-    return list(owner.parameters()) if isinstance(owner, nn.Module) else []
 
 
 def _check_argument(
@@ -384,8 +367,8 @@ def _check_argument(
             f"{tuple(data.shape)}: {error}"
         ) from error
     for name, site in trace.nodes.items():
-        value = site["value"] if _is_variable(site) and site["is_observed"] else None
-        if _is_view(value, probe, rows=True):
+        value = site["value"] if is_variable(site) and site["is_observed"] else None
+        if is_view(value, probe, rows=True):
             fn = site["fn"]
             shape = tuple(fn.batch_shape + fn.event_shape)
             try:
@@ -397,9 +380,9 @@ def _check_argument(
                     f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
                     f"{name!r} of the model has rows of shape {shape[1:]}."
                 )
-            if not _varies(fn.support):
+            if not varies(fn.support):
                 rows = data.reshape(len(data), *value.shape[1:])
-                _check_support(name, fn, rows, data.device)
+                check_support(name, fn, rows, data.device)
 
 
 def svi_table(
@@ -411,9 +394,10 @@ def svi_table(
     *,
     categories: Mapping[str, Sequence[object]] | None = None,
     observed_by_model: bool = True,
+    known: bool = False,
 ) -> Table:
     """Checks the observed columns (a dict or a DataFrame, as :func:`ppgen.data.table` does,
-    `categories` included) of a model with latent sites, or a tensor: that `model(x, *args,
+    `categories` and `known` included) of a model with latent sites, or a tensor: that `model(x, *args,
     **kwargs)` observes (its shape and support checked) unless `observed_by_model` is `False`.
 
     Example:
@@ -425,15 +409,17 @@ def svi_table(
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
         if not data.is_floating_point():  # integer images: the model's floats, as for a column
-            floats = [p for p in _parameters_of(model) if p.is_floating_point()]
+            floats = [p for p in program_parameters(model) if p.is_floating_point()]
             data = data.to(floats[0].dtype if floats else torch.get_default_dtype())
-        columns, device = place({_ARGUMENT: data}, device, model)
+        columns, device = place({ARGUMENT: data}, device, model)
         if observed_by_model:  # `model(x)` observes the tensor (not a GAN, which draws rows)
-            _check_argument(model, columns[_ARGUMENT], args, kwargs)
+            _check_argument(model, columns[ARGUMENT], args, kwargs)
         return Table(columns, device=device)
-    if not isinstance(data, Mapping) and not _is_frame(data):
+    if not isinstance(data, Mapping) and not is_frame(data):
         raise ValueError(
             "Data must be a tensor, a dict of site name to array or a DataFrame, not "
             f"{type(data).__name__}."
         )
-    return _table(model, data, args, kwargs, categories, device, latent=True)
+    return read_table(
+        model, data, args, kwargs, categories=categories, device=device, latent=True, known=known
+    )

@@ -6,92 +6,11 @@ from collections.abc import Callable
 
 import networkx as nx
 import torch
-from pyro import poutine
 from pyro.infer.inspect import get_model_relations
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import Message
-from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 
-from ppgen.nn import Call, recording_calls
+from ppgen.tracing import Call, is_variable, trace_calls
 
-__all__ = ["check_dag", "factorization", "graph", "trace_calls"]
-
-
-class _MatchCalls(Messenger):
-    """Matches each sample site to the :class:`~ppgen.nn.Node` call that made its distribution."""
-
-    def __init__(self, calls: list[Call]) -> None:
-        super().__init__()
-        self.calls, self.seen, self.sites = calls, 0, {}
-
-    def _pyro_sample(self, msg: Message) -> None:
-        if site_is_subsample(msg):
-            return
-        pending, self.seen = self.calls[self.seen :], len(self.calls)
-        match = [call for call in pending if _same_distribution(call[2], msg["fn"])]
-        if match:
-            self.sites[msg["name"]] = match[-1]
-
-
-def _same_distribution(made: object, used: object) -> bool:
-    """Whether the site's distribution is the module's own, or a plate's broadcast of it: the
-    same family reading the very same parameter tensors (an `expand` makes views of them), and
-    the same components, for families made of other distributions."""
-    if made is used:
-        return True
-    while hasattr(made, "base_dist") and hasattr(used, "base_dist"):
-        made, used = made.base_dist, used.base_dist
-    if type(made) is not type(used):
-        return False
-    own, other = vars(made), vars(used)
-    checked = False
-    for name, value in own.items():
-        if isinstance(value, torch.distributions.Distribution):
-            if not _same_distribution(value, other.get(name)):
-                return False
-            checked = True
-        elif isinstance(value, torch.Tensor) and name in getattr(
-            type(made), "arg_constraints", {}
-        ):
-            theirs = other.get(name)
-            if not isinstance(theirs, torch.Tensor) or theirs.data_ptr() != value.data_ptr():
-                return False
-            checked = True
-    return checked
-
-
-def trace_calls(
-    model: Callable[..., object], *args: object, **kwargs: object
-) -> tuple[Trace, dict[str, Call]]:
-    r"""Runs `model` once under a trace and tells which conditional module made each site.
-
-    Returns:
-        The trace, and for each sample site whose distribution a :class:`~ppgen.nn.Node` returned,
-        that call: `(module, parent values, distribution)`.
-
-    Example:
-        >>> trace, calls = trace_calls(lambda: pyro.sample("x", Root(dist.Normal)()))
-        >>> module, parents, distribution = calls["x"]
-        >>> type(module).__name__
-        'Root'
-    """
-    with recording_calls() as calls, _MatchCalls(calls) as matcher:
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
-    return trace, matcher.sites
-
-
-def _unweighted(site: dict) -> bool:
-    """Whether a site's log-density counts as it is: no mask, and a scale of 1."""
-    return site["mask"] is None and bool(torch.all(torch.as_tensor(site["scale"]) == 1))
-
-
-def _is_variable(site: dict) -> bool:
-    return (
-        site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["infer"].get("_deterministic", False)
-    )
+__all__ = ["check_dag", "factorization", "family", "graph"]
 
 
 def _parents_from_calls(
@@ -154,7 +73,7 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
     """
     with torch.random.fork_rng(), torch.no_grad():
         trace, calls = trace_calls(model, *args, **kwargs)
-    sites = {name: site for name, site in trace.nodes.items() if _is_variable(site)}
+    sites = {name: site for name, site in trace.nodes.items() if is_variable(site)}
     if not sites:
         name = getattr(model, "__name__", type(model).__name__)
         raise ValueError(f"The program {name} has no pyro.sample site, so it has no graph.")

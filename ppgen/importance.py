@@ -18,7 +18,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from ppgen.graph import _is_variable
+from ppgen.tracing import is_variable
 
 __all__ = ["importance_log_prob"]
 
@@ -83,11 +83,11 @@ def importance_log_prob(
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):
             draws = min(chunk_size, num_samples - start)
-            chunks.append(_log_weights(model, guide, data, draws, rows, args, kwargs))
+            chunks.append(log_weights(model, guide, data, draws, rows, args, kwargs))
     return torch.cat(chunks).logsumexp(0) - math.log(num_samples)
 
 
-def _log_weights(
+def log_weights(
     model: Callable[..., object],
     guide: Callable[..., object],
     data: Data,
@@ -108,12 +108,12 @@ def _log_weights(
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         *args, **kwargs
     )
-    guided = {name for name, site in guide_trace.nodes.items() if _is_variable(site)}
+    guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
     terms = []
     for sign, trace in ((1, model_trace), (-1, guide_trace)):
         trace.compute_log_prob()
         for name, site in trace.nodes.items():
-            if not _is_variable(site) or (sign < 0 and site["is_observed"]):
+            if not is_variable(site) or (sign < 0 and site["is_observed"]):
                 continue
             log_prob = site["log_prob"]
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:

@@ -31,10 +31,13 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from ppgen.nn import Model, Rebuildable
+from ppgen.device import resolve_device
+from ppgen.graph import graph
+from ppgen.model import Model, Rebuildable, coding, set_coding
+from ppgen.version import __version__
 
 if TYPE_CHECKING:
-    from ppgen.infer import FitResult
+    from ppgen.result import FitResult
 
 __all__ = ["FORMAT_VERSION", "LoadError", "describe", "load", "save"]
 
@@ -82,9 +85,6 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
         >>> torch.equal(ppgen.log_prob(load(path), rows), ppgen.log_prob(model, rows))
         True
     """
-    from ppgen import __version__
-    from ppgen.graph import graph
-
     name = type(model).__name__
     if not isinstance(model, Model):
         raise ValueError(
@@ -106,6 +106,7 @@ def save(model: Model, path: str | os.PathLike[str], *, fit: FitResult | None = 
         "kwargs": encoded_kwargs,
         "graph": described,
         "fit": None if fit is None else _fit_record(fit),
+        "categories": {k: [_label(c) for c in v] for k, v in coding(model).items()},
     }
     tensors = {k: v.detach() for k, v in model.state_dict().items()}
     return _write(Path(path), tensors, description)
@@ -168,10 +169,17 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
         raise LoadError(
             f"{path} does not rebuild its {cls.__qualname__}: {type(error).__name__}: {error}"
         ) from None
-    from ppgen.infer import _device  # the fits' rule: "auto", and one sentence without a GPU
-
-    _device(model, device)
+    set_coding(model, _coding(description))
+    resolve_device(model, device)
     return model
+
+
+def _coding(description: Mapping[str, object]) -> dict[str, list[object]]:
+    """The model's coding of labels in a description (in its fit's record, in older files)."""
+    found = description.get("categories")
+    if found is None:
+        found = (description.get("fit") or {}).get("categories")
+    return dict(found or {})
 
 
 def _fit_record(fit: FitResult) -> dict[str, object]:
@@ -398,73 +406,13 @@ def _read(path: Path, kind: str) -> tuple[dict[str, object], dict[str, Tensor]]:
     return description, tensors
 
 
-def save_checkpoint(
-    path: Path,
-    parameters: list[nn.Parameter],
-    optimizer: torch.optim.Optimizer | None,
-    saved: Mapping[str, list[Tensor]],
-    state: dict[str, object],
-) -> None:
-    """Writes a training checkpoint (see :func:`ppgen.infer.train`) atomically."""
-    tensors = {f"param.{i}": p for i, p in enumerate(parameters)}
-    for name, values in saved.items():
-        tensors.update({f"saved.{i}.{name}": v for i, v in enumerate(values)})
-    tensors["rng"] = torch.random.get_rng_state()
-    optim: dict[str, object] = {"param_groups": [], "state": {}}
-    if optimizer is not None:
-        optim = optimizer.state_dict()
-        scalars = {}
-        for index, slots in optim["state"].items():
-            scalars[str(index)] = {}
-            for key, value in slots.items():
-                if isinstance(value, Tensor):
-                    tensors[f"optim.{index}.{key}"] = value
-                else:
-                    scalars[str(index)][key] = value
-        optim = {"param_groups": optim["param_groups"], "state": scalars}
-    description = {
-        "kind": "checkpoint",
-        "format_version": FORMAT_VERSION,
-        "state": state,
-        "saved": list(saved),
-        "optimizer": optim,
-    }
-    _write(path, tensors, description)
+def save_checkpoint(path: Path, tensors: Mapping[str, Tensor], description: dict[str, object]) -> None:
+    """Writes a training checkpoint (see :func:`ppgen.loop.train`) atomically: its tensors, and
+    its JSON `description` beside the kind and format version."""
+    _write(path, tensors, {"kind": "checkpoint", "format_version": FORMAT_VERSION, **description})
 
 
-def load_checkpoint(
-    path: Path,
-    parameters: list[nn.Parameter],
-    optimizer: torch.optim.Optimizer | None,
-) -> tuple[dict[str, list[Tensor]], dict[str, object]]:
-    """Restores parameters, optimizer and RNG from a checkpoint; returns the best parameters
-    kept so far and the loop's bookkeeping. Nothing is changed if the checkpoint does not fit."""
-    description, tensors = _read(path, "checkpoint")
-    shapes = [tuple(p.shape) for p in parameters]
-    found = [tuple(tensors[f"param.{i}"].shape) for i in range(len(parameters))
-             if f"param.{i}" in tensors]  # fmt: skip
-    if found != shapes or f"param.{len(parameters)}" in tensors:
-        raise LoadError(f"{path} holds the checkpoint of another model or fit.")
-    saved: dict[str, list[Tensor]] = {}
-    for name in description["saved"]:
-        saved[name] = []
-        while (key := f"saved.{len(saved[name])}.{name}") in tensors:
-            saved[name].append(tensors[key])
-    optim = description["optimizer"]
-    if optimizer is not None:
-        state = {}
-        for index, scalars in optim["state"].items():
-            slots = dict(scalars)
-            prefix = f"optim.{index}."
-            slots.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-            state[int(index)] = slots
-        groups = [
-            {k: tuple(v) if k == "betas" else v for k, v in g.items()}
-            for g in optim["param_groups"]
-        ]
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    with torch.no_grad():
-        for i, p in enumerate(parameters):
-            p.copy_(tensors[f"param.{i}"])
-    torch.random.set_rng_state(tensors["rng"])
-    return saved, dict(description["state"])
+def load_checkpoint(path: Path) -> tuple[dict[str, object], dict[str, Tensor]]:
+    """Reads a checkpoint written by :func:`save_checkpoint`, checked as :func:`load` checks a
+    model's file: its description and tensors; nothing is changed."""
+    return _read(path, "checkpoint")

@@ -9,19 +9,14 @@ tensors with rows first, :math:`(N, *)`; the returned distribution is batched ov
 
 from __future__ import annotations
 
-import functools
-import inspect
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 from torch.distributions.transforms import (
@@ -30,6 +25,9 @@ from torch.distributions.transforms import (
     SoftplusTransform,
     Transform,
 )
+
+from ppgen.model import Model, Rebuildable  # their home; imported from here before
+from ppgen.tracing import record_call, recording_calls
 
 __all__ = [
     "Conditional",
@@ -44,94 +42,6 @@ __all__ = [
     "mlp",
     "recording_calls",
 ]
-
-Call = tuple["Node", tuple[Tensor, ...], dist.Distribution]
-_CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
-
-
-def _containers_copied(value: object) -> object:
-    """`value` with its lists, tuples and dicts copied, nested ones too; anything else (a
-    tensor, a module) is the same object."""
-    if type(value) in (list, tuple):
-        return type(value)(_containers_copied(v) for v in value)
-    if type(value) is dict:
-        return {k: _containers_copied(v) for k, v in value.items()}
-    return value
-
-
-def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    """Wraps a subclass's `__init__` so that the outermost call records its arguments."""
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def wrapper(self: Rebuildable, *args: object, **kwargs: object) -> None:
-        outermost = "_ppgen_init_arguments" not in self.__dict__
-        if outermost:
-            self.__dict__["_ppgen_init_arguments"] = None
-            given = _containers_copied((args, kwargs))  # as given, whatever __init__ changes
-        init(self, *args, **kwargs)
-        if outermost:
-            bound = signature.bind(self, *given[0], **given[1])
-            bound.apply_defaults()
-            self.__dict__["_ppgen_init_arguments"] = (bound.args[1:], dict(bound.kwargs))
-
-    wrapper._ppgen_recording = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-class Rebuildable:
-    r"""A module that :func:`ppgen.save` can rebuild: it records its constructor's arguments.
-
-    Every subclass records the arguments its outermost `__init__` was called with, as
-    `init_arguments` (positional, keyword), as they were given: lists, tuples and dicts are
-    copied (a constructor may change them), anything else is kept as it is, not checked here. A module argument that is itself `Rebuildable` is saved by its arguments
-    in turn (a GAN's players), and the weights of both come from the `state_dict`.
-
-    Example:
-        >>> class Affine(Rebuildable, nn.Linear):
-        ...     def __init__(self, features: int) -> None:
-        ...         super().__init__(features, features)
-        >>> Affine(3).init_arguments
-        ((3,), {})
-    """
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__", cls.__init__)  # its own, or one it inherits
-        if not getattr(init, "_ppgen_recording", False):
-            cls.__init__ = _recording(init)
-
-    @property
-    def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]] | None:
-        """The positional and keyword arguments of the outermost `__init__` call, or `None`."""
-        return self.__dict__.get("_ppgen_init_arguments")
-
-
-class Model(Rebuildable, PyroModule):
-    r"""A generative model: a `PyroModule` whose `forward` is a plain Pyro program.
-
-    By convention the number of rows reaches the program as its keyword argument `n`, and the
-    rows are the outermost `pyro.plate`; data enter by conditioning (`pyro.condition` or
-    `obs=`), so that each child reads the value its parents' `pyro.sample` returned.
-
-    Example:
-        >>> class Coin(Model):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.x = Root(dist.Bernoulli)
-        ...     def forward(self, n=1):
-        ...         with pyro.plate("flips", n):
-        ...             return pyro.sample("x", self.x())
-        >>> Coin()(n=3).shape
-        torch.Size([3])
-
-    Every subclass records the arguments its outermost `__init__` was called with, as
-    `model.init_arguments` (see :class:`Rebuildable`), so that :func:`ppgen.save` can rebuild it.
-
-        >>> ppgen.dag([("a", "b")], hidden=(8,)).init_arguments[0][-1]
-        (8,)
-    """
-
 
 class Node(nn.Module):
     r"""Base class of the conditionals: `forward(*parents)` returns a distribution.
@@ -150,33 +60,13 @@ class Node(nn.Module):
 
     def forward(self, *parents: Tensor) -> dist.Distribution:
         d = self.distribution(*parents)
-        calls = _CALLS.get()
-        if calls is not None:
-            calls.append((self, parents, d))
+        record_call(self, parents, d)
         return d
 
     @property
     def n_params(self) -> int:
         """The number of free parameters of this conditional."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-@contextmanager
-def recording_calls() -> Iterator[list[Call]]:
-    """Records every call of a :class:`Node` made inside the block, in order.
-
-    Example:
-        >>> with recording_calls() as calls:
-        ...     _ = Root(dist.Normal)()
-        >>> len(calls)
-        1
-    """
-    calls: list[Call] = []
-    token = _CALLS.set(calls)
-    try:
-        yield calls
-    finally:
-        _CALLS.reset(token)
 
 
 class _Head:

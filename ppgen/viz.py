@@ -16,7 +16,7 @@ from ppgen.graph import check_dag, factorization, graph
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from ppgen.infer import FitResult
+    from ppgen.result import FitResult
 
 __all__ = ["draw", "draw_history", "draw_samples", "layout"]
 

@@ -141,7 +141,7 @@ def test_resume_without_checkpoint_starts_afresh(tmp_path):
 
 def test_ctrl_c_keeps_the_last_epoch_and_warns(monkeypatch):
     calls = {"n": 0}
-    original = ppgen.infer.ExactLogLikelihood.forward
+    original = ppgen.density.ExactLogLikelihood.forward
 
     def interrupted(self, batch, *sites):
         calls["n"] += 1
@@ -149,7 +149,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_warns(monkeypatch):
             raise KeyboardInterrupt
         return original(self, batch, *sites)
 
-    monkeypatch.setattr(ppgen.infer.ExactLogLikelihood, "forward", interrupted)
+    monkeypatch.setattr(ppgen.density.ExactLogLikelihood, "forward", interrupted)
     model, data = _setup(64)
     pyro.set_rng_seed(2)
     with pytest.warns(UserWarning, match="fit_mle interrupted at epoch 3: the model keeps"):

@@ -14,10 +14,11 @@ from test_infer import Pixels
 from torch.distributions import constraints
 
 import ppgen
+from ppgen.adversarial import AdversarialStep
 from ppgen.elbo import ELBOObjective
 from ppgen.io import describe
 from ppgen.models import GAN, VAE
-from ppgen.models.gan import GANObjective, MLPDiscriminator, MLPGenerator
+from ppgen.models.gan import MLPDiscriminator, MLPGenerator
 from ppgen.nn import Root
 
 pytestmark = pytest.mark.skipif(
@@ -274,7 +275,7 @@ def test_gan_matches_one_process_with_the_global_batch(ranks):
     rank's rows with its own codes; the reported terms are the means over the 63 rows."""
     results, _ = ranks
     gan, x = _gan_setup()
-    objective = GANObjective(gan, lr_g=1e-2, lr_d=1e-2, **GAN_OPTIONS)
+    objective = AdversarialStep(gan, lr_g=1e-2, lr_d=1e-2, **GAN_OPTIONS)
     states, drawn = [], []
     for rank in range(WORLD):
         pyro.set_rng_seed(20 + rank)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import ppgen
 from ppgen.datasets import relay_race, relay_race_program
 from ppgen.demo import Relay
-from ppgen.infer import ExactLogLikelihood
+from ppgen.density import ExactLogLikelihood
 from ppgen.nn import Root
 
 
@@ -241,8 +241,11 @@ def test_new_frames_are_coded_by_the_fits_categories():
     assert torch.allclose(ppgen.log_prob(model, drawn, categories=fit.categories), third)
     codes = ppgen.data.table(model, red, categories=fit.categories).columns["color"]  # a val
     assert codes.tolist() == [2]
+    assert ppgen.log_prob(model, red).item() == pytest.approx(third)  # the model's own coding
+    unfitted = ppgen.dag([("color", "y")], kinds={"color": "tabular", "y": "tabular"},
+                         cardinalities={"color": 3, "y": 2})  # fmt: skip
     with pytest.raises(ValueError, match="pass categories=fit.categories"):
-        ppgen.log_prob(model, red)
+        ppgen.log_prob(unfitted, red)
 
 
 @pytest.mark.parametrize("dtype", [None, object, "string"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ppgen.infer import solve_closed_form
+from ppgen.closed_form import solve_closed_form
 from ppgen.nn import Conditional, LinearGaussian, Root, Tabular
 
 

@@ -11,11 +11,12 @@ from torch import nn
 
 import ppgen.infer
 from ppgen.elbo import ELBOObjective, svi_table
-from ppgen.importance import _log_weights, importance_log_prob
-from ppgen.infer import FitResult, fit_svi
+from ppgen.importance import importance_log_prob, log_weights
+from ppgen.infer import fit_svi
 from ppgen.models import VAE
 from ppgen.nn import Conditional, Model, Root
 from ppgen.nn import LinearGaussian as LinearNode
+from ppgen.result import FitResult
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +115,7 @@ def test_mean_field_and_sampled_kl_agree_in_expectation():
     lg = LinearGaussian()
     x = lg.marginal().sample((4,))
     n = 4000
-    sampled = _log_weights(lg.model, lg.rough_guide, x, n, len(x), (), {}).sum(1)
+    sampled = log_weights(lg.model, lg.rough_guide, x, n, len(x), (), {}).sum(1)
     analytic = -TraceMeanField_ELBO(num_particles=n, vectorize_particles=True).loss(
         lg.model, lg.rough_guide, x
     )
@@ -382,9 +383,9 @@ def test_fast_elbo_is_pyros_on_the_same_draws(program, elbo, num_particles):
 def test_fit_svi_takes_the_fast_path_only_where_the_structure_is_known(monkeypatch):
     objectives = []
 
-    def spy(objective, *args, **kwargs):
-        objectives.append(objective)
-        return train(objective, *args, **kwargs)
+    def spy(step, *args, **kwargs):
+        objectives.append(step.objective)
+        return train(step, *args, **kwargs)
 
     train = ppgen.infer.train
     monkeypatch.setattr(ppgen.infer, "train", spy)

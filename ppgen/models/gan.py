@@ -4,9 +4,9 @@ The generator is the two-node program :math:`z \sim \mathcal{N}(0, I)`, :math:`x
 `ppgen.graph` shows :math:`z \to x`. The site `x` is *implicit*: its distribution is an
 :class:`Implicit` point mass at :math:`G(z)`, marked `infer={"implicit": True}`; the GAN has no
 density :math:`p(x)`, only samples. The discriminator :math:`D(x) = \sigma(\ell(x))` returns the
-logit :math:`\ell`; the two players are trained by :func:`ppgen.infer.fit_gan`, which runs
-:class:`GANObjective` (two optimisers, alternating steps) in the one training loop
-(Goodfellow et al., 2014).
+logit :math:`\ell`; the two players are trained by :func:`ppgen.fit_gan`, which runs
+:class:`ppgen.adversarial.AdversarialStep` (two optimisers, alternating steps) in the one
+training loop (Goodfellow et al., 2014).
 
 The generator loss is either the minimax :math:`\log(1 - D(G(z)))` or the non-saturating
 :math:`-\log D(G(z))`. Where the discriminator wins, :math:`D(G(z)) \approx 0`, the gradient of
@@ -17,14 +17,13 @@ many rows it classifies right by the sign of :math:`\ell`: `fit_gan`'s history r
 :math:`D(G(z))` as `train/d_fake` beside the accuracy.
 
 On binary data (the binarised digits) the generator must emit binary rows: a discriminator tells
-a sigmoid's grey levels from 0s and 1s by their values alone, wins (accuracy above 0.98 within
-20 epochs on the digits) and the generator collapses onto a few images. :class:`ConvGenerator`
+a sigmoid's grey levels from 0s and 1s by their values alone, wins, and the generator collapses
+onto a few images. :class:`ConvGenerator`
 therefore ends by default in :class:`StraightThroughBernoulli`, and :class:`MLPGenerator` takes
 it as its `output`; `x = G(z)` then draws its pixels given :math:`z`, still without a density.
-Even so a GAN's samples swing from one epoch to the next; on the digits, the R1 penalty, an
-average of the generator's parameters and the epoch chosen on held-out rows (`fit_gan`'s `r1`,
-`average`, `val`) bring its MMD² to the test set to 1.7-2.6 times the best explicit model's
-(NADE; `benchmarks/samples_digits.py`, 5 seeds), the two losses alike.
+Even so a GAN's samples swing from one epoch to the next: the R1 penalty, an average of the
+generator's parameters and the epoch chosen on held-out rows (`fit_gan`'s `r1`, `average`,
+`val`) steady them (`benchmarks/samples_digits.py` measures them against the explicit models).
 """
 
 from __future__ import annotations
@@ -36,17 +35,14 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ppgen.distributed import Lockstep, active, all_reduce
-from ppgen.metrics import mmd
-from ppgen.nn import Model, Rebuildable, mlp
+from ppgen.model import Model, Rebuildable
+from ppgen.nn import mlp
 
 __all__ = [
     "GAN",
     "ConvDiscriminator",
     "ConvGenerator",
-    "GANObjective",
     "Implicit",
     "MLPDiscriminator",
     "MLPGenerator",
@@ -316,163 +312,3 @@ class GAN(Model):
         r"""The discriminator's loss per row, :math:`-\log D(x) - \log(1 - D(G(z)))`, from the
         logits of real and generated rows."""
         return F.softplus(-real) + F.softplus(fake)
-
-
-class GANObjective(nn.Module):
-    r"""The two-player objective of a GAN for :func:`ppgen.infer.train`.
-
-    Called on a batch of real rows, it returns the loop's terms per row without changing
-    anything: `loss_d`, `loss_g`, the discriminator's `accuracy` on real and generated rows and
-    its probabilities that they are real, `d_real` (:math:`D(x)`) and `d_fake`
-    (:math:`D(G(z))`). Accuracy alone does not tell whether the discriminator wins: it is high
-    with :math:`D(G(z)) = 0.49`, where the two generator losses have the same gradient; the
-    minimax loss saturates only where :math:`D(G(z)) \approx 0`. :meth:`step` trains on the
-    batch: `d_steps` Adam steps of the discriminator (each on fresh codes), then one of the
-    generator, and returns the terms of the last steps.
-    :meth:`score` measures the generator on held-out rows, for the loop's choice of an epoch.
-
-    Arguments:
-        gan: The GAN.
-        lr_g, lr_d: The learning rates of the generator and the discriminator.
-        d_steps: Discriminator steps per generator step.
-        betas: Adam's betas, for both players.
-        r1: The weight :math:`\gamma` of the R1 penalty
-            :math:`\frac{\gamma}{2} \lVert \nabla_x \ell(x) \rVert^2` on the discriminator's
-            logit at real rows (Mescheder et al., 2018), added to its loss (0: none). It keeps
-            the discriminator smooth around the data; the recorded `loss_d` leaves it out.
-        samples: The generated rows :meth:`score` draws.
-        average: The decay :math:`\beta` of an exponential moving average
-            :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta) \theta` of the
-            generator's parameters after each of its steps (Yazıcı et al., 2019), kept in
-            `averaged` (a :class:`torch.optim.swa_utils.AveragedModel`; its `module` is the
-            averaged generator), whose rows :meth:`score` measures; `None`: no average.
-
-    Example:
-        >>> gan = GAN(MLPGenerator(2, 3), MLPDiscriminator(3), 2)
-        >>> sorted(GANObjective(gan).step({"*data": torch.randn(8, 3)}))
-        ['accuracy', 'd_fake', 'd_real', 'loss_d', 'loss_g']
-    """
-
-    def __init__(
-        self,
-        gan: GAN,
-        *,
-        lr_g: float = 1e-3,
-        lr_d: float = 1e-3,
-        d_steps: int = 1,
-        betas: tuple[float, float] = (0.5, 0.999),
-        r1: float = 0.0,
-        samples: int = 1000,
-        average: float | None = None,
-    ) -> None:
-        super().__init__()
-        if d_steps < 1:
-            raise ValueError(f"d_steps must be at least 1, not {d_steps}.")
-        if r1 < 0:
-            raise ValueError(f"r1 must be at least 0, not {r1}.")
-        if samples < 2:
-            raise ValueError(f"samples must be at least 2, not {samples}.")
-        if average is not None and not 0 <= average < 1:
-            raise ValueError(f"average must be in [0, 1), not {average}.")
-        self.gan, self.d_steps, self.r1, self.samples = gan, d_steps, r1, samples
-        self.averaged = None
-        if average is not None:
-            self.averaged = AveragedModel(
-                gan.generator, multi_avg_fn=get_ema_multi_avg_fn(average)
-            )
-        self.optimizer_g = torch.optim.Adam(gan.generator.parameters(), lr=lr_g, betas=betas)
-        self.optimizer_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr_d, betas=betas)
-        # each player's step in DDP under a process group (the generator's alone: D's
-        # gradients from it are dropped); an error on one rank stops every rank
-        self.critic = Lockstep(self._discriminator_loss, gan.discriminator)
-        self.player = Lockstep(self._generator_loss, gan.generator)
-
-    def _terms(self, x: Tensor) -> dict[str, Tensor]:
-        gan = self.gan
-        fake = gan.generator(gan.prior(len(x)).sample())
-        real_logits, fake_logits = gan.discriminator(x), gan.discriminator(fake)
-        return {
-            "loss_d": gan.discriminator_loss(real_logits, fake_logits.detach()),
-            "loss_g": gan.generator_loss(fake_logits),
-            **_judgement(real_logits, fake_logits),
-        }
-
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The terms per row, shape :math:`(N,)`, on fresh codes, without gradients."""
-        with torch.no_grad():
-            return self._terms(next(iter(batch.values())))
-
-    def score(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        r"""Minus the unbiased MMD² (:func:`ppgen.metrics.mmd`, median-heuristic bandwidth on
-        the rows) between `samples` rows of the generator (the averaged one, with `average`)
-        and the held-out rows `batch`, as `{"neg_mmd": value}`: higher is better, as a
-        log-likelihood. The draws leave the random state as it was; under a process group the
-        ranks' values are averaged."""
-        x, gan = next(iter(batch.values())), self.gan
-        generator = gan.generator if self.averaged is None else self.averaged.module
-        cuda = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            value = x.new_tensor(mmd(generator(gan.prior(self.samples).sample()), x))
-        group = active()
-        value = all_reduce(value) / (1 if group is None else group[1])
-        return {"neg_mmd": -float(value)}
-
-    def step(self, batch: dict[str, Tensor], rows: float | None = None) -> dict[str, Tensor]:
-        """Trains both players on the batch, each loss summed over the rows and divided by
-        `rows` (`None`: the batch's length); returns the terms per row, detached."""
-        x = next(iter(batch.values()))
-        rows = len(x) if rows is None else rows
-        for _ in range(self.d_steps):
-            loss_d, outputs = self.critic(x, rows)
-            self.optimizer_d.zero_grad(set_to_none=True)
-            self.critic.backward(loss_d)  # raises on every rank where the loss failed on one
-            self.optimizer_d.step()
-        loss_g, player_outputs = self.player(len(x), rows)
-        self.optimizer_g.zero_grad(set_to_none=True)
-        self.player.backward(loss_g)
-        self.optimizer_d.zero_grad(set_to_none=True)  # D's gradients from G's step are dropped
-        self.optimizer_g.step()
-        if self.averaged is not None:
-            self.averaged.update_parameters(self.gan.generator)
-        (terms_d, real_logits), (terms_g, fake_logits) = outputs, player_outputs
-        return {"loss_d": terms_d, "loss_g": terms_g, **_judgement(real_logits, fake_logits)}
-
-    def _discriminator_loss(self, x: Tensor, rows: float) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        gan = self.gan
-        with torch.no_grad():
-            fake = gan.generator(gan.prior(len(x)).sample())
-        if self.r1:
-            x = x.detach().requires_grad_(True)
-        real_logits, fake_logits = gan.discriminator(x), gan.discriminator(fake)
-        loss_d = gan.discriminator_loss(real_logits, fake_logits)
-        penalised = loss_d
-        if self.r1:  # R1: the squared norm of the logit's gradient at each real row
-            (grad,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
-            penalised = loss_d + self.r1 / 2 * grad.pow(2).reshape(len(x), -1).sum(1)
-        _check(penalised, "discriminator", "lr_d")
-        return penalised.sum() / rows, (loss_d.detach(), real_logits.detach())
-
-    def _generator_loss(self, n: int, rows: float) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        gan = self.gan  # the discriminator's own gradients here are dropped, never averaged
-        fake_logits = gan.discriminator(gan.generator(gan.prior(n).sample()))
-        loss_g = gan.generator_loss(fake_logits)
-        _check(loss_g, "generator", "lr_g")
-        return loss_g.sum() / rows, (loss_g.detach(), fake_logits.detach())
-
-
-def _judgement(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
-    """The discriminator's accuracy and its probabilities D(x), D(G(z)) that rows are real."""
-    hits = (real_logits > 0).to(real_logits.dtype) + (fake_logits < 0).to(fake_logits.dtype)
-    return {
-        "accuracy": hits / 2,
-        "d_real": torch.sigmoid(real_logits),
-        "d_fake": torch.sigmoid(fake_logits),
-    }
-
-
-def _check(loss: Tensor, player: str, lr: str) -> None:
-    if not torch.isfinite(loss).all():
-        raise ValueError(
-            f"The {player}'s loss became non-finite; the parameters are left at the last finite "
-            f"step. Try a smaller {lr}."
-        )

@@ -2,13 +2,13 @@ import pytest
 import torch
 
 import ppgen
+from ppgen.adversarial import AdversarialStep
 from ppgen.infer import fit_gan
 from ppgen.metrics import mmd
 from ppgen.models import GAN
 from ppgen.models.gan import (
     ConvDiscriminator,
     ConvGenerator,
-    GANObjective,
     MLPDiscriminator,
     MLPGenerator,
     StraightThroughBernoulli,
@@ -47,7 +47,7 @@ def test_generator_gradient_saturates_only_for_minimax(loss, saturates):
 @pytest.mark.parametrize("loss", ["minimax", "non_saturating"])
 def test_terms_hold_the_discriminators_probabilities_of_real_and_generated_rows(loss):
     gan, x = small_gan(loss), two_modes(8)
-    objective = GANObjective(gan)
+    objective = AdversarialStep(gan)
     torch.manual_seed(3)
     terms = objective({"x": x})
     torch.manual_seed(3)
@@ -58,7 +58,7 @@ def test_terms_hold_the_discriminators_probabilities_of_real_and_generated_rows(
     hits = (terms["d_real"] > 0.5).to(x.dtype) + (terms["d_fake"] < 0.5).to(x.dtype)
     torch.testing.assert_close(terms["accuracy"], hits / 2)
     # in a step, D(G(z)) is that of the generator's step: its loss is -log D or log(1 - D)
-    stepped = objective.step({"x": x})
+    stepped = objective.train_on({"x": x})
     d_fake = 1 - stepped["loss_g"].exp() if loss == "minimax" else (-stepped["loss_g"]).exp()
     torch.testing.assert_close(stepped["d_fake"], d_fake)
     assert ((stepped["d_real"] > 0) & (stepped["d_real"] < 1)).all()
@@ -102,11 +102,11 @@ def test_val_keeps_the_epoch_of_lowest_mmd_without_changing_the_trajectory():
 def test_average_is_the_exponential_moving_average_of_the_generator_steps():
     torch.manual_seed(0)
     gan, x = small_gan(), two_modes(32)
-    objective = GANObjective(gan, average=0.9)
-    objective.step({"x": x})
+    objective = AdversarialStep(gan, average=0.9)
+    objective.train_on({"x": x})
     expected = [p.detach().clone() for p in gan.generator.parameters()]  # the first step's
     for _ in range(3):
-        objective.step({"x": x})
+        objective.train_on({"x": x})
         now = gan.generator.parameters()
         expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, now, strict=True)]
     for e, p in zip(expected, objective.averaged.module.parameters(), strict=True):
@@ -133,7 +133,7 @@ def test_r1_penalty_of_a_linear_discriminator_is_half_gamma_times_its_squared_we
     losses = []
     for r1 in (0.0, 0.7):
         torch.manual_seed(1)  # the same generated rows
-        loss, (terms, _) = GANObjective(gan, r1=r1).critic(x, 4.0)
+        loss, (terms, _) = AdversarialStep(gan, r1=r1).critic(x, 4.0)
         losses.append(loss)
         fake = _fake_logits(gan, 1)  # the recorded terms leave the penalty out
         assert torch.equal(terms, GAN.discriminator_loss(gan.discriminator(x), fake))
@@ -184,9 +184,9 @@ def test_bad_arguments_and_nonfinite_loss():
     with pytest.raises(ValueError, match="loss must be"):
         small_gan("wasserstein")
     with pytest.raises(ValueError, match="r1 must be at least 0"):
-        GANObjective(small_gan(), r1=-1.0)
+        AdversarialStep(small_gan(), r1=-1.0)
     with pytest.raises(ValueError, match="average must be in"):
-        GANObjective(small_gan(), average=1.0)
+        AdversarialStep(small_gan(), average=1.0)
     with pytest.raises(ValueError, match="NaN"):
         fit_gan(small_gan(), torch.tensor([[0.0], [float("nan")]]), epochs=1, progress=False)
     gan = small_gan()

@@ -1,0 +1,167 @@
+r"""Closed-form maximum likelihood: the conditionals whose optimum has a formula.
+
+Tabular nodes take the conditional frequencies, linear-Gaussian nodes least squares and the
+residual scale, and roots of the Normal, Bernoulli and Categorical families their sample
+statistics. :func:`ppgen.fit_mle` solves these before any gradient step; under a process group
+the counts and sums are all-reduced, so that every rank's rows count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ppgen import distributed
+from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
+
+__all__ = ["solve", "solve_closed_form"]
+
+
+def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) -> bool:
+    r"""Sets a conditional's parameters to their maximum-likelihood values, where a formula exists.
+
+    Tabular nodes take the empirical conditional frequencies (a parent configuration never seen
+    gets the uniform distribution), linear-Gaussian nodes least squares and the biased residual
+    standard deviation, and roots of the Normal, Bernoulli and Categorical families their
+    sample statistics over every value of the site (its rows, and the plates inside them). A
+    frequency of 0 is the log-probability :math:`-\infty` of a table and the logit
+    :math:`-\infty` of a categorical root; a Bernoulli root's frequency of 0 or 1 is the logit
+    :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`).
+
+    Returns:
+        Whether the module was solved; `False` leaves it untouched, for gradient ascent.
+
+    Example:
+        >>> root = Root(dist.Bernoulli)
+        >>> solve_closed_form(root, torch.tensor([1.0, 1.0, 0.0, 1.0]), [])
+        True
+        >>> round(root().probs.item(), 6)
+        0.75
+    """
+    return solve(module, value, parents)[0]
+
+
+def solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool, Tensor | None]:
+    """As :func:`solve_closed_form`, and the log-likelihood summed over the rows at the solution
+    where the solver has it for free (a table's, from its counts), else `None`."""
+    parents = list(parents)
+    with torch.no_grad():
+        if isinstance(module, Tabular):
+            return True, _solve_tabular(module, value, parents)
+        if isinstance(module, LinearGaussian):
+            return _solve_linear_gaussian(module, value, parents), None
+        if isinstance(module, Root):
+            return _solve_root(module, value), None
+    return False, None
+
+
+def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Tensor:
+    r"""Counts each (parents, value) configuration with one `bincount` over a mixed-radix index,
+    sets the table to the conditional frequencies, and returns the log-likelihood of the rows
+    under it, :math:`\sum n \log(n / N_{pa})`, from the counts alone."""
+    shape = (*module.parent_cardinalities, module.cardinality)
+    digits = [*parents, value]
+    index = digits[0].long()
+    for p, k in zip(digits[1:], shape[1:], strict=True):  # index * k + p, in one kernel
+        index = torch.add(p.long(), index, alpha=k)
+    counts = torch.bincount(index.reshape(-1), minlength=math.prod(shape))
+    counts = distributed.all_reduce(counts)  # every rank's rows, under a process group
+    counts = counts.reshape(shape).to(module.logits.dtype)
+    totals = counts.sum(-1, keepdim=True)
+    logits = torch.where(totals > 0, counts.log() - totals.log(), torch.zeros_like(counts))
+    module.logits.copy_(logits)
+    return torch.where(counts > 0, counts * module.logits.log_softmax(-1), 0.0).sum()
+
+
+def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[Tensor]) -> bool:
+    dtype = module.scale.dtype
+    cards = module.parent_cardinalities or [None] * len(parents)
+    x = features(parents, cards, dtype) if parents else value.new_zeros(len(value), 0, dtype=dtype)
+    design = torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
+    y = value.reshape(-1, 1).to(dtype)
+    if distributed.active() is not None:
+        return _solve_normal_equations(module, design, y)
+    solution = torch.linalg.lstsq(
+        design, y, driver="gelsd" if design.device.type == "cpu" else None
+    )
+    coef = solution.solution
+    sigma = (y - design @ coef).pow(2).mean().sqrt()
+    return _set_linear_gaussian(module, coef, sigma)
+
+
+def _set_linear_gaussian(module: LinearGaussian, coef: Tensor, sigma: Tensor) -> bool:
+    """Writes least-squares coefficients (bias last) and residual scale into `module`, if valid."""
+    if not torch.isfinite(coef).all() or sigma <= 0:
+        return False
+    module.linear.weight.copy_(coef[:-1].T)
+    module.linear.bias.copy_(coef[-1])
+    module.scale.copy_(_inverse_softplus(sigma))
+    return True
+
+
+def _solve_normal_equations(module: LinearGaussian, design: Tensor, y: Tensor) -> bool:
+    """Least squares from XᵀX and Xᵀy summed over the ranks (the rows of each on its own)."""
+    gram = distributed.all_reduce(torch.cat([design.T @ design, design.T @ y], dim=-1))
+    rows = distributed.all_reduce(torch.tensor(float(len(y)), dtype=y.dtype, device=y.device))
+    driver = "gelsd" if design.device.type == "cpu" else None
+    coef = torch.linalg.lstsq(gram[:, :-1], gram[:, -1:], driver=driver).solution
+    sigma = (distributed.all_reduce((y - design @ coef).pow(2).sum()) / rows).sqrt()
+    return _set_linear_gaussian(module, coef, sigma)
+
+
+def _mean(value: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The mean over `dims` (the rows first), of every rank's rows under a process group."""
+    if distributed.active() is None:
+        return value.mean(dims)
+    count = math.prod(value.shape[d] for d in dims)
+    rows = torch.tensor(float(count), dtype=value.dtype, device=value.device)
+    return distributed.all_reduce(value.sum(dims)) / distributed.all_reduce(rows)
+
+
+# The logit of a probability of 1 (its opposite: of 0). torch's Bernoulli has no log-density at
+# an infinite logit; at ±1000 it is certain in every float dtype: exp(-1000) is 0 in float64.
+_CERTAIN = 1000.0
+
+
+def _solve_root(module: Root, value: Tensor) -> bool:
+    """Sets a root's η to its maximum-likelihood value on every value of its site: the rows
+    and any plate dimensions beside them share the one parameter, split only along the root's
+    event dimensions."""
+    head = module.head
+    if not head.params:  # every parameter is fixed
+        return True
+    value = value.to(module.eta.dtype)
+    dims = tuple(range(value.dim() - len(head.event_shape)))  # the rows and the plates'
+    if head.family is dist.Normal:
+        fixed = {
+            name: torch.as_tensor(v, dtype=value.dtype, device=value.device)
+            for name, v in head.fixed.items()
+        }
+        loc = fixed.get("loc")
+        if loc is None:  # each value weighs its precision: one weight, unless scales are fixed
+            weight = fixed.get("scale", value.new_ones(())).pow(-2).expand_as(value)
+            loc = _mean(weight * value, dims) / _mean(weight, dims)
+        stats = {"loc": loc, "scale": _mean((value - loc).pow(2), dims).sqrt()}
+        if "scale" not in fixed and (stats["scale"] <= 0).any():
+            return False
+    elif head.family is dist.Bernoulli:
+        p = _mean(value, dims)
+        stats = {"logits": (p.log() - (-p).log1p()).clamp(-_CERTAIN, _CERTAIN)}
+    elif head.family is dist.Categorical:
+        counts = F.one_hot(value.long(), head.cardinality).sum(dims)
+        counts = distributed.all_reduce(counts).to(value.dtype)
+        stats = {"logits": counts.log() - counts.sum(-1, keepdim=True).log()}  # log 0 = -inf
+    else:
+        return False
+    parts = [transform.inv(stats[name]).reshape(-1) for name, _, transform, _ in head.params]
+    module.eta.copy_(torch.cat(parts))
+    return True
+
+
+def _inverse_softplus(y: Tensor) -> Tensor:
+    return y + torch.log(-torch.expm1(-y))

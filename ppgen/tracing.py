@@ -1,0 +1,193 @@
+r"""Recording a program's calls and telling its sites apart: the predicates every layer shares.
+
+A conditional module (:class:`ppgen.nn.Node`) reports each call it makes to :func:`record_call`;
+:func:`trace_calls` runs a program once under a Pyro trace and matches each sample site to the
+call that made its distribution. The predicates say whether a trace site is a random variable,
+whether its log-density counts as it is, and whether a value is the data tensor itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+__all__ = [
+    "Call",
+    "fitted_parameters",
+    "is_unweighted",
+    "is_variable",
+    "is_view",
+    "program_parameters",
+    "record_call",
+    "recording_calls",
+    "trace_calls",
+]
+
+Call = tuple[nn.Module, tuple[Tensor, ...], Distribution]
+"""A conditional's call: `(module, parent values, distribution returned)`."""
+
+_CALLS: ContextVar[list[Call] | None] = ContextVar("ppgen_calls", default=None)
+
+
+def record_call(module: nn.Module, parents: tuple[Tensor, ...], d: Distribution) -> None:
+    """Records one call of a conditional, where :func:`recording_calls` is active."""
+    calls = _CALLS.get()
+    if calls is not None:
+        calls.append((module, parents, d))
+
+
+@contextmanager
+def recording_calls() -> Iterator[list[Call]]:
+    """Records every call of a :class:`~ppgen.nn.Node` made inside the block, in order.
+
+    Example:
+        >>> with recording_calls() as calls:
+        ...     _ = Root(dist.Normal)()
+        >>> len(calls)
+        1
+    """
+    calls: list[Call] = []
+    token = _CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _CALLS.reset(token)
+
+
+class _MatchCalls(Messenger):
+    """Matches each sample site to the :class:`~ppgen.nn.Node` call that made its distribution."""
+
+    def __init__(self, calls: list[Call]) -> None:
+        super().__init__()
+        self.calls, self.seen, self.sites = calls, 0, {}
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if site_is_subsample(msg):
+            return
+        pending, self.seen = self.calls[self.seen :], len(self.calls)
+        match = [call for call in pending if _same_distribution(call[2], msg["fn"])]
+        if match:
+            self.sites[msg["name"]] = match[-1]
+
+
+def _same_distribution(made: object, used: object) -> bool:
+    """Whether the site's distribution is the module's own, or a plate's broadcast of it: the
+    same family reading the very same parameter tensors (an `expand` makes views of them), and
+    the same components, for families made of other distributions."""
+    if made is used:
+        return True
+    while hasattr(made, "base_dist") and hasattr(used, "base_dist"):
+        made, used = made.base_dist, used.base_dist
+    if type(made) is not type(used):
+        return False
+    own, other = vars(made), vars(used)
+    checked = False
+    for name, value in own.items():
+        if isinstance(value, Distribution):
+            if not _same_distribution(value, other.get(name)):
+                return False
+            checked = True
+        elif isinstance(value, Tensor) and name in getattr(type(made), "arg_constraints", {}):
+            theirs = other.get(name)
+            if not isinstance(theirs, Tensor) or theirs.data_ptr() != value.data_ptr():
+                return False
+            checked = True
+    return checked
+
+
+def trace_calls(
+    model: Callable[..., object], *args: object, **kwargs: object
+) -> tuple[Trace, dict[str, Call]]:
+    r"""Runs `model` once under a trace and tells which conditional module made each site.
+
+    Returns:
+        The trace, and for each sample site whose distribution a :class:`~ppgen.nn.Node` returned,
+        that call: `(module, parent values, distribution)`.
+
+    Example:
+        >>> trace, calls = trace_calls(lambda: pyro.sample("x", Root(dist.Normal)()))
+        >>> module, parents, distribution = calls["x"]
+        >>> type(module).__name__
+        'Root'
+    """
+    with recording_calls() as calls, _MatchCalls(calls) as matcher:
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    return trace, matcher.sites
+
+
+def is_variable(site: dict) -> bool:
+    """Whether a trace site is a random variable: a sample site, not a plate's subsample
+    and not a `pyro.deterministic` value.
+
+    Example:
+        >>> trace = pyro.poutine.trace(lambda: pyro.sample("x", dist.Normal(0.0, 1.0))).get_trace()
+        >>> is_variable(trace.nodes["x"])
+        True
+    """
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("_deterministic", False)
+    )
+
+
+def is_unweighted(site: dict) -> bool:
+    """Whether a site's log-density counts as it is: no mask, and a scale of 1."""
+    return site["mask"] is None and bool(torch.all(torch.as_tensor(site["scale"]) == 1))
+
+
+def is_view(value: object, x: Tensor, *, rows: bool = False) -> bool:
+    """Whether `value` holds the very values of `x` (`x` or a view of it; with `rows`, one
+    whose rows are those of `x`).
+
+    Example:
+        >>> x = torch.zeros(4, 2)
+        >>> is_view(x[:, 0], x), is_view(x[:, 0], x, rows=True), is_view(x.clone(), x)
+        (False, False, False)
+        >>> is_view(x.reshape(8), x), is_view(x.T, x)
+        (True, True)
+    """
+    return (
+        isinstance(value, Tensor)
+        and value.data_ptr() == x.data_ptr()
+        and value.numel() == x.numel()
+        and (not rows or value.shape[:1] == x.shape[:1])
+    )
+
+
+def program_parameters(program: object) -> list[Tensor]:
+    """The parameters of a program that is a module or a module's bound method; else none.
+
+    Example:
+        >>> len(program_parameters(Root(dist.Normal))), program_parameters(print)
+        (1, [])
+    """
+    owner = getattr(program, "__self__", program)
+    return list(owner.parameters()) if isinstance(owner, nn.Module) else []
+
+
+def fitted_parameters(run: Callable[[], object], *programs: object) -> list[Tensor]:
+    """The trainable tensors of `programs`, each once: the unconstrained values of the
+    `pyro.param`s that `run()` reads (creating them), then the parameters of the programs that
+    are modules or a module's bound methods.
+
+    Example:
+        >>> model = Root(dist.Normal)
+        >>> len(fitted_parameters(lambda: pyro.param("doctest_w", torch.ones(2)), model))
+        2
+    """
+    with torch.random.fork_rng(), poutine.trace(param_only=True) as params:
+        run()
+    found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
+    found += [p for program in programs for p in program_parameters(program)]
+    return list({id(p): p for p in found if p.requires_grad}.values())
