@@ -184,12 +184,9 @@ def _output_file(path: str) -> Path:
 
 def _sample(args: argparse.Namespace) -> None:
     output = _output_file(args.output)
-    model, record = _run_folder(args.folder)
-    from ppgen.io import describe
-
-    categories = describe(Path(args.folder) / "model.safetensors").get("fit", {}) or {}
-    frame = ppgen.sample(model, args.n, as_frame=True, categories=categories.get("categories"),
-                         device=args.device, **record.get("kwargs", {}))  # fmt: skip
+    model, record = _run_folder(args.folder)  # the model keeps its labels' coding
+    frame = ppgen.sample(model, args.n, as_frame=True, device=args.device,
+                         **record.get("kwargs", {}))  # fmt: skip
     frame.to_csv(output, index=False)
     print(f"wrote {args.n} rows to {args.output}")
 

@@ -443,7 +443,7 @@ def gaussian_mixture(eta: Tensor) -> dist.MixtureSameFamily:
 class MixtureOfGaussians(Node):
     r"""A real node with :math:`p(x \mid \mathrm{Pa}(x)) = \sum_k \pi_k \mathcal{N}(x \mid \mu_k, \sigma_k^2)`.
 
-    The weights, means and scales are an MLP of the parents (Pyro's `DenseNN`), or learned
+    The weights, means and scales are an MLP of the parents (:func:`mlp`), or learned
     directly when the node has no parents. Log-density and sampling are exact.
 
     Arguments:

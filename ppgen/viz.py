@@ -209,24 +209,34 @@ def draw(
 
 
 def draw_history(fit: FitResult, *, ax: Axes | None = None) -> Axes:
-    r"""Plots the training and validation log-likelihood (or ELBO) per epoch of a fit.
+    r"""Plots a fit's history per epoch: the training and validation log-likelihood (or ELBO),
+    or, for a fit whose terms are no one objective (a GAN's losses, its discriminator's
+    judgement and its validation MMD²), each term.
 
     Example:
         >>> fit = ppgen.FitResult(history=[{"epoch": 1, "train": -2.0}, {"epoch": 2, "train": -1.5}])
         >>> draw_history(fit).get_ylabel()
         'nats per row'
+        >>> gan = ppgen.FitResult(history=[{"epoch": 1, "train/loss_d": 1.3, "val/mmd": 0.1}])
+        >>> [line.get_label() for line in draw_history(gan).lines]
+        ['train/loss_d', 'val/mmd']
     """
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.2))
     epochs = [record["epoch"] for record in fit.history]
-    for split in ("train", "val"):
-        values = [record.get(split) for record in fit.history]
+    summed = any(split in record for record in fit.history for split in ("train", "val"))
+    if summed:
+        curves = ["train", "val"]
+    else:  # each term of each split, in the order first recorded
+        curves = list(dict.fromkeys(k for r in fit.history for k in r if "/" in k))
+    for curve in curves:
+        values = [record.get(curve) for record in fit.history]
         if any(v is not None for v in values):
-            ax.plot(epochs, values, label=split)
+            ax.plot(epochs, values, label=curve)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per row")
+    ax.set_ylabel("nats per row" if summed else "mean per row")
     ax.legend()
     return ax
 

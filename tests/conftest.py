@@ -33,7 +33,7 @@ def close_figures() -> Iterator[None]:
 
 
 class Relay(ppgen.Model):
-    """The relay race of the course notes, exactly as in DESIGN.md."""
+    """The relay race of the course notes, as in the design document (../shared/DESIGN.md)."""
 
     def __init__(self):
         super().__init__()

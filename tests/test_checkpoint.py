@@ -185,3 +185,47 @@ def test_resume_fits_pyro_params_exactly(tmp_path):
     fit(3, checkpoint=tmp_path)
     assert fit(6, checkpoint=tmp_path, resume=True) == reference
     assert reference[0] > 0.5  # 24 steps of 0.05 from 0 toward 3
+
+
+def _gan_fit(epochs: int, **options):
+    from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
+
+    pyro.set_rng_seed(0)
+    x, val = torch.randn(40, 2) * 0.5 + 1.0, torch.randn(12, 2) * 0.5 + 1.0
+    gan = GAN(MLPGenerator(2, 2, hidden_features=(8,)), MLPDiscriminator(2, hidden_features=(8,)), 2)
+    pyro.set_rng_seed(1)
+    fit = ppgen.fit_gan(gan, x, epochs=epochs, batch_size=16, lr_g=1e-2, lr_d=1e-2, r1=0.5,
+                        average=0.9, val=val, val_samples=16, progress=False, **options)  # fmt: skip
+    return gan, fit
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def test_killed_gan_fit_resumes_to_the_uninterrupted_fit(tmp_path, monkeypatch):
+    """Both players, both optimisers, the average and the epoch kept on val come back."""
+    from ppgen.adversarial import AdversarialStep
+
+    expected, full = _gan_fit(6)
+    original = AdversarialStep.step
+
+    def killed(self, batch, rows, epoch, frozen):
+        if epoch == 4:
+            raise RuntimeError("killed")
+        return original(self, batch, rows, epoch, frozen)
+
+    monkeypatch.setattr(AdversarialStep, "step", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        _gan_fit(6, checkpoint=tmp_path, resume=True)
+    monkeypatch.setattr(AdversarialStep, "step", original)
+    resumed, fit = _gan_fit(6, checkpoint=tmp_path, resume=True)
+    assert _equal(expected, resumed)
+    assert _without_seconds(fit.history) == _without_seconds(full.history)
+    assert fit.best_epoch == full.best_epoch
+
+
+def test_a_gan_checkpoint_is_refused_by_another_fit(tmp_path):
+    _gan_fit(2, checkpoint=tmp_path)
+    with pytest.raises(LoadError, match="holds the checkpoint of another model or fit"):
+        _, _ = _fit(50, 3, checkpoint=tmp_path, resume=True)

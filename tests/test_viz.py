@@ -75,3 +75,17 @@ def test_a_node_outside_a_plate_is_drawn_outside_its_box():
                 (x, y), x0, y0 = patches[f"node:{v}"].center, box.get_x(), box.get_y()
                 assert not (x0 < x < x0 + box.get_width() and y0 < y < y0 + box.get_height()), v
         plt.close(ax.figure)
+
+
+def test_draw_history_of_a_gan_fit_draws_its_curves():
+    from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
+
+    gan = GAN(MLPGenerator(2, 1, hidden_features=(4,)), MLPDiscriminator(1, hidden_features=(4,)), 2)
+    fit = ppgen.fit_gan(gan, torch.randn(32, 1), epochs=3, batch_size=16, val=torch.randn(8, 1),
+                        val_samples=8, progress=False)  # fmt: skip
+    ax = ppgen.viz.draw_history(fit)
+    labels = [line.get_label() for line in ax.lines]
+    assert labels == ["train/loss_d", "train/loss_g", "train/accuracy", "train/d_real",
+                      "train/d_fake", "val/mmd"]  # fmt: skip
+    mmd = [record["val/mmd"] for record in fit.history]
+    assert list(ax.lines[-1].get_ydata()) == mmd
