@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ppgen.data import Table
 from ppgen.distributed import Lockstep, active, all_reduce
 from ppgen.metrics import mmd
+from ppgen.result import NONFINITE
 from ppgen.steps import check_parameters, copy_parameters, load_optimizer_state, optimizer_state
 
 __all__ = ["AdversarialStep"]
@@ -227,6 +228,5 @@ def _judgement(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
 def _check(loss: Tensor, player: str, lr: str) -> None:
     if not torch.isfinite(loss).all():
         raise ValueError(
-            f"The {player}'s loss became non-finite; the parameters are left at the last finite "
-            f"step. Try a smaller {lr}."
+            f"The {player}'s loss became non-finite; {NONFINITE}. Try a smaller {lr}."
         )

@@ -24,6 +24,7 @@ from torch.distributions import Independent, kl_divergence
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
 from ppgen.importance import log_weights
 from ppgen.nn import Node
+from ppgen.result import NONFINITE
 from ppgen.tracing import is_unweighted, is_variable, is_view, program_parameters, trace_calls
 
 __all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "svi_table"]
@@ -300,10 +301,10 @@ class ELBOObjective(nn.Module):
                     if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
                         return (
                             f"The log-probability of site {name!r} in the {program} became "
-                            "non-finite; the parameters are left at the last finite step. "
+                            f"non-finite; {NONFINITE}. "
                             "Try a smaller lr."
                         )
-        return "The ELBO became non-finite; the parameters are left at the last finite step."
+        return f"The ELBO became non-finite; {NONFINITE}."
 
 
 _Plan = tuple[list[tuple[str, Node, list[str]]], list[tuple[str, Node, list[str], bool]]]

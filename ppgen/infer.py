@@ -9,6 +9,7 @@ learned about the data's labels on the model, and returns a :class:`~ppgen.resul
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
@@ -113,11 +114,17 @@ def fit_mle(
     fixed = [p for m in exact for p in m.parameters() if p.requires_grad and p not in trainable]
     for p in fixed:  # closed-form nodes still count in the history, but take no gradients
         p.requires_grad_(False)
+    identity = None
+    if path is not None:
+        structure = {n: [type(m).__name__, ps] for n, (m, ps) in (objective.factors or {}).items()}
+        settings = {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                    "patience": patience}  # fmt: skip
+        identity = _identity("fit_mle", [model], data, val, settings, structure or None)
     try:
         result = train(
             step, data, val, epochs=epochs, batch_size=batch_size, patience=patience,
             progress=progress, description="fit_mle", checkpoint=checkpoint,
-            every=checkpoint_every, resume=resume,
+            every=checkpoint_every, resume=resume, identity=identity,
         )  # fmt: skip
     except LoadError:  # the checkpoint refused: the closed forms are undone
         with torch.no_grad():
@@ -205,6 +212,40 @@ def _constant(
     return {name: t.sum() for name, t in terms.items()}
 
 
+def _identity(
+    fit: str,
+    programs: list[object],
+    data: Table,
+    val: Table | None,
+    settings: dict[str, object],
+    structure: object = None,
+) -> dict[str, object]:
+    """What a checkpoint belongs to: the fit, its programs (their classes and the names and
+    shapes of their parameters, and each site's conditional and parents where known), a
+    fingerprint of the training and validation rows, and the settings that shape the steps."""
+    described = []
+    for program in programs:
+        owner = getattr(program, "__self__", program)
+        shapes = [[n, list(p.shape)] for n, p in getattr(owner, "named_parameters", list)()]
+        described.append([f"{type(owner).__module__}:{type(owner).__qualname__}", shapes])
+    return {
+        "fit": fit,
+        "model": described,
+        "structure": structure,
+        "data": [_fingerprint(data), None if val is None else _fingerprint(val)],
+        "settings": settings,
+    }
+
+
+def _fingerprint(data: Table) -> str:
+    """A digest of the rows: each column's name, dtype, shape and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, column in sorted(data.columns.items()):
+        digest.update(f"{name}|{column.dtype}|{tuple(column.shape)}".encode())
+        digest.update(column.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def _keep_coding(model: Callable[..., object], data: Table, result: FitResult) -> None:
     """Records the labels' coding of a fit on the model (and on the result)."""
     if data.categories:
@@ -285,7 +326,7 @@ def fit_svi(
 
     Raises:
         ValueError: For bad data (naming the column), and when the ELBO becomes non-finite
-            (naming the site; the parameters are left at the last finite step).
+            (naming the site; the model keeps the parameters of the last epoch that ended).
 
     Example:
         >>> def model(x):  # the mean of x, with a N(0, 1) prior
@@ -323,11 +364,16 @@ def fit_svi(
         )
     objective.prepare(probe)
     step = GradientStep(objective, {"all": (unique, ["elbo"])}, lr=lr, weight_decay=weight_decay)
+    identity = None
+    if checkpoint is not None:
+        settings = {"elbo": elbo, "num_particles": num_particles, "batch_size": batch_size,
+                    "lr": lr, "weight_decay": weight_decay, "patience": patience}  # fmt: skip
+        identity = _identity("fit_svi", [model, objective.guide], data, val, settings)
     with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
         result = train(
             step, data, val, epochs=epochs, batch_size=batch_size, patience=patience,
             progress=progress, description="fit_svi", checkpoint=checkpoint,
-            every=checkpoint_every, resume=resume,
+            every=checkpoint_every, resume=resume, identity=identity,
         )  # fmt: skip
     _keep_coding(model, data, result)
     return result
@@ -418,7 +464,7 @@ def fit_gan(
 
     Raises:
         ValueError: For data with NaN or inf, and when a player's loss becomes non-finite
-            (naming it; the parameters are left at the last finite step).
+            (naming it; the model keeps the parameters of the last epoch that ended).
 
     Example:
         >>> from ppgen.models.gan import GAN, MLPDiscriminator, MLPGenerator
@@ -440,9 +486,16 @@ def fit_gan(
         gan, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, betas=betas, r1=r1, samples=val_samples,
         average=average, validated=val is not None,
     )  # fmt: skip
+    identity = None
+    if checkpoint is not None:
+        settings = {"batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d, "d_steps": d_steps,
+                    "betas": list(betas), "r1": r1, "average": average,
+                    "val_samples": val_samples}  # fmt: skip
+        identity = _identity("fit_gan", [gan.generator, gan.discriminator], rows, val, settings)
     result = train(
         step, rows, val, epochs=epochs, batch_size=batch_size, patience=None, progress=progress,
         description="fit_gan", checkpoint=checkpoint, every=checkpoint_every, resume=resume,
+        identity=identity,
     )  # fmt: skip
     if step.averaged is not None:  # the GAN's generator becomes the average (of the epoch kept)
         with torch.no_grad():

@@ -13,6 +13,8 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,7 @@ def train(
     checkpoint: str | os.PathLike[str] | None = None,
     every: int = 1,
     resume: bool = False,
+    identity: Mapping[str, object] | None = None,
 ) -> FitResult:
     r"""Trains `step` for `epochs` epochs of shuffled batches of `batch_size` rows of `data`.
 
@@ -78,10 +81,15 @@ def train(
             atomically to `checkpoint.safetensors` every `every` epochs and at the end.
         resume: Whether to continue from the checkpoint in `checkpoint`, when there is one:
             the fit then ends with the parameters an uninterrupted fit would have reached.
+        identity: What the checkpoint belongs to (JSON: the fit, the model's structure, a
+            fingerprint of the data, the settings), written with it; a resume onto anything
+            else is refused, naming what differs. While a fit writes to a folder, a lock file
+            keeps any other fit out of it.
 
     A step with no group of parameters (every site solved in closed form) is scored once, as
     epoch 0. Ctrl-C stops the fit between two steps: the parameters of the best epoch so far
-    are restored, a warning says so, and the result has `interrupted=True`.
+    are restored, a warning says so, and the result has `interrupted=True`. An error during an
+    epoch (a non-finite loss) leaves the parameters of the last epoch that ended.
 
     Under a `torch.distributed` process group (see :mod:`ppgen.distributed` and
     `docs/scaling.md`), each rank takes its share of every epoch's permutation, `batch_size`
@@ -109,8 +117,36 @@ def train(
         result.seconds = time.perf_counter() - start
         return result
     state = LoopState(best=dict.fromkeys(step.groups, -math.inf), stale=dict.fromkeys(step.groups, 0))
-    if path is not None and resume and path.exists():
-        _resume(path, step, state, result)
+    identity = dict(identity or {})
+    with _lock(path):
+        if path is not None and resume and path.exists():
+            _resume(path, step, state, result, identity)
+        _run(step, data, val, state, result, epochs=epochs, batch_size=batch_size,
+             patience=patience, progress=progress, description=description, path=path,
+             every=every, identity=identity)  # fmt: skip
+    for name, values in state.saved.items():
+        _copy(step.groups[name][0], values)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run(
+    step: Step,
+    data: Table,
+    val: Table | None,
+    state: LoopState,
+    result: FitResult,
+    *,
+    epochs: int,
+    batch_size: int,
+    patience: int | None,
+    progress: bool,
+    description: str,
+    path: Path | None,
+    every: int,
+    identity: dict[str, object],
+) -> None:
+    """The epochs from the one after `state.epoch`, with their records and checkpoints."""
     parameters = step.parameters()
     last = [p.detach().clone() for p in parameters]  # the parameters after the last epoch
     writer = distributed.is_writer()
@@ -126,7 +162,7 @@ def train(
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train", "val")})
             state.epoch, state.done = epoch, state.frozen == set(step.groups)
             if path is not None and writer and (epoch % every == 0 or epoch == epochs or state.done):
-                _save(path, step, state, result)
+                _save(path, step, state, result, identity)
             last = [p.detach().clone() for p in parameters]
             if state.done:
                 break
@@ -137,12 +173,11 @@ def train(
             f"{description} interrupted at epoch {epoch}: the model keeps the best parameters "
             f"so far (epochs {result.best_epoch or 'none'}).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    for name, values in state.saved.items():
-        _copy(step.groups[name][0], values)
-    result.seconds = time.perf_counter() - start
-    return result
+    except Exception:  # a non-finite loss, or the program failing: the last epoch that ended
+        _copy(parameters, last)
+        raise
 
 
 def _epoch(
@@ -229,7 +264,9 @@ def _copy(parameters: list[Tensor], values: list[Tensor]) -> None:
             p.copy_(v)
 
 
-def _save(path: Path, step: Step, state: LoopState, result: FitResult) -> None:
+def _save(
+    path: Path, step: Step, state: LoopState, result: FitResult, identity: dict[str, object]
+) -> None:
     """Writes the step's state, the best parameters, the random state and the bookkeeping."""
     tensors, meta = step.state()
     for name, values in state.saved.items():
@@ -238,24 +275,84 @@ def _save(path: Path, step: Step, state: LoopState, result: FitResult) -> None:
     bookkeeping = {"epoch": state.epoch, "done": state.done, "best": state.best,
                    "stale": state.stale, "frozen": sorted(state.frozen),
                    "history": result.history, "best_epoch": result.best_epoch}  # fmt: skip
-    save_checkpoint(path, tensors, {"state": bookkeeping, "saved": list(state.saved), **meta})
+    description = {"state": bookkeeping, "saved": list(state.saved), "identity": identity, **meta}
+    save_checkpoint(path, tensors, description)
 
 
-def _resume(path: Path, step: Step, state: LoopState, result: FitResult) -> None:
-    """Restores a checkpoint written by :func:`_save`; nothing changes where it does not fit."""
+def _resume(
+    path: Path, step: Step, state: LoopState, result: FitResult, identity: dict[str, object]
+) -> None:
+    """Restores a checkpoint written by :func:`_save` for the same `identity`; nothing changes
+    where it does not fit, or belongs to another fit."""
     description, tensors = load_checkpoint(path)
+    theirs = description.get("identity") or {}
+    differ = [key for key in identity if theirs.get(key) != identity[key]]
+    if differ:
+        raise LoadError(
+            f"{path} holds the checkpoint of another model or fit: its {' and '.join(differ)} "
+            "differ from this fit's; choose another folder for this fit."
+        )
     try:
         saved = {name: _saved(tensors, name) for name in description["saved"]}
         bookkeeping = description["state"]
-        step.load_state(tensors, description)
+        fields = ("best", "stale", "frozen", "epoch", "done", "history", "best_epoch")
+        best, stale, frozen, epoch, done, history, best_epoch = (bookkeeping[k] for k in fields)
+        rng = tensors["rng"]
+        step.load_state(tensors, description)  # checks before it changes anything
     except (KeyError, TypeError, ValueError, RuntimeError):
         raise LoadError(f"{path} holds the checkpoint of another model or fit.") from None
-    state.saved = saved
-    state.best, state.stale = bookkeeping["best"], bookkeeping["stale"]
-    state.frozen = set(bookkeeping["frozen"])
-    state.epoch, state.done = bookkeeping["epoch"], bookkeeping["done"]
-    result.history, result.best_epoch = bookkeeping["history"], bookkeeping["best_epoch"]
-    torch.random.set_rng_state(tensors["rng"])
+    state.saved, state.best, state.stale, state.frozen = saved, best, stale, set(frozen)
+    state.epoch, state.done = epoch, done
+    result.history, result.best_epoch = history, best_epoch
+    torch.random.set_rng_state(rng)
+
+
+@contextmanager
+def _lock(path: Path | None) -> Iterator[None]:
+    """Holds `LOCK` beside the checkpoint file while a fit writes there: a second fit into the
+    same folder is refused in one sentence (a lock left by a process that died is taken over)."""
+    if path is None or not distributed.is_writer():
+        yield
+        return
+    lock = path.with_name(f"{path.name}.lock")
+    for _ in range(2):
+        try:
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
+            handle = os.open(lock, flags)
+            break
+        except FileExistsError:
+            owner = _owner(lock)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise ValueError(
+                    f"{path.parent} is in use by another fit (process {owner}); give this fit "
+                    "another checkpoint folder."
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a process that is gone
+    else:
+        raise ValueError(f"{lock} cannot be created; give this fit another checkpoint folder.")
+    try:
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _saved(tensors: dict[str, Tensor], name: str) -> list[Tensor]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["FitResult"]
+__all__ = ["NONFINITE", "FitResult"]
+
+# what every fit's error for a non-finite loss says of the model: the loop restores it so
+NONFINITE = "the model keeps the parameters of the last epoch that ended"
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ppgen import distributed
 from ppgen.data import Table
+from ppgen.result import NONFINITE
 
 __all__ = ["GradientStep", "Group", "Step", "load_optimizer_state", "optimizer_state"]
 
@@ -141,7 +142,7 @@ class GradientStep:
             bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
             raise ValueError(
                 f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
-                "the parameters are left at the last finite step. Try a smaller lr."
+                f"{NONFINITE}. Try a smaller lr."
             )
         return loss, totals
 

@@ -229,3 +229,89 @@ def test_a_gan_checkpoint_is_refused_by_another_fit(tmp_path):
     _gan_fit(2, checkpoint=tmp_path)
     with pytest.raises(LoadError, match="holds the checkpoint of another model or fit"):
         _, _ = _fit(50, 3, checkpoint=tmp_path, resume=True)
+
+
+def test_resume_is_refused_onto_other_data_another_graph_or_other_settings(tmp_path):
+    model, data = _setup(60)
+    ppgen.fit_mle(model, data, epochs=2, batch_size=16, checkpoint=tmp_path, progress=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    other = {k: v.flip(0) for k, v in data.items()}  # the same rows in another order
+    with pytest.raises(LoadError, match="another model or fit: its data differ"):
+        ppgen.fit_mle(model, other, epochs=4, batch_size=16, checkpoint=tmp_path, resume=True,
+                      progress=False)  # fmt: skip
+    with pytest.raises(LoadError, match="its settings differ"):
+        ppgen.fit_mle(model, data, epochs=4, batch_size=8, checkpoint=tmp_path, resume=True,
+                      progress=False)  # fmt: skip
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    # b -> a resumed from a -> b: the parameters have the same shapes, the graph differs
+    rows = {"a": torch.randn(40), "b": torch.randn(40)}
+    forward = ppgen.dag([("a", "b")], kinds={"a": "normal", "b": "normal"}, hidden=(4,))
+    ppgen.fit_mle(forward, rows, epochs=1, checkpoint=tmp_path / "ab", progress=False)
+    backward = ppgen.dag([("b", "a")], kinds={"a": "normal", "b": "normal"}, hidden=(4,))
+    with pytest.raises(LoadError, match="its structure differ"):
+        ppgen.fit_mle(backward, rows, epochs=2, checkpoint=tmp_path / "ab", resume=True,
+                      progress=False)  # fmt: skip
+
+
+def test_two_fits_cannot_share_a_checkpoint_folder(tmp_path):
+    model, data = _setup(40)
+    tmp_path.mkdir(exist_ok=True)
+    lock = tmp_path / "checkpoint.safetensors.lock"
+    lock.write_text("1")  # process 1 is alive: another fit writes here
+    with pytest.raises(ValueError, match="is in use by another fit \\(process 1\\)"):
+        ppgen.fit_mle(model, data, epochs=1, checkpoint=tmp_path, progress=False)
+    lock.write_text(str(2**22 + 12345))  # no such process: a lock left by a dead fit
+    ppgen.fit_mle(model, data, epochs=1, checkpoint=tmp_path, progress=False)
+    assert not lock.exists()  # released at the end of the fit
+
+
+def test_a_non_finite_loss_leaves_the_parameters_of_the_last_epoch(monkeypatch):
+    """The second batch of epoch 2 turns NaN, after a finite step in that epoch: the model
+    is left as after epoch 1, as the message says."""
+    model, data = _setup(64)
+    pyro.set_rng_seed(2)
+    reference, _ = _setup(64)
+    pyro.set_rng_seed(2)
+    ppgen.fit_mle(reference, data, epochs=1, batch_size=16, lr=1e-2, progress=False)
+    forward, epoch_of = ppgen.density.ExactLogLikelihood.forward, ppgen.loop._epoch
+    steps = {"epoch": 0, "calls": 0}
+
+    def epoch(step, data, val, number, *args):
+        steps["epoch"], steps["calls"] = number, 0
+        return epoch_of(step, data, val, number, *args)
+
+    def blow_up(self, batch, sites=None):
+        terms = forward(self, batch, sites)
+        if torch.is_grad_enabled() and steps["epoch"] == 2:
+            steps["calls"] += 1
+            if steps["calls"] == 2:
+                terms = {k: v * float("nan") for k, v in terms.items()}
+        return terms
+
+    monkeypatch.setattr(ppgen.loop, "_epoch", epoch)
+    monkeypatch.setattr(ppgen.density.ExactLogLikelihood, "forward", blow_up)
+    pyro.set_rng_seed(2)
+    with pytest.raises(ValueError, match="became non-finite at epoch 2; the model keeps the "
+                       "parameters of the last epoch that ended"):  # fmt: skip
+        ppgen.fit_mle(model, data, epochs=3, batch_size=16, lr=1e-2, progress=False)
+    assert _equal(model, reference)
+
+
+def test_a_checkpoint_missing_a_field_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    from ppgen import io
+
+    write = io.save_checkpoint
+
+    def without_best(path, tensors, description):
+        description["state"].pop("best")
+        write(path, tensors, description)
+
+    monkeypatch.setattr(ppgen.loop, "save_checkpoint", without_best)
+    _fit(50, 2, checkpoint=tmp_path)
+    monkeypatch.setattr(ppgen.loop, "save_checkpoint", write)
+    model, data = _setup(50)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LoadError, match="holds the checkpoint of another model or fit"):
+        ppgen.fit_mle(model, data, epochs=3, batch_size=16, lr=1e-2, checkpoint=tmp_path,
+                      resume=True, progress=False)  # fmt: skip
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
