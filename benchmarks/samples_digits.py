@@ -126,9 +126,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = digits(dtype=torch.float32)
+    data, whole = digits(dtype=torch.float32, val=args.val), digits(dtype=torch.float32)
     h = median_bandwidth(data.test)
-    floor = mmd(data.train, data.test, bandwidth=h)  # every training digit
+    floor = mmd(whole.train, data.test, bandwidth=h)  # every training digit
     load = os.getloadavg()
     print(
         f"binarised digits, {args.samples} samples vs {len(data.test)} test rows; Gaussian kernel "
@@ -140,8 +140,7 @@ def main():
     print(f"{'train (floor)':<16} {floor:>9.5f} {0:>9.5f} {'':>10} {'':>7}", flush=True)
     results = {}
     save_grid(data.train[:100], args.out / "train.png", "training digits")
-    cut = len(data.train) - args.val  # every model: the rest of the training rows choose its epoch
-    train, held_out = data.train[:cut], (data.train[cut:] if args.val else None)
+    train, held_out = data.train, data.val  # every model: the held-out rows choose its epoch
     for name in args.models:
         torch.manual_seed(args.seed)
         tic = time.perf_counter()
@@ -159,7 +158,7 @@ def main():
             fit_svi(model, model.guide, train, val=held_out, epochs=args.epochs, batch_size=100,
                     lr=1e-3, progress=False)  # fmt: skip
             samples = model.sample(args.samples)
-            probe = linear_probe(model.encode(data.train), data.train_labels,
+            probe = linear_probe(model.encode(whole.train), whole.train_labels,
                                  model.encode(data.test), data.test_labels)  # fmt: skip
         else:
             output = StraightThroughBernoulli() if args.gan_output == "bernoulli" else nn.Sigmoid()
@@ -180,7 +179,7 @@ def main():
             spread = torch.cdist(samples, samples).pow(2).mean() / torch.cdist(
                 data.test, data.test).pow(2).mean()  # fmt: skip
             binarised = mmd((samples > 0.5).float(), data.test, bandwidth=h)
-            probe = linear_probe(model.features(data.train), data.train_labels,
+            probe = linear_probe(model.features(whole.train), whole.train_labels,
                                  model.features(data.test), data.test_labels)  # fmt: skip
         seconds = time.perf_counter() - tic
         value = results[name] = mmd(samples, data.test, bandwidth=h)

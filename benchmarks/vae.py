@@ -7,15 +7,27 @@ the same normals in the same order. Speed: `--rounds` rounds in which each peer 
 rounds, so that each ratio compares runs seconds apart on a loaded machine; s/epoch is a run's
 whole time over its epochs (ppgen's set-up included), by the wall clock and by this thread's CPU
 time (less disturbed by other processes); ratios are over the hand-written loop's in the same
-round, median and min over the rounds. Quality: each peer trained once for `--epochs`, scored by
-the same estimator, ppgen's IWAE-500 on the test images, and its codes (`encode(x)`, posterior
-means) by `ppgen.metrics.linear_probe`. Last, `VAE(64, 8)` fitted with every default of
-`fit_svi` (one hidden layer of 512; 200 epochs, batches of 64, lr 1e-3); `--defaults` runs only
-that.
+round, median and min over the rounds. Quality: each peer trained once for `--epochs` on 1200 of
+the training digits (`digits(val=300)`), the ELBO of the other 300 read every epoch (one draw a
+row) and the best epoch kept (ppgen: `fit_svi(val=...)`; the others by the same rule written
+out); then the test digits are scored once, by the same estimator for all, ppgen's IWAE-500, and
+the codes (`encode(x)`, posterior means) by `ppgen.metrics.linear_probe`. Last, `VAE(64, 8)`
+fitted with every default of `fit_svi` (one hidden layer of 512; 200 epochs, batches of 64, lr
+1e-3) but `val=`, the same 300 digits; `--defaults` runs only that.
 
     python benchmarks/vae.py
 
-Measured 2026-11-23 on 2 shared cores, one thread, two runs (load average 9-11; then 1-3):
+Measured 2026-12-04 on 2 shared cores, one thread, load average 6-8 (1200 training digits,
+the epoch kept on the 300 held out, the test digits scored once):
+
+    ppgen    s/epoch 0.148 (wall), 0.023 (cpu); ratio median 1.08 (wall), 1.00 (cpu);
+             min 0.85 (wall), 0.91 (cpu); IWAE-500 17.38; probe 0.879
+    pyro     ratio median 2.18 (wall), 2.00 (cpu); min 1.76, 1.90; IWAE-500 17.36; probe 0.865
+    torch    s/epoch 0.137 (wall), 0.023 (cpu); IWAE-500 17.38; probe 0.879
+    ppgen defaults: 200 epochs in 45 s, epoch 166 kept; test IWAE-500 17.01; linear probe 0.865
+
+Earlier (2026-11-23), on the 1500 training digits and scored after the last of 200 epochs (no
+epoch chosen; two runs, load average 9-11, then 1-3):
 
     ppgen    s/epoch 0.174, 0.093 (wall), 0.056, 0.061 (cpu); ratio median 0.99, 1.03 (wall),
              1.00, 1.00 (cpu); min 0.76, 0.89 (wall), 0.91, 0.89 (cpu); IWAE-500 17.18; probe 0.872
@@ -89,38 +101,67 @@ class PyroVAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
-def train_ppgen(vae, x, epochs):
+def train_ppgen(vae, x, epochs, val=None):
     torch.manual_seed(1)
-    ppgen.infer.fit_svi(vae, vae.guide, x, epochs=epochs, batch_size=BATCH, lr=LR, progress=False)
+    ppgen.infer.fit_svi(vae, vae.guide, x, val=val, epochs=epochs, batch_size=BATCH, lr=LR,
+                        progress=False)  # fmt: skip
 
 
-def train_pyro(net, x, epochs):
+def elbo(encoder, decoder, x):
+    """The single-draw ELBO of each row of `x`, written out."""
+    loc, scale = encoder(x)
+    q = torch.distributions.Normal(loc, scale)
+    z = q.rsample()
+    log_px = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none")
+    log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z)
+    return log_px.sum(-1) + (log_pz - q.log_prob(z)).sum(-1)
+
+
+class KeepBest:
+    """After each epoch, the validation ELBO of `modules`; keeps the weights of the best epoch."""
+
+    def __init__(self, val, *modules):
+        self.val, self.modules, self.best, self.kept = val, modules, -float("inf"), None
+
+    def __call__(self, encoder, decoder):
+        if self.val is None:
+            return
+        with torch.no_grad():
+            score = elbo(encoder, decoder, self.val).mean().item()
+        if score > self.best:
+            self.best, self.kept = score, [copy.deepcopy(m.state_dict()) for m in self.modules]
+
+    def restore(self):
+        for module, state in zip(self.modules, self.kept or [], strict=False):
+            module.load_state_dict(state)
+
+
+def train_pyro(net, x, epochs, val=None):
     pyro.clear_param_store()
     svi = SVI(net.model, net.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
+    keep = KeepBest(val, net)
     torch.manual_seed(1)
     for _ in range(epochs):
         order = torch.randperm(len(x))
         for start in range(0, len(x), BATCH):
             svi.step(x[order[start : start + BATCH]])
+        keep(net.encoder, net.decoder)
+    keep.restore()
 
 
-def train_torch(encoder, decoder, x, epochs):
+def train_torch(encoder, decoder, x, epochs, val=None):
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR)
+    keep = KeepBest(val, encoder, decoder)
     torch.manual_seed(1)
     for _ in range(epochs):
         order = torch.randperm(len(x))
         for start in range(0, len(x), BATCH):
-            batch = x[order[start : start + BATCH]]
-            loc, scale = encoder(batch)
-            q = torch.distributions.Normal(loc, scale)
-            z = q.rsample()
-            log_px = -F.binary_cross_entropy_with_logits(decoder(z), batch, reduction="none")
-            log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z)
-            elbo = log_px.sum(-1) + (log_pz - q.log_prob(z)).sum(-1)
-            loss = -elbo.mean()
+            loss = -elbo(encoder, decoder, x[order[start : start + BATCH]]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        keep(encoder, decoder)
+    keep.restore()
 
 
 def as_vae(template, encoder, decoder):
@@ -135,17 +176,17 @@ def as_vae(template, encoder, decoder):
 
 def peers(template):
     """Fresh copies of the three peers, all holding the weights of `template`; each entry is
-    (train(x, epochs), the trained model as a ppgen VAE for scoring)."""
+    (train(x, epochs, val=None), the trained model as a ppgen VAE for scoring)."""
     vae, pyro_net = copy.deepcopy(template), PyroVAE(template)
     encoder, decoder = Encoder(template), Decoder(template)
     return {
-        "ppgen": (lambda x, e: train_ppgen(vae, x, e), lambda: vae),
+        "ppgen": (lambda x, e, val=None: train_ppgen(vae, x, e, val), lambda: vae),
         "pyro": (
-            lambda x, e: train_pyro(pyro_net, x, e),
+            lambda x, e, val=None: train_pyro(pyro_net, x, e, val),
             lambda: as_vae(template, pyro_net.encoder, pyro_net.decoder),
         ),
         "torch": (
-            lambda x, e: train_torch(encoder, decoder, x, e),
+            lambda x, e, val=None: train_torch(encoder, decoder, x, e, val),
             lambda: as_vae(template, encoder, decoder),
         ),
     }
@@ -167,15 +208,16 @@ def scores(vae, data, iwae):
 
 
 def defaults(data, iwae):
-    """ppgen's own defaults: VAE(64, 8) and fit_svi(vae, vae.guide, x), nothing else set."""
+    """ppgen's own defaults: VAE(64, 8) and fit_svi(vae, vae.guide, x, val=v), nothing else set."""
     torch.manual_seed(0)
     vae = VAE(64, Z)
     wall = time.perf_counter()
-    fit = ppgen.infer.fit_svi(vae, vae.guide, data.train, progress=False)
+    fit = ppgen.infer.fit_svi(vae, vae.guide, data.train, val=data.val, progress=False)
     wall = time.perf_counter() - wall
     nats, probe = scores(vae, data, iwae)
-    print(f"ppgen defaults: VAE(64, {Z}), fit_svi(vae, vae.guide, x): {len(fit.history)} epochs "
-          f"in {wall:.0f} s; test IWAE-{iwae} {nats:.2f} nats/image; linear probe {probe:.3f}")  # fmt: skip
+    print(f"ppgen defaults: VAE(64, {Z}), fit_svi(vae, vae.guide, x, val=v): {len(fit.history)} "
+          f"epochs in {wall:.0f} s, epoch {fit.best_epoch['all']} kept; test IWAE-{iwae} "
+          f"{nats:.2f} nats/image; linear probe {probe:.3f}")  # fmt: skip
 
 
 def main():
@@ -187,7 +229,7 @@ def main():
     parser.add_argument("--defaults", action="store_true", help="only the run with defaults")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = digits(dtype=torch.float32)
+    data = digits(dtype=torch.float32, val=300)
     if args.defaults:
         defaults(data, args.iwae)
         return
@@ -201,16 +243,16 @@ def main():
             times[name].append(timed(runs[name][0], data.train, args.round_epochs))
     quality = {}
     for name, (train, trained) in peers(template).items():
-        train(data.train, args.epochs)
+        train(data.train, args.epochs, data.val)
         quality[name] = scores(trained(), data, args.iwae)
-    print(f"VAE, binarised digits (1500 train / 297 test), z={Z}, hidden={HIDDEN}, "
+    print(f"VAE, binarised digits (1200 train / 300 validation / 297 test), z={Z}, hidden={HIDDEN}, "
           f"batch {BATCH}, Adam {LR}, 1 thread")  # fmt: skip
     print(
         f"speed: {args.rounds} rounds of {args.round_epochs} epochs, the peers in turn; "
         "ratio: s/epoch over torch's in the same round, median and min over the rounds"
     )
-    print(f"quality: {args.epochs} epochs; test IWAE-{args.iwae} in nats/image (lower is better), "
-          "linear probe of encode(x) (test accuracy)")  # fmt: skip
+    print(f"quality: the best validation epoch of {args.epochs}; test IWAE-{args.iwae} in "
+          "nats/image (lower is better), linear probe of encode(x) (test accuracy)")  # fmt: skip
     head = f"{'':7}{'s/epoch':>9}{'ratio med':>10}{'min':>6}{'cpu s/ep':>10}{'ratio med':>10}"
     print(head + f"{'min':>6}{f'IWAE-{args.iwae}':>11}{'probe':>7}")
     for name in names:

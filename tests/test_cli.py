@@ -73,6 +73,9 @@ def test_demo_smoke_and_no_silent_overwrite(tmp_path, capsys):
     ]:
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "![relay](relay_graph.png)" in (out / "report.md").read_text()
+    # the digits' epochs are chosen on held-out training digits, the test digits scored once
+    assert "each model keeps the epoch best on 300 held-out" in (out / "report.md").read_text()
+    assert all(1 <= row["best_epoch"] <= row["epochs"] for row in results["digits"].values())
     before = (out / "results.json").read_bytes()
     assert main(["demo", "--out", str(out), "--scale", "0.02", "--quiet"]) == 2
     assert "already holds an earlier run" in capsys.readouterr().err
