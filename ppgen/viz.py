@@ -27,6 +27,7 @@ _FACTOR = 0.16  # half the side of a factor's square, in node heights
 _MAX_INCHES = 40.0  # the largest side of a figure of its own; larger graphs shrink
 _MAX_AREA = 900.0  # square inches: a larger drawing shrinks (the memory of its raster)
 _LABELLED = 500  # nodes: larger graphs are drawn without node names by default
+_HEAD = (0.24, 0.09)  # an arrowhead's length and half-width, in node heights
 _CHARS: dict[str, float] = {}
 
 
@@ -96,7 +97,7 @@ def _edge_path(lay: Layout, edge: tuple) -> Path:
         bend = (ya - yb) / 2
         vertices += [(xa, ya), (xa, ya - bend), (xb, yb + bend), (xb, yb)]
         codes += [Path.LINETO, Path.CURVE4, Path.CURVE4, Path.CURVE4]
-    vertices.append(end)
+    vertices.append((end[0], end[1] + _HEAD[0]))  # the arrowhead ends it
     codes.append(Path.LINETO)
     return Path(vertices, codes)
 
@@ -166,7 +167,7 @@ def draw(
         >>> sorted(p.get_gid() for p in ax.patches if p.get_gid().startswith("node"))
         ['node:t0', 'node:t1', 'node:t2']
     """
-    from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch, Rectangle
+    from matplotlib.transforms import TransformedPatchPath
 
     g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
     names = len(g) <= _LABELLED if names is None else names
@@ -180,46 +181,109 @@ def draw(
         box = ax.get_window_extent()
         inches = min(box.width / (extent[1] - extent[0]), box.height / (extent[3] - extent[2]))
         scale = inches / ax.figure.dpi / _UNIT
-    font = _FONT * scale
-    for v, (x, y) in lay.pos.items():
-        data = g.nodes[v]
-        if _is_factor(data):
-            node = Rectangle((x - _FACTOR, y + 0.5 - 2 * _FACTOR - 0.02), 2 * _FACTOR, 2 * _FACTOR,
-                             facecolor="black", zorder=3, gid=f"node:{v}")  # fmt: skip
-            if names:
-                ax.text(x, y + 0.38 - 2 * _FACTOR, str(v), ha="center", va="top",
-                        fontsize=0.8 * font, zorder=4)  # fmt: skip
-        else:
-            shade = "0.78" if data.get("observed", True) else "white"
-            node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
-                           linewidth=1.2 * scale, zorder=3, gid=f"node:{v}")  # fmt: skip
-            if names:
-                ax.text(x, y, str(v), ha="center", va="center", fontsize=font, zorder=4)
-        ax.add_patch(node)
-    for u, v in g.edges:
-        arrow = FancyArrowPatch(
-            path=_edge_path(lay, (u, v)), arrowstyle="-|>", mutation_scale=10 * scale,
-            linewidth=0.9 * scale, color="0.15", zorder=2, gid=f"edge:{u}->{v}",
-        )  # fmt: skip
-        ax.add_patch(arrow)
-    labels = _plate_labels(g)
-    for box in lay.boxes:
-        patch = FancyBboxPatch(
-            (box.x0, box.y0), box.x1 - box.x0, box.y1 - box.y0,
-            boxstyle="round,pad=0,rounding_size=0.12", facecolor="none", edgecolor="0.3",
-            linewidth=scale, zorder=1, gid=f"plate:{box.plate}",
-        )  # fmt: skip
-        ax.add_patch(patch)
-        ax.text(*box.label, labels[box.plate], ha="right", va="bottom", fontsize=0.8 * font,
-                gid=f"plate:{box.plate}")  # fmt: skip
+    style = {"scale": scale, "clip_path": TransformedPatchPath(ax.patch)}  # one clip for all
+    if len(g) > _LABELLED:
+        _draw_collections(ax, g, lay, widths, scale)
+    else:
+        _draw_nodes(ax, g, lay, widths, names, style)
+        _draw_edges(ax, g, lay, style)
+    _draw_plates(ax, g, lay, style)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_aspect("equal")
     ax.axis("off")
     if text is not None:
         inches = ax.get_window_extent().width / ax.figure.dpi
+        font = _FONT * scale
         ax.set_title("\n".join(_wrap(text, max(inches, 3.0), font)), fontsize=font)
     return ax
+
+
+def _draw_nodes(
+    ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, names: bool, style: dict
+) -> None:
+    """Each node as a patch (gid `node:NAME`): an ellipse, or a square for a factor."""
+    from matplotlib.patches import Ellipse, Rectangle
+
+    scale, clip = style["scale"], style["clip_path"]
+    for v, (x, y) in lay.pos.items():
+        data = g.nodes[v]
+        if _is_factor(data):
+            node = Rectangle((x - _FACTOR, y + 0.48 - 2 * _FACTOR), 2 * _FACTOR, 2 * _FACTOR,
+                             facecolor="black", zorder=3, gid=f"node:{v}", clip_path=clip)  # fmt: skip
+            if names:
+                ax.text(x, y + 0.38 - 2 * _FACTOR, str(v), ha="center", va="top",
+                        fontsize=0.8 * _FONT * scale, zorder=4, clip_path=clip)  # fmt: skip
+        else:
+            shade = "0.78" if data.get("observed", True) else "white"
+            node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
+                           linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
+                           clip_path=clip)  # fmt: skip
+            if names:
+                ax.text(x, y, str(v), ha="center", va="center", fontsize=_FONT * scale, zorder=4,
+                        clip_path=clip)  # fmt: skip
+        ax.add_artist(node)  # (add_patch would compute limits, set once at the end, each time)
+
+
+def _heads(lay: Layout) -> list[list[tuple[float, float]]]:
+    """The arrowheads, as triangles pointing down at the edges' ends."""
+    (length, half) = _HEAD
+    return [
+        [(x - half, y + length), (x + half, y + length), (x, y)] for _, (x, y) in lay.ports.values()
+    ]
+
+
+def _draw_edges(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
+    """Each edge as a patch (gid `edge:U->V`), and their arrowheads as one collection."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import PathPatch
+
+    scale, clip = style["scale"], style["clip_path"]
+    for u, v in g.edges:
+        line = PathPatch(_edge_path(lay, (u, v)), facecolor="none", edgecolor="0.15",
+                         linewidth=0.9 * scale, zorder=2, gid=f"edge:{u}->{v}",
+                         clip_path=clip)  # fmt: skip
+        ax.add_artist(line)
+    heads = PolyCollection(_heads(lay), facecolor="0.15", edgecolor="none", zorder=2,
+                           gid="arrowheads")  # fmt: skip
+    ax.add_collection(heads, autolim=False)
+
+
+def _draw_collections(ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, scale: float) -> None:
+    """Nodes, edges and arrowheads as three collections (gids `nodes`, `edges`, `arrowheads`),
+    for large graphs: a patch each would cost a second per thousand."""
+    from matplotlib.collections import EllipseCollection, PathCollection, PolyCollection
+
+    nodes = list(lay.pos)
+    shades = ["0.78" if g.nodes[v].get("observed", True) else "white" for v in nodes]
+    ax.add_collection(EllipseCollection(
+        [widths[v] for v in nodes], [1.0] * len(nodes), [0.0] * len(nodes), units="xy",
+        offsets=[lay.pos[v] for v in nodes], offset_transform=ax.transData, facecolors=shades,
+        edgecolors="black", linewidths=0.8 * scale, zorder=3, gid="nodes",
+    ), autolim=False)  # fmt: skip
+    paths = [_edge_path(lay, edge) for edge in g.edges]
+    ax.add_collection(PathCollection(paths, facecolors="none", edgecolors="0.15",
+                                     linewidths=0.6 * scale, zorder=2, gid="edges"),
+                      autolim=False)  # fmt: skip
+    ax.add_collection(PolyCollection(_heads(lay), facecolor="0.15", edgecolor="none", zorder=2,
+                                     gid="arrowheads"), autolim=False)  # fmt: skip
+
+
+def _draw_plates(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
+    """Each box of a plate as a patch (gid `plate:NAME`) with its label (a text of that gid)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    scale, clip = style["scale"], style["clip_path"]
+    labels = _plate_labels(g)
+    for box in lay.boxes:
+        patch = FancyBboxPatch(
+            (box.x0, box.y0), box.x1 - box.x0, box.y1 - box.y0,
+            boxstyle="round,pad=0,rounding_size=0.12", facecolor="none", edgecolor="0.3",
+            linewidth=scale, zorder=1, gid=f"plate:{box.plate}", clip_path=clip,
+        )  # fmt: skip
+        ax.add_artist(patch)
+        ax.text(*box.label, labels[box.plate], ha="right", va="bottom", clip_path=clip,
+                fontsize=0.8 * _FONT * scale, gid=f"plate:{box.plate}")  # fmt: skip
 
 
 def draw_history(fit: FitResult, *, ax: Axes | None = None) -> Axes:
