@@ -15,11 +15,12 @@ from ppgen.layout import Layout, sugiyama
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from matplotlib.path import Path
 
     from ppgen.infer import FitResult
 
-__all__ = ["draw", "draw_history", "draw_samples", "layout"]
+__all__ = ["draw", "draw_history", "draw_sample_grids", "draw_samples", "layout"]
 
 _UNIT = 0.4  # inches per node height, in a figure of its own
 _FONT = 10.0  # points, for node names at that size; plate labels are 0.8 of it
@@ -341,3 +342,37 @@ def draw_samples(
     ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     return ax
+
+
+def draw_sample_grids(
+    grids: dict[str, Tensor], shape: tuple[int, int], *, columns: int = 10, width: float = 6.0
+) -> Figure:
+    r"""Stacks titled grids of samples (:func:`draw_samples`) in one figure, each panel as tall
+    as its rows of images, with no empty band between panels.
+
+    Arguments:
+        grids: Images of shape :math:`(N, H W)` by title.
+        shape: The height and width :math:`(H, W)` of one image.
+        columns: Images per row of each grid.
+        width: The figure's width in inches.
+
+    Example:
+        >>> figure = draw_sample_grids({"a": torch.rand(20, 64), "b": torch.rand(5, 64)}, (8, 8))
+        >>> [ax.get_title() for ax in figure.axes]
+        ['a', 'b']
+    """
+    import matplotlib.pyplot as plt
+
+    height, image_width = shape
+    title = 0.3  # inches above each panel for its title
+    per_row = width * (height + 1) / (columns * (image_width + 1) - 1)  # inches per row of images
+    heights = [-(-len(images) // columns) * per_row for images in grids.values()]
+    total = sum(heights) + title * len(grids)
+    figure = plt.figure(figsize=(width, total))
+    top = total
+    for (name, images), panel in zip(grids.items(), heights, strict=True):
+        top -= title + panel
+        ax = figure.add_axes((0.0, top / total, 1.0, panel / total))
+        draw_samples(images, shape, ax=ax, columns=columns)
+        ax.set_title(name, fontsize=9)
+    return figure

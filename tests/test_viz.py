@@ -1,3 +1,5 @@
+import itertools
+
 import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
@@ -202,3 +204,15 @@ def test_drawings_of_random_plated_dags_are_true(g):
         check_labels(ax)
     finally:
         plt.close(ax.figure)
+
+
+def test_sample_grids_leave_no_empty_band_between_panels():
+    grids = {"NADE": torch.rand(30, 64), "MADE": torch.rand(30, 64), "VAE": torch.rand(12, 64)}
+    figure = ppgen.viz.draw_sample_grids(grids, (8, 8), columns=15)
+    figure.canvas.draw()
+    images = [ax.images[0].get_window_extent() for ax in figure.axes]
+    for ax, image in zip(figure.axes, images, strict=True):  # each image fills its panel
+        assert image.height >= 0.97 * ax.get_window_extent().height
+    for above, below in itertools.pairwise(images):  # panels apart by their titles alone
+        assert above.y0 - below.y1 <= 0.36 * figure.dpi  # 2.2-in panels left 1.4 in
+    assert [ax.get_title() for ax in figure.axes] == ["NADE", "MADE", "VAE"]
