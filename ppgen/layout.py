@@ -26,7 +26,8 @@ NODE_GAP = 0.9  # the space between two neighbouring nodes of a layer, in node h
 _SLOT_GAP = 0.35  # between a node and an edge passing through its layer, or two such edges
 _PAD = 0.2  # from a node to the innermost box around it
 _STEP = 0.22  # between the edges of two boxes that share a side
-_ROOM = 0.9  # the height of a gutter left to the edges' curves
+_ROOM = 0.9  # the least height of a gutter left to the edges' sideways runs
+_TRACK = 0.14  # between two sideways runs of edges in a gutter
 _CLEAR = 0.1  # how far an edge's straight part reaches out of a layer's band of nodes
 _SWEEPS = 8
 
@@ -45,16 +46,18 @@ class Box:
 
 @dataclass
 class Layout:
-    """Node centres; each edge as its ports and the legs it curves along between layers; boxes.
+    """Node centres; each edge as its ports and its legs between layers; boxes.
 
     An edge `(u, v)` is drawn from `ports[u, v][0]` straight down to the start of its first leg,
-    along each leg (a curve from its first point to its second, leaving and arriving vertically),
-    straight down between legs, and from the end of the last leg straight down to `ports[u, v][1]`.
+    along each leg, straight down between legs, and from the end of the last leg straight down
+    to `ports[u, v][1]`. A leg `(start, end, height)` goes down from `start`, sideways at
+    `height` (a track no other leg's sideways run overlaps), and down to `end`; a leg with
+    height `None` is vertical.
     """
 
     pos: dict[Hashable, tuple[float, float]]
     ports: dict[tuple[Hashable, Hashable], tuple[tuple[float, float], tuple[float, float]]]
-    legs: dict[tuple[Hashable, Hashable], list[tuple[tuple[float, float], tuple[float, float]]]]
+    legs: dict[tuple[Hashable, Hashable], list[tuple[tuple, tuple, float | None]]]
     boxes: list[Box] = field(default_factory=list)
 
 
@@ -309,12 +312,21 @@ def sugiyama(
         gutter = 2 * _PAD + _STEP * (right_side + left_side - 2) + NODE_GAP
         left[b] = left[b - 1] + span[b - 1] + gutter
     x = layers.place(left, span)
+    ports = _ports(layers, x, set(factors), factor_size)
+    spans = {
+        edge: [ports[edge][0][0], *(x[i] for i in chain[1:-1]), ports[edge][1][0]]
+        for edge, chain in layers.chains.items()
+    }
+    tracks, counts = _tracks(layers, spans)
     row = label_height + 0.12
-    y = [0.0]
+    y, zones = [0.0], []
     for lv in range(1, len(layers.layers)):
         below, above = _count(boxes, "bottom", lv - 1), _count(boxes, "top", lv)
-        gutter = (_PAD + below * row if below else 0.0) + (_PAD + _STEP * above if above else 0.0)
-        y.append(y[-1] - 1.0 - _ROOM - gutter)
+        below = _PAD + below * row if below else 0.0
+        above = _PAD + _STEP * above if above else 0.0
+        room = max(_ROOM, _TRACK * (counts[lv - 1] + 1))
+        zones.append((y[-1] - 0.5 - below, room))
+        y.append(y[-1] - 1.0 - below - room - above)
     pos = {v: (x[i], y[layers.level[i]]) for i, v in enumerate(layers.nodes)}
     drawn = []
     for box in boxes:
@@ -323,15 +335,24 @@ def sugiyama(
         y1 = y[box["top"]] + 0.5 + _PAD + _STEP * box["top_rank"]
         y0 = y[box["bottom"]] - 0.5 - _PAD - row * (box["bottom_rank"] + 1)
         drawn.append(Box(box["plate"], x0, y0, x1, y1, (x1 - 0.1, y0 + 0.06)))
-    ports, legs = _route(layers, x, y, set(factors), factor_size)
-    return Layout(pos, ports, legs, drawn)
+    ends, legs = {}, {}
+    for edge, chain in layers.chains.items():
+        (xs, ys), (xe, ye) = ports[edge]
+        ends[edge] = ((xs, y[layers.level[chain[0]]] + ys), (xe, y[layers.level[chain[-1]]] + ye))
+        legs[edge] = []
+        for k, (xa, xb) in enumerate(itertools.pairwise(spans[edge])):
+            lv, track = layers.level[chain[k]], tracks[edge][k]
+            top, room = zones[lv]
+            height = None if track is None else top - room * (track + 1) / (counts[lv] + 1)
+            legs[edge].append(((xa, y[lv] - 0.5 - _CLEAR), (xb, y[lv + 1] + 0.5 + _CLEAR), height))
+    return Layout(pos, ends, legs, drawn)
 
 
-def _route(
-    layers: _Layers, x: list[float], y: list[float], factors: set, size: float
-) -> tuple[dict, dict]:
-    """Each edge's ports on its two nodes (spread along their bottoms and tops in the order of
-    where the edges go) and its legs through the gutters."""
+def _ports(
+    layers: _Layers, x: list[float], factors: set, size: float
+) -> dict[tuple, tuple[tuple[float, float], tuple[float, float]]]:
+    """Each edge's ends on its two nodes, as x and the height from the node's centre: spread
+    along the bottom of the parent and the top of the child in the order of where they go."""
     out: dict[int, list[tuple]] = {}
     into: dict[int, list[tuple]] = {}
     for edge, chain in layers.chains.items():
@@ -348,14 +369,27 @@ def _route(
                 rim = 0.5 * (1 - (2 * offset / w) ** 2) ** 0.5
                 if square:  # its top is 0.02 below its slot's, its bottom one side lower
                     rim = 0.48 if sign > 0 else 2 * size - 0.48
-                side[edge] = (x[i] + offset, y[layers.level[i]] + sign * rim)
-    ports, legs = {}, {}
-    for edge, chain in layers.chains.items():
-        xs = [start[edge][0], *(x[i] for i in chain[1:-1]), end[edge][0]]
-        levels = [layers.level[i] for i in chain]
-        legs[edge] = [
-            ((xa, y[la] - 0.5 - _CLEAR), (xb, y[lb] + 0.5 + _CLEAR))
-            for xa, xb, la, lb in zip(xs, xs[1:], levels, levels[1:], strict=False)
-        ]
-        ports[edge] = (start[edge], end[edge])
-    return ports, legs
+                side[edge] = (x[i] + offset, sign * rim)
+    return {edge: (start[edge], end[edge]) for edge in layers.chains}
+
+
+def _tracks(layers: _Layers, spans: dict) -> tuple[dict, list[int]]:
+    """A track (a height rank in its gutter) for each leg that moves sideways, such that legs
+    whose sideways runs overlap have different tracks; and the number of tracks per gutter."""
+    runs: list[list[tuple]] = [[] for _ in layers.layers]
+    tracks: dict[tuple, list[int | None]] = {}
+    for edge, xs in spans.items():
+        tracks[edge] = [None] * (len(xs) - 1)
+        for k, (xa, xb) in enumerate(itertools.pairwise(xs)):
+            if abs(xb - xa) > 1e-6:
+                lv = layers.level[layers.chains[edge][k]]
+                runs[lv].append((min(xa, xb), max(xa, xb), edge, k))
+    counts = []
+    for gutter in runs:
+        ends: list[float] = []  # the right end of the last run on each track
+        for left, right, edge, k in sorted(gutter, key=lambda r: r[:2]):
+            free = next((t for t, end in enumerate(ends) if end < left - _SLOT_GAP), len(ends))
+            ends[free:free + 1] = [right]
+            tracks[edge][k] = free
+        counts.append(len(ends))
+    return tracks, counts

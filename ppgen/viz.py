@@ -2,6 +2,7 @@ r"""Drawings with matplotlib alone: a program's DAG in the textbook convention, 
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
@@ -89,15 +90,21 @@ def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
 
 
 def _edge_path(lay: Layout, edge: tuple) -> Path:
-    """An edge's path: straight down through node bands, curved between layers."""
+    """An edge's path: down through node bands, sideways on its tracks between layers, with
+    rounded corners."""
     from matplotlib.path import Path
 
     (start, end), legs = lay.ports[edge], lay.legs[edge]
     vertices, codes = [start], [Path.MOVETO]
-    for (xa, ya), (xb, yb) in legs:
-        bend = (ya - yb) / 2
-        vertices += [(xa, ya), (xa, ya - bend), (xb, yb + bend), (xb, yb)]
-        codes += [Path.LINETO, Path.CURVE4, Path.CURVE4, Path.CURVE4]
+    for (xa, ya), (xb, yb), height in legs:
+        if height is None:  # straight down
+            continue
+        turn = math.copysign(min(0.2, abs(xb - xa) / 2, (ya - yb) / 2), xb - xa)
+        bend = abs(turn)
+        vertices += [(xa, height + bend), (xa, height), (xa + turn, height), (xb - turn, height),
+                     (xb, height), (xb, height - bend), (xb, yb)]  # fmt: skip
+        codes += [Path.LINETO, Path.CURVE3, Path.CURVE3, Path.LINETO,
+                  Path.CURVE3, Path.CURVE3, Path.LINETO]  # fmt: skip
     vertices.append((end[0], end[1] + _HEAD[0]))  # the arrowhead ends it
     codes.append(Path.LINETO)
     return Path(vertices, codes)
