@@ -29,6 +29,7 @@ _FACTOR = 0.16  # half the side of a factor's square, in node heights
 _MAX_INCHES = 40.0  # the largest side of a figure of its own; larger graphs shrink
 _MAX_AREA = 900.0  # square inches: a larger drawing shrinks (the memory of its raster)
 _LABELLED = 500  # nodes: larger graphs are drawn without node names by default
+_NOTE = 0.7  # the size of node annotations, relative to node names
 _HEAD = (0.24, 0.09)  # an arrowhead's length and half-width, in node heights
 _CHARS: dict[str, float] = {}
 
@@ -48,14 +49,28 @@ def _is_factor(data: dict) -> bool:
     return data.get("distribution") == "Unit"  # what pyro.factor samples
 
 
-def _widths(g: nx.DiGraph, names: bool) -> dict:
+def _captions(g: nx.DiGraph, names: bool, annotate: bool) -> dict[Hashable, tuple[str, str]]:
+    """Each node's name (or "") and annotation: its distribution and parameter count (or "")."""
+    captions = {}
+    for v, data in g.nodes(data=True):
+        note = ""
+        if annotate and not _is_factor(data):
+            note = data.get("distribution") or ""
+            count = data.get("n_params")
+            note += f", {count} params" if count else ""
+        captions[v] = (str(v) if names else "", note)
+    return captions
+
+
+def _widths(g: nx.DiGraph, captions: dict) -> dict:
     widths = {}
     for v, data in g.nodes(data=True):
-        text = _text_width(str(v)) if names else 0.0
+        name, note = captions[v]
         if _is_factor(data):
-            widths[v] = max(2 * _FACTOR, _text_width(str(v), 0.8 * _FONT) if names else 0.0)
+            widths[v] = max(2 * _FACTOR, _text_width(name, 0.8 * _FONT))
         else:
-            widths[v] = max(1.0, 1.12 * text + 0.4)
+            text = max(_text_width(name), _text_width(note, _NOTE * _FONT))
+            widths[v] = max(1.0, (1.3 if note else 1.12) * text + 0.4)  # the text in the ellipse
     return widths
 
 
@@ -65,11 +80,11 @@ def _plate_labels(g: nx.DiGraph) -> dict[str, str]:
     return {p: f"{p} ({sizes[p]})" if sizes.get(p, 1) not in (None, 1) else str(p) for p in used}
 
 
-def _lay_out(g: nx.DiGraph, names: bool) -> Layout:
+def _lay_out(g: nx.DiGraph, captions: dict) -> Layout:
     plates = _plate_labels(g)
     return sugiyama(
         g,
-        _widths(g, names),
+        _widths(g, captions),
         labels={p: _text_width(text, 0.8 * _FONT) for p, text in plates.items()},
         label_height=0.8 * _FONT * 1.2 / 72 / _UNIT,
         factors={v for v, data in g.nodes(data=True) if _is_factor(data)},
@@ -86,7 +101,7 @@ def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
         >>> top > bottom
         True
     """
-    return _lay_out(check_dag(g), True).pos
+    return _lay_out(check_dag(g), _captions(g, True, False)).pos
 
 
 def _edge_path(lay: Layout, edge: tuple) -> Path:
@@ -148,6 +163,7 @@ def draw(
     ax: Axes | None = None,
     title: bool = False,
     names: bool | None = None,
+    annotate: bool = False,
     **kwargs: object,
 ) -> Axes:
     r"""Draws the DAG of a Pyro program: observed nodes shaded, latent nodes white, factors
@@ -166,6 +182,8 @@ def draw(
         title: Whether to show the factorisation as the title (wrapped to the figure's width).
         names: Whether to write node names; by default, up to 500 nodes (larger graphs are
             drawn as small circles, their names kept as the patches' gids).
+        annotate: Whether to write each node's distribution and parameter count (where ppgen's
+            conditional made it) under its name.
 
     Returns:
         The `Axes`, whose patches have gids `"node:NAME"`, `"edge:U->V"` and `"plate:NAME"`.
@@ -179,8 +197,9 @@ def draw(
 
     g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
     names = len(g) <= _LABELLED if names is None else names
-    lay = _lay_out(g, names)
-    widths = _widths(g, names)
+    captions = _captions(g, names, annotate)
+    lay = _lay_out(g, captions)
+    widths = _widths(g, captions)
     extent = _extent(lay, widths)
     text = factorization(g) if title else None
     if ax is None:
@@ -193,7 +212,7 @@ def draw(
     if len(g) > _LABELLED:
         _draw_collections(ax, g, lay, widths, scale)
     else:
-        _draw_nodes(ax, g, lay, widths, names, style)
+        _draw_nodes(ax, g, lay, widths, captions, style)
         _draw_edges(ax, g, lay, style)
     _draw_plates(ax, g, lay, style)
     ax.set_xlim(extent[0], extent[1])
@@ -208,28 +227,32 @@ def draw(
 
 
 def _draw_nodes(
-    ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, names: bool, style: dict
+    ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, captions: dict, style: dict
 ) -> None:
     """Each node as a patch (gid `node:NAME`): an ellipse, or a square for a factor."""
     from matplotlib.patches import Ellipse, Rectangle
 
     scale, clip = style["scale"], style["clip_path"]
+    text = {"ha": "center", "zorder": 4, "clip_path": clip}
     for v, (x, y) in lay.pos.items():
-        data = g.nodes[v]
+        data, (name, note) = g.nodes[v], captions[v]
         if _is_factor(data):
             node = Rectangle((x - _FACTOR, y + 0.48 - 2 * _FACTOR), 2 * _FACTOR, 2 * _FACTOR,
                              facecolor="black", zorder=3, gid=f"node:{v}", clip_path=clip)  # fmt: skip
-            if names:
-                ax.text(x, y + 0.38 - 2 * _FACTOR, str(v), ha="center", va="top",
-                        fontsize=0.8 * _FONT * scale, zorder=4, clip_path=clip)  # fmt: skip
+            if name:
+                ax.text(x, y + 0.38 - 2 * _FACTOR, name, va="top", fontsize=0.8 * _FONT * scale,
+                        **text)  # fmt: skip
         else:
             shade = "0.78" if data.get("observed", True) else "white"
             node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
                            linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
                            clip_path=clip)  # fmt: skip
-            if names:
-                ax.text(x, y, str(v), ha="center", va="center", fontsize=_FONT * scale, zorder=4,
-                        clip_path=clip)  # fmt: skip
+            if name:
+                ax.text(x, y + 0.12 * bool(note), name, va="center", fontsize=_FONT * scale,
+                        **text)  # fmt: skip
+            if note:
+                ax.text(x, y - 0.2 * bool(name), note, va="center", color="0.25",
+                        fontsize=_NOTE * _FONT * scale, **text)  # fmt: skip
         ax.add_artist(node)  # (add_patch would compute limits, set once at the end, each time)
 
 

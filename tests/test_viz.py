@@ -100,7 +100,7 @@ def plated_dags(draw, max_nodes=60):
         kind = draw(st.sampled_from(["Normal", "Normal", "Categorical", "Unit"]))
         inside = tuple(p for p in plates if draw(st.booleans()))
         g.add_node(name, plates=inside, observed=draw(st.booleans()) or kind == "Unit",
-                   distribution=kind)  # fmt: skip
+                   distribution=kind, n_params=draw(st.sampled_from([None, 2, 12345])))  # fmt: skip
         earlier = list(g)[:-1]
         if earlier:
             parents = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True))
@@ -195,9 +195,9 @@ def check_labels(ax):
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(plated_dags())
-def test_drawings_of_random_plated_dags_are_true(g):
-    ax = ppgen.draw(g, title=True)
+@given(plated_dags(), st.booleans())
+def test_drawings_of_random_plated_dags_are_true(g, annotate):
+    ax = ppgen.draw(g, title=True, annotate=annotate)
     try:
         check_edges_avoid_nodes(ax)
         check_boxes_hold_exactly_their_nodes(ax, g)
@@ -216,3 +216,22 @@ def test_sample_grids_leave_no_empty_band_between_panels():
     for above, below in itertools.pairwise(images):  # panels apart by their titles alone
         assert above.y0 - below.y1 <= 0.36 * figure.dpi  # 2.2-in panels left 1.4 in
     assert [ax.get_title() for ax in figure.axes] == ["NADE", "MADE", "VAE"]
+
+
+def test_draw_annotates_distributions_and_parameter_counts(relay):
+    ax = ppgen.draw(relay, annotate=True)
+    notes = sorted(t.get_text() for t in ax.texts if t.get_text().startswith("Normal"))
+    counts = [ppgen.graph(relay).nodes[v]["n_params"] for v in ("t0", "t1", "t2")]
+    assert notes == sorted(f"Normal, {n} params" for n in counts)
+
+
+def test_draw_shows_a_factor_as_a_square():
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.factor("penalty", -(a**2))
+
+    ax = ppgen.draw(model)
+    shapes = {p.get_gid(): type(p).__name__ for p in ax.patches}
+    assert shapes["node:penalty"] == "Rectangle"
+    assert shapes["node:a"] == "Ellipse"
+    assert ax.patches[[p.get_gid() for p in ax.patches].index("node:penalty")].get_width() < 0.5
