@@ -198,26 +198,26 @@ class _Layers:
         of isotonic regression per group, up and down)."""
         x = [0.0] * len(self.width)
         groups = self.groups()
-        for group in groups:  # centred in the band to start with
-            offsets = self.packed(group)
+        packed = [self.packed(group) for group in groups]
+        for group, offsets in zip(groups, packed, strict=True):  # centred in the band to start
             b, first, last = self.band[group[0]], self.width[group[0]], self.width[group[-1]]
             start = left[b] + (span[b] - offsets[-1] - (first + last) / 2) / 2 + first / 2
             for i, offset in zip(group, offsets, strict=True):
                 x[i] = start + offset
-        by_layer: list[list[list[int]]] = [[] for _ in self.layers]
-        for group in groups:
-            by_layer[self.level[group[0]]].append(group)
+        by_layer: list[list[tuple]] = [[] for _ in self.layers]
+        for group, offsets in zip(groups, packed, strict=True):
+            by_layer[self.level[group[0]]].append((group, offsets))
         for sweep in range(_SWEEPS):
             down = sweep % 2 == 0
             near = self.up if down else self.down
             for layer in by_layer[1:] if down else by_layer[-2::-1]:
-                for group in layer:
-                    self._fit(group, near, x, left, span)
+                for group, offsets in layer:
+                    self._fit(group, offsets, near, x, (left, span))
         return x
 
-    def _fit(self, group: list[int], near: list[list[int]], x: list[float], left: list[float],
-             span: list[float]) -> None:  # fmt: skip
-        offsets = self.packed(group)
+    def _fit(self, group: list[int], offsets: list[float], near: list[list[int]], x: list[float],
+             bands: tuple[list[float], list[float]]) -> None:  # fmt: skip
+        left, span = bands
         targets = [
             (sum(x[j] for j in near[i]) / len(near[i]) if near[i] else x[i]) - offset
             for i, offset in zip(group, offsets, strict=True)

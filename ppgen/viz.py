@@ -27,8 +27,8 @@ _UNIT = 0.4  # inches per node height, in a figure of its own
 _FONT = 10.0  # points, for node names at that size; plate labels are 0.8 of it
 _FACTOR = 0.16  # half the side of a factor's square, in node heights
 _MAX_INCHES = 40.0  # the largest side of a figure of its own; larger graphs shrink
-_MAX_AREA = 900.0  # square inches: a larger drawing shrinks (the memory of its raster)
-_LABELLED = 500  # nodes: larger graphs are drawn without node names by default
+_MAX_AREA = 250.0  # square inches: a larger drawing shrinks (its raster's memory and time)
+_LABELLED = 500  # nodes: larger graphs are drawn as collections, without names
 _NOTE = 0.7  # the size of node annotations, relative to node names
 _HEAD = (0.24, 0.09)  # an arrowhead's length and half-width, in node heights
 _CHARS: dict[str, float] = {}
@@ -162,7 +162,7 @@ def draw(
     *args: object,
     ax: Axes | None = None,
     title: bool = False,
-    names: bool | None = None,
+    names: bool = True,
     annotate: bool = False,
     **kwargs: object,
 ) -> Axes:
@@ -180,8 +180,8 @@ def draw(
         args, kwargs: Inputs of `model`.
         ax: The axes to draw on; a new figure sized to the graph by default.
         title: Whether to show the factorisation as the title (wrapped to the figure's width).
-        names: Whether to write node names; by default, up to 500 nodes (larger graphs are
-            drawn as small circles, their names kept as the patches' gids).
+        names: Whether to write node names. Past 500 nodes, nodes and edges are drawn as
+            two matplotlib collections (gids `nodes` and `edges`), without names.
         annotate: Whether to write each node's distribution and parameter count (where ppgen's
             conditional made it) under its name.
 
@@ -196,7 +196,7 @@ def draw(
     from matplotlib.transforms import TransformedPatchPath
 
     g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
-    names = len(g) <= _LABELLED if names is None else names
+    names = names and len(g) <= _LABELLED
     captions = _captions(g, names, annotate)
     lay = _lay_out(g, captions)
     widths = _widths(g, captions)
@@ -220,9 +220,8 @@ def draw(
     ax.set_aspect("equal")
     ax.axis("off")
     if text is not None:
-        inches = ax.get_window_extent().width / ax.figure.dpi
-        font = _FONT * scale
-        ax.set_title("\n".join(_wrap(text, max(inches, 3.0), font)), fontsize=font)
+        inches = ax.get_window_extent().width / ax.figure.dpi  # the figure's, in a figure of its own
+        ax.set_title("\n".join(_wrap(text, max(inches, 3.0), _FONT)), fontsize=_FONT)
     return ax
 
 
@@ -282,15 +281,20 @@ def _draw_edges(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
 
 def _draw_collections(ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, scale: float) -> None:
     """Nodes, edges and arrowheads as three collections (gids `nodes`, `edges`, `arrowheads`),
-    for large graphs: a patch each would cost a second per thousand."""
+    for large graphs: a patch each would cost a second per thousand; names left out."""
     from matplotlib.collections import EllipseCollection, PathCollection, PolyCollection
 
     nodes = list(lay.pos)
-    shades = ["0.78" if g.nodes[v].get("observed", True) else "white" for v in nodes]
+    factor = [_is_factor(g.nodes[v]) for v in nodes]
+    shades = ["black" if f else "0.78" if g.nodes[v].get("observed", True) else "white"
+              for v, f in zip(nodes, factor, strict=True)]  # fmt: skip
+    heights = [2 * _FACTOR if f else 1.0 for f in factor]  # a factor as a small black disc
+    centres = [(x, y + (0.48 - _FACTOR) * f) for (x, y), f in zip(lay.pos.values(), factor,
+                                                                  strict=True)]  # fmt: skip
     ax.add_collection(EllipseCollection(
-        [widths[v] for v in nodes], [1.0] * len(nodes), [0.0] * len(nodes), units="xy",
-        offsets=[lay.pos[v] for v in nodes], offset_transform=ax.transData, facecolors=shades,
-        edgecolors="black", linewidths=0.8 * scale, zorder=3, gid="nodes",
+        [widths[v] for v in nodes], heights, [0.0] * len(nodes), units="xy", offsets=centres,
+        offset_transform=ax.transData, facecolors=shades, edgecolors="black",
+        linewidths=0.8 * scale, zorder=3, gid="nodes",
     ), autolim=False)  # fmt: skip
     paths = [_edge_path(lay, edge) for edge in g.edges]
     ax.add_collection(PathCollection(paths, facecolors="none", edgecolors="0.15",
