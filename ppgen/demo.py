@@ -15,7 +15,7 @@ import ppgen
 from ppgen.datasets import digits, relay_race, relay_race_program
 from ppgen.models import FVSBN, MADE, NADE, VAE, Independent
 from ppgen.nn import Conditional, Root
-from ppgen.viz import draw_history, draw_samples
+from ppgen.viz import draw_history, draw_sample_grids
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -174,14 +174,8 @@ def _digits_models(out: Path, scale: float, progress: bool) -> tuple[dict[str, o
             f"| {name} | {row['test_nll']:.2f} | {row['best_epoch']} | {row['epochs']} "
             f"| {row['seconds']:.1f} |"
         )
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(len(grids), 1, figsize=(6, 2.2 * len(grids)))
-    for ax, (name, images) in zip(axes, grids, strict=True):
-        draw_samples(images, data.shape, ax=ax, columns=15)
-        ax.set_title(name, fontsize=9)
-    grid = _save(axes[0], out / "digits_samples.png")
-    del figure
+    grid = _save(draw_sample_grids(dict(grids), data.shape, columns=15).axes[0],
+                 out / "digits_samples.png")  # fmt: skip
     codes = vae.encode(data.test)
     report += ["", f"![samples]({grid})", "", f"The VAE's ELBO per image: ![VAE ELBO]({curve})", "",
                f"The VAE's 8-dim codes of the test images have shape {tuple(codes.shape)}.", ""]  # fmt: skip

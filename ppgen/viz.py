@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -12,22 +12,88 @@ import torch
 from torch import Tensor
 
 from ppgen.graph import check_dag, factorization, graph
+from ppgen.layout import Layout, sugiyama
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.path import Path
 
     from ppgen.result import FitResult
 
-__all__ = ["draw", "draw_history", "draw_samples", "layout"]
+__all__ = ["draw", "draw_history", "draw_sample_grids", "draw_samples", "layout"]
 
-_GAP = 1.6  # distance between the centres of neighbouring nodes, in node heights
+_UNIT = 0.4  # inches per node height, in a figure of its own
+_FONT = 10.0  # points, for node names at that size; plate labels are 0.8 of it
+_FACTOR = 0.16  # half the side of a factor's square, in node heights
+_MAX_INCHES = 40.0  # the largest side of a figure of its own; larger graphs shrink
+_MAX_AREA = 250.0  # square inches: a larger drawing shrinks (its raster's memory and time)
+_LABELLED = 500  # nodes: larger graphs are drawn as collections, without names
+_NOTE = 0.7  # the size of node annotations, relative to node names
+_HEAD = (0.24, 0.09)  # an arrowhead's length and half-width, in node heights
+_CHARS: dict[str, float] = {}
 
 
-def layout(g: nx.DiGraph, *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
-    r"""Places nodes in layers by topological generation, top to bottom.
+def _text_width(text: str, points: float = _FONT) -> float:
+    """The width of `text` in matplotlib's default font, in node heights at full size."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
 
-    Within a layer, nodes are ordered by the mean position of their neighbours (a few sweeps of
-    the barycentre heuristic) to reduce crossings, and spaced by their label widths.
+    for c in set(text) - _CHARS.keys():
+        prop = FontProperties(size=_FONT)
+        _CHARS[c] = text_to_path.get_text_width_height_descent(c, prop, ismath=False)[0]
+    return sum(_CHARS[c] for c in text) * points / _FONT / 72 / _UNIT
+
+
+def _is_factor(data: dict) -> bool:
+    return data.get("distribution") == "Unit"  # what pyro.factor samples
+
+
+def _captions(g: nx.DiGraph, names: bool, annotate: bool) -> dict[Hashable, tuple[str, str]]:
+    """Each node's name (or "") and annotation: its distribution and parameter count (or "")."""
+    captions = {}
+    for v, data in g.nodes(data=True):
+        note = ""
+        if annotate and not _is_factor(data):
+            note = data.get("distribution") or ""
+            count = data.get("n_params")
+            note += f", {count} params" if count else ""
+        captions[v] = (str(v) if names else "", note)
+    return captions
+
+
+def _widths(g: nx.DiGraph, captions: dict) -> dict:
+    widths = {}
+    for v, data in g.nodes(data=True):
+        name, note = captions[v]
+        if _is_factor(data):
+            widths[v] = max(2 * _FACTOR, _text_width(name, 0.8 * _FONT))
+        else:
+            text = max(_text_width(name), _text_width(note, _NOTE * _FONT))
+            widths[v] = max(1.0, (1.3 if note else 1.12) * text + 0.4)  # the text in the ellipse
+    return widths
+
+
+def _plate_labels(g: nx.DiGraph) -> dict[str, str]:
+    sizes = g.graph.get("plates", {})
+    used = {p for _, data in g.nodes(data=True) for p in data.get("plates", ())}
+    return {p: f"{p} ({sizes[p]})" if sizes.get(p, 1) not in (None, 1) else str(p) for p in used}
+
+
+def _lay_out(g: nx.DiGraph, captions: dict) -> Layout:
+    plates = _plate_labels(g)
+    return sugiyama(
+        g,
+        _widths(g, captions),
+        labels={p: _text_width(text, 0.8 * _FONT) for p, text in plates.items()},
+        label_height=0.8 * _FONT * 1.2 / 72 / _UNIT,
+        factors={v for v, data in g.nodes(data=True) if _is_factor(data)},
+        factor_size=_FACTOR,
+    )
+
+
+def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
+    r"""The centres of the nodes of a DAG as :func:`draw` places them, in node heights.
 
     Example:
         >>> pos = layout(nx.DiGraph([("a", "b")]))
@@ -35,75 +101,60 @@ def layout(g: nx.DiGraph, *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
         >>> top > bottom
         True
     """
-    level = {v: i for i, layer in enumerate(nx.topological_generations(g)) for v in layer}
-    for v in g:  # a source sits just above its highest child, not at the top of the page
-        if g.in_degree(v) == 0 and g.out_degree(v) > 0:
-            level[v] = min(level[c] for c in g.successors(v)) - 1
-    layers = [[v for v in g if level[v] == i] for i in range(max(level.values()) + 1)]
-    rank = {v: i for layer in layers for i, v in enumerate(layer)}
-
-    def barycentre(v: str, neighbours: list[str]) -> float:
-        return sum(rank[u] for u in neighbours) / len(neighbours) if neighbours else rank[v]
-
-    for sweep in range(sweeps):
-        down = sweep % 2 == 0
-        for layer in layers[1:] if down else layers[-2::-1]:
-            near = g.predecessors if down else g.successors
-            layer.sort(key=lambda v, near=near: barycentre(v, list(near(v))))
-            rank.update((v, i) for i, v in enumerate(layer))
-    pos = {}
-    rise = _GAP * max(1.0, max(map(len, layers)) / 8)  # wide layers get room for their edges
-    for depth, layer in enumerate(layers):
-        widths = [_width(v) for v in layer]
-        x = -(sum(widths) + _GAP * (len(layer) - 1)) / 2
-        for v, w in zip(layer, widths, strict=True):
-            pos[v] = (x + w / 2, -depth * rise)
-            x += w + _GAP
-    _clear_plates(g, layers, pos)
-    return pos
+    return _lay_out(check_dag(g), _captions(g, True, False)).pos
 
 
-def _clear_plates(
-    g: nx.DiGraph, layers: list[list[str]], pos: dict[str, tuple[float, float]]
-) -> None:
-    """Moves each node that would fall inside the box of a plate it is not in to the right of
-    that box, with the nodes after it in its layer; inner plates first, so that an outer box,
-    drawn around its members wherever they end up, is cleared last."""
-    inner: dict[str, int] = {}  # a plate's most plates inside it among its members, plus 1
-    for _, data in g.nodes(data=True):
-        nested = data.get("plates", ())
-        for i, name in enumerate(nested):
-            inner[name] = max(inner.get(name, 0), len(nested) - i)
-    for name in sorted(inner, key=inner.__getitem__):
-        members = [v for v in g if name in g.nodes[v].get("plates", ())]
-        right = max(pos[v][0] + _width(v) / 2 for v in members) + _GAP  # room for the box's pad
-        left = min(pos[v][0] - _width(v) / 2 for v in members) - _GAP
-        top, bottom = max(pos[v][1] for v in members), min(pos[v][1] for v in members)
-        for layer in layers:
-            row = sorted(layer, key=lambda v: pos[v][0])
-            if not row or not bottom <= pos[row[0]][1] <= top:
-                continue
-            free = right  # the left edge of the next node placed to the right of the box
-            for v in row:
-                x, y, half = *pos[v], _width(v) / 2
-                if v not in members and left < x + half and x - half < right:  # in the box
-                    pos[v], free = (free + half, y), free + 2 * half + _GAP
-                elif x - half >= right:  # right of the box: pushed along where needed
-                    x = max(x, free + half)
-                    pos[v], free = (x, y), x + half + _GAP
+def _edge_path(lay: Layout, edge: tuple) -> Path:
+    """An edge's path: down through node bands, sideways on its tracks between layers, with
+    rounded corners."""
+    from matplotlib.path import Path
+
+    (start, end), legs = lay.ports[edge], lay.legs[edge]
+    vertices, codes = [start], [Path.MOVETO]
+    for (xa, ya), (xb, yb), height in legs:
+        if height is None:  # straight down
+            continue
+        turn = math.copysign(min(0.2, abs(xb - xa) / 2, (ya - yb) / 2), xb - xa)
+        bend = abs(turn)
+        vertices += [(xa, height + bend), (xa, height), (xa + turn, height), (xb - turn, height),
+                     (xb, height), (xb, height - bend), (xb, yb)]  # fmt: skip
+        codes += [Path.LINETO, Path.CURVE3, Path.CURVE3, Path.LINETO,
+                  Path.CURVE3, Path.CURVE3, Path.LINETO]  # fmt: skip
+    vertices.append((end[0], end[1] + _HEAD[0]))  # the arrowhead ends it
+    codes.append(Path.LINETO)
+    return Path(vertices, codes)
 
 
-def _width(label: str) -> float:
-    return max(1.0, 0.22 * len(str(label)) + 0.3)
+def _extent(lay: Layout, widths: dict) -> tuple[float, float, float, float]:
+    xs = [x + s * widths[v] / 2 for v, (x, _) in lay.pos.items() for s in (-1, 1)]
+    ys = [y + s / 2 for _, y in lay.pos.values() for s in (-1, 1)]
+    xs += [x for box in lay.boxes for x in (box.x0, box.x1)]
+    ys += [y for box in lay.boxes for y in (box.y0, box.y1)]
+    return min(xs) - 0.3, max(xs) + 0.3, min(ys) - 0.3, max(ys) + 0.3
 
 
-def _rim(
-    centre: tuple[float, float], width: float, toward: tuple[float, float]
-) -> tuple[float, float]:
-    """The point where a node's ellipse (height 1) meets the ray from its centre `toward` a point."""
-    dx, dy = toward[0] - centre[0], toward[1] - centre[1]
-    t = 1 / math.hypot(dx / (width / 2), dy / 0.5)
-    return centre[0] + t * dx, centre[1] + t * dy
+def _figure(extent: tuple, title: str | None, font: float) -> tuple[Axes, float]:
+    """A figure sized to a drawing (shrunk past a size) with room for a wrapped title; the axes,
+    and the drawing's scale (1 at full size)."""
+    import matplotlib.pyplot as plt
+
+    width, height = (extent[1] - extent[0]) * _UNIT, (extent[3] - extent[2]) * _UNIT
+    scale = min(1.0, _MAX_INCHES / width, _MAX_INCHES / height, (_MAX_AREA / width / height) ** 0.5)
+    width, height = width * scale, height * scale
+    lines = []
+    if title is not None:
+        width = max(width, 3.0)
+        lines = _wrap(title, width, font)
+    top = (len(lines) * 1.3 * font / 72 + 0.15) if lines else 0.0
+    figure = plt.figure(figsize=(width, height + top))
+    ax = figure.add_axes((0.0, 0.0, 1.0, height / (height + top)))
+    return ax, scale
+
+
+def _wrap(text: str, inches: float, font: float) -> list[str]:
+    """`text` wrapped to lines no wider than `inches` at `font` points."""
+    per_char = _text_width(text, font) * _UNIT / len(text)
+    return textwrap.wrap(text, width=max(10, int(0.95 * inches / per_char)))
 
 
 def draw(
@@ -111,15 +162,28 @@ def draw(
     *args: object,
     ax: Axes | None = None,
     title: bool = False,
+    names: bool = True,
+    annotate: bool = False,
     **kwargs: object,
 ) -> Axes:
-    r"""Draws the DAG of a Pyro program: observed nodes shaded, latent nodes white, plates boxed.
+    r"""Draws the DAG of a Pyro program: observed nodes shaded, latent nodes white, factors
+    (`pyro.factor`) as small black squares, plates boxed.
+
+    The layout is layered (see :mod:`ppgen.layout`): no edge passes over a node other than its
+    ends, and each node lies inside exactly the boxes of its plates, crossing plates included
+    (a plate that cannot be one rectangle is drawn as several boxes with the same label). In a
+    figure of its own the drawing is sized to its content, up to 40 inches a side; a larger
+    graph shrinks.
 
     Arguments:
         model: A Pyro program, or a graph returned by :func:`ppgen.graph`.
         args, kwargs: Inputs of `model`.
         ax: The axes to draw on; a new figure sized to the graph by default.
-        title: Whether to show the factorisation as the title.
+        title: Whether to show the factorisation as the title (wrapped to the figure's width).
+        names: Whether to write node names. Past 500 nodes, nodes and edges are drawn as
+            two matplotlib collections (gids `nodes` and `edges`), without names.
+        annotate: Whether to write each node's distribution and parameter count (where ppgen's
+            conditional made it) under its name.
 
     Returns:
         The `Axes`, whose patches have gids `"node:NAME"`, `"edge:U->V"` and `"plate:NAME"`.
@@ -129,83 +193,132 @@ def draw(
         >>> sorted(p.get_gid() for p in ax.patches if p.get_gid().startswith("node"))
         ['node:t0', 'node:t1', 'node:t2']
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch
+    from matplotlib.transforms import TransformedPatchPath
 
     g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
-    pos = layout(g)
-    xs = [x for x, _ in pos.values()]
-    ys = [y for _, y in pos.values()]
-    span_x = max(xs) - min(xs) + max(_width(v) for v in g) + 2
-    span_y = max(ys) - min(ys) + 3
-    scale = min(1.0, 40 / span_x)  # a wide graph shrinks, in width, height and type alike
+    names = names and len(g) <= _LABELLED
+    captions = _captions(g, names, annotate)
+    lay = _lay_out(g, captions)
+    widths = _widths(g, captions)
+    extent = _extent(lay, widths)
+    text = factorization(g) if title else None
     if ax is None:
-        inches = (max(3.0, span_x * 0.7 * scale), max(2.5, span_y * 0.7 * scale))
-        _, ax = plt.subplots(figsize=inches)
-    font = max(5.0, 11 * scale)
-    for v, (x, y) in pos.items():
-        observed = g.nodes[v].get("observed", True)
-        ellipse = Ellipse(
-            (x, y), _width(v), 1.0, facecolor="0.78" if observed else "white",
-            edgecolor="black", linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
-        )  # fmt: skip
-        ax.add_patch(ellipse)
-        ax.text(x, y, str(v), ha="center", va="center", fontsize=font, zorder=4)
-    levels = sorted(set(ys))
-    step = levels[1] - levels[0] if len(levels) > 1 else _GAP
-    skips = 0
-    for u, v in g.edges:
-        # an edge that skips layers bends around the nodes in between, alternately left and
-        # right, by about one node width whatever its length
-        (x1, y1), (x2, y2) = pos[u], pos[v]
-        length = math.hypot(x2 - x1, y2 - y1)
-        bend = 0.0
-        if y1 - y2 > step * 1.5:
-            bend = min(0.5, 1.6 / length) * (1 if skips % 2 else -1)
-            skips += 1
-        control = ((x1 + x2) / 2 + bend * (y2 - y1), (y1 + y2) / 2 - bend * (x2 - x1))
-        arrow = FancyArrowPatch(
-            _rim(pos[u], _width(u), control), _rim(pos[v], _width(v), control),
-            arrowstyle="-|>", mutation_scale=12 * scale, linewidth=scale, color="0.15",
-            shrinkA=0, shrinkB=0, zorder=2, gid=f"edge:{u}->{v}",
-            connectionstyle=f"arc3,rad={bend}",
-        )  # fmt: skip
-        ax.add_patch(arrow)
-    sizes = g.graph.get("plates", {})
-    depth = {}
-    for name in sizes:  # inner plates are drawn tighter than the plates around them
-        members = [v for v in g if name in g.nodes[v].get("plates", ())]
-        depth[name] = min(g.nodes[v]["plates"].index(name) for v in members) if members else 0
-    for name in sorted(sizes, key=depth.__getitem__):
-        members = [v for v in g if name in g.nodes[v].get("plates", ())]
-        if not members:
-            continue
-        inner = max(len(g.nodes[v]["plates"]) for v in members) - depth[name] - 1
-        pad = 0.35 + 0.3 * inner
-        x0 = min(pos[v][0] - _width(v) / 2 for v in members) - pad
-        x1 = max(pos[v][0] + _width(v) / 2 for v in members) + pad
-        y0 = min(pos[v][1] for v in members) - 0.5 - pad - 0.25
-        y1 = max(pos[v][1] for v in members) + 0.5 + pad
-        box = FancyBboxPatch(
-            (x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0,rounding_size=0.15",
-            facecolor="none", edgecolor="0.3", linewidth=1.0, zorder=1, gid=f"plate:{name}",
-        )  # fmt: skip
-        ax.add_patch(box)
-        size = sizes[name]
-        label = f"{name} ({size})" if size is not None and size > 1 else name
-        ax.text(x1 - 0.12, y0 + 0.12, label, ha="right", va="bottom", fontsize=font * 0.8)
-    margin = 1.0 + 0.3 * max(map(len, (d.get("plates", ()) for _, d in g.nodes(data=True))))
-    ax.set_xlim(
-        min(xs) - max(_width(v) for v in g) / 2 - margin,
-        max(xs) + max(_width(v) for v in g) / 2 + margin,
-    )
-    ax.set_ylim(min(ys) - 0.5 - margin, max(ys) + 0.5 + margin)
+        ax, scale = _figure(extent, text, _FONT)
+    else:
+        box = ax.get_window_extent()
+        inches = min(box.width / (extent[1] - extent[0]), box.height / (extent[3] - extent[2]))
+        scale = inches / ax.figure.dpi / _UNIT
+    style = {"scale": scale, "clip_path": TransformedPatchPath(ax.patch)}  # one clip for all
+    if len(g) > _LABELLED:
+        _draw_collections(ax, g, lay, widths, scale)
+    else:
+        _draw_nodes(ax, g, lay, widths, captions, style)
+        _draw_edges(ax, g, lay, style)
+    _draw_plates(ax, g, lay, style)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
     ax.set_aspect("equal")
     ax.axis("off")
-    if title:
-        text = textwrap.fill(factorization(g), width=max(60, int(ax.bbox.width / font * 1.6)))
-        ax.set_title(text, fontsize=font)
+    if text is not None:
+        inches = ax.get_window_extent().width / ax.figure.dpi  # the figure's, in a figure of its own
+        ax.set_title("\n".join(_wrap(text, max(inches, 3.0), _FONT)), fontsize=_FONT)
     return ax
+
+
+def _draw_nodes(
+    ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, captions: dict, style: dict
+) -> None:
+    """Each node as a patch (gid `node:NAME`): an ellipse, or a square for a factor."""
+    from matplotlib.patches import Ellipse, Rectangle
+
+    scale, clip = style["scale"], style["clip_path"]
+    text = {"ha": "center", "zorder": 4, "clip_path": clip}
+    for v, (x, y) in lay.pos.items():
+        data, (name, note) = g.nodes[v], captions[v]
+        if _is_factor(data):
+            node = Rectangle((x - _FACTOR, y + 0.48 - 2 * _FACTOR), 2 * _FACTOR, 2 * _FACTOR,
+                             facecolor="black", zorder=3, gid=f"node:{v}", clip_path=clip)  # fmt: skip
+            if name:
+                ax.text(x, y + 0.38 - 2 * _FACTOR, name, va="top", fontsize=0.8 * _FONT * scale,
+                        **text)  # fmt: skip
+        else:
+            shade = "0.78" if data.get("observed", True) else "white"
+            node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
+                           linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
+                           clip_path=clip)  # fmt: skip
+            if name:
+                ax.text(x, y + 0.12 * bool(note), name, va="center", fontsize=_FONT * scale,
+                        **text)  # fmt: skip
+            if note:
+                ax.text(x, y - 0.2 * bool(name), note, va="center", color="0.25",
+                        fontsize=_NOTE * _FONT * scale, **text)  # fmt: skip
+        ax.add_artist(node)  # (add_patch would compute limits, set once at the end, each time)
+
+
+def _heads(lay: Layout) -> list[list[tuple[float, float]]]:
+    """The arrowheads, as triangles pointing down at the edges' ends."""
+    (length, half) = _HEAD
+    return [
+        [(x - half, y + length), (x + half, y + length), (x, y)] for _, (x, y) in lay.ports.values()
+    ]
+
+
+def _draw_edges(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
+    """Each edge as a patch (gid `edge:U->V`), and their arrowheads as one collection."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import PathPatch
+
+    scale, clip = style["scale"], style["clip_path"]
+    for u, v in g.edges:
+        line = PathPatch(_edge_path(lay, (u, v)), facecolor="none", edgecolor="0.15",
+                         linewidth=0.9 * scale, zorder=2, gid=f"edge:{u}->{v}",
+                         clip_path=clip)  # fmt: skip
+        ax.add_artist(line)
+    heads = PolyCollection(_heads(lay), facecolor="0.15", edgecolor="none", zorder=2,
+                           gid="arrowheads")  # fmt: skip
+    ax.add_collection(heads, autolim=False)
+
+
+def _draw_collections(ax: Axes, g: nx.DiGraph, lay: Layout, widths: dict, scale: float) -> None:
+    """Nodes, edges and arrowheads as three collections (gids `nodes`, `edges`, `arrowheads`),
+    for large graphs: a patch each would cost a second per thousand; names left out."""
+    from matplotlib.collections import EllipseCollection, PathCollection, PolyCollection
+
+    nodes = list(lay.pos)
+    factor = [_is_factor(g.nodes[v]) for v in nodes]
+    shades = ["black" if f else "0.78" if g.nodes[v].get("observed", True) else "white"
+              for v, f in zip(nodes, factor, strict=True)]  # fmt: skip
+    heights = [2 * _FACTOR if f else 1.0 for f in factor]  # a factor as a small black disc
+    centres = [(x, y + (0.48 - _FACTOR) * f) for (x, y), f in zip(lay.pos.values(), factor,
+                                                                  strict=True)]  # fmt: skip
+    ax.add_collection(EllipseCollection(
+        [widths[v] for v in nodes], heights, [0.0] * len(nodes), units="xy", offsets=centres,
+        offset_transform=ax.transData, facecolors=shades, edgecolors="black",
+        linewidths=0.8 * scale, zorder=3, gid="nodes",
+    ), autolim=False)  # fmt: skip
+    paths = [_edge_path(lay, edge) for edge in g.edges]
+    ax.add_collection(PathCollection(paths, facecolors="none", edgecolors="0.15",
+                                     linewidths=0.6 * scale, zorder=2, gid="edges"),
+                      autolim=False)  # fmt: skip
+    ax.add_collection(PolyCollection(_heads(lay), facecolor="0.15", edgecolor="none", zorder=2,
+                                     gid="arrowheads"), autolim=False)  # fmt: skip
+
+
+def _draw_plates(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
+    """Each box of a plate as a patch (gid `plate:NAME`) with its label (a text of that gid)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    scale, clip = style["scale"], style["clip_path"]
+    labels = _plate_labels(g)
+    for box in lay.boxes:
+        patch = FancyBboxPatch(
+            (box.x0, box.y0), box.x1 - box.x0, box.y1 - box.y0,
+            boxstyle="round,pad=0,rounding_size=0.12", facecolor="none", edgecolor="0.3",
+            linewidth=scale, zorder=1, gid=f"plate:{box.plate}", clip_path=clip,
+        )  # fmt: skip
+        ax.add_artist(patch)
+        ax.text(*box.label, labels[box.plate], ha="right", va="bottom", clip_path=clip,
+                fontsize=0.8 * _FONT * scale, gid=f"plate:{box.plate}")  # fmt: skip
 
 
 def draw_history(fit: FitResult, *, ax: Axes | None = None) -> Axes:
@@ -273,3 +386,37 @@ def draw_samples(
     ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     return ax
+
+
+def draw_sample_grids(
+    grids: dict[str, Tensor], shape: tuple[int, int], *, columns: int = 10, width: float = 6.0
+) -> Figure:
+    r"""Stacks titled grids of samples (:func:`draw_samples`) in one figure, each panel as tall
+    as its rows of images, with no empty band between panels.
+
+    Arguments:
+        grids: Images of shape :math:`(N, H W)` by title.
+        shape: The height and width :math:`(H, W)` of one image.
+        columns: Images per row of each grid.
+        width: The figure's width in inches.
+
+    Example:
+        >>> figure = draw_sample_grids({"a": torch.rand(20, 64), "b": torch.rand(5, 64)}, (8, 8))
+        >>> [ax.get_title() for ax in figure.axes]
+        ['a', 'b']
+    """
+    import matplotlib.pyplot as plt
+
+    height, image_width = shape
+    title = 0.3  # inches above each panel for its title
+    per_row = width * (height + 1) / (columns * (image_width + 1) - 1)  # inches per row of images
+    heights = [-(-len(images) // columns) * per_row for images in grids.values()]
+    total = sum(heights) + title * len(grids)
+    figure = plt.figure(figsize=(width, total))
+    top = total
+    for (name, images), panel in zip(grids.items(), heights, strict=True):
+        top -= title + panel
+        ax = figure.add_axes((0.0, top / total, 1.0, panel / total))
+        draw_samples(images, shape, ax=ax, columns=columns)
+        ax.set_title(name, fontsize=9)
+    return figure

@@ -1,7 +1,14 @@
+import itertools
+
+import matplotlib.pyplot as plt
 import networkx as nx
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.patches import Ellipse
 
 import ppgen
 
@@ -89,3 +96,156 @@ def test_draw_history_of_a_gan_fit_draws_its_curves():
                       "train/d_fake", "val/mmd"]  # fmt: skip
     mmd = [record["val/mmd"] for record in fit.history]
     assert list(ax.lines[-1].get_ydata()) == mmd
+
+
+# Geometric properties of drawings of random DAGs with random nested and crossing plates, read
+# from the drawn artists (not from the layout's own numbers).
+
+
+@st.composite
+def plated_dags(draw, max_nodes=60):
+    """A DAG of up to `max_nodes` nodes with names of random lengths, each node in a random set
+    of up to 4 plates (nested, crossing or apart), some observed, some factors."""
+    n = draw(st.integers(1, max_nodes))
+    plates = [f"plate{k}" for k in range(draw(st.integers(0, 4)))]
+    g = nx.DiGraph(plates={p: draw(st.sampled_from([None, 1, 3, 100])) for p in plates})
+    for i in range(n):
+        name = f"v{i}" + "q" * draw(st.integers(0, 9))
+        kind = draw(st.sampled_from(["Normal", "Normal", "Categorical", "Unit"]))
+        inside = tuple(p for p in plates if draw(st.booleans()))
+        g.add_node(name, plates=inside, observed=draw(st.booleans()) or kind == "Unit",
+                   distribution=kind, n_params=draw(st.sampled_from([None, 2, 12345])))  # fmt: skip
+        earlier = list(g)[:-1]
+        if earlier:
+            parents = draw(st.lists(st.sampled_from(earlier), max_size=3, unique=True))
+            g.add_edges_from((p, name) for p in parents)
+    return g
+
+
+def _nodes(ax):
+    """Each node's name: its patch."""
+    return {p.get_gid()[5:]: p for p in ax.patches if p.get_gid().startswith("node:")}
+
+
+def _inside(patch, points, grow=1.0):
+    """Which of `points` (data coordinates, shape (k, 2)) lie inside a node's outline."""
+    if isinstance(patch, Ellipse):
+        (cx, cy), a, b = patch.center, grow * patch.width / 2, grow * patch.height / 2
+        return ((points[:, 0] - cx) / a) ** 2 + ((points[:, 1] - cy) / b) ** 2 <= 1
+    x0, y0, w, h = patch.get_x(), patch.get_y(), patch.get_width(), patch.get_height()
+    return ((x0 <= points[:, 0]) & (points[:, 0] <= x0 + w)
+            & (y0 <= points[:, 1]) & (points[:, 1] <= y0 + h))  # fmt: skip
+
+
+def _points(path, step=0.02):
+    """Points every `step` along a path's flattened segments."""
+    out = []
+    for poly in path.to_polygons(closed_only=False):
+        for a, b in zip(poly[:-1], poly[1:], strict=True):
+            k = max(2, int(np.hypot(*(b - a)) / step) + 2)
+            out.append(a + np.linspace(0, 1, k)[:, None] * (b - a))
+    return np.concatenate(out)
+
+
+def _centre(patch):
+    if isinstance(patch, Ellipse):
+        return patch.center
+    return patch.get_x() + patch.get_width() / 2, patch.get_y() + patch.get_height() / 2
+
+
+def _contains(box, x, y):
+    x0, y0 = box.get_x(), box.get_y()
+    return x0 < x < x0 + box.get_width() and y0 < y < y0 + box.get_height()
+
+
+def check_edges_avoid_nodes(ax):
+    nodes = _nodes(ax)
+    for patch in ax.patches:
+        if not patch.get_gid().startswith("edge:"):
+            continue
+        u, v = patch.get_gid()[5:].split("->")
+        points = _points(patch.get_path())
+        for w, node in nodes.items():
+            if w not in (u, v):
+                assert not _inside(node, points, grow=1.05).any(), f"{u}->{v} crosses {w}"
+
+
+def check_boxes_hold_exactly_their_nodes(ax, g):
+    boxes = [p for p in ax.patches if p.get_gid().startswith("plate:")]
+    for v, node in _nodes(ax).items():
+        x, y = _centre(node)
+        inside = {box.get_gid()[6:] for box in boxes if _contains(box, x, y)}
+        assert inside == set(g.nodes[v]["plates"]), v
+        ends = node.get_extents().transformed(ax.transData.inverted())
+        for name in inside:  # the whole node, not only its centre, is in its plates' boxes
+            assert any(_contains(b, ends.x0, ends.y0) and _contains(b, ends.x1, ends.y1)
+                       for b in boxes if b.get_gid() == f"plate:{name}"), (v, name)  # fmt: skip
+
+
+def check_labels(ax):
+    """No two texts overlap, a plate's label lies in one of its boxes and crosses no box's
+    outline, and the title lies inside the figure."""
+    renderer = ax.figure.canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text()] + [ax.title] * bool(ax.get_title())
+    extents = [t.get_window_extent(renderer) for t in texts]
+    for i, a in enumerate(extents):
+        for j in range(i + 1, len(extents)):
+            assert not a.overlaps(extents[j]), (texts[i].get_text(), texts[j].get_text())
+    to_data = ax.transData.inverted()
+    boxes = [p for p in ax.patches if p.get_gid().startswith("plate:")]
+    for text in ax.texts:
+        if not (text.get_gid() or "").startswith("plate:"):
+            continue
+        e = text.get_window_extent(renderer).transformed(to_data)
+        corners = [(e.x0, e.y0), (e.x0, e.y1), (e.x1, e.y0), (e.x1, e.y1)]
+        own = [b for b in boxes if b.get_gid() == text.get_gid()]
+        assert any(all(_contains(b, *c) for c in corners) for b in own), text.get_text()
+        for box in boxes:  # all four corners in, or all out: no outline through the label
+            assert len({_contains(box, *c) for c in corners}) == 1, (text.get_text(), box.get_gid())
+    figure = ax.figure.bbox
+    title = ax.title.get_window_extent(renderer)
+    assert figure.x0 <= title.x0 and title.x1 <= figure.x1, ax.get_title()
+    assert figure.y0 <= title.y0 and title.y1 <= figure.y1, ax.get_title()
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(plated_dags(), st.booleans())
+def test_drawings_of_random_plated_dags_are_true(g, annotate):
+    ax = ppgen.draw(g, title=True, annotate=annotate)
+    try:
+        check_edges_avoid_nodes(ax)
+        check_boxes_hold_exactly_their_nodes(ax, g)
+        check_labels(ax)
+    finally:
+        plt.close(ax.figure)
+
+
+def test_sample_grids_leave_no_empty_band_between_panels():
+    grids = {"NADE": torch.rand(30, 64), "MADE": torch.rand(30, 64), "VAE": torch.rand(12, 64)}
+    figure = ppgen.viz.draw_sample_grids(grids, (8, 8), columns=15)
+    figure.canvas.draw()
+    images = [ax.images[0].get_window_extent() for ax in figure.axes]
+    for ax, image in zip(figure.axes, images, strict=True):  # each image fills its panel
+        assert image.height >= 0.97 * ax.get_window_extent().height
+    for above, below in itertools.pairwise(images):  # panels apart by their titles alone
+        assert above.y0 - below.y1 <= 0.36 * figure.dpi  # 2.2-in panels left 1.4 in
+    assert [ax.get_title() for ax in figure.axes] == ["NADE", "MADE", "VAE"]
+
+
+def test_draw_annotates_distributions_and_parameter_counts(relay):
+    ax = ppgen.draw(relay, annotate=True)
+    notes = sorted(t.get_text() for t in ax.texts if t.get_text().startswith("Normal"))
+    counts = [ppgen.graph(relay).nodes[v]["n_params"] for v in ("t0", "t1", "t2")]
+    assert notes == sorted(f"Normal, {n} params" for n in counts)
+
+
+def test_draw_shows_a_factor_as_a_square():
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.factor("penalty", -(a**2))
+
+    ax = ppgen.draw(model)
+    shapes = {p.get_gid(): type(p).__name__ for p in ax.patches}
+    assert shapes["node:penalty"] == "Rectangle"
+    assert shapes["node:a"] == "Ellipse"
+    assert ax.patches[[p.get_gid() for p in ax.patches].index("node:penalty")].get_width() < 0.5
