@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ppgen.graph import check_dag
-from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular
+from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular, check_table
 
 __all__ = ["DAG", "KINDS", "dag"]
 
@@ -138,6 +138,9 @@ def dag(
                         f"Node {v!r} is tabular but its parent {p!r} is {kinds[p]}; "
                         "a table needs discrete parents."
                     )
+    for v, kind in kinds.items():
+        if kind == "tabular":
+            check_table(f"Node {v!r}", cardinalities[v], [cardinalities[p] for p in g.predecessors(v)])
     names = {v: str(v) for v in g}
     if len(set(names.values())) < len(names):
         raise ValueError("Two nodes have the same name as text; site names must be unique.")

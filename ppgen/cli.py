@@ -117,7 +117,7 @@ def read_data(path: str) -> object:
         if suffix == ".parquet":
             return pd.read_parquet(file)
         if suffix == ".npz":
-            with np.load(file, allow_pickle=False) as arrays:
+            with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:
                 return {name: arrays[name] for name in arrays.files}
     except ImportError as error:
         raise UsageError(
@@ -204,8 +204,10 @@ _FIT_WRITES = {"model.safetensors", "source.json", "history.png"}
 def _check_fit_folder(out: Path, force: bool) -> None:
     """Refuses a folder that holds anything but an earlier fit (files that `ppgen fit` writes,
     not links), and an earlier fit without `force`; nothing is removed here."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: is a file, not a folder; choose another --out.")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == out else f" {existing}"
+        raise UsageError(f"{out}:{where} is a file, not a folder; choose another --out.")
     entries = list(out.iterdir()) if out.is_dir() else []
     if not entries:
         return

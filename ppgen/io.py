@@ -568,10 +568,11 @@ def _content(path: Path) -> bytes:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as error:
         raise LoadError(f"{path} cannot be read: {error.strerror or error}.") from None
+    mode = os.fstat(descriptor)
+    if not stat.S_ISREG(mode.st_mode):
+        os.close(descriptor)
+        raise LoadError(f"{path} is not a regular file (a folder, device or FIFO); load reads files.")
     with os.fdopen(descriptor, "rb") as file:
-        mode = os.fstat(descriptor)
-        if not stat.S_ISREG(mode.st_mode):
-            raise LoadError(f"{path} is not a regular file (a folder, device or FIFO); load reads files.")
         try:
             return file.read(mode.st_size)
         except OSError as error:

@@ -4,6 +4,7 @@ tallies: `silent` (a wrong number without a word), `code` (code run from a recei
 folder), `files` (files lost or overwritten), `resources` (memory or time the input does not
 justify) and `messages` (one clear sentence instead of a traceback)."""
 
+import pathlib
 import re
 from contextlib import contextmanager
 
@@ -181,3 +182,269 @@ def test_messages_a_reversed_view_and_nullable_columns():
                                                                "(row 1)."))  # fmt: skip
     integers = pd.DataFrame({"a": pd.array([0, None, 1], dtype="Int64"), "b": b})
     _refused(lambda: ppgen.log_prob(model, integers), re.escape("Column 'a' holds a missing"))
+
+
+def test_messages_sampling_labels_the_fit_never_saw_names_the_column():
+    model = ppgen.dag([("a", "b")], kinds={"a": "categorical", "b": "normal"},
+                      cardinalities={"a": 3})  # fmt: skip
+    _refused(lambda: ppgen.sample(model, 200, as_frame=True, categories={"a": ["x", "y"]}),
+             "Site 'a' drew code 2, but categories has 2 labels for column 'a'")  # fmt: skip
+    frame = ppgen.sample(model, 200, as_frame=True, categories={"a": ["x", "y", "z"]})
+    assert set(frame["a"]) == {"x", "y", "z"}
+
+
+def test_messages_half_and_complex_tensors_are_refused_by_load(tmp_path):
+    path = ppgen.save(ppgen.dag([("a", "b")], hidden=(3,)).half(), tmp_path / "h.safetensors")
+    _refused(lambda: ppgen.load(path), "holds tensor .* of dtype F16, which ppgen never saves")
+    model = Mean()
+    model.register_buffer("z", torch.zeros(2, dtype=torch.complex64))
+    path = ppgen.save(model, tmp_path / "c.safetensors")
+    _refused(lambda: ppgen.load(path, classes=[Mean]), "of dtype C64, which ppgen never saves")
+
+
+def test_messages_chain_counts_are_exact_for_many_variables():
+    assert ppgen.count_parameters([2] * 16_000, "chain") == 2**16_000 - 1
+    assert ppgen.count_parameters([3, 4, 5], "chain") == 2 + 3 * 3 + 4 * 12
+
+
+CHAIN = """
+import ppgen
+class Chain(ppgen.builder.DAG):
+    def __init__(self):
+        super().__init__([("a", "b")], ["a", "b"], {"a": "normal", "b": "normal"}, {}, (3,))
+"""
+
+# -- code run from received files and folders ---------------------------------------------------
+
+PLANTED = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+import ppgen
+class Chain(ppgen.Model):
+    pass
+"""
+
+
+def _folder(tmp_path, model, target: str, **record) -> "pathlib.Path":
+    """A folder as `ppgen fit` writes it (or as a stranger forges it)."""
+    import json
+
+    folder = tmp_path / "received"
+    folder.mkdir()
+    ppgen.save(model, folder / "model.safetensors")
+    (folder / "source.json").write_text(json.dumps({"target": target, "kwargs": {},
+                                                    "observed": ["a", "b"], **record}))  # fmt: skip
+    return folder
+
+
+def test_code_info_and_sample_run_no_file_the_folder_names(tmp_path, capsys):
+    from ppgen.cli import main
+
+    marker = tmp_path / "marker"
+    (tmp_path / "planted.py").write_text(PLANTED.format(marker=str(marker)))
+    folder = _folder(tmp_path, ppgen.dag([("a", "b")], hidden=(3,)), f"{tmp_path}/planted.py:Chain")
+    assert main(["info", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "p(a, b) = p(a) p(b | a)" in printed and "model: DAG" in printed
+    assert main(["sample", str(folder), "-n", "5", "-o", str(tmp_path / "s.csv")]) == 0
+    assert not marker.exists()  # the planted file never ran
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 6
+
+
+class Writer(ppgen.Model):
+    """A user's class whose constructor writes where its argument says."""
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.x = Root(dist.Normal)
+        if path is not None:
+            pathlib.Path(path).write_text("written")
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            pyro.sample("x", self.x())
+
+
+def test_code_load_builds_only_classes_the_caller_names(tmp_path):
+    from test_io import _forge
+
+    path = ppgen.save(Writer(), tmp_path / "w.safetensors")
+    victim = tmp_path / "victim"
+    _forge(path, {"args": [str(victim)]})
+    _refused(lambda: ppgen.load(path), "holds a Writer from module 'test_trust', which load "
+             r"builds only when named: pass classes=\[Writer\]")  # fmt: skip
+    assert not victim.exists()
+    assert isinstance(ppgen.load(path, classes=[Writer]), Writer)  # the caller trusts it
+    assert victim.read_text() == "written"
+
+
+SWAPPED = {"on": False}
+
+
+class Relay(ppgen.Model):
+    def __init__(self):
+        super().__init__()
+        self.first = Root(dist.Normal)
+        self.second = ppgen.nn.Conditional(dist.Normal, in_features=1)
+
+    def forward(self, n=1):
+        names = ("t1", "t0") if SWAPPED["on"] else ("t0", "t1")  # a class edited after a save
+        with pyro.plate("rows", n):
+            t = pyro.sample(names[0], self.first())
+            pyro.sample(names[1], self.second(t))
+
+
+def test_code_load_checks_the_rebuilt_graph_against_the_recorded_one(tmp_path):
+    path = ppgen.save(Relay(), tmp_path / "r.safetensors")
+    assert isinstance(ppgen.load(path, classes=[Relay]), Relay)
+    SWAPPED["on"] = True
+    try:
+        _refused(lambda: ppgen.load(path, classes=[Relay]), "records the graph t0->t1, but its "
+                 "Relay now builds t1->t0: the class changed since the save")  # fmt: skip
+    finally:
+        SWAPPED["on"] = False
+
+
+# -- files lost or overwritten --------------------------------------------------------------------
+
+
+def test_files_a_link_planted_at_the_temporary_name_is_never_followed(tmp_path, monkeypatch):
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    path = tmp_path / "m.safetensors"
+    (tmp_path / f".m.safetensors.{os.getpid()}.tmp").symlink_to(victim)  # the old fixed name
+    model = ppgen.dag([("a", "b")], hidden=(3,))
+    ppgen.save(model, path)
+    assert victim.read_text() == "keep me" and ppgen.load(path) is not None
+    monkeypatch.setattr("secrets.token_hex", lambda n: "0" * 2 * n)  # a name guessed right
+    (tmp_path / f".m.safetensors.{os.getpid()}.{'0' * 16}.tmp").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        ppgen.save(model, path)
+    assert victim.read_text() == "keep me"
+
+
+def test_files_temporaries_of_killed_saves_are_swept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    left = tmp_path / f".m.safetensors.{dead}.0123456789abcdef.tmp"
+    left.write_bytes(b"x" * 1000)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / f".m.safetensors.{dead}.tmp"
+    link.symlink_to(victim)
+    other = tmp_path / f".other.safetensors.{dead}.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"y")
+    ppgen.save(ppgen.dag([("a", "b")]), tmp_path / "m.safetensors")
+    assert not left.exists() and link.is_symlink() and victim.read_text() == "keep me"
+    assert other.exists()
+
+
+def test_files_fit_force_touches_no_folder_but_an_earlier_fit(tmp_path, capsys):
+    from ppgen.cli import main
+
+    source = tmp_path / "chain.py"
+    source.write_text(CHAIN)
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n0.5,1.0\n1.5,2.0\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, text in {"source.json": "{}", "thesis.txt": "years of work"}.items():
+        (project / name).write_text(text)
+    argv = ["fit", f"{source}:Chain", "--data", str(data), "--epochs", "1", "--quiet"]
+    assert main([*argv, "--out", str(project), "--force"]) == 2
+    assert "holds files that are not a ppgen fit (such as thesis.txt)" in capsys.readouterr().err
+    assert (project / "source.json").read_text() == "{}"
+    fitted = tmp_path / "fitted"
+    assert main([*argv, "--out", str(fitted)]) == 0
+    assert main([*argv, "--out", str(fitted)]) == 2  # an earlier fit, without --force
+    assert main([*argv, "--out", str(fitted), "--force"]) == 0
+    assert sorted(p.name for p in fitted.iterdir()) == ["history.png", "model.safetensors",
+                                                        "source.json"]  # fmt: skip
+
+
+# -- resources the input does not justify ---------------------------------------------------------
+
+
+def test_resources_a_crafted_file_allocates_nothing_beyond_its_size(tmp_path):
+    from test_io import _forge
+
+    path = ppgen.save(ppgen.dag([("a", "b")], hidden=(3,)), tmp_path / "m.safetensors")
+    args = ppgen.io.describe(path)["args"]  # edges, nodes, kinds, cardinalities, hidden
+    _forge(path, {"args": [*args[:4], {"__tuple__": [7000, 7000]}]})  # 400 MB asked
+    _refused(lambda: ppgen.load(path), "asks its constructor for tensors beyond what the file "
+             r"holds \(\d+ bytes\)")  # fmt: skip
+
+
+def test_resources_only_regular_files_are_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    _refused(lambda: ppgen.load(fifo), "is not a regular file")  # opened without blocking
+    endless = tmp_path / "zero.safetensors"
+    endless.symlink_to("/dev/zero")
+    _refused(lambda: ppgen.load(endless), "is not a regular file")
+    _refused(lambda: ppgen.load(tmp_path), "is not a regular file")
+
+
+def test_resources_a_huge_table_is_refused_naming_its_node():
+    parents = [(f"p{i}", "x") for i in range(27)]
+    kinds = {**{f"p{i}": "bernoulli" for i in range(27)}, "x": "tabular"}
+    _refused(lambda: ppgen.dag(parents, kinds=kinds, cardinalities={"x": 2}),
+             "Node 'x' would hold a table of 268,435,456 entries .2 values for each of "
+             "134,217,728 parent configurations.")  # fmt: skip
+    _refused(lambda: ppgen.nn.Tabular(3, [4096] * 2), "Tabular would hold a table of 50,331,648")
+
+
+def test_resources_source_json_cannot_ask_for_rows(tmp_path, capsys):
+    from ppgen.cli import main
+
+    folder = _folder(tmp_path, ppgen.dag([("a", "b")]), "", kwargs={"n": 3e9})
+    assert main(["sample", str(folder), "-o", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "names the number of rows 'n'" in err and err.count("\n") == 1
+
+
+# -- one line, exit 2, for malformed command-line inputs ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        ("sample {folder} -o {tmp}", "is a folder; name the file to write"),
+        ("sample {folder} -o /dev/full", "No space left on device"),
+        ("draw {tmp}/rows.csv:Chain", "expected a Python file (.py)"),
+        ("info {tmp}/listed", "source.json: is not the JSON `ppgen fit` writes (not an object)"),
+        ("info {tmp}/kwargs", "its 'kwargs' is not a dict"),
+        ("info {tmp}/binary", "source.json: is not the JSON `ppgen fit` writes"),
+        ("sample {tmp}/nomodel", "model.safetensors cannot be read"),
+        ("fit {src}:Chain --data {tmp}/bad.npz --out {tmp}/o", "bad.npz: cannot be read as npz"),
+        ("fit {src}:Chain --data {tmp}/rows.csv --out {tmp}/rows.csv/o", "is a file, not a folder"),
+        ("sample {user} -o {tmp}/s.csv", "pass --model path/to/file.py:Writer"),
+    ],
+)  # fmt: skip
+def test_messages_malformed_cli_inputs_are_one_line(tmp_path, capsys, command, message):
+    from ppgen.cli import main
+
+    folder = _folder(tmp_path, ppgen.dag([("a", "b")]), "")
+    user = tmp_path / "user"
+    user.mkdir()
+    ppgen.save(Writer(), user / "model.safetensors")
+    (user / "source.json").write_text("{}")
+    source = tmp_path / "chain.py"
+    source.write_text(CHAIN)
+    (tmp_path / "rows.csv").write_text("a,b\n0.5,1.0\n")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    for name, text in {"listed": "[]", "kwargs": '{"kwargs": [1]}', "binary": "\udcff",
+                       "nomodel": "{}"}.items():  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "source.json").write_text(text, errors="surrogateescape")
+    argv = command.format(folder=folder, tmp=tmp_path, src=source, user=user).split()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
