@@ -7,9 +7,9 @@ as MADE masks included); its safetensors metadata holds three strings: `format` 
 digest of the tensor index, the description and the tensor bytes, so that any flipped byte is
 found). Loading parses the header as JSON, checks the format, version and digest, reads the
 tensors with safetensors, rebuilds the model from its class and arguments and loads the weights;
-nothing is unpickled, and no module is imported unless it is ppgen's own or already imported.
-Every file is written to a temporary file beside it and renamed over it, so an interrupted
-write leaves the old file intact.
+nothing is unpickled, no module is imported but ppgen's own, and no class is built but ppgen's and
+those the caller names. Every file is written to a temporary file beside it (created exclusively,
+under a random name) and renamed over it, so an interrupted write leaves the old file intact.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import secrets
 import stat
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +41,7 @@ from ppgen.nn import Model, Rebuildable
 if TYPE_CHECKING:
     from ppgen.infer import FitResult
 
-__all__ = ["FORMAT_VERSION", "LoadError", "describe", "load", "save"]
+__all__ = ["FORMAT_VERSION", "LoadError", "describe", "exclusive", "load", "save"]
 
 FORMAT_VERSION = 1
 _MAX_HEADER = 100_000_000  # the limit of safetensors itself
@@ -557,6 +557,55 @@ def _read(path: Path, kind: str) -> tuple[dict[str, object], dict[str, Tensor]]:
     return description, tensors
 
 
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    r"""Holds `folder` for one process: a lock file, created exclusively, holds its id while
+    the block runs; a lock left by a process that no longer runs is taken over.
+
+    Raises:
+        ValueError: Naming the folder and the process, when a running process holds it.
+
+    Example:
+        >>> import tempfile
+        >>> with exclusive(tempfile.mkdtemp()) as lock:
+        ...     lock.name
+        '.ppgen.lock'
+    """
+    lock = Path(folder) / ".ppgen.lock"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+            break
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and _running(holder):
+                raise ValueError(
+                    f"{folder} is in use by another fit (process {holder}); wait for it to end "
+                    "or choose another folder."
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # a dead process's lock (unlink removes a link, never its target)
+    else:
+        raise ValueError(f"{folder} is in use by another fit; choose another folder.")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _holder(lock: Path) -> int | None:
+    """The process id a lock file holds, if it is a small regular file that holds one."""
+    try:
+        if not stat.S_ISREG(lock.lstat().st_mode) or lock.lstat().st_size > 32:
+            return None
+        return int(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # the dtypes of the tensors ppgen saves: its models' floats, integer buffers and masks, the RNG
 _DTYPES = {"F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 
@@ -585,8 +634,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     saved: Mapping[str, list[Tensor]],
     state: dict[str, object],
+    identity: Mapping[str, object] | None = None,
 ) -> None:
-    """Writes a training checkpoint (see :func:`ppgen.infer.train`) atomically."""
+    """Writes a training checkpoint (see :func:`ppgen.infer.train`) atomically; `identity`
+    (JSON: the graph, the model's description, fingerprints of the data and settings) records
+    what it belongs to, for :func:`load_checkpoint` to compare."""
     tensors = {f"param.{i}": p for i, p in enumerate(parameters)}
     for name, values in saved.items():
         tensors.update({f"saved.{i}.{name}": v for i, v in enumerate(values)})
@@ -609,6 +661,7 @@ def save_checkpoint(
         "state": state,
         "saved": list(saved),
         "optimizer": optim,
+        "identity": None if identity is None else dict(identity),
     }
     _write(path, tensors, description)
 
@@ -617,10 +670,21 @@ def load_checkpoint(
     path: Path,
     parameters: list[nn.Parameter],
     optimizer: torch.optim.Optimizer | None,
+    identity: Mapping[str, object] | None = None,
 ) -> tuple[dict[str, list[Tensor]], dict[str, object]]:
     """Restores parameters, optimizer and RNG from a checkpoint; returns the best parameters
-    kept so far and the loop's bookkeeping. Nothing is changed if the checkpoint does not fit."""
+    kept so far and the loop's bookkeeping. Nothing is changed if the checkpoint does not fit,
+    nor if `identity` is given and differs from the one the checkpoint records."""
     description, tensors = _read(path, "checkpoint")
+    if identity is not None:
+        recorded = description.get("identity")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        differ = sorted(k for k in {*identity, *recorded} if identity.get(k) != recorded.get(k))
+        if differ:
+            raise LoadError(
+                f"{path} holds the checkpoint of another fit: its {differ[0]} differs from this "
+                "fit's; choose another folder, or remove the checkpoint to start anew."
+            )
     shapes = [tuple(p.shape) for p in parameters]
     found = [tuple(tensors[f"param.{i}"].shape) for i in range(len(parameters))
              if f"param.{i}" in tensors]  # fmt: skip

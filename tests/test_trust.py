@@ -537,3 +537,29 @@ def test_silent_property_frames_answer_as_the_clean_frame_or_name_the_column(dat
         return
     assert not planted, f"bad cells {planted} were accepted"
     assert torch.equal(answer, expected[first])
+
+
+def test_files_a_folder_is_held_by_one_process_and_a_checkpoint_by_its_fit(tmp_path):
+    import subprocess
+    import sys
+
+    from ppgen.io import LoadError, exclusive, load_checkpoint, save_checkpoint
+
+    with exclusive(tmp_path):
+        _refused(lambda: exclusive(tmp_path).__enter__(), "is in use by another fit .process \\d+")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / ".ppgen.lock").write_text(dead)  # a killed fit's lock
+    with exclusive(tmp_path) as lock:
+        assert lock.read_text() != dead
+    assert not (tmp_path / ".ppgen.lock").exists()
+    parameter = torch.nn.Parameter(torch.ones(2))
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, [parameter], None, {}, {"epoch": 1}, identity={"graph": "a->b"})
+    with torch.no_grad():
+        parameter.zero_()
+    with pytest.raises(LoadError, match="holds the checkpoint of another fit: its graph differs"):
+        load_checkpoint(path, [parameter], None, identity={"graph": "b->a"})
+    assert torch.equal(parameter, torch.zeros(2))  # nothing changed
+    load_checkpoint(path, [parameter], None, identity={"graph": "a->b"})
+    assert torch.equal(parameter, torch.ones(2))
