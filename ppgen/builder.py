@@ -138,9 +138,7 @@ def dag(
                         f"Node {v!r} is tabular but its parent {p!r} is {kinds[p]}; "
                         "a table needs discrete parents."
                     )
-    for v, kind in kinds.items():
-        if kind == "tabular":
-            check_table(f"Node {v!r}", cardinalities[v], [cardinalities[p] for p in g.predecessors(v)])
+    _check_tables(g, kinds, cardinalities)
     names = {v: str(v) for v in g}
     if len(set(names.values())) < len(names):
         raise ValueError("Two nodes have the same name as text; site names must be unique.")
@@ -153,3 +151,10 @@ def dag(
         cardinalities={names[v]: k for v, k in cardinalities.items()},
         hidden=hidden,
     )
+
+
+def _check_tables(g: nx.DiGraph, kinds: Mapping[object, str], cards: Mapping[object, int]) -> None:
+    """Refuses a tabular node whose table is too large, before anything is allocated."""
+    for v, kind in kinds.items():
+        if kind == "tabular":
+            check_table(f"Node {v!r}", cards[v], [cards[p] for p in g.predecessors(v)])

@@ -159,18 +159,7 @@ def _table(
     latent: bool,
 ) -> Table:
     """:func:`table`, where `latent` lets sites be missing from the data (for a guide)."""
-    if _is_frame(data):
-        names = Counter(str(name) for name in data.columns)
-        twice = next((name for name, count in names.items() if count > 1), None)
-        if twice is not None:
-            raise ValueError(f"Column {twice!r} appears twice in the data; give each site one column.")
-        data = {str(name): series for name, series in data.items()}
-    if not isinstance(data, Mapping):
-        raise ValueError(
-            f"Data must be a dict of site name to array or a DataFrame, not {type(data).__name__}."
-        )
-    if not data:
-        raise ValueError("The data have no columns.")
+    data = _mapping(data)
     with torch.random.fork_rng(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
     sites = {name: site for name, site in trace.nodes.items() if _is_variable(site)}
@@ -241,6 +230,24 @@ def _table(
         _check_varying(model, columns, varying, args, kwargs, expected.device)
     columns, device = place(columns, device, model)
     return Table(columns, labels, device)
+
+
+def _mapping(data: Data | object) -> Data:
+    """The data as a mapping of column name to values: a DataFrame's columns by name (a name
+    given twice is refused), a dict as it is."""
+    if _is_frame(data):
+        names = Counter(str(name) for name in data.columns)
+        twice = next((name for name, count in names.items() if count > 1), None)
+        if twice is not None:
+            raise ValueError(f"Column {twice!r} appears twice in the data; give each site one column.")
+        data = {str(name): series for name, series in data.items()}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"Data must be a dict of site name to array or a DataFrame, not {type(data).__name__}."
+        )
+    if not data:
+        raise ValueError("The data have no columns.")
+    return data
 
 
 def _aligned(data: Data) -> Data:
