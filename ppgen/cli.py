@@ -259,9 +259,14 @@ def _sample(args: argparse.Namespace) -> None:
     if args.model:
         classes.append(load_object(args.model, instantiate=False))
     model = load(path, classes=classes)
-    categories = (description.get("fit") or {}).get("categories")
-    frame = ppgen.sample(model, args.n, as_frame=True, categories=categories,
-                         device=args.device, **record.get("kwargs", {}))  # fmt: skip
+    fit = description.get("fit")
+    categories = fit.get("categories") if isinstance(fit, dict) else None
+    try:
+        frame = ppgen.sample(model, args.n, as_frame=True, categories=categories,
+                             device=args.device, **record.get("kwargs", {}))  # fmt: skip
+    except TypeError as error:  # inputs the model does not take
+        raise UsageError(f"{args.folder}: its source.json gives inputs the model does not take "
+                         f"({error}).") from None  # fmt: skip
     frame.to_csv(output, index=False)
     print(f"wrote {args.n} rows to {args.output}")
 
@@ -276,14 +281,9 @@ def _info(args: argparse.Namespace) -> None:
 
     record = _record(args.folder)
     description = describe(_model_file(args.folder))  # read and checked, nothing built
-    graph = record.get("graph") or description.get("graph") or {}
-    nodes = graph.get("nodes") or {}
-    nodes = nodes if isinstance(nodes, dict) else {str(v): {} for v in nodes}
     print(f"model: {_printable(str(description.get('class')).partition(':')[2])}")
+    g, nodes = _described(record.get("graph") or description.get("graph"), args.folder)
     if nodes:
-        g = nx.DiGraph()
-        g.add_nodes_from(nodes)
-        g.add_edges_from(tuple(map(str, e)) for e in graph.get("edges") or [])
         print(_printable(ppgen.factorization(g)))
     observed = record.get("observed")  # the fitted columns
     for node, attributes in nodes.items():
@@ -292,13 +292,35 @@ def _info(args: argparse.Namespace) -> None:
         print(_printable(f"  {node}: {shown}"))
     if record.get("parameters") is not None:
         print(f"parameters: {record['parameters']}")
-    fit = description.get("fit") or {}
-    history = fit.get("history") or []
-    if history and isinstance(history[-1], dict):
+    fit = description.get("fit")
+    history = fit.get("history") if isinstance(fit, dict) else None
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
         last = history[-1]
         shown = ", ".join(f"{k}={v:.4f}" for k, v in last.items()
                           if k in ("train", "val") and isinstance(v, float | int))  # fmt: skip
         print(_printable(f"fit: {len(history)} epochs, {shown}, closed form: {fit.get('closed_form')}"))
+
+
+def _described(graph: object, folder: str) -> tuple[nx.DiGraph, dict[str, dict]]:
+    """The graph a folder describes (its nodes' attributes too, as `ppgen fit` records them),
+    checked as data."""
+    if graph is None:
+        return nx.DiGraph(), {}
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    edges = graph.get("edges") if isinstance(graph, dict) else None
+    if isinstance(nodes, list):
+        nodes = {v: {} for v in nodes}
+    well_formed = (
+        isinstance(nodes, dict) and isinstance(edges, list)
+        and all(isinstance(v, str) and isinstance(a, dict) for v, a in nodes.items())
+        and all(isinstance(e, list) and len(e) == 2 and set(e) <= set(nodes) for e in edges)
+    )  # fmt: skip
+    if not well_formed:
+        raise UsageError(f"{folder}: describes a graph that is not one `ppgen fit` writes.")
+    g = nx.DiGraph()
+    g.add_nodes_from(nodes)
+    g.add_edges_from(map(tuple, edges))
+    return g, nodes
 
 
 def _draw(args: argparse.Namespace) -> None:

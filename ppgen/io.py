@@ -172,7 +172,7 @@ def load(
     description, tensors = _read(path, "model")
     allowed = tuple(classes)
     cls = _find_class(path, str(description.get("class")), allowed)
-    budget = _Budget(2 * path.stat().st_size + _SLACK)
+    budget = _Budget(2 * path.stat().st_size + _SLACK, 16 * len(tensors) + 4096)
     try:
         with torch.random.fork_rng(), budget:  # constructors draw weights, within the file's size
             model = _build(cls, description, path, allowed)
@@ -202,13 +202,13 @@ _SLACK = 64 << 20
 
 
 class _Budget(TorchFunctionMode):
-    """Makes the tensors that torch's factory functions create, until `budget` bytes are
-    allocated; beyond it they are made on the meta device (shapes only, no memory), so that
-    arguments chosen by a file never allocate more than the file justifies."""
+    """Lets torch's factory functions create tensors until `budget` bytes or `calls` tensors
+    are allocated; beyond, each call raises, its size measured on the meta device (shapes only,
+    no memory), so that arguments chosen by a file never allocate more than it justifies."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, calls: int) -> None:
         super().__init__()
-        self.left, self.exceeded = budget, False
+        self.left, self.calls, self.exceeded = budget, calls, False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = dict(kwargs or {})
@@ -216,9 +216,10 @@ class _Budget(TorchFunctionMode):
             return func(*args, **kwargs)
         probe = func(*args, **{**kwargs, "device": "meta"})
         size = probe.numel() * probe.element_size() if isinstance(probe, Tensor) else 0
-        if self.exceeded or size > self.left:
+        self.calls -= 1  # many small tensors (a million layers) cost memory beside their bytes
+        if self.exceeded or size > self.left or self.calls < 0:
             self.exceeded = True
-            return probe
+            raise MemoryError("beyond the file's size")  # its rebuild's end: refused below
         self.left -= size
         return func(*args, **kwargs)
 

@@ -563,3 +563,30 @@ def test_files_a_folder_is_held_by_one_process_and_a_checkpoint_by_its_fit(tmp_p
     assert torch.equal(parameter, torch.zeros(2))  # nothing changed
     load_checkpoint(path, [parameter], None, identity={"graph": "a->b"})
     assert torch.equal(parameter, torch.ones(2))
+
+
+def test_resources_many_small_layers_are_refused_as_one_large_one(tmp_path):
+    from test_io import _forge
+
+    path = ppgen.save(ppgen.dag([("a", "b")], hidden=(3,)), tmp_path / "m.safetensors")
+    args = ppgen.io.describe(path)["args"]
+    _forge(path, {"args": [*args[:4], {"__tuple__": [2] * 20_000}]})  # 20,000 tiny layers
+    _refused(lambda: ppgen.load(path), "asks its constructor for tensors beyond what the file")
+
+
+def test_messages_forged_folder_descriptions_are_one_line(tmp_path, capsys):
+    from ppgen.cli import main
+
+    for i, graph in enumerate([{"nodes": {"a": 5}, "edges": []}, {"nodes": ["a"], "edges": [[1]]},
+                               {"nodes": {"a": {}}, "edges": [["a", "z"]]}, [1, 2]]):  # fmt: skip
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        ppgen.save(ppgen.dag([("a", "b")]), folder / "model.safetensors")
+        (folder / "source.json").write_text(__import__("json").dumps({"graph": graph}))
+        assert main(["info", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("not one `ppgen fit` writes" in err
+                                         or "is not a dict" in err), err  # fmt: skip
+    folder = _folder(tmp_path, ppgen.dag([("a", "b")]), "", kwargs={"hidden": 3})
+    assert main(["sample", str(folder), "-o", str(tmp_path / "s.csv")]) == 2
+    assert "gives inputs the model does not take" in capsys.readouterr().err
