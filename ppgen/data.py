@@ -406,7 +406,7 @@ def _cast(name: str, fn: Distribution, value: Tensor, dtype: torch.dtype) -> Ten
         raise ValueError(
             f"Column {name!r} holds {value[row].reshape(-1)[0].item():g} (row {row}), too large "
             f"for its site's dtype, {where}: the squares of {len(cast)} such values overflow; "
-            "rescale the column or use a float64 model."
+            f"rescale the column{'' if dtype == torch.float64 else ' or use a float64 model'}."
         )
     if value.dtype != dtype and len(value) > 1:
         exact = value.to(torch.float64)
