@@ -283,7 +283,7 @@ def latent_model(n=1):
         ({"a": [1.0, 2.0]}, "Site 'b' is not in the data: it is latent"),
         ({"a": [1.0], "b": [1], "c": [2.0]}, "Column 'c' is not a sample site"),
         ({"a": [1.0, float("nan")], "b": [1, 0]}, r"Column 'a' holds NaN or inf \(row 1\)"),
-        ({"a": [1.0, 2.0], "b": [1, 2]}, "Column 'b' has value 2.0 in row 1, outside the support"),
+        ({"a": [1.0, 2.0], "b": [1, 2]}, "Column 'b' has value 2 in row 1, outside the support"),
         ({"a": [[1.0], [2.0]], "b": [1, 0]}, r"Column 'a' has rows of shape \(1,\)"),
         ({"a": [1.0, 2.0, 3.0], "b": [1, 0]}, "Column 'b' has 2 rows but 'a' has 3"),
         ({"a": [], "b": []}, "The data have no rows"),
