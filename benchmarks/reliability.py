@@ -12,7 +12,14 @@ Four counts, each with its target of "all, nothing lost":
   by parameter (`torch.equal`), with an uninterrupted fit from the same seed;
 - mutated files: a saved model truncated, bit-flipped, overwritten with noise or given a wrong
   header length; each must be rejected by `ppgen.io.LoadError` (never another exception,
-  never loaded).
+  never loaded);
+- trust classes (issue 17): the tests of `tests/test_trust.py`, tallied by the class their name
+  starts with: `silent` (a wrong number without a word), `code` (code run from a received file
+  or folder), `files` (files lost or overwritten), `resources` (memory the input does not
+  justify), `messages` (one sentence instead of a traceback); the property test counts in
+  `silent`;
+- a crafted file: a 1 KB model file whose arguments ask for a 3.2 GB layer is loaded in a child
+  process; it must be refused, and the child's peak memory grow by less than the file allows.
 
 Run: python benchmarks/reliability.py [--examples 100 --kills 5 --mutations 1000]
 """
@@ -76,19 +83,64 @@ def fit(checkpoint: str | None = None) -> ppgen.builder.DAG:
     return model
 
 
-def catalogue() -> tuple[int, int]:
-    """Runs tests/test_errors.py in a fresh pytest; returns (passed, run), skipped ones left out."""
+def _outcomes(tests: str) -> list[tuple[str, set[str]]]:
+    """Runs a test file in a fresh pytest; returns each test's name and outcome tags."""
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "report.xml"
         subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             f"--junitxml={report}", "tests/test_errors.py"],
+             f"--junitxml={report}", tests],
             cwd=ROOT, check=False, capture_output=True,
         )  # fmt: skip
         cases = ElementTree.parse(report).getroot().iter("testcase")
-        outcomes = [{child.tag for child in case} for case in cases]
+        return [(case.get("name"), {child.tag for child in case}) for case in cases]
+
+
+def _tally(outcomes: list[set[str]]) -> tuple[int, int]:
+    """(passed, run), skipped ones left out."""
     run = [o for o in outcomes if "skipped" not in o]
     return sum(not (o & {"failure", "error"}) for o in run), len(run)
+
+
+def catalogue() -> tuple[int, int]:
+    """The tests of tests/test_errors.py: (passed, run)."""
+    return _tally([o for _, o in _outcomes("tests/test_errors.py")])
+
+
+TRUST = ("silent", "code", "files", "resources", "messages")
+
+
+def trust() -> dict[str, tuple[int, int]]:
+    """The tests of tests/test_trust.py by class: {class: (passed, run)}."""
+    outcomes = _outcomes("tests/test_trust.py")
+    return {c: _tally([o for name, o in outcomes if name.startswith(f"test_{c}_")]) for c in TRUST}
+
+
+CRAFTED = f"""
+import resource, sys, tempfile, pathlib
+sys.path.insert(0, {str(ROOT / "tests")!r})
+import ppgen
+from test_io import _forge
+path = ppgen.save(ppgen.dag([("a", "b")], hidden=(3,)), pathlib.Path(tempfile.mkdtemp()) / "m.st")
+args = ppgen.io.describe(path)["args"]
+_forge(path, {{"args": [*args[:4], {{"__tuple__": [20000, 20000]}}]}})  # a 3.2 GB layer asked
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    ppgen.load(path)
+    refused = False
+except ppgen.io.LoadError:
+    refused = True
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(int(refused), grown * 1024, path.stat().st_size)
+"""
+
+
+def crafted() -> tuple[bool, int, int]:
+    """Loads a crafted file in a child process: (refused, bytes its peak memory grew, file size)."""
+    run = subprocess.run([sys.executable, "-c", CRAFTED], capture_output=True, text=True,
+                         cwd=ROOT, check=True, timeout=600)  # fmt: skip
+    refused, grown, size = map(int, run.stdout.split())
+    return bool(refused), grown, size
 
 
 def properties(examples: int) -> tuple[int, int]:
@@ -193,10 +245,18 @@ def main() -> None:
     held, run = properties(args.examples)
     identical, tried = kills(args.kills, args.seed)
     rejected, mutated, crashed = mutations(args.mutations, args.seed)
+    classes = trust()
+    refused, grown, size = crafted()
     print(f"catalogue entries passing:               {passed}/{entries}")
     print(f"hypothesis examples run, all properties: {held}/{run}")
     print(f"kill points tried, resumed identically:  {identical}/{tried}")
     print(f"mutated files rejected with LoadError:   {rejected}/{mutated} ({crashed} crashes)")
+    for name, (ok, ran) in classes.items():
+        print(f"trust class {name + ':':<10}                  {ok}/{ran}")
+    print(f"trust classes, all:                      {sum(v[0] for v in classes.values())}/"
+          f"{sum(v[1] for v in classes.values())}")  # fmt: skip
+    print(f"crafted {size}-byte file asking 3.2 GB:   {'refused' if refused else 'LOADED'}, "
+          f"peak memory +{grown / 2**20:.1f} MiB")  # fmt: skip
     print(f"seconds: {time.perf_counter() - tic:.0f}")
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ppgen.graph import check_dag
-from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular
+from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular, check_table
 
 __all__ = ["DAG", "KINDS", "dag"]
 
@@ -138,6 +138,7 @@ def dag(
                         f"Node {v!r} is tabular but its parent {p!r} is {kinds[p]}; "
                         "a table needs discrete parents."
                     )
+    _check_tables(g, kinds, cardinalities)
     names = {v: str(v) for v in g}
     if len(set(names.values())) < len(names):
         raise ValueError("Two nodes have the same name as text; site names must be unique.")
@@ -150,3 +151,10 @@ def dag(
         cardinalities={names[v]: k for v, k in cardinalities.items()},
         hidden=hidden,
     )
+
+
+def _check_tables(g: nx.DiGraph, kinds: Mapping[object, str], cards: Mapping[object, int]) -> None:
+    """Refuses a tabular node whose table is too large, before anything is allocated."""
+    for v, kind in kinds.items():
+        if kind == "tabular":
+            check_table(f"Node {v!r}", cards[v], [cards[p] for p in g.predecessors(v)])

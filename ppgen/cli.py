@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import io
 import json
+import re
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import networkx as nx
+
 import ppgen
+from ppgen.io import _replace
 
 __all__ = ["main"]
 
@@ -34,6 +40,8 @@ def load_object(spec: str, *, instantiate: bool = True) -> Callable[..., object]
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"{path}: no such file.")
+    if file.suffix != ".py":
+        raise UsageError(f"{path}: expected a Python file (.py) defining {name}.")
     module_spec = importlib.util.spec_from_file_location(_module_name(file), file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module  # so that ppgen.io.load finds the classes it defines
@@ -109,31 +117,46 @@ def read_data(path: str) -> object:
         if suffix == ".parquet":
             return pd.read_parquet(file)
         if suffix == ".npz":
-            with np.load(file, allow_pickle=False) as arrays:
+            with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:
                 return {name: arrays[name] for name in arrays.files}
     except ImportError as error:
         raise UsageError(
             f"{path}: reading it needs a package that is missing ({error})."
         ) from None
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
         raise UsageError(f"{path}: cannot be read as {suffix[1:]}: {error}") from None
     raise UsageError(f"{path}: expected a .csv, .parquet or .npz file.")
 
 
-def _run_folder(folder: str) -> tuple[Callable[..., object], dict[str, object]]:
-    """Loads the model that `ppgen fit` saved in `folder`, importing the file that defines it."""
-    from ppgen.io import load
-
+def _record(folder: str) -> dict[str, object]:
+    """The `source.json` that `ppgen fit` wrote in `folder`, checked as data: nothing it names
+    is imported or run."""
     source = Path(folder) / "source.json"
     if not source.is_file():
         raise UsageError(f"{folder}: holds no model written by `ppgen fit` (no source.json).")
+    if source.stat().st_size > _MAX_RECORD:
+        raise UsageError(f"{source}: is {source.stat().st_size} bytes, not the JSON `ppgen fit` writes.")
     try:
         record = json.loads(source.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise UsageError(f"{source}: is not the JSON `ppgen fit` writes ({error}).") from None
-    if record.get("target"):
-        load_object(record["target"], instantiate=False)
-    return load(Path(folder) / "model.safetensors"), record
+    kinds = {"target": str, "kwargs": dict, "observed": list, "graph": dict, "parameters": int}
+    if not isinstance(record, dict):
+        raise UsageError(f"{source}: is not the JSON `ppgen fit` writes (not an object).")
+    for key, kind in kinds.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise UsageError(f"{source}: its {key!r} is not a {kind.__name__}, as `ppgen fit` writes.")
+    if "n" in record.get("kwargs", {}):
+        raise UsageError(f"{source}: names the number of rows 'n' among the model's inputs; "
+                         "`ppgen fit` never writes it.")  # fmt: skip
+    return record
+
+
+_MAX_RECORD = 1 << 20  # bytes of a source.json: a few lines, or the graph of a large model
+
+
+def _model_file(folder: str) -> Path:
+    return Path(folder) / "model.safetensors"
 
 
 def _fit(args: argparse.Namespace) -> None:
@@ -144,10 +167,7 @@ def _fit(args: argparse.Namespace) -> None:
     from ppgen.io import save
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: is a file, not a folder; choose another --out.")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UsageError(f"{out}: already holds a fit; choose another --out or pass --force.")
+    _check_fit_folder(out, args.force)
     model = load_object(args.target)
     data, kwargs = read_data(args.data), parse_args(args.arg)
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
@@ -161,17 +181,55 @@ def _fit(args: argparse.Namespace) -> None:
     if not distributed.is_writer():  # under torchrun, rank 0 alone writes
         return
     out.mkdir(parents=True, exist_ok=True)
+    _check_fit_folder(out, args.force)  # again: nothing appeared there during the fit
     save(model, out / "model.safetensors", fit=fit)
     path, _, name = args.target.rpartition(":")
     target = f"{Path(path).resolve()}:{name}"
     observed = list(data.columns) if hasattr(data, "columns") else list(data)
-    record = {"target": target, "kwargs": kwargs, "observed": observed}
-    (out / "source.json").write_text(json.dumps(record))
+    record = {"target": target, "kwargs": kwargs, "observed": observed,
+              "graph": _graph_record(model, kwargs), "parameters": ppgen.count_parameters(model)}  # fmt: skip
+    _replace(out / "source.json", json.dumps(record).encode())
     figure = ppgen.viz.draw_history(fit).figure
-    figure.savefig(out / "history.png", dpi=110, bbox_inches="tight")
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    _replace(out / "history.png", png.getvalue())
     last = fit.history[-1] if fit.history else {}
     print(f"fitted in {fit.seconds:.1f} s; train {last.get('train', float('nan')):.4f} nats/row; "
           f"closed form: {', '.join(fit.closed_form) or 'none'}; wrote {out}")  # fmt: skip
+
+
+_FIT_WRITES = {"model.safetensors", "source.json", "history.png"}
+
+
+def _check_fit_folder(out: Path, force: bool) -> None:
+    """Refuses a folder that holds anything but an earlier fit (files that `ppgen fit` writes,
+    not links), and an earlier fit without `force`; nothing is removed here."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == out else f" {existing}"
+        raise UsageError(f"{out}:{where} is a file, not a folder; choose another --out.")
+    entries = list(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    temporary = re.compile(r"\.(model\.safetensors|source\.json|history\.png)\.\d+(\.[0-9a-f]+)?\.tmp")
+    other = [e.name for e in entries if e.is_symlink() or not e.is_file()
+             or not (e.name in _FIT_WRITES or temporary.fullmatch(e.name))]  # fmt: skip
+    if other or "source.json" not in {e.name for e in entries}:
+        why = f"such as {other[0]}" if other else "it lacks source.json"
+        raise UsageError(f"{out}: holds files that are not a ppgen fit ({why}); choose another --out.")
+    if not force:
+        raise UsageError(f"{out}: already holds a fit; choose another --out or pass --force.")
+
+
+def _graph_record(model: Callable[..., object], kwargs: dict[str, object]) -> dict | None:
+    """The graph that `ppgen info` prints, recorded at the fit (info runs no model)."""
+    try:
+        g = ppgen.graph(model, **kwargs)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    nodes = {str(v): {"distribution": a["distribution"], "n_params": a["n_params"]}
+             for v, a in g.nodes(data=True)}  # fmt: skip
+    return {"nodes": nodes, "edges": [[str(u), str(v)] for u, v in g.edges]}
 
 
 def _output_file(path: str) -> Path:
@@ -179,37 +237,88 @@ def _output_file(path: str) -> Path:
     file = Path(path)
     if not file.parent.is_dir():
         raise UsageError(f"{path}: its folder {file.parent} does not exist.")
+    if file.is_dir():
+        raise UsageError(f"{path}: is a folder; name the file to write.")
     return file
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from ppgen.io import describe, load
+
     output = _output_file(args.output)
-    model, record = _run_folder(args.folder)  # the model keeps its labels' coding
-    frame = ppgen.sample(model, args.n, as_frame=True, device=args.device,
-                         **record.get("kwargs", {}))  # fmt: skip
+    record, path = _record(args.folder), _model_file(args.folder)
+    description = describe(path)
+    name = str(description.get("class"))
+    classes = []
+    if not (name.startswith("ppgen.") or args.model):
+        qualname = name.partition(":")[2]
+        raise UsageError(
+            f"{args.folder}: holds a {_printable(qualname)} of your own; pass --model "
+            f"path/to/file.py:{_printable(qualname)} to rebuild it (ppgen runs no file a folder names)."
+        )
+    if args.model:
+        classes.append(load_object(args.model, instantiate=False))
+    model = load(path, classes=classes)  # it keeps its labels' coding
+    try:
+        frame = ppgen.sample(model, args.n, as_frame=True, device=args.device,
+                             **record.get("kwargs", {}))  # fmt: skip
+    except TypeError as error:  # inputs the model does not take
+        raise UsageError(f"{args.folder}: its source.json gives inputs the model does not take "
+                         f"({error}).") from None  # fmt: skip
     frame.to_csv(output, index=False)
     print(f"wrote {args.n} rows to {args.output}")
 
 
+def _printable(text: object) -> str:
+    """Text from a received file, with what a terminal would act on escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _info(args: argparse.Namespace) -> None:
-    model, record = _run_folder(args.folder)
-    kwargs = record.get("kwargs", {})
-    g = ppgen.graph(model, **kwargs)
-    print(ppgen.factorization(g))
-    observed = record.get("observed")  # the fitted columns (folders of older versions lack it)
-    for node, attributes in g.nodes(data=True):
-        seen = attributes["observed"] if observed is None else node in observed
-        kind = "observed" if seen else "latent"
-        print(f"  {node}: {attributes['distribution']}, {kind}, n_params={attributes['n_params']}")
-    print(f"parameters: {ppgen.count_parameters(model)}")
     from ppgen.io import describe
 
-    fit = describe(Path(args.folder) / "model.safetensors").get("fit") or {}
-    history = fit.get("history", [])
-    if history:
+    record = _record(args.folder)
+    description = describe(_model_file(args.folder))  # read and checked, nothing built
+    print(f"model: {_printable(str(description.get('class')).partition(':')[2])}")
+    g, nodes = _described(record.get("graph") or description.get("graph"), args.folder)
+    if nodes:
+        print(_printable(ppgen.factorization(g)))
+    observed = record.get("observed")  # the fitted columns
+    for node, attributes in nodes.items():
+        kind = "observed" if observed is None or node in observed else "latent"
+        shown = f"{attributes.get('distribution', '?')}, {kind}, n_params={attributes.get('n_params', '?')}"
+        print(_printable(f"  {node}: {shown}"))
+    if record.get("parameters") is not None:
+        print(f"parameters: {record['parameters']}")
+    fit = description.get("fit")
+    history = fit.get("history") if isinstance(fit, dict) else None
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
         last = history[-1]
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k in ("train", "val"))
-        print(f"fit: {len(history)} epochs, {shown}, closed form: {fit.get('closed_form')}")
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in last.items()
+                          if k in ("train", "val") and isinstance(v, float | int))  # fmt: skip
+        print(_printable(f"fit: {len(history)} epochs, {shown}, closed form: {fit.get('closed_form')}"))
+
+
+def _described(graph: object, folder: str) -> tuple[nx.DiGraph, dict[str, dict]]:
+    """The graph a folder describes (its nodes' attributes too, as `ppgen fit` records them),
+    checked as data."""
+    if graph is None:
+        return nx.DiGraph(), {}
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    edges = graph.get("edges") if isinstance(graph, dict) else None
+    if isinstance(nodes, list):
+        nodes = {v: {} for v in nodes}
+    well_formed = (
+        isinstance(nodes, dict) and isinstance(edges, list)
+        and all(isinstance(v, str) and isinstance(a, dict) for v, a in nodes.items())
+        and all(isinstance(e, list) and len(e) == 2 and set(e) <= set(nodes) for e in edges)
+    )  # fmt: skip
+    if not well_formed:
+        raise UsageError(f"{folder}: describes a graph that is not one `ppgen fit` writes.")
+    g = nx.DiGraph()
+    g.add_nodes_from(nodes)
+    g.add_edges_from(map(tuple, edges))
+    return g, nodes
 
 
 def _draw(args: argparse.Namespace) -> None:
@@ -272,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample.add_argument("-n", type=int, default=1000, help="the number of rows")
     sample.add_argument("-o", "--output", default="samples.csv", help="the CSV to write")
     sample.add_argument("--device", help="cpu, cuda or auto (default: cpu)")
+    sample.add_argument("--model", help="path/to/file.py:Model, the class of a model of your own")
     sample.set_defaults(run=_sample)
 
     info = commands.add_parser(
@@ -283,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (UsageError, ValueError, FileExistsError) as error:
+    except (UsageError, ValueError, OSError) as error:  # a full disk, a denied write too
         if args.debug:
             raise
         print(f"ppgen: error: {error}", file=sys.stderr)

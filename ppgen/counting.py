@@ -70,7 +70,10 @@ def count_parameters(
         if structure == "independent":
             return sum(k - 1 for k in sizes)
         if structure == "chain":
-            return sum((k - 1) * math.prod(sizes[:i]) for i, k in enumerate(sizes))
+            total, before = 0, 1  # the product of the earlier cardinalities, kept as it grows
+            for k in sizes:
+                total, before = total + (k - 1) * before, before * k
+            return total
         raise ValueError(
             f"Unknown structure '{structure}': use 'joint', 'independent', 'chain' or a DAG."
         )

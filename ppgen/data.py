@@ -2,7 +2,9 @@ r"""Checks data against a model's sample sites: one clear sentence per problem, 
 
 from __future__ import annotations
 
+import numbers
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -162,17 +164,11 @@ def read_table(
     """:func:`table`, where `latent` lets sites be missing from the data (for a guide), and
     `known` codes labels by the known coding alone (`categories`, else the model's): a query's
     or a validation's rows, where a label the fit never saw has no code and is refused."""
-    if is_frame(data):
-        data = {str(name): series for name, series in data.items()}
-    if not isinstance(data, Mapping):
-        raise ValueError(
-            f"Data must be a dict of site name to array or a DataFrame, not {type(data).__name__}."
-        )
-    if not data:
-        raise ValueError("The data have no columns.")
+    data = _mapping(data)
     with torch.random.fork_rng(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
     sites = {name: site for name, site in trace.nodes.items() if is_variable(site)}
+    data = _aligned(data)
     for name in data:
         if name not in sites:
             raise ValueError(
@@ -192,15 +188,17 @@ def read_table(
                 f"Site {name!r} is not in the data: it is latent, so exact maximum likelihood does "
                 "not apply; fit it with ppgen.fit_svi(model, guide, data)."
             )
-        value, found = _column(name, data[name], coder)
+        _check_plate(name, site)
+        value, found = _column(name, data[name], coder, site["fn"])
         if found is not None:
             _check_labels(name, site, found)
             labels[name] = found
-        columns[name] = _checked(name, site, value, columns)
+        _check_rows(name, site, value, columns)
         if varies(site["fn"].support):
             varying.append(name)
-        else:
-            check_support(name, site["fn"], columns[name], site["value"].device)
+        else:  # on the values as given: a cast may round them into the support
+            check_support(name, site["fn"], value, site["value"].device)
+        columns[name] = _cast(name, site["fn"], value, site["value"].dtype)
     if varying and len(columns) == len(sites):  # bounds drawn from a latent site are unknown
         device_ = next(iter(sites.values()))["value"].device
         _check_varying(model, columns, varying, args, kwargs, device_)
@@ -219,15 +217,20 @@ def _check_labels(name: str, site: dict, labels: list[object]) -> None:
             )
 
 
-def _checked(name: str, site: dict, value: Tensor, columns: dict[str, Tensor]) -> Tensor:
-    """A column checked against its site and the columns before it (rows, shape, finite
-    values, whole numbers for a discrete site), in the site's dtype."""
+def _check_plate(name: str, site: dict) -> None:
+    """Raises where a site is outside the data plate: one value for all rows is no column."""
     expected = site["value"]
     if expected.dim() == 0 or len(expected) != 2:  # the program was run with n=2
         raise ValueError(
             f"Site {name!r} is outside the data plate (one value for all rows), so it cannot "
             "be a data column: make it a parameter, or leave it latent and give a guide."
         )
+
+
+def _check_rows(name: str, site: dict, value: Tensor, columns: dict[str, Tensor]) -> None:
+    """A column checked against its site and the columns before it: one value per row, as
+    many rows, the site's shape of a row, finite values, whole numbers for a discrete site."""
+    expected = site["value"]
     if value.dim() == 0:
         raise ValueError(f"Column {name!r} holds a single value, not one per row.")
     first = next(iter(columns), None)
@@ -251,15 +254,6 @@ def _checked(name: str, site: dict, value: Tensor, columns: dict[str, Tensor]) -
             raise ValueError(
                 f"Column {name!r} must hold whole numbers for its {type(site['fn']).__name__} site."
             )
-    wide = value.is_floating_point() and value.dtype.itemsize > expected.dtype.itemsize
-    value = value.to(dtype=expected.dtype)
-    row = _first_row(~torch.isfinite(value)) if wide and value.is_floating_point() else None
-    if row is not None:
-        raise ValueError(
-            f"Column {name!r} holds a value beyond the range of its site's dtype, "
-            f"{str(value.dtype).removeprefix('torch.')} (row {row})."
-        )
-    return value
 
 
 @dataclass
@@ -290,32 +284,82 @@ class _Coder:
         return list(pd.Categorical(value).categories)
 
 
-def _column(name: str, value: object, coder: _Coder) -> tuple[Tensor, list[object] | None]:
-    """A column as a tensor and, where it came as labels (a pandas categorical or text column),
-    its labels: the tensor holds their codes, by `coder`."""
+def _mapping(data: Data | object) -> Data:
+    """The data as a mapping of column name to values: a DataFrame's columns by name (a name
+    given twice is refused), a dict as it is."""
+    if is_frame(data):
+        names = Counter(str(name) for name in data.columns)
+        twice = next((name for name, count in names.items() if count > 1), None)
+        if twice is not None:
+            raise ValueError(f"Column {twice!r} appears twice in the data; give each site one column.")
+        data = {str(name): series for name, series in data.items()}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"Data must be a dict of site name to array or a DataFrame, not {type(data).__name__}."
+        )
+    if not data:
+        raise ValueError("The data have no columns.")
+    return data
+
+
+def _aligned(data: Data) -> Data:
+    """The columns, pandas Series among them paired by their index as pandas pairs them: an
+    index in another order is reordered to the first Series' index; another index is refused."""
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return data
+    series = [(name, v) for name, v in data.items() if isinstance(v, pd.Series)]
+    if len(series) < 2:
+        return data
+    first, index = series[0][0], series[0][1].index
+    aligned = dict(data)
+    for name, value in series[1:]:
+        if value.index.equals(index):
+            continue
+        same = len(value) == len(index) and index.is_unique and value.index.is_unique
+        if not (same and (index.get_indexer(value.index) >= 0).all()):
+            raise ValueError(
+                f"Columns {first!r} and {name!r} are pandas Series with different indexes, so "
+                "their rows cannot be paired: align them (pd.DataFrame(data)) or pass arrays."
+            )
+        aligned[name] = value.reindex(index)
+    return aligned
+
+
+def _column(
+    name: str, value: object, coder: _Coder, fn: Distribution
+) -> tuple[Tensor, list[object] | None]:
+    """A column as a tensor and, where it came as labels (a pandas categorical or text column
+    of a site with a discrete support), its labels: the tensor holds their codes, by `coder`.
+    Text for a continuous site is refused, naming its first cell that is not a number."""
     pd = sys.modules.get("pandas")  # data hold pandas objects only where pandas is imported
     labels = None
     if pd is not None and isinstance(value, pd.Series | pd.Index):
         kind = value.dtype
         text = pd.api.types.is_string_dtype(kind) or pd.api.types.is_object_dtype(kind)
-        if text or isinstance(kind, pd.CategoricalDtype):
-            labels = coder.labels(name, value, pd)
-            codes = pd.Index(labels).get_indexer(value)
-            row = _first_row(torch.from_numpy(codes < 0))
-            if row is not None:
-                label = value.to_numpy()[row]
-                if pd.isna(label):
-                    raise ValueError(f"Column {name!r} holds a missing label (row {row}).")
-                raise ValueError(
-                    f"Column {name!r} has label {label!r} in row {row}, which is not among its "
-                    f"{len(labels)} categories."
-                )
-            value = codes.astype("int64")  # a copy, as the numbers below
-        else:
-            value = value.to_numpy(copy=True)  # in order: a Series' index plays no part
+        if isinstance(kind, pd.CategoricalDtype) and not fn.support.is_discrete:
+            raise ValueError(
+                f"Column {name!r} holds labels (a categorical column), but its {family(fn)} "
+                "site is continuous: give it numbers."
+            )
+        if text and not fn.support.is_discrete:
+            value = _numbers(name, value.to_numpy(), fn)
+        elif text or isinstance(kind, pd.CategoricalDtype):
+            value, labels = _codes(name, value, coder, pd)
+        else:  # in order: a Series' index plays no part
+            row = _first_row(torch.tensor(value.isna().to_numpy(dtype=bool)))
+            numpy_float = kind.kind == "f" and not hasattr(kind, "numpy_dtype")  # NaN: below
+            if row is not None and not numpy_float:
+                raise ValueError(f"Column {name!r} holds a missing value (row {row}).")
+            numpy_dtype = getattr(kind, "numpy_dtype", None)  # pandas' nullable dtypes
+            value = value.to_numpy(dtype=numpy_dtype, copy=True)
+    elif isinstance(value, _ndarray()):
+        value = _numbers(name, value, fn)
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
+        if isinstance(value, list | tuple):
+            _numbers(name, value, fn)  # names the first cell that is no number
         raise ValueError(f"Column {name!r} cannot be read as numbers: {error}") from None
     if tensor.is_complex():
         raise ValueError(f"Column {name!r} holds complex numbers; its site takes real ones.")
@@ -332,6 +376,105 @@ def check_columns(val: object, data: Table) -> None:
                 raise ValueError(
                     f"The validation data lack column {name!r}, which the training data have."
                 )
+
+
+def _ndarray() -> type:
+    np = sys.modules.get("numpy")
+    return type(None) if np is None else np.ndarray
+
+
+def _codes(name: str, value: object, coder: _Coder, pd: object) -> tuple[object, list[object]]:
+    """The integer codes of a column of labels, and the labels."""
+    labels = coder.labels(name, value, pd)
+    codes = pd.Index(labels).get_indexer(value)
+    row = _first_row(torch.from_numpy(codes < 0))
+    if row is not None:
+        label = value.to_numpy()[row]
+        if pd.isna(label):
+            raise ValueError(f"Column {name!r} holds a missing label (row {row}).")
+        raise ValueError(
+            f"Column {name!r} has label {label!r} in row {row}, which is not among its "
+            f"{len(labels)} categories."
+        )
+    return codes.astype("int64"), labels  # a copy, as the numbers below
+
+
+def _numbers(name: str, value: object, fn: Distribution) -> object:
+    """A list or numpy array as a contiguous numpy array of numbers (a reversed view copied),
+    refusing text or other objects: by the first cell that is no number, else the first text."""
+    import numpy as np
+
+    array = np.asarray(value)
+    if array.dtype.kind not in "OUSV":
+        return np.ascontiguousarray(array)
+    cells = [c.item() if isinstance(c, np.generic) else c for c in array.reshape(-1)]
+    width = max(1, len(cells) // max(1, len(array))) if array.ndim else 1
+    bad = [(i, c) for i, c in enumerate(cells) if not isinstance(c, numbers.Real)]
+    if not bad:
+        return array.astype("float64")
+    i, cell = next(((i, c) for i, c in bad if not _parses(c)), bad[0])
+    missing = cell is None or cell is getattr(sys.modules.get("pandas"), "NA", None)
+    what = "a missing value" if missing else f"{type(cell).__name__} {cell!r}"
+    raise ValueError(
+        f"Column {name!r} cannot be read as numbers: it holds {what} in row {i // width}, "
+        f"and its {family(fn)} site takes numbers."
+    )
+
+
+def _parses(cell: object) -> bool:
+    """Whether text reads as a number (a cell of a CSV column that pandas read as text)."""
+    try:
+        float(cell)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(cell, str | bytes)
+
+
+def _cast(name: str, fn: Distribution, value: Tensor, dtype: torch.dtype) -> Tensor:
+    """`value` in the site's `dtype`, refusing what the cast would silently change: a value of
+    a discrete site that the dtype cannot hold exactly, a value beyond the dtype's range, a
+    column whose rounding moves values by more than :data:`_PRECISION` of its standard
+    deviation, and values whose squares summed over the rows overflow (a Normal's scale)."""
+    cast = value.to(dtype=dtype)
+    where = str(dtype).removeprefix("torch.")
+    if fn.support.is_discrete or not cast.is_floating_point():
+        row = _first_row(cast.to(value.dtype) != value)
+        if row is not None:
+            bad = value[row].reshape(-1)[0].item()
+            raise ValueError(
+                f"Column {name!r} has value {bad} in row {row}, which its site's dtype, "
+                f"{where}, cannot hold exactly: use whole numbers in range, or a float64 model."
+            )
+        return cast
+    row = _first_row(~torch.isfinite(cast))
+    if row is not None:
+        raise ValueError(
+            f"Column {name!r} holds a value beyond the range of its site's dtype, {where} "
+            f"(row {row})."
+        )
+    bound = (torch.finfo(dtype).max / max(1, len(cast))) ** 0.5
+    row = _first_row(cast.abs() > bound)
+    if row is not None:
+        raise ValueError(
+            f"Column {name!r} holds {value[row].reshape(-1)[0].item():g} (row {row}), too large "
+            f"for its site's dtype, {where}: the squares of {len(cast)} such values overflow; "
+            f"rescale the column{'' if dtype == torch.float64 else ' or use a float64 model'}."
+        )
+    if value.dtype != dtype and len(value) > 1:
+        exact = value.to(torch.float64)
+        error = (cast.to(torch.float64) - exact).abs().max()
+        spread = exact.std()
+        if error > _PRECISION * spread:
+            raise ValueError(
+                f"Column {name!r} loses precision in {where}: its values spread by "
+                f"{spread.item():.3g} but rounding moves them by up to {error.item():.3g}; "
+                "subtract an offset (such as the mean) or use a float64 model."
+            )
+    return cast
+
+
+# the most that a cast of a column may move its values, as a share of their standard deviation
+_PRECISION = 1e-3
 
 
 # rows of a column checked at once on the model's device: a column need not fit there whole

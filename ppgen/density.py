@@ -247,6 +247,13 @@ def sample(
             )
         column = value.cpu().numpy()
         labels = categories.get(name)
+        if labels and not 0 <= column.min() <= column.max() < len(labels):
+            code = column.max() if column.max() >= len(labels) else column.min()
+            raise ValueError(
+                f"Site {name!r} drew code {int(code)}, but categories has "
+                f"{len(labels)} labels for column {name!r}: the fit saw fewer labels than the "
+                "site takes values; sample without as_frame to get the codes."
+            )
         columns[name] = (
             pd.Categorical.from_codes(column.astype("int64"), labels) if labels else column
         )

@@ -7,13 +7,14 @@ as MADE masks included); its safetensors metadata holds three strings: `format` 
 digest of the tensor index, the description and the tensor bytes, so that any flipped byte is
 found). Loading parses the header as JSON, checks the format, version and digest, reads the
 tensors with safetensors, rebuilds the model from its class and arguments and loads the weights;
-nothing is unpickled, and no module is imported unless it is ppgen's own or already imported.
-Every file is written to a temporary file beside it and renamed over it, so an interrupted
-write leaves the old file intact.
+nothing is unpickled, no module is imported but ppgen's own, and no class is built but ppgen's and
+those the caller names. Every file is written to a temporary file beside it (created exclusively,
+under a random name) and renamed over it, so an interrupted write leaves the old file intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -21,15 +22,19 @@ import itertools
 import json
 import numbers
 import os
+import re
+import secrets
+import stat
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ppgen.device import resolve_device
 from ppgen.graph import graph
@@ -39,7 +44,7 @@ from ppgen.version import __version__
 if TYPE_CHECKING:
     from ppgen.result import FitResult
 
-__all__ = ["FORMAT_VERSION", "LoadError", "describe", "load", "save"]
+__all__ = ["FORMAT_VERSION", "LoadError", "describe", "exclusive", "load", "save"]
 
 FORMAT_VERSION = 1
 _MAX_HEADER = 100_000_000  # the limit of safetensors itself
@@ -127,23 +132,35 @@ def describe(path: str | os.PathLike[str]) -> dict[str, object]:
     return description
 
 
-def load(path: str | os.PathLike[str], *, device: str | torch.device | None = None) -> Model:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    classes: Iterable[type[nn.Module]] = (),
+    device: str | torch.device | None = None,
+) -> Model:
     r"""Loads a model saved by :func:`save`: rebuilt from its class and arguments, then its weights.
 
-    Nothing is unpickled. The class is found by its `module:qualname`; its module must be
-    ppgen's own or already imported (a file never makes ppgen import a module), and a class
-    defined in a script's or notebook's `__main__` is found only in that session.
+    Nothing is unpickled and no module is imported but ppgen's own. The file names its class
+    (`module:qualname`); load builds only ppgen's own classes and the `classes` given (matched
+    by module and name, else by name alone), so a file never chooses code to run. The
+    constructor's arguments come from the file: the tensors it builds must be those the file
+    holds, and tensors beyond the file's size are never allocated. The rebuilt model's graph
+    must be the one the file records (a class edited since the save is refused).
 
     Arguments:
         path: A file written by :func:`save`.
+        classes: The classes of your own (and of module arguments, such as a GAN's players)
+            that the file may name.
         device: Where to put the model (default: the CPU).
 
     Returns:
         The model, with the same parameters, buffers and dtypes as the one saved.
 
     Raises:
-        LoadError: Naming the file, for a file that is missing, truncated, corrupt, of another
-            format or of a newer format version, or whose class cannot be found or rebuilt.
+        LoadError: Naming the file, for a file that is missing, not a regular file, truncated,
+            corrupt, of another format or of a newer format version, holding tensors of a
+            dtype ppgen never saves, naming a class not allowed, or whose class cannot be
+            rebuilt into the tensors and graph it records.
 
     Example:
         >>> import tempfile, pathlib
@@ -154,10 +171,13 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     """
     path = Path(path)
     description, tensors = _read(path, "model")
-    cls = _find_class(path, str(description.get("class")))
+    allowed = tuple(classes)
+    cls = _find_class(path, str(description.get("class")), allowed)
+    budget = _Budget(2 * path.stat().st_size + _SLACK, 16 * len(tensors) + 4096)
     try:
-        with torch.random.fork_rng():  # constructors (a module argument's too) draw weights
-            model = _build(cls, description, path)
+        with torch.random.fork_rng(), budget:  # constructors draw weights, within the file's size
+            model = _build(cls, description, path, allowed)
+        _check_tensors(path, model, tensors, budget)
         for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
             saved = tensors.get(name)  # each tensor in its saved dtype (a float64 player too)
             if saved is not None and t.is_floating_point() and saved.dtype != t.dtype:
@@ -166,9 +186,12 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     except LoadError:  # a module argument's class, already named with the file
         raise
     except Exception as error:  # any failure of a rebuild from a file is the file's fault
+        if budget.exceeded:
+            _check_tensors(path, None, tensors, budget)
         raise LoadError(
             f"{path} does not rebuild its {cls.__qualname__}: {type(error).__name__}: {error}"
         ) from None
+    _check_graph(path, model, description.get("graph"))
     set_coding(model, _coding(description))
     resolve_device(model, device)
     return model
@@ -180,6 +203,83 @@ def _coding(description: Mapping[str, object]) -> dict[str, list[object]]:
     if found is None:
         found = (description.get("fit") or {}).get("categories")
     return dict(found or {})
+
+
+# allocations a rebuild may make beyond twice the file's size (activations of a graph check)
+_SLACK = 64 << 20
+
+
+class _Budget(TorchFunctionMode):
+    """Lets torch's factory functions create tensors until `budget` bytes or `calls` tensors
+    are allocated; beyond, each call raises, its size measured on the meta device (shapes only,
+    no memory), so that arguments chosen by a file never allocate more than it justifies."""
+
+    def __init__(self, budget: int, calls: int) -> None:
+        super().__init__()
+        self.left, self.calls, self.exceeded = budget, calls, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = dict(kwargs or {})
+        if func not in _factories() or kwargs.get("device") is not None:
+            return func(*args, **kwargs)
+        probe = func(*args, **{**kwargs, "device": "meta"})
+        size = probe.numel() * probe.element_size() if isinstance(probe, Tensor) else 0
+        self.calls -= 1  # many small tensors (a million layers) cost memory beside their bytes
+        if self.exceeded or size > self.left or self.calls < 0:
+            self.exceeded = True
+            raise MemoryError("beyond the file's size")  # its rebuild's end: refused below
+        self.left -= size
+        return func(*args, **kwargs)
+
+
+def _factories() -> set[object]:
+    """torch's functions that create a tensor of a size their arguments give (not from data)."""
+    from torch.utils._device import _device_constructors
+
+    return _device_constructors() - {torch.tensor, torch.as_tensor, torch.asarray}
+
+
+def _check_tensors(
+    path: Path, model: nn.Module | None, tensors: Mapping[str, Tensor], budget: _Budget
+) -> None:
+    """Refuses a rebuild whose tensors are not the file's: of other names or shapes, or more
+    than the file's size allowed to allocate."""
+    held = sum(t.numel() * t.element_size() for t in tensors.values())
+    if budget.exceeded:
+        raise LoadError(
+            f"{path} asks its constructor for tensors beyond what the file holds ({held} bytes); "
+            "a file of ppgen never does."
+        )
+    built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in tensors.items()}
+    if built != saved:
+        differ = sorted(set(built.items()) ^ set(saved.items()))[0][0]
+        raise LoadError(
+            f"{path} does not rebuild its {type(model).__qualname__}: tensor {differ!r} is "
+            f"{saved.get(differ, 'missing')} in the file but {built.get(differ, 'missing')} "
+            "in the model its arguments build."
+        )
+
+
+def _check_graph(path: Path, model: Model, recorded: object) -> None:
+    """Refuses a model whose graph is not the one its file records (a class edited since)."""
+    if not isinstance(recorded, Mapping):
+        return  # none recorded: the program needs inputs to run
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            g = graph(model)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise LoadError(f"{path} records a graph that its rebuilt model cannot draw: {error}") from None
+    edges = sorted(map(list, g.edges))
+    if sorted(map(str, g.nodes)) != sorted(map(str, recorded.get("nodes", []))) or edges != sorted(
+        recorded.get("edges", [])
+    ):
+        shown = ", ".join(f"{u}->{v}" for u, v in edges) or "no edges"
+        saved = ", ".join(f"{u}->{v}" for u, v in sorted(recorded.get("edges", []))) or "no edges"
+        raise LoadError(
+            f"{path} records the graph {saved}, but its {type(model).__qualname__} now builds "
+            f"{shown}: the class changed since the save, so its weights would sit on other sites."
+        )
 
 
 def _fit_record(fit: FitResult) -> dict[str, object]:
@@ -253,10 +353,12 @@ def _encode_arguments(module: nn.Module, within: str) -> tuple[list, dict]:
     )
 
 
-def _build(cls: type[nn.Module], spec: Mapping[str, object], path: Path) -> nn.Module:
+def _build(
+    cls: type[nn.Module], spec: Mapping[str, object], path: Path, allowed: tuple[type, ...]
+) -> nn.Module:
     """A module rebuilt from its encoded constructor arguments."""
-    args = [_decode(v, path) for v in spec["args"]]
-    kwargs = {str(k): _decode(v, path) for k, v in dict(spec["kwargs"]).items()}
+    args = [_decode(v, path, allowed) for v in spec["args"]]
+    kwargs = {str(k): _decode(v, path, allowed) for k, v in dict(spec["kwargs"]).items()}
     return cls(*args, **kwargs)
 
 
@@ -278,30 +380,59 @@ def _default_torch_module(module: nn.Module) -> bool:
         return False
 
 
-def _decode(value: object, path: Path) -> object:
+def _decode(value: object, path: Path, allowed: tuple[type, ...]) -> object:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list):
-        return [_decode(v, path) for v in value]
+        return [_decode(v, path, allowed) for v in value]
     if isinstance(value, dict) and list(value) == ["__tuple__"]:
-        return tuple(_decode(v, path) for v in value["__tuple__"])
+        return tuple(_decode(v, path, allowed) for v in value["__tuple__"])
     if isinstance(value, dict) and list(value) == ["__dict__"]:
-        return {str(k): _decode(v, path) for k, v in dict(value["__dict__"]).items()}
+        return {str(k): _decode(v, path, allowed) for k, v in dict(value["__dict__"]).items()}
     if isinstance(value, dict) and list(value) == ["__module__"]:
         spec = dict(value["__module__"])
-        cls = _find_class(path, str(spec["class"]), nn.Module)
+        cls = _find_class(path, str(spec["class"]), allowed, nn.Module)
         if not (issubclass(cls, Rebuildable) or cls.__module__.startswith("torch.nn.")):
             raise LoadError(f"{path} names {cls.__qualname__}, which save never writes.")
-        return _build(cls, spec, path)
+        return _build(cls, spec, path, allowed)
     raise ValueError(f"not an encoded argument: {value!r}")
 
 
-def _find_class(path: Path, name: str, base: type[nn.Module] = Model) -> type[nn.Module]:
+def _find_class(
+    path: Path, name: str, allowed: tuple[type, ...], base: type[nn.Module] = Model
+) -> type[nn.Module]:
+    """The class a file names: one of `allowed` (by module and name, else by name alone), or
+    ppgen's own (or, for module arguments, torch.nn's); no other module's class is built."""
     module_name, _, qualname = name.partition(":")
     if not module_name or not qualname:
         raise LoadError(f"{path} names no model class ({name!r}).")
+    given = [c for c in allowed if f"{c.__module__}:{c.__qualname__}" == name] or [
+        c for c in allowed if c.__qualname__ == qualname
+    ]
+    if len(given) == 1:
+        cls: object = given[0]
+    elif _own(module_name) or (base is not Model and module_name.startswith("torch.nn.")):
+        cls = _own_class(module_name, qualname)
+    else:
+        raise LoadError(
+            f"{path} holds a {qualname} from module {module_name!r}, which load builds only when "
+            f"named: pass classes=[{qualname}] (a file never chooses the code that runs)."
+        )
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        what = "a ppgen.Model" if base is Model else "an nn.Module"
+        raise LoadError(f"{path} names {name!r}, which is not {what} class.")
+    return cls
+
+
+def _own(module_name: str) -> bool:
+    return module_name == "ppgen" or module_name.startswith("ppgen.")
+
+
+def _own_class(module_name: str, qualname: str) -> object:
+    """A class of ppgen's (or torch.nn's) modules, found without running anything but imports
+    of ppgen's own modules."""
     module = sys.modules.get(module_name)
-    if module is None and (module_name == "ppgen" or module_name.startswith("ppgen.")):
+    if module is None and _own(module_name):
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -309,19 +440,6 @@ def _find_class(path: Path, name: str, base: type[nn.Module] = Model) -> type[nn
     cls: object = module
     for part in qualname.split("."):  # static: a module's __getattr__ could import others
         cls = inspect.getattr_static(cls, part, None)
-    if module_name == "__main__" and cls is None:
-        raise LoadError(
-            f"{path} holds a {qualname} defined in a script or notebook (__main__), which cannot "
-            "be re-imported: define the class in a module and import it before loading."
-        )
-    if module is None:
-        raise LoadError(
-            f"{path} holds a {qualname} from module {module_name!r}, which is not imported; "
-            f"import {module_name} first (load imports no module named by a file)."
-        )
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        what = "a ppgen.Model" if base is Model else "an nn.Module"
-        raise LoadError(f"{path} names {name!r}, which is not {what} class.")
     return cls
 
 
@@ -341,17 +459,53 @@ def _write(path: Path, tensors: Mapping[str, Tensor], description: dict[str, obj
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     content = struct.pack("<Q", len(encoded)) + encoded + data
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return _replace(path, content)
+
+
+def _replace(path: Path, content: bytes) -> Path:
+    """Writes `content` to a temporary file beside `path`, created exclusively (never an
+    existing file, nor a link planted at its name), and renames it over `path` (a link there
+    is replaced, not followed); temporary files of killed writes are removed first."""
+    _sweep(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
     try:
-        with open(temporary, "wb") as file:
+        with os.fdopen(descriptor, "wb") as file:
             file.write(content)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     finally:
-        if temporary.exists():
+        if os.path.lexists(temporary):
             temporary.unlink()
     return path
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _sweep(path: Path) -> None:
+    """Removes the temporary files that killed saves of `path` left beside it: regular files
+    named as :func:`_write` names them, of a process that no longer runs."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)(\.[0-9a-f]+)?\.tmp")
+    for entry in path.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found is None or int(found[1]) == os.getpid() or _running(int(found[1])):
+            continue
+        with contextlib.suppress(OSError):  # a file another process removes meanwhile
+            if stat.S_ISREG(entry.lstat().st_mode):
+                entry.unlink()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of that id runs (one of another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def _digest(header: dict[str, object], text: str, data: bytes) -> str:
@@ -364,10 +518,7 @@ def _digest(header: dict[str, object], text: str, data: bytes) -> str:
 
 def _read(path: Path, kind: str) -> tuple[dict[str, object], dict[str, Tensor]]:
     """Reads and checks a file written by :func:`_write`; any problem is a :class:`LoadError`."""
-    try:
-        content = path.read_bytes()
-    except OSError as error:
-        raise LoadError(f"{path} cannot be read: {error.strerror or error}.") from None
+    content = _content(path)
     if len(content) < 8:
         raise LoadError(f"{path} is not a ppgen file: it is {len(content)} bytes long.")
     (size,) = struct.unpack("<Q", content[:8])
@@ -399,11 +550,89 @@ def _read(path: Path, kind: str) -> tuple[dict[str, object], dict[str, Tensor]]:
         raise LoadError(f"{path} is corrupt or truncated: its checksum does not match.")
     if description.get("kind") != kind:
         raise LoadError(f"{path} is a ppgen {description.get('kind')}, not a {kind}.")
+    for name, entry in header.items():
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if name != "__metadata__" and dtype not in _DTYPES:
+            raise LoadError(
+                f"{path} holds tensor {name!r} of dtype {dtype}, which ppgen never saves (it "
+                f"saves {', '.join(sorted(_DTYPES))})."
+            )
     try:
         tensors = safetensors.torch.load(content)
     except Exception as error:  # safetensors' own error type is not exported
         raise LoadError(f"{path} is corrupt: {error}.") from None
     return description, tensors
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    r"""Holds `folder` for one process: a lock file, created exclusively, holds its id while
+    the block runs; a lock left by a process that no longer runs is taken over.
+
+    Raises:
+        ValueError: Naming the folder and the process, when a running process holds it.
+
+    Example:
+        >>> import tempfile
+        >>> with exclusive(tempfile.mkdtemp()) as lock:
+        ...     lock.name
+        '.ppgen.lock'
+    """
+    lock = Path(folder) / ".ppgen.lock"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+            break
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and _running(holder):
+                raise ValueError(
+                    f"{folder} is in use by another fit (process {holder}); wait for it to end "
+                    "or choose another folder."
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # a dead process's lock (unlink removes a link, never its target)
+    else:
+        raise ValueError(f"{folder} is in use by another fit; choose another folder.")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _holder(lock: Path) -> int | None:
+    """The process id a lock file holds, if it is a small regular file that holds one."""
+    try:
+        if not stat.S_ISREG(lock.lstat().st_mode) or lock.lstat().st_size > 32:
+            return None
+        return int(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# the dtypes of the tensors ppgen saves: its models' floats, integer buffers and masks, the RNG
+_DTYPES = {"F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+
+
+def _content(path: Path) -> bytes:
+    """The bytes of a regular file (not a device, FIFO or folder, which could block or never
+    end), read no further than the size it had when opened."""
+    try:  # non-blocking: opening a FIFO would wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as error:
+        raise LoadError(f"{path} cannot be read: {error.strerror or error}.") from None
+    mode = os.fstat(descriptor)
+    if not stat.S_ISREG(mode.st_mode):
+        os.close(descriptor)
+        raise LoadError(f"{path} is not a regular file (a folder, device or FIFO); load reads files.")
+    with os.fdopen(descriptor, "rb") as file:
+        try:
+            return file.read(mode.st_size)
+        except OSError as error:
+            raise LoadError(f"{path} cannot be read: {error.strerror or error}.") from None
 
 
 def save_checkpoint(path: Path, tensors: Mapping[str, Tensor], description: dict[str, object]) -> None:

@@ -13,8 +13,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ppgen import distributed
 from ppgen.data import Table
-from ppgen.io import LoadError, load_checkpoint, save_checkpoint
+from ppgen.io import LoadError, exclusive, load_checkpoint, save_checkpoint
 from ppgen.result import FitResult
 from ppgen.steps import Step
 
@@ -118,7 +118,8 @@ def train(
         return result
     state = LoopState(best=dict.fromkeys(step.groups, -math.inf), stale=dict.fromkeys(step.groups, 0))
     identity = dict(identity or {})
-    with _lock(path):
+    held = exclusive(path.parent) if path is not None and distributed.is_writer() else nullcontext()
+    with held:  # no second fit writes into the folder meanwhile
         if path is not None and resume and path.exists():
             _resume(path, step, state, result, identity)
         _run(step, data, val, state, result, epochs=epochs, batch_size=batch_size,
@@ -305,54 +306,6 @@ def _resume(
     state.epoch, state.done = epoch, done
     result.history, result.best_epoch = history, best_epoch
     torch.random.set_rng_state(rng)
-
-
-@contextmanager
-def _lock(path: Path | None) -> Iterator[None]:
-    """Holds `LOCK` beside the checkpoint file while a fit writes there: a second fit into the
-    same folder is refused in one sentence (a lock left by a process that died is taken over)."""
-    if path is None or not distributed.is_writer():
-        yield
-        return
-    lock = path.with_name(f"{path.name}.lock")
-    for _ in range(2):
-        try:
-            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
-            handle = os.open(lock, flags)
-            break
-        except FileExistsError:
-            owner = _owner(lock)
-            if owner is not None and owner != os.getpid() and _alive(owner):
-                raise ValueError(
-                    f"{path.parent} is in use by another fit (process {owner}); give this fit "
-                    "another checkpoint folder."
-                ) from None
-            lock.unlink(missing_ok=True)  # left by a process that is gone
-    else:
-        raise ValueError(f"{lock} cannot be created; give this fit another checkpoint folder.")
-    try:
-        os.write(handle, str(os.getpid()).encode())
-        os.close(handle)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _owner(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip() or "0") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _saved(tensors: dict[str, Tensor], name: str) -> list[Tensor]:

@@ -38,6 +38,7 @@ __all__ = [
     "Rebuildable",
     "Root",
     "Tabular",
+    "check_table",
     "gaussian_mixture",
     "mlp",
     "recording_calls",
@@ -353,6 +354,7 @@ class Tabular(Node):
         super().__init__()
         if cardinality < 2:
             raise ValueError(f"Tabular needs cardinality >= 2, got {cardinality}.")
+        check_table("Tabular", cardinality, parent_cardinalities)  # before allocating it
         self.cardinality = cardinality
         self.parent_cardinalities = tuple(parent_cardinalities)
         self.logits = nn.Parameter(torch.zeros(*self.parent_cardinalities, cardinality))
@@ -378,6 +380,30 @@ class Tabular(Node):
 
     def extra_repr(self) -> str:
         return f"cardinality={self.cardinality}, parents={self.parent_cardinalities}"
+
+
+# the most entries a table may hold: 128 MiB in float64, and its log-softmax as much again
+MAX_TABLE_ENTRIES = 1 << 24
+
+
+def check_table(who: str, cardinality: int, parent_cardinalities: Sequence[int]) -> None:
+    """Refuses, naming `who`, a table of more than :data:`MAX_TABLE_ENTRIES` entries.
+
+    Example:
+        >>> check_table("Node 'x'", 2, [2] * 30)
+        Traceback (most recent call last):
+        ...
+        ValueError: Node 'x' would hold a table of 2,147,483,648 entries (2 values for each of 1,073,741,824 parent configurations), more than the 16,777,216 a table may hold: give it fewer parents or values, or make it 'categorical' (a network of its parents).
+    """
+    configurations = math.prod(int(k) for k in parent_cardinalities)
+    entries = configurations * int(cardinality)
+    if entries > MAX_TABLE_ENTRIES:
+        raise ValueError(
+            f"{who} would hold a table of {entries:,} entries ({cardinality} values for each of "
+            f"{configurations:,} parent configurations), more than the {MAX_TABLE_ENTRIES:,} a "
+            "table may hold: give it fewer parents or values, or make it 'categorical' (a "
+            "network of its parents)."
+        )
 
 
 class _TableCategorical(dist.Categorical):

@@ -256,7 +256,7 @@ def test_resume_is_refused_onto_other_data_another_graph_or_other_settings(tmp_p
 def test_two_fits_cannot_share_a_checkpoint_folder(tmp_path):
     model, data = _setup(40)
     tmp_path.mkdir(exist_ok=True)
-    lock = tmp_path / "checkpoint.safetensors.lock"
+    lock = tmp_path / ".ppgen.lock"
     lock.write_text("1")  # process 1 is alive: another fit writes here
     with pytest.raises(ValueError, match="is in use by another fit \\(process 1\\)"):
         ppgen.fit_mle(model, data, epochs=1, checkpoint=tmp_path, progress=False)

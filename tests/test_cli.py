@@ -128,6 +128,9 @@ def test_fit_sample_info_round_trip(tmp_path, chain_files, stem):
     assert (out / "model.safetensors").is_file() and (out / "history.png").is_file()
     samples = tmp_path / "samples.csv"
     run = ppgen_command("sample", str(out), "-n", "25", "-o", str(samples), "--device", "cpu")
+    assert run.returncode == 2 and "pass --model path/to/file.py:Chain" in run.stderr
+    run = ppgen_command("sample", str(out), "-n", "25", "-o", str(samples), "--device", "cpu",
+                        "--model", f"{source}:Chain")  # fmt: skip
     assert run.returncode == 0, run.stderr
     lines = samples.read_text().splitlines()
     assert lines[0] == "a,b" and len(lines) == 26

@@ -151,9 +151,14 @@ def _gan(batch_size: int, seed: int):
 
 
 def _nonfinite(model, batch_size: int):
-    """A fit whose row 200 makes the log-likelihood of site b overflow (on one rank only)."""
+    """A fit whose row 200 makes the log-likelihood of site b non-finite (on one rank only)."""
     data = _data(NEURAL, 255)
-    data["b"][200] = 1e200  # finite, so it passes the data checks; its square is not
+    data["b"][200] = 99.0  # a marker that passes the data checks: b's term is NaN there
+    module = model.conditionals[model.nodes.index("b")]
+    log_prob = module.log_prob
+    module.log_prob = lambda value, *parents: torch.where(
+        value == 99.0, float("nan"), log_prob(value, *parents)
+    )
     pyro.set_rng_seed(0)
     ppgen.fit_mle(model, data, epochs=2, batch_size=batch_size, progress=False)
 

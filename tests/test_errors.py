@@ -110,7 +110,7 @@ class Positive(ppgen.Model):
         (
             "a",
             [0, 2, 1],
-            "Column 'a' has value 2.0 in row 1, outside the support of its Bernoulli",
+            "Column 'a' has value 2 in row 1, outside the support of its Bernoulli",  # as written
         ),
         (
             "b",

@@ -71,7 +71,7 @@ def test_vae_nade_and_user_models_round_trip(tmp_path):
     for i, model in enumerate([VAE(6, 2, hidden=(4,)), NADE(4, hidden_features=3)]):
         assert _same_state(model, load(save(model, tmp_path / f"{i}.safetensors")))
     user = Scaled(3, hidden=(2,), labels={"a": [1, (2, 3)]})
-    loaded = load(save(user, tmp_path / "user.safetensors"))
+    loaded = load(save(user, tmp_path / "user.safetensors"), classes=[Scaled])
     assert isinstance(loaded, Scaled) and _same_state(user, loaded)
     assert loaded.labels == {"a": [1, (2, 3)]} and loaded.width == 3
 
@@ -165,15 +165,18 @@ def test_missing_file_and_unimportable_class(tmp_path):
         load(tmp_path / "nothing.safetensors")
     path = save(Scaled(2), tmp_path / "user.safetensors")
     cases = {
-        "__main__:Scaled": r"__main__.*cannot be re-imported",
-        "no_such_module:Scaled": "import no_such_module first",
-        "os:path": "not a ppgen.Model class",
+        "__main__:Other": r"Other from module '__main__', which load builds only when named",
+        "no_such_module:Other": r"pass classes=\[Other\] \(a file never chooses the code",
+        "os:path": "builds only when named",
+        "ppgen.io:LoadError": "not a ppgen.Model class",
         "nothing": "names no model class",
     }
     for name, message in cases.items():
         _forge(path, {"class": name})
         with pytest.raises(LoadError, match=message):
-            load(path)
+            load(path, classes=[Scaled])
+    _forge(path, {"class": "__main__:Scaled"})  # a class defined in a notebook, named by the caller
+    assert isinstance(load(path, classes=[Scaled]), Scaled)
 
 
 def _forge(path, changes: dict) -> None:
@@ -233,7 +236,7 @@ class NoInit(ppgen.Model):
 
 
 def test_model_without_constructor_and_non_model(tmp_path):
-    assert isinstance(load(save(NoInit(), tmp_path / "m.safetensors")), NoInit)
+    assert isinstance(load(save(NoInit(), tmp_path / "m.safetensors"), classes=[NoInit]), NoInit)
     with pytest.raises(ValueError, match="save needs a ppgen.Model"):
         save(torch.nn.Linear(2, 3), tmp_path / "l.safetensors")
 
@@ -276,9 +279,13 @@ def test_gan_round_trips_with_its_players(tmp_path):
     assert not (tmp_path / "leaky.safetensors").exists()
     _forge(path, {"args": [{"__module__": {"class": "os:system", "args": ["true"],
                                            "kwargs": {}}}]})  # fmt: skip
-    with pytest.raises(LoadError, match="names 'os:system', which is not an nn.Module class"):
+    with pytest.raises(LoadError, match="system from module 'os', which load builds only when"):
         load(path)
     module = {"class": "torch.utils.data:Dataset", "args": [], "kwargs": {}}  # not a module
+    _forge(path, {"args": [{"__module__": module}]})
+    with pytest.raises(LoadError, match="which load builds only when named"):
+        load(path)
+    module["class"] = "ppgen.io:LoadError"
     _forge(path, {"args": [{"__module__": module}]})
     with pytest.raises(LoadError, match="which is not an nn.Module class"):
         load(path)
@@ -307,7 +314,8 @@ def test_module_arguments_keep_their_settings_classes_and_dtypes(tmp_path):
     for hidden in (torch.nn.CosineSimilarity(dim=0), torch.nn.MSELoss(reduction="sum")):
         with pytest.raises(ValueError, match="which ppgen cannot rebuild"):
             save(_Wrap(hidden), tmp_path / "hidden.safetensors")
-    default = load(save(_Wrap(torch.nn.CosineSimilarity()), tmp_path / "c.safetensors")).inner
+    default = load(save(_Wrap(torch.nn.CosineSimilarity()), tmp_path / "c.safetensors"),
+                   classes=[_Wrap]).inner
     assert type(default) is torch.nn.CosineSimilarity and default.dim == 1
     linear = _Wrap(_Lin(2, 3))
     assert linear.inner.init_arguments == ((2, 3, True, None, None), {})
@@ -359,7 +367,7 @@ class _Widening(ppgen.Model):
 def test_arguments_are_recorded_as_given_though_the_constructor_changes_them(tmp_path):
     model = _Widening([3, 4], {})
     assert model.init_arguments == (([3, 4], {}), {})
-    loaded = ppgen.load(ppgen.save(model, tmp_path / "w.safetensors"))
+    loaded = ppgen.load(ppgen.save(model, tmp_path / "w.safetensors"), classes=[_Widening])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  loaded.state_dict().values(), strict=True))  # fmt: skip
 

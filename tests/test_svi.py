@@ -291,7 +291,8 @@ def test_log_prob_with_a_guide_checks_its_data():
     for data, message in [
         ({"x": x, "q": x}, "Column 'q' is not a sample site of the model (its sites: 'z', 'x')."),
         ({"x": torch.tensor([0.0, float("nan")])}, "Column 'x' holds NaN or inf (row 1)."),
-        (pd.DataFrame({"x": ["a", "b"]}), "Column 'x' holds labels, and log_prob needs"),
+        (pd.DataFrame({"x": ["a", "b"]}), "Column 'x' cannot be read as numbers: it holds str 'a' "
+         "in row 0, and its Normal site takes numbers."),  # text is no label of a real site
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             ppgen.log_prob(normal_normal, data, guide=guide)
