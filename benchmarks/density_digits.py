@@ -26,8 +26,10 @@ Measured 2026-12-04, one run, seed 0, one thread on a shared 2-core machine (loa
     pixelcnn             lr=0.0005               29    16.44     16.40       16.243  7.874
 
 Sampling 0.06-1.4 ms/image, PixelCNN 586 ms (under load 15-20; 95 ms under load 2 before); its
-grid shows mostly legible digits. The ordering independent > FVSBN > NADE, MADE > PixelCNN
-holds and PixelCNN meets issue 5's 16.5; MADE misses its 16.9 (17.24, its anchor 17.19).
+grid shows mostly legible digits. With seed 1, PixelCNN at lr 5e-4 alone (the grid not run)
+keeps epoch 36 of 40: val 16.63, test 16.78. The ordering independent > FVSBN > NADE, MADE >
+PixelCNN holds; PixelCNN meets issue 5's 16.5 on seed 0, not on seed 1; MADE misses its 16.9
+(17.24, its anchor 17.19).
 FVSBN with L2 is convex: ppgen and the anchor reach the same optimum to the digit. Without
 `position=True` (lr 1e-3 only, the epoch chosen on validation) PixelCNN scores 17.26: its zero
 padding looks like blank pixels, so the type-A layer cannot tell where a pixel with blank
