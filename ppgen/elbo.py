@@ -110,8 +110,10 @@ class ELBOObjective(nn.Module):
         if self.rows is not None and plate is not None and len(inside) < len(latent):
             self.plate = plate  # latent sites outside it: scaled by each batch's share
         size = len(next(iter(probe.values())))
-        unplated = [
-            n for n, s in latent.items() if all(f.size != size for f in s["cond_indep_stack"])
+        unplated = [  # outside every plate of the rows (one without a size fits any)
+            n
+            for n, s in latent.items()
+            if all(f.size not in (size, -1) for f in s["cond_indep_stack"])
         ]
         if self.rows is not None and plate is None and unplated and self.rows > size:
             warnings.warn(
