@@ -205,6 +205,10 @@ def features(
         torch.Size([2, 5, 2])
     """
     cards = list(cardinalities)
+    if width == len(parents) and all(k is None for k in cards):  # scalar parents: one op
+        if any(p.shape != parents[0].shape for p in parents):
+            parents = torch.broadcast_tensors(*parents)
+        return torch.stack(parents, dim=-1).to(dtype)
     vector = _vector_parents(parents, cards, width)
     if vector is not None:
         return _broadcast_features(parents, cards, dtype, vector)
@@ -240,18 +244,15 @@ def _broadcast_features(
     """The parents' features over their broadcast batch shape (vector parents' last dimension
     being their features), concatenated."""
     batches = [p.shape[:-1] if v else p.shape for p, v in zip(parents, vector, strict=True)]
-    if not any(vector) and all(k is None for k in cards):  # scalar parents: one op
-        if any(b != batches[0] for b in batches):
-            parents = torch.broadcast_tensors(*parents)
-        return torch.stack(parents, dim=-1).to(dtype)
     if len(parents) == 1 and vector[0]:
         return parents[0].to(dtype)  # already (*, F): no copy, no step in the autograd graph
-    batch = torch.broadcast_shapes(*batches)
+    same = all(b == batches[0] for b in batches)
+    batch = batches[0] if same else torch.broadcast_shapes(*batches)
     columns = []
     for value, k, v in zip(parents, cards, vector, strict=True):
         column = F.one_hot(value.long(), k) if k is not None else value if v else value[..., None]
-        columns.append(column.to(dtype).expand(*batch, column.shape[-1]))
-    return torch.cat(columns, dim=-1)
+        columns.append(column if same else column.expand(*batch, column.shape[-1]))
+    return torch.cat([c.to(dtype) for c in columns], dim=-1)
 
 
 def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh) -> nn.Sequential:
