@@ -222,23 +222,6 @@ def test_sample_of_a_pyro_style_program_stacks_its_runs():
     assert not torch.equal(rows["y"][0], rows["y"][1])
 
 
-def test_pyro_style_refusals_are_one_sentence():
-    pyro.clear_param_store()
-    x = torch.randn(5)
-    with pytest.raises(ValueError, match="Site 'y' of the program regression is latent"):
-        ppgen.log_prob(regression, x)
-    with pytest.raises(ValueError, match="fit it with ppgen.fit_svi"):
-        ppgen.fit_mle(regression, x, progress=False)
-    with pytest.raises(ValueError, match="val needs a program taking the number of rows"):
-        ppgen.fit_mle(regression, x, x, val=x, progress=False)
-    with pytest.raises(ValueError, match="The program regression fails on its data: TypeError"):
-        ppgen.log_prob(regression, x, x, x)  # one argument too many
-    with pytest.raises(ValueError, match="Site 'y' has values of shape \\(5,\\)"):
-        ppgen.log_prob(regression, {"y": torch.zeros(4)}, x)
-    with pytest.raises(ValueError, match="takes its data tensor as its first argument"):
-        ppgen.log_prob(regression, {"y": x}, x, guide=lambda x: None)
-
-
 def test_subsampling_plate_scales_as_in_pyros_trace():
     def model(x):
         loc = pyro.param("loc", torch.tensor(0.3))
