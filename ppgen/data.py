@@ -182,7 +182,7 @@ def read_table(
     varying: list[str] = []  # sites whose support has tensor bounds, checked below
     for name, site in sites.items():
         if name not in data:
-            if latent:
+            if latent or site["is_observed"]:  # observed by the program: obs=, condition, factor
                 continue
             raise ValueError(
                 f"Site {name!r} is not in the data: it is latent, so exact maximum likelihood does "

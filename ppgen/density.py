@@ -4,10 +4,17 @@ A fully observed program has the exact log-likelihood
 :math:`\log p(x) = \sum_i \log p(x_i \mid \mathrm{Pa}(x_i))`, a sum of one term per site
 (:class:`ExactLogLikelihood`): :func:`log_prob` scores rows with it, :func:`ppgen.fit_mle` fits
 it, and :func:`sample` draws rows ancestrally.
+
+A program is called ppgen's way, told its number of rows as the keyword `n` and conditioned on a
+table of rows, where its signature has a parameter `n` (or `**kwargs`); otherwise Pyro's way
+(:func:`takes_rows`), with its data as arguments (`model(x, y)`, with `obs=` inside): run once on
+all of them, its log-density is the sum over its sites of Pyro's trace, `trace.log_prob_sum()`
+(:class:`ProgramLogLikelihood`).
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -16,15 +23,15 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
-from ppgen.data import Table, read_table
+from ppgen.data import Table, is_frame, read_table
 from ppgen.device import resolve_device
 from ppgen.elbo import ARGUMENT, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
-from ppgen.tracing import is_unweighted, is_variable, trace_calls
+from ppgen.tracing import is_factor, is_unweighted, is_variable, trace_calls
 
-__all__ = ["ExactLogLikelihood", "log_prob", "sample"]
+__all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
 
 
 class ExactLogLikelihood(nn.Module):
@@ -38,6 +45,10 @@ class ExactLogLikelihood(nn.Module):
         model: A Pyro program taking the number of rows as its keyword `n`.
         probe: A few rows of checked data, used to find the structure.
         args, kwargs: Other inputs of `model`.
+        data_rows: The rows of the whole data (by default, those of each batch): a term outside
+            the plate of the rows (a site observed through `pyro.condition` outside it, a
+            `pyro.factor` of all rows) counts by each row's share of them, so that the whole
+            data count it once, as Pyro's trace does.
 
     Example:
         >>> model = ppgen.dag([("a", "b")])
@@ -51,10 +62,11 @@ class ExactLogLikelihood(nn.Module):
         model: Callable[..., object],
         probe: dict[str, Tensor],
         *args: object,
+        data_rows: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__()
-        self.model, self.args, self.kwargs = model, args, kwargs
+        self.model, self.args, self.kwargs, self.rows = model, args, kwargs, data_rows
         self.factors = self._structure(probe)
 
     def _structure(self, probe: dict[str, Tensor]) -> dict[str, tuple[Node, list[str]]] | None:
@@ -67,7 +79,7 @@ class ExactLogLikelihood(nn.Module):
         factors = {}
         for name, site in sites.items():
             call = calls.get(name)
-            if call is None or not is_unweighted(site):
+            if call is None or name not in probe or not is_unweighted(site):
                 return None
             parents = [names.get(id(value)) for value in call[1]]
             if None in parents:
@@ -102,11 +114,24 @@ class ExactLogLikelihood(nn.Module):
             warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
             trace.compute_log_prob()
         terms = {
-            name: _per_row(site["log_prob"], rows)
+            name: self._site_per_row(site, rows)
             for name, site in trace.nodes.items()
             if is_variable(site)
         }
         return terms if sites is None else {s: terms[s] for s in sites}
+
+    def _site_per_row(self, site: dict, rows: int) -> Tensor:
+        """A traced site's log-density per row, summed inside the plate of the rows (the
+        outermost of their size); a term outside it counts by each row's share of the data."""
+        log_prob = site["log_prob"]
+        for frame in site["cond_indep_stack"]:
+            dim = frame.dim
+            if frame.size == rows and dim is not None and -dim <= log_prob.dim():
+                if log_prob.shape[dim] == rows:
+                    return log_prob.movedim(dim, 0).reshape(rows, -1).sum(-1)
+        if log_prob.dim() and log_prob.shape[0] == rows:  # rows first, without a plate
+            return log_prob.reshape(rows, -1).sum(-1)
+        return log_prob.sum().expand(rows) / (self.rows or rows)
 
     def terms(
         self, data: Table, batch_size: int, sites: list[str] | None = None
@@ -127,9 +152,173 @@ def _per_row(log_prob: Tensor, rows: int) -> Tensor:
     return log_prob.reshape(rows, -1).sum(-1) if log_prob.dim() else log_prob.expand(rows) / rows
 
 
+def takes_rows(model: Callable[..., object]) -> bool:
+    """Whether `model` takes the number of rows as its keyword `n` (ppgen's convention): its
+    signature has a parameter `n`, or `**kwargs`. A program without a readable signature is
+    taken to.
+
+    Example:
+        >>> takes_rows(lambda n=1: None), takes_rows(lambda x, y: None)
+        (True, False)
+    """
+    program = model.forward if isinstance(model, nn.Module) else model
+    try:
+        parameters = inspect.signature(program).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == "n" and p.kind is not p.VAR_POSITIONAL)
+        for p in parameters
+    )
+
+
+def _name(model: object) -> str:
+    return getattr(model, "__name__", type(model).__name__)
+
+
+class ProgramLogLikelihood(nn.Module):
+    r"""The log-density of a program in Pyro's style on all of its data, one term per site.
+
+    Each term is the site's log-density summed over its values, scaled and masked as in Pyro's
+    trace (a subsampling plate's scale included), so that the terms add up to
+    `trace.log_prob_sum()`; `pyro.factor` terms count as sites.
+
+    Arguments:
+        model: A Pyro program without a keyword `n`.
+        data: A dict (or DataFrame) of site name to value, which conditions the program
+            (`pyro.condition`), each value of the shape of its site; `None`: every input is in
+            `args` and `kwargs`; anything else (a tensor): the program's first argument.
+        args, kwargs: The program's (other) inputs.
+        purpose: What the terms are for, named in errors: `"log_prob"` or `"fit_mle"`.
+
+    Raises:
+        ValueError: Naming the site, for a site that is latent (neither observed by the program
+            nor in `data`), a value of the wrong shape, NaN or inf, or a value outside the
+            support of its site.
+
+    Example:
+        >>> def model(x):
+        ...     with pyro.plate("rows", len(x)):
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+        >>> ProgramLogLikelihood(model, torch.zeros(2))()
+        {'x': tensor(-1.8379)}
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., object],
+        data: Mapping[str, object] | Tensor | object | None = None,
+        args: tuple[object, ...] = (),
+        kwargs: Mapping[str, object] | None = None,
+        *,
+        purpose: str = "log_prob",
+    ) -> None:
+        super().__init__()
+        self.model, self.kwargs, self.purpose = model, dict(kwargs or {}), purpose
+        self.rows = len(data) if isinstance(data, Tensor) and data.dim() else 1
+        conditions = data is not None and (isinstance(data, Mapping) or is_frame(data))
+        self.args = args if data is None or conditions else (data, *args)
+        conditioned = poutine.condition(model, data=self._conditions(data)) if conditions else None
+        self.program = model if conditioned is None else conditioned
+        self._check()
+
+    def _conditions(self, data: Mapping[str, object] | object) -> dict[str, Tensor]:
+        """The values of `data` as tensors, checked against the sites of the program."""
+        if is_frame(data):
+            data = {str(name): series for name, series in data.items()}
+        with torch.random.fork_rng(), torch.no_grad():
+            trace = poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
+        sites = {name: s for name, s in trace.nodes.items() if is_variable(s)}
+        values = {}
+        for name, given in data.items():
+            site = sites.get(name)
+            if site is None:
+                raise ValueError(
+                    f"{name!r} is not a sample site of the program {_name(self.model)} (its "
+                    f"sites: {', '.join(map(repr, sites))})."
+                )
+            value = _as_tensor(name, given)
+            expected = site["value"]
+            if value.shape != expected.shape:
+                raise ValueError(
+                    f"Site {name!r} has values of shape {tuple(expected.shape)}, but the data "
+                    f"give it shape {tuple(value.shape)}."
+                )
+            if not expected.is_floating_point() and value.is_floating_point():
+                if not torch.equal(value, value.round()):
+                    raise ValueError(f"Site {name!r} takes whole numbers; the data give others.")
+            values[name] = value.to(dtype=expected.dtype, device=expected.device)
+        return values
+
+    def _check(self) -> None:
+        """Runs the program once: every site must be observed, each value in its support."""
+        with torch.random.fork_rng(), torch.no_grad():
+            trace = self._run(
+                lambda: poutine.trace(self.program).get_trace(*self.args, **self.kwargs)
+            )
+        for name, site in trace.nodes.items():
+            if not is_variable(site):
+                continue
+            if not site["is_observed"]:
+                fix = (
+                    "fit it with ppgen.fit_svi(model, guide, ...)"
+                    if self.purpose == "fit_mle"
+                    else "pass its values in data, or give a guide"
+                )
+                raise ValueError(
+                    f"Site {name!r} of the program {_name(self.model)} is latent (neither "
+                    f"observed with obs= nor in the data), so {self.purpose} has no exact "
+                    f"log-likelihood: {fix}."
+                )
+            value = site["value"]
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValueError(f"Site {name!r} holds NaN or inf.")
+            if not is_factor(site) and not bool(site["fn"].support.check(value).all()):
+                raise ValueError(
+                    f"Site {name!r} has a value outside the support of its distribution."
+                )
+        with torch.no_grad():
+            self._run(trace.compute_log_prob)
+
+    def _run(self, step: Callable[[], object]) -> object:
+        """`step()`, an error inside the program made one sentence naming it (chained)."""
+        try:
+            return step()
+        except (RuntimeError, TypeError, IndexError, AssertionError, ValueError) as error:
+            raise ValueError(
+                f"The program {_name(self.model)} fails on its data: {type(error).__name__}: "
+                f"{error}"
+            ) from error
+
+    @property
+    def table(self) -> Table:
+        """The loop's rows: positions only, since every step runs the program on all its data."""
+        return Table({"*rows": torch.arange(self.rows)})
+
+    def forward(self, batch: object = None, sites: object = None) -> dict[str, Tensor]:
+        """Each site's log-density summed over its values (the whole data, whatever `batch`)."""
+        trace = poutine.trace(self.program).get_trace(*self.args, **self.kwargs)
+        trace.compute_log_prob()
+        terms = {
+            name: site["log_prob"].sum() for name, site in trace.nodes.items() if is_variable(site)
+        }
+        return terms if sites is None else {s: terms[s] for s in sites}
+
+
+def _as_tensor(name: str, value: object) -> Tensor:
+    """A site's value as a tensor (a pandas column's numbers too)."""
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"The value of site {name!r} cannot be read as numbers: {error}"
+        ) from None
+
+
 def log_prob(
     model: Callable[..., object],
-    data: Mapping[str, object] | object,
+    data: Mapping[str, object] | object | None = None,
     *args: object,
     per_node: bool = False,
     batch_size: int = 4096,
@@ -142,10 +331,19 @@ def log_prob(
     r"""Returns the log-likelihood :math:`\log p(x)` of each row: exact where every site is
     observed, else the importance-weighted estimate with draws from `guide`.
 
+    A program taking the number of rows as its keyword `n` (ppgen's convention) is conditioned
+    on the rows of `data`, in batches. A program in Pyro's style, without `n`, takes its data
+    as arguments: `log_prob(model, x, y)` runs `model(x, y)` once and returns, without a
+    guide, the total :math:`\log p` of Pyro's `trace.log_prob_sum()`, a scalar (see
+    `docs/programs.md`). Sites observed through `pyro.condition` and `pyro.factor` terms count,
+    as in Pyro's trace.
+
     Arguments:
-        model: A Pyro program taking the number of rows as its keyword `n`.
-        data: A dict of site name to array (rows first) or a pandas DataFrame; checked first,
-            as by :func:`ppgen.data.table`, with or without `guide`.
+        model: A Pyro program.
+        data: With `n`: a dict of site name to array (rows first) or a pandas DataFrame;
+            checked first, as by :func:`ppgen.data.table`, with or without `guide`. Without
+            `n`: a dict of site name to value that conditions the program, or `None` (every
+            input in `args`), or else (a tensor) the program's first argument.
         args, kwargs: Other inputs of `model`.
         per_node: Whether to return each site's term :math:`\log p(x_i \mid \mathrm{Pa}(x_i))`
             instead of their sum.
@@ -163,12 +361,17 @@ def log_prob(
 
     Returns:
         A tensor of shape :math:`(N,)` on the device, or a dict of such tensors per site (they
-        sum to it).
+        sum to it); for a program without `n` and no guide, scalars.
 
     Example:
         >>> model = ppgen.dag([("a", "b")], kinds={"a": "bernoulli", "b": "bernoulli"})
         >>> log_prob(model, {"a": [0, 1], "b": [1, 1]}).shape
         torch.Size([2])
+        >>> def coin(flips):  # Pyro's style: the data are an argument
+        ...     with pyro.plate("flips", len(flips)):
+        ...         pyro.sample("flip", dist.Bernoulli(0.5), obs=flips)
+        >>> log_prob(coin, torch.tensor([1.0, 0.0, 1.0]))
+        tensor(-2.0794)
     """
     if not getattr(model, "has_density", True):
         raise ValueError(
@@ -183,6 +386,16 @@ def log_prob(
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive number of draws, not {num_samples}.")
     device = resolve_device(model, device)
+    if not takes_rows(model):  # Pyro's style: the data are the program's arguments
+        if guide is None:
+            with torch.no_grad():
+                terms = ProgramLogLikelihood(model, data, args, kwargs)()
+            return terms if per_node else sum(terms.values())
+        if not isinstance(data, Tensor):
+            raise ValueError(
+                "With a guide, a program without the keyword n takes its data tensor as its "
+                "first argument: log_prob(model, x, ..., guide=guide)."
+            )
     if guide is not None:
         resolve_device(guide, device)
         rows = svi_table(model, data, args, kwargs, device, categories=categories, known=True)
@@ -190,7 +403,8 @@ def log_prob(
         data = batch.get(ARGUMENT, batch)
         return importance_log_prob(model, guide, data, *args, num_samples=num_samples, **kwargs)
     rows = read_table(model, data, args, kwargs, categories=categories, device=device, known=True)
-    objective = ExactLogLikelihood(model, rows.rows(slice(0, 64)), *args, **kwargs)
+    probe = rows.rows(slice(0, 64))
+    objective = ExactLogLikelihood(model, probe, *args, data_rows=len(rows), **kwargs)
     terms = objective.terms(rows, batch_size)
     return terms if per_node else sum(terms.values())
 
@@ -207,11 +421,15 @@ def sample(
     r"""Draws `n` rows from a program by ancestral sampling, in one vectorised run.
 
     Seeded by `pyro.set_rng_seed`. Sites that the program observes (`obs=`) are returned as
-    they are; `pyro.deterministic` sites are left out.
+    they are; `pyro.deterministic` sites and `pyro.factor` terms are left out. A program in
+    Pyro's style, without the keyword `n`, is run `n` times, as by
+    `pyro.infer.Predictive(model, num_samples=n)`: each site's `n` draws are stacked, of shape
+    :math:`(n, *)` where :math:`*` is the site's shape in one run (pass `None` for the data
+    arguments to draw them rather than observe them).
 
     Arguments:
-        model: A Pyro program taking the number of rows as its keyword `n`.
-        n: The number of rows, at least 1.
+        model: A Pyro program.
+        n: The number of rows (draws of a program without `n`), at least 1.
         args, kwargs: Other inputs of `model`.
         as_frame: Whether to return a pandas DataFrame (one column per site with scalar rows).
         categories: For `as_frame`, the labels of each integer code of a column; by default
@@ -230,9 +448,13 @@ def sample(
     if n < 1:
         raise ValueError(f"n must be a positive number of rows, not {n}.")
     resolve_device(model, device)
-    with torch.no_grad():
-        trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
-    values = {name: site["value"] for name, site in trace.nodes.items() if is_variable(site)}
+    if takes_rows(model):
+        with torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
+        sites = [site for site in trace.nodes.values() if is_variable(site)]
+        values = {site["name"]: site["value"] for site in sites if not is_factor(site)}
+    else:
+        values = _predictive(model, n, args, kwargs)
     if not as_frame:
         return values
     import pandas as pd
@@ -258,3 +480,16 @@ def sample(
             pd.Categorical.from_codes(column.astype("int64"), labels) if labels else column
         )
     return pd.DataFrame(columns)
+
+
+def _predictive(
+    model: Callable[..., object], n: int, args: tuple[object, ...], kwargs: dict[str, object]
+) -> dict[str, Tensor]:
+    """`n` runs of a program in Pyro's style, each site's values stacked, as by `Predictive`."""
+    runs = []
+    with torch.no_grad():
+        for _ in range(n):
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+            sites = [site for site in trace.nodes.values() if is_variable(site)]
+            runs.append({s["name"]: s["value"] for s in sites if not is_factor(s)})
+    return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}

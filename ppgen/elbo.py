@@ -110,8 +110,10 @@ class ELBOObjective(nn.Module):
         if self.rows is not None and plate is not None and len(inside) < len(latent):
             self.plate = plate  # latent sites outside it: scaled by each batch's share
         size = len(next(iter(probe.values())))
-        unplated = [
-            n for n, s in latent.items() if all(f.size != size for f in s["cond_indep_stack"])
+        unplated = [  # outside every plate of the rows (one without a size fits any)
+            n
+            for n, s in latent.items()
+            if all(f.size not in (size, -1) for f in s["cond_indep_stack"])
         ]
         if self.rows is not None and plate is None and unplated and self.rows > size:
             warnings.warn(
@@ -386,6 +388,25 @@ def _check_argument(
                 check_support(name, fn, rows, data.device)
 
 
+def _takes_integers(
+    model: Callable[..., object], probe: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
+) -> bool:
+    """Whether `model(x, ...)` takes integer rows as they are: it runs on them, and every site
+    that observes integers draws integers itself (a Categorical's words, an HMM's states),
+    where a float site (a Bernoulli's pixels) needs the model's floats."""
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(probe, *args, **kwargs)
+            return all(
+                not site["fn"].sample().is_floating_point()
+                for site in trace.nodes.values()
+                if is_variable(site) and site["is_observed"]
+                and not site["value"].is_floating_point()
+            )  # fmt: skip
+    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError):
+        return False  # the model's floats, and the checks below say what fails
+
+
 def svi_table(
     model: Callable[..., object],
     data: Mapping[str, object] | Tensor | object,
@@ -409,8 +430,8 @@ def svi_table(
     if isinstance(data, Tensor):
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
-        if not data.is_floating_point():  # integer images: the model's floats, as for a column
-            floats = [p for p in program_parameters(model) if p.is_floating_point()]
+        if not data.is_floating_point() and not _takes_integers(model, data[:2], args, kwargs):
+            floats = [p for p in program_parameters(model) if p.is_floating_point()]  # images
             data = data.to(floats[0].dtype if floats else torch.get_default_dtype())
         columns, device = place({ARGUMENT: data}, device, model)
         if observed_by_model:  # `model(x)` observes the tensor (not a GAN, which draws rows)

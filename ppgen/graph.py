@@ -8,7 +8,7 @@ import networkx as nx
 import torch
 from pyro.infer.inspect import get_model_relations
 
-from ppgen.tracing import Call, is_variable, trace_calls
+from ppgen.tracing import Call, is_factor, is_variable, trace_calls, unwrapped
 
 __all__ = ["check_dag", "factorization", "family", "graph"]
 
@@ -32,14 +32,14 @@ def _parents_from_calls(
 
 
 def family(fn: object) -> str:
-    """The name of a distribution's family, through `to_event`, `expand` and masks.
+    """The name of the distribution the program wrote, through `to_event`, `expand` and masks
+    (a `LogNormal` is a LogNormal, not the Normal it transforms).
 
     Example:
-        >>> family(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
-        'Normal'
+        >>> family(dist.LogNormal(0.0, 1.0).expand([3]).to_event(1))
+        'LogNormal'
     """
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
+    fn = unwrapped(fn)
     public = next(c for c in type(fn).__mro__ if not c.__name__.startswith("_"))
     return public.__name__  # a private subclass (ppgen's table) by the family it is
 
@@ -60,9 +60,12 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
 
     Returns:
         A graph whose nodes are site names in program order, with attributes `observed`,
-        `distribution` (the class name), `event_shape`, `plates` (outermost first) and
-        `n_params` (of its ppgen conditional, else `None`). `graph.graph["plates"]` maps each
-        plate name to its size. An edge `u -> v` means the distribution at `v` reads `u`.
+        `distribution` (the class the program wrote, e.g. `LogNormal`), `factor` (whether it
+        is a `pyro.factor` term, not a variable), `event_shape`, `plates` (outermost first)
+        and `n_params` (of its ppgen conditional, else `None`). `graph.graph["plates"]` maps
+        each plate name to its full size (`None` for a plate without one), and
+        `graph.graph["subsample_sizes"]` each subsampling plate to its subsample size. An
+        edge `u -> v` means the distribution at `v` reads `u`.
 
     Example:
         >>> def relay():
@@ -81,14 +84,19 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
     if parents is None:  # some site is not a ppgen conditional of its parents' values
         with torch.random.fork_rng(), torch.no_grad():
             parents = get_model_relations(model, args, kwargs)["sample_sample"]
-    g = nx.DiGraph(plates={})
+    g = nx.DiGraph(plates={}, subsample_sizes={})
     for name, site in sites.items():
         frames = site["cond_indep_stack"]
-        g.graph["plates"].update((f.name, f.size) for f in frames)
+        for f in frames:
+            full = f.size if f.full_size is None else f.full_size
+            g.graph["plates"][f.name] = None if full < 0 else full  # a plate without a size
+            if 0 <= f.size != full:
+                g.graph["subsample_sizes"][f.name] = f.size
         g.add_node(
             name,
             observed=bool(site["is_observed"]),
             distribution=family(site["fn"]),
+            factor=is_factor(site),
             event_shape=tuple(site["fn"].event_shape),
             plates=tuple(f.name for f in frames),
             n_params=calls[name][0].n_params if name in calls else None,
@@ -128,7 +136,9 @@ def factorization(
     r"""Returns the factorisation :math:`p(x) = \prod_i p(x_i \mid \mathrm{Pa}(x_i))` as text.
 
     Sites are in topological (program) order, latent sites included, and each conditioning set
-    is in that order too.
+    is in that order too. A `pyro.factor` term (a node with `factor=True`) is a factor
+    :math:`\exp f(\mathrm{Pa})` named after its site, not a variable: the program's density is
+    then proportional to the product.
 
     Arguments:
         model: A Pyro program, or a graph returned by :func:`graph`.
@@ -137,13 +147,23 @@ def factorization(
     Example:
         >>> factorization(nx.DiGraph([("t0", "t1"), ("t1", "t2")]))
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
+        >>> def penalised():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.factor("penalty", -x.abs())
+        >>> factorization(penalised)
+        'p(x) ∝ p(x) exp(penalty(x))'
     """
     g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
     position = {v: i for i, v in enumerate(g.nodes)}
     order = list(nx.lexicographical_topological_sort(g, key=position.__getitem__))
     rank = {v: i for i, v in enumerate(order)}
+    factors = {v for v in order if g.nodes[v].get("factor", False)}
     terms = []
     for v in order:
         parents = [str(u) for u in sorted(g.predecessors(v), key=rank.__getitem__)]
-        terms.append(f"p({v} | {', '.join(parents)})" if parents else f"p({v})")
-    return f"p({', '.join(map(str, order))}) = {' '.join(terms)}"
+        if v in factors:
+            terms.append(f"exp({v}({', '.join(parents)}))" if parents else f"exp({v})")
+        else:
+            terms.append(f"p({v} | {', '.join(parents)})" if parents else f"p({v})")
+    variables = ", ".join(str(v) for v in order if v not in factors)
+    return f"p({variables}) {'∝' if factors else '='} {' '.join(terms)}"

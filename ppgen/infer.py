@@ -23,7 +23,7 @@ from ppgen import distributed
 from ppgen.adversarial import AdversarialStep
 from ppgen.closed_form import solve
 from ppgen.data import Table, check_columns, read_table
-from ppgen.density import ExactLogLikelihood
+from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, takes_rows
 from ppgen.device import resolve_device
 from ppgen.elbo import ELBOS, ELBOObjective, svi_table
 from ppgen.io import LoadError
@@ -38,7 +38,7 @@ __all__ = ["FitResult", "fit_gan", "fit_mle", "fit_svi"]
 
 def fit_mle(
     model: Callable[..., object],
-    data: Mapping[str, object] | object,
+    data: Mapping[str, object] | object | None = None,
     *args: object,
     epochs: int = 100,
     batch_size: int = 256,
@@ -62,11 +62,17 @@ def fit_mle(
     all their terms together. The data are checked first; on bad data the model is left
     untouched.
 
+    A program in Pyro's style, without the keyword `n`, takes its data as arguments, as for
+    :func:`ppgen.log_prob`: each step runs it on all of its data (no batches, no closed forms),
+    on the sum of its sites' log-densities as in Pyro's trace, `pyro.factor` terms included;
+    the history holds that sum per row of the data tensor (the total, without one).
+
     Arguments:
-        model: A Pyro program taking the number of rows as its keyword `n`: a `ppgen.Model`,
-            any `PyroModule` or a function. Its module parameters and the `pyro.param`s it
-            reads are fitted.
-        data: A dict of site name to array (rows first) or a pandas DataFrame.
+        model: A Pyro program: a `ppgen.Model`, any `PyroModule` or a function. Its module
+            parameters and the `pyro.param`s it reads are fitted.
+        data: With `n`: a dict of site name to array (rows first) or a pandas DataFrame.
+            Without `n`: a dict of site name to value that conditions `model`, `None`, or else
+            (a tensor) its first argument.
         args, kwargs: Other inputs of `model`.
         epochs, batch_size, lr: The Adam budget for neural nodes.
         weight_decay: Adam's L2 penalty on the neural nodes' parameters (a Gaussian prior:
@@ -94,6 +100,10 @@ def fit_mle(
     path = checkpoint_file(checkpoint, resume)  # before anything changes
     device = resolve_device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
+    if not takes_rows(model):  # Pyro's style: the data are the program's arguments
+        options = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "progress": progress,
+                   "checkpoint": checkpoint, "every": checkpoint_every, "resume": resume}  # fmt: skip
+        return _fit_program(model, data, args, kwargs, val, device, start, options)
     data = read_table(model, data, args, kwargs, device=device)
     if val is not None:
         check_columns(val, data)
@@ -101,12 +111,12 @@ def fit_mle(
                          known=True)  # fmt: skip
     resolve_device(model, device)
     probe = data.rows(slice(0, 64))
-    objective = ExactLogLikelihood(model, probe, *args, **kwargs)
+    objective = ExactLogLikelihood(model, probe, *args, data_rows=len(data), **kwargs)
     resuming = path is not None and path.exists()  # a checkpoint that may yet be refused
     modules = [m for m, _ in (objective.factors or {}).values()] if resuming else []
     before = [(p, p.detach().clone()) for m in modules for p in m.parameters()]
     closed, counted = _solve_closed_forms(objective, data)
-    groups = _groups(objective, model, probe, closed, data)
+    groups = _groups(objective, model, probe, closed)
     step = GradientStep(objective, groups, lr=lr, weight_decay=weight_decay,
                         constant=_constant(objective, groups, counted, data, batch_size))  # fmt: skip
     trainable = {p for ps, _ in groups.values() for p in ps}
@@ -140,6 +150,34 @@ def fit_mle(
     return result
 
 
+def _fit_program(
+    model: Callable[..., object],
+    data: object,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    val: object,
+    device: torch.device | None,
+    start: float,
+    options: dict[str, object],
+) -> FitResult:
+    """:func:`fit_mle` of a program in Pyro's style: every step runs it on all of its data."""
+    if val is not None:
+        raise ValueError(
+            "val needs a program taking the number of rows as its keyword n; for one that "
+            "takes its data as arguments, compare ppgen.log_prob on held-out data after it."
+        )
+    objective = ProgramLogLikelihood(model, data, args, kwargs, purpose="fit_mle")
+    resolve_device(model, device)
+    groups = {"all": (fitted_parameters(objective, model), list(objective()))}
+    lr, weight_decay = options.pop("lr"), options.pop("weight_decay")
+    step = GradientStep(objective, groups, lr=lr, weight_decay=weight_decay)
+    rows = objective.table
+    result = train(step, rows, None, batch_size=len(rows), patience=None, description="fit_mle",
+                   **options)  # fmt: skip
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def _solve_closed_forms(
     objective: ExactLogLikelihood, data: Table
 ) -> tuple[list[str], dict[str, Tensor]]:
@@ -169,12 +207,12 @@ def _groups(
     model: Callable[..., object],
     probe: dict[str, Tensor],
     closed: list[str],
-    data: Table,
 ) -> dict[str, Group]:
     """The groups trained by gradient steps: one a neural node (its parameters enter its term
     alone), or all together where a parameter is shared or the structure is unknown."""
     if objective.factors is None:  # the model's parameters, and the pyro.params it reads
-        groups = {"all": (fitted_parameters(lambda: objective(probe), model), list(data.columns))}
+        terms = list(objective(probe))  # the columns, and the sites the program observes itself
+        groups = {"all": (fitted_parameters(lambda: objective(probe), model), terms)}
     else:
         neural = {
             n: list(m.parameters()) for n, (m, _) in objective.factors.items() if n not in closed
@@ -376,6 +414,7 @@ def fit_svi(
             every=checkpoint_every, resume=resume, identity=identity,
         )  # fmt: skip
     _keep_coding(model, data, result)
+    result.guide = objective.guide
     return result
 
 

@@ -183,26 +183,75 @@ def _transform(constraint: constraints.Constraint) -> Transform:
 
 
 def features(
-    parents: Sequence[Tensor], cardinalities: Sequence[int | None], dtype: torch.dtype
+    parents: Sequence[Tensor],
+    cardinalities: Sequence[int | None],
+    dtype: torch.dtype,
+    width: int | None = None,
 ) -> Tensor:
-    r"""Concatenates parent values of shape :math:`(N, *)` into features of shape :math:`(N, F)`.
+    r"""Concatenates parent values into features of shape :math:`(*, F)`.
 
-    A parent with a cardinality is one-hot encoded; any other is flattened and cast to float.
+    A parent with a cardinality is one-hot encoded; any other is cast to float. With `width`
+    (:math:`F`, the network's input width), the parents broadcast against each other as torch
+    broadcasts, so that a parent with extra leading dimensions (an enumerated one) or a size-1
+    dimension meets the others: each parent is one value per element where that makes
+    :math:`F` features, else the last dimension of a parent whose last dimension is larger
+    than 1 holds its features. Otherwise (and without `width`) the rows are the first
+    dimension, :math:`(N, *)`, and each parent's other dimensions are flattened into features.
 
     Example:
         >>> features([torch.tensor([0, 2]), torch.ones(2, 3)], [3, None], torch.float).shape
         torch.Size([2, 6])
+        >>> features([torch.zeros(2, 1), torch.ones(5)], [None, None], torch.float, 2).shape
+        torch.Size([2, 5, 2])
     """
-    if parents and all(k is None for k in cardinalities) and all(p.dim() == 1 for p in parents):
-        return torch.stack(parents, dim=-1).to(dtype)  # scalar parents: one op
-    if len(parents) == 1 and list(cardinalities) == [None] and parents[0].dim() == 2:
+    cards = list(cardinalities)
+    if width == len(parents) and all(k is None for k in cards):  # scalar parents: one op
+        if any(p.shape != parents[0].shape for p in parents):
+            parents = torch.broadcast_tensors(*parents)
+        return torch.stack(parents, dim=-1).to(dtype)
+    vector = _vector_parents(parents, cards, width)
+    if vector is not None:
+        return _broadcast_features(parents, cards, dtype, vector)
+    if len(parents) == 1 and cards == [None] and parents[0].dim() == 2:
         return parents[0].to(dtype)  # already (N, F): no copy, no step in the autograd graph
     columns = []
-    for value, k in zip(parents, cardinalities, strict=True):
+    for value, k in zip(parents, cards, strict=True):
         value = value.reshape(-1) if value.dim() == 0 else value
         if k is not None:
             value = F.one_hot(value.long(), k)
         columns.append(value.reshape(value.shape[0], -1))
+    return torch.cat([c.to(dtype) for c in columns], dim=-1)
+
+
+def _vector_parents(
+    parents: Sequence[Tensor], cards: list[int | None], width: int | None
+) -> list[bool] | None:
+    """Which parents hold their features in their last dimension, where the parents broadcast
+    to `width` features one way or the other (see :func:`features`); `None` where not."""
+    if width is None or not parents:
+        return None
+    if sum(1 if k is None else k for k in cards) == width:  # one value per element each
+        return [False] * len(parents)
+    pairs = list(zip(parents, cards, strict=True))
+    vector = [k is None and p.dim() >= 2 and p.shape[-1] > 1 for p, k in pairs]
+    widths = [p.shape[-1] if v else k or 1 for (p, k), v in zip(pairs, vector, strict=True)]
+    return vector if any(vector) and sum(widths) == width else None
+
+
+def _broadcast_features(
+    parents: Sequence[Tensor], cards: list[int | None], dtype: torch.dtype, vector: list[bool]
+) -> Tensor:
+    """The parents' features over their broadcast batch shape (vector parents' last dimension
+    being their features), concatenated."""
+    batches = [p.shape[:-1] if v else p.shape for p, v in zip(parents, vector, strict=True)]
+    if len(parents) == 1 and vector[0]:
+        return parents[0].to(dtype)  # already (*, F): no copy, no step in the autograd graph
+    same = all(b == batches[0] for b in batches)
+    batch = batches[0] if same else torch.broadcast_shapes(*batches)
+    columns = []
+    for value, k, v in zip(parents, cards, vector, strict=True):
+        column = F.one_hot(value.long(), k) if k is not None else value if v else value[..., None]
+        columns.append(column if same else column.expand(*batch, column.shape[-1]))
     return torch.cat([c.to(dtype) for c in columns], dim=-1)
 
 
@@ -326,7 +375,8 @@ class Conditional(Node):
 
     def distribution(self, *parents: Tensor) -> dist.Distribution:
         cards = self.parent_cardinalities or [None] * len(parents)
-        return self.head(self.net(features(parents, cards, self.net[0].weight.dtype)))
+        weight = self.net[0].weight
+        return self.head(self.net(features(parents, cards, weight.dtype, weight.shape[1])))
 
     def extra_repr(self) -> str:
         return f"{self.head.family.__name__}, n_params={self.n_params}"
@@ -441,7 +491,8 @@ class LinearGaussian(Node):
 
     def distribution(self, *parents: Tensor) -> dist.Distribution:
         cards = self.parent_cardinalities or [None] * len(parents)
-        loc = self.linear(features(parents, cards, self.scale.dtype)).squeeze(-1)
+        width = self.linear.in_features
+        loc = self.linear(features(parents, cards, self.scale.dtype, width)).squeeze(-1)
         return dist.Normal(loc, F.softplus(self.scale), validate_args=False)
 
     def extra_repr(self) -> str:
@@ -527,7 +578,7 @@ class MixtureOfGaussians(Node):
             return gaussian_mixture(self.eta)
         cards = self.parent_cardinalities or [None] * len(parents)
         weight = self.net[0].weight
-        return gaussian_mixture(self.net(features(parents, cards, weight.dtype)))
+        return gaussian_mixture(self.net(features(parents, cards, weight.dtype, weight.shape[1])))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, components={self.components}"

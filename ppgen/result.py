@@ -2,6 +2,7 @@ r"""What a fit returns: :class:`FitResult`, its history and the epochs it kept."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["NONFINITE", "FitResult"]
@@ -26,6 +27,9 @@ class FitResult:
             model keeps them too (:func:`ppgen.model.coding`) and uses them by default.
         interrupted: Whether the fit was stopped by Ctrl-C (the model then holds the best
             parameters reached so far).
+        guide: For :func:`ppgen.fit_svi`, the fitted guide (the auto guide it built, for
+            `"auto_normal"` / `"auto_delta"`), e.g. for
+            `pyro.infer.Predictive(model, guide=fit.guide, num_samples=1000)`.
 
     Example:
         >>> FitResult(history=[{"epoch": 1, "train": -1.5}])
@@ -38,6 +42,7 @@ class FitResult:
     seconds: float = 0.0
     categories: dict[str, list[object]] = field(default_factory=dict)
     interrupted: bool = False
+    guide: Callable[..., object] | None = None
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else {}

@@ -2,8 +2,9 @@ r"""Recording a program's calls and telling its sites apart: the predicates ever
 
 A conditional module (:class:`ppgen.nn.Node`) reports each call it makes to :func:`record_call`;
 :func:`trace_calls` runs a program once under a Pyro trace and matches each sample site to the
-call that made its distribution. The predicates say whether a trace site is a random variable,
-whether its log-density counts as it is, and whether a value is the data tensor itself.
+call that made its distribution. The predicates say whether a trace site is a random variable
+or a `pyro.factor` term, whether its log-density counts as it is, and whether a value is the
+data tensor itself.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from contextvars import ContextVar
 
 import torch
 from pyro import poutine
+from pyro.distributions import Unit
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 
 __all__ = [
     "Call",
     "fitted_parameters",
+    "is_factor",
     "is_unweighted",
     "is_variable",
     "is_view",
@@ -31,6 +35,7 @@ __all__ = [
     "record_call",
     "recording_calls",
     "trace_calls",
+    "unwrapped",
 ]
 
 Call = tuple[nn.Module, tuple[Tensor, ...], Distribution]
@@ -139,6 +144,35 @@ def is_variable(site: dict) -> bool:
         and not site_is_subsample(site)
         and not site["infer"].get("_deterministic", False)
     )
+
+
+# the wrappers that reshape or mask a distribution without changing what it is
+_WRAPPERS = (Independent, ExpandedDistribution, MaskedDistribution)
+
+
+def unwrapped(fn: Distribution) -> Distribution:
+    """The distribution the program wrote, through `to_event`, `expand` and masks (a
+    `LogNormal` stays a LogNormal, not the Normal it transforms).
+
+    Example:
+        >>> unwrapped(dist.LogNormal(0.0, 1.0).expand([3]).to_event(1))
+        LogNormal()
+    """
+    while isinstance(fn, _WRAPPERS):
+        fn = fn.base_dist
+    return fn
+
+
+def is_factor(site: dict) -> bool:
+    """Whether a trace site is a `pyro.factor` term: an observed `Unit` that adds its
+    log-factor to the program's log-density, not a random variable of its own.
+
+    Example:
+        >>> trace = pyro.poutine.trace(lambda: pyro.factor("f", torch.tensor(-1.0))).get_trace()
+        >>> is_factor(trace.nodes["f"])
+        True
+    """
+    return bool(site["infer"].get("is_auxiliary")) and isinstance(unwrapped(site["fn"]), Unit)
 
 
 def is_unweighted(site: dict) -> bool:

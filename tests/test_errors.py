@@ -385,3 +385,30 @@ def test_a_table_names_its_family_and_more_labels_than_values():
         ppgen.fit_mle(model, {"c": [0, 1], "y": [0, 2]}, progress=False)
     frame = pd.DataFrame({"c": ["red", "green", "blue", "purple"], "y": [0, 1, 0, 1]})
     _unchanged(_fit(model, frame), "Column 'c' has 4 labels, but its site takes 3 values.", model)
+
+
+class _Regression(pyro.nn.PyroModule):
+    """A program in Pyro's style: its data are its arguments, no keyword n."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+
+    def forward(self, x, y=None):
+        with pyro.plate("data", len(x)):
+            return pyro.sample("y", dist.Normal(self.linear(x[:, None]).squeeze(-1), 1.0), obs=y)
+
+
+def test_pyro_style_program_errors():
+    model, x = _Regression(), torch.randn(5)
+    latent = "Site 'y' of the program _Regression is latent (neither observed with obs= nor in"
+    _unchanged(lambda: ppgen.log_prob(model, x), re.escape(latent), model)
+    _unchanged(lambda: ppgen.fit_mle(model, x, progress=False), "fit it with ppgen.fit_svi", model)
+    fails = "The program _Regression fails on its data: TypeError: "
+    _unchanged(lambda: ppgen.log_prob(model, x, x, x), re.escape(fails), model)
+    shape = "Site 'y' has values of shape (5,), but the data give it shape (4,)."
+    _unchanged(lambda: ppgen.log_prob(model, {"y": torch.zeros(4)}, x), re.escape(shape), model)
+    val = "val needs a program taking the number of rows as its keyword n; "
+    _unchanged(lambda: ppgen.fit_mle(model, x, x, val=x, progress=False), val, model)
+    guide = "With a guide, a program without the keyword n takes its data tensor as its first"
+    _unchanged(lambda: ppgen.log_prob(model, {"y": x}, x, guide=lambda x: None), guide, model)
