@@ -27,8 +27,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ppgen import distributed
-from ppgen.data import Table, table
-from ppgen.elbo import ELBOS, ELBOObjective, _parameters_of, svi_table
+from ppgen.data import Table, _is_frame, place, table
+from ppgen.elbo import (
+    _ARGUMENT,
+    ELBOS,
+    ELBOObjective,
+    _parameters_of,
+    _set_rng_state,
+    per_row,
+    svi_table,
+)
 from ppgen.graph import _is_variable, _unweighted, trace_calls
 from ppgen.io import LoadError, load_checkpoint, save_checkpoint
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
@@ -765,10 +773,10 @@ def fit_svi(
     guide: Callable[..., object] | str,
     data: Mapping[str, object] | Tensor,
     *args: object,
-    elbo: str = "trace",
+    elbo: str | None = None,
     num_particles: int = 1,
     epochs: int = 200,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     val: Mapping[str, object] | Tensor | None = None,
@@ -846,41 +854,112 @@ def fit_svi(
         >>> len(fit.history)
         3
     """
-    if elbo not in (*ELBOS, "iwae"):
-        raise ValueError(f"elbo must be 'trace', 'mean_field' or 'iwae', not {elbo!r}.")
+    if elbo is not None and elbo not in (*ELBOS, "iwae"):
+        raise ValueError(
+            f"elbo must be one of {', '.join(map(repr, [*ELBOS, 'iwae']))}, not {elbo!r}."
+        )
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
-    _check_budget(epochs, batch_size)
+    _check_budget(epochs, 1 if batch_size is None else batch_size)
     _checkpoint_file(checkpoint, resume)  # before anything changes
     device = _device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
-    argument = isinstance(data, Tensor)
-    data = svi_table(model, data, args, kwargs, device)
-    if val is not None:
-        _check_columns(val, data)
-        val = svi_table(model, val, args, kwargs, device, categories=data.categories)
+    argument = not isinstance(data, Mapping) and not _is_frame(data)
+    if argument:  # model(data, *args, **kwargs), as SVI.step calls it
+        args = (data, *args)
+        data, val = _argument_rows(model, args, kwargs, val, device, batch_size, elbo)
+    else:
+        data = svi_table(model, data, args, kwargs, device)
+        if val is not None:
+            _check_columns(val, data)
+            val = svi_table(model, val, args, kwargs, device, categories=data.categories)
     _device(model, device)
-    observed = list(data.columns)
+    rows = None if argument and _NO_ROWS in data.columns else len(data)
     objective = ELBOObjective(
-        model, guide, elbo, num_particles, observed, argument, args, kwargs, rows=len(data)
+        model, guide, elbo, num_particles, list(data.columns), argument, args, kwargs, rows=rows
     )
     _device(objective.guide, device)
-    probe = data.rows(slice(0, batch_size))
-    unique = _parameters(lambda: objective(probe), model, objective.guide)  # auto guides' too
+    unique = _parameters(  # the structure, from the programs run once on all rows
+        lambda: objective.inspect(data.rows(slice(None)), batch_size), model, objective.guide
+    )
     if not unique:
         raise ValueError(
             "Neither the model nor the guide has parameters to fit (no nn.Parameter or pyro.param)."
         )
-    objective.prepare(probe)
-    with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
+    _as_floats(objective, data, val, _parameters_of(model))
+    batch_size = objective.batch_size
+    objective.prepare(data.rows(slice(0, batch_size)))
+    with pyro.validation_enabled(False):  # checked on all rows above; lean steps here
         result = train(
             objective, {"all": (unique, ["elbo"])}, data, val, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
             progress=progress, description="fit_svi", checkpoint=checkpoint,
             every=checkpoint_every, resume=resume,
         )  # fmt: skip
+    if objective.whole is not None:  # the random stream continues as after SVI's steps
+        _set_rng_state(objective.stream)
     result.categories = data.categories
     return result
+
+
+_NO_ROWS = "*none"  # the one empty row of a program whose arguments have none
+
+
+def _argument_rows(
+    model: Callable[..., object],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    val: Tensor | tuple[Tensor, ...] | None,
+    device: torch.device | None,
+    batch_size: int | None,
+    elbo: str | None,
+) -> tuple[Table, Table | None]:
+    """The arguments of `model(*args, **kwargs)` that have rows (:func:`~ppgen.elbo.per_row`),
+    checked and placed, and `val` (their held-out rows: a tensor for one, else a tuple)."""
+    size, columns, hidden = per_row(args, kwargs)
+    if hidden is not None and batch_size is not None and size is not None and batch_size < size:
+        raise ValueError(
+            f"Argument {hidden[1:]!r} holds tensors with rows inside a container that no "
+            "minibatch can index; pass batch_size=None to train on all rows at once, or pass "
+            "them as tensors."
+        )
+    if elbo == "iwae" and list(columns) != [_ARGUMENT]:
+        raise ValueError("elbo='iwae' needs the rows in the program's first argument alone.")
+    if not columns:
+        columns = {_NO_ROWS: torch.zeros(1, 0)}
+    for key, value in columns.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(
+                "The data tensor must have rows, and no NaN or inf."
+                if key == _ARGUMENT
+                else f"Argument {key[1:]!r} holds NaN or inf."
+            )
+    placed, device = place(columns, device, model)
+    data = Table(placed, device=device)
+    if val is None:
+        return data, None
+    held = (val,) if isinstance(val, Tensor) else tuple(val)
+    if len(held) != len(columns) or not all(isinstance(v, Tensor) for v in held):
+        raise ValueError(
+            f"val must hold the held-out rows of the {len(columns)} arguments with rows "
+            f"({', '.join(k[1:] for k in columns)}): a tensor for one, else a tuple."
+        )
+    placed, _ = place(dict(zip(columns, held, strict=True)), device, model)
+    return data, Table(placed, device=device)
+
+
+def _as_floats(
+    objective: ELBOObjective, data: Table, val: Table | None, parameters: list[Tensor]
+) -> None:
+    """Integer columns that a site reads as floats (images under a Bernoulli) become the
+    model's floats; those a program uses as integers (indices) stay integers."""
+    floats = [p.dtype for p in parameters if p.is_floating_point()]
+    dtype = floats[0] if floats else torch.get_default_dtype()
+    for rows in (data, val):
+        for key in objective.floats & set(rows.columns if rows is not None else ()):
+            rows.columns[key] = rows.columns[key].to(dtype)
+    if objective.floats and objective.whole is not None:
+        objective.whole = data.rows(slice(None))
 
 
 def _check_gan_rows(gan: nn.Module, data: Table, val: Table | None) -> None:
