@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
-from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoNormal
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
@@ -117,6 +117,9 @@ class ELBOObjective(nn.Module):
                 minibatches, for a parameter or an auto guide's latent site per row, or an
                 argument holding rows ppgen cannot index (a list, a `PackedSequence`).
         """
+        if isinstance(self.guide, AutoGuide) and self.guide.prototype_trace is None:
+            with _plain_errors():  # its draws for initial values, as SVI's first step has
+                self._call(self.guide._setup_prototype, "model", self.model, whole)
         state = _rng_state(whole)
         with torch.no_grad(), pyro.validation_enabled(False), _plain_errors():
             guide_trace, model_trace, params = self._traces(whole)
