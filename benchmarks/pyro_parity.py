@@ -149,7 +149,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     repeats = parser.parse_args().repeats
     torch.set_num_threads(1)
-    print(f"| program | Pyro s/epoch (median, min) | ppgen s/epoch (median, min) | ratio (median) |")
+    print("| program | Pyro s/epoch (median, min) | ppgen s/epoch (median, min) | ratio (median) |")
     print("| --- | --- | --- | --- |")
     for name, (model, guide, args, batch_size, elbo) in programs().items():
         pyro.clear_param_store()
