@@ -194,28 +194,8 @@ class ELBOObjective(nn.Module):
 
     def _check_data(self, model_trace: poutine.Trace, whole: dict[str, Tensor]) -> None:
         """Checks each observed site holding the rows of an argument: its shape, its support."""
-        if not self.argument:
-            return
-        for name, site in model_trace.nodes.items():
-            value = site["value"] if _is_variable(site) and site["is_observed"] else None
-            if not any(_is_row_view(value, x) for x in whole.values()):
-                continue
-            fn = site["fn"]
-            shape = tuple(fn.batch_shape + fn.event_shape)
-            try:
-                fits = torch.broadcast_shapes(shape, value.shape) == value.shape
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise ValueError(
-                    f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
-                    f"{name!r} of the model has rows of shape {shape[1:]}."
-                    if tuple(value.shape[1:]) != shape[1:]
-                    else f"The data tensor has {len(value)} rows at site {name!r}, but the "
-                    f"model's distribution there has shape {shape}."
-                )
-            if not _varies(fn.support):
-                _check_support(name, fn, value, value.device)
+        if self.argument:
+            _check_observed(model_trace, list(whole.values()))
 
     def _traces(self, batch: dict[str, Tensor]) -> tuple[poutine.Trace, poutine.Trace, dict[str, Tensor]]:
         """The guide's trace, the model's replayed on it, and the `pyro.param`s they read."""
@@ -631,17 +611,6 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
     return True
 
 
-def _is_view(value: object, x: Tensor, *, rows: bool = False) -> bool:
-    """Whether `value` holds the very values of `x` (`x` or a view of it; with `rows`, one
-    whose rows are those of `x`)."""
-    return (
-        isinstance(value, Tensor)
-        and value.data_ptr() == x.data_ptr()
-        and value.numel() == x.numel()
-        and (not rows or value.shape[:1] == x.shape[:1])
-    )
-
-
 def _parameters_of(program: object) -> list[Tensor]:
     """The parameters of a program that is a module or a module's bound method; else none."""
     owner = getattr(program, "__self__", program)
@@ -651,35 +620,40 @@ def _parameters_of(program: object) -> list[Tensor]:
 def _check_argument(
     model: Callable[..., object], data: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> None:
-    """Runs `model(x, ...)` on the data tensor's first rows, and checks each observed site that
-    holds those very values (the tensor or a view of it, rows first): the shape of its rows,
-    and every row against its support."""
-    probe = data[:2]
+    """Runs `model(x, ...)` once on the data tensor, and checks the sites observing its rows."""
     try:
         with torch.random.fork_rng(), torch.no_grad():
-            trace = poutine.trace(model).get_trace(probe, *args, **kwargs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        raise ValueError(
-            f"The model fails on the first rows of the data tensor, of shape "
-            f"{tuple(data.shape)}: {error}"
-        ) from error
+            trace = poutine.trace(model).get_trace(data, *args, **kwargs)
+    except Exception as error:
+        raise ValueError(_program_error("model", model, f" on all {len(data)} rows", error)) from (
+            error.__cause__ or error  # Pyro's trace re-raises it with the trace's shapes
+        )
+    _check_observed(trace, [data])
+
+
+def _check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
+    """Checks each observed site that reads the rows of one of `columns` in place: the shape
+    of its rows, and every row against its support."""
     for name, site in trace.nodes.items():
         value = site["value"] if _is_variable(site) and site["is_observed"] else None
-        if _is_view(value, probe, rows=True):
-            fn = site["fn"]
-            shape = tuple(fn.batch_shape + fn.event_shape)
-            try:
-                fits = torch.broadcast_shapes(shape, value.shape) == value.shape
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise ValueError(
-                    f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
-                    f"{name!r} of the model has rows of shape {shape[1:]}."
-                )
-            if not _varies(fn.support):
-                rows = data.reshape(len(data), *value.shape[1:])
-                _check_support(name, fn, rows, data.device)
+        if not any(_is_row_view(value, x) for x in columns):
+            continue
+        fn = site["fn"]
+        shape = tuple(fn.batch_shape + fn.event_shape)
+        try:
+            fits = torch.broadcast_shapes(shape, value.shape) == value.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
+                f"{name!r} of the model has rows of shape {shape[1:]}."
+                if tuple(value.shape[1:]) != shape[1:]
+                else f"The data tensor has {len(value)} rows at site {name!r}, but the "
+                f"model's distribution there has shape {shape}."
+            )
+        if not _varies(fn.support):
+            _check_support(name, fn, value, value.device)
 
 
 def svi_table(

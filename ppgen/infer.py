@@ -792,39 +792,52 @@ def fit_svi(
 
     Pyro's ELBO is the objective of :func:`train`, the loop of :func:`fit_mle`: Adam on the
     parameters of `model` and `guide`, early stopping on the validation ELBO, and the
-    parameters of the best validation epoch kept. Pyro's validation checks the first batch;
-    the steps run without it. Where every site of the model and the guide comes from a ppgen
-    :class:`~ppgen.nn.Node` called on other sites' values or on the inputs (reparameterised
-    guide sites, no masks or scales), the `"trace"` and `"mean_field"` ELBOs are computed from
-    those modules alone, without tracing, after a check against Pyro's on the same draws.
-    The data come in one of two conventions:
+    parameters of the best validation epoch kept. The guide and the model run once on all the
+    rows first, as `SVI.step` would, for the checks (Pyro's validation, the data against the
+    sites that observe them); the steps run without validation. An error inside either
+    program is one sentence naming it and the line, the original chained. Where every site
+    of the model and the guide comes from a ppgen :class:`~ppgen.nn.Node` called on other
+    sites' values or on the inputs (reparameterised guide sites, no masks or scales), the
+    `"trace"` and `"mean_field"` ELBOs are computed from those modules alone, without tracing,
+    after a check against Pyro's on the same draws. The data come in one of two conventions:
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
       **kwargs)` (so it cannot see the data: use this for guides of global latents, auto
       guides among them);
-    - a tensor, for programs in the style of Pyro's tutorials, `model(x, *args, **kwargs)` and
-      `guide(x, *args, **kwargs)`: each batch is the argument `x` (amortised guides, the VAE).
+    - anything else is the programs' first argument, as `SVI.step(data, *args, **kwargs)`
+      calls them: every argument with rows (a tensor whose leading size is that of the first
+      tensor argument, at any position or keyword) is indexed with the same rows in each batch,
+      and the others pass unchanged.
 
-    Either way the model's plate of the rows has the batch's size. Latent sites outside it
-    (global ones, such as a prior's mean) and their guide sites count in each batch by the
-    batch's share of the rows, as Pyro's subsampling plates scale the local ones: an epoch
-    sums the ELBO of the whole data once, and the fit does not depend on `batch_size`. (The
-    validation ELBO per row counts them per training row.)
+    With `batch_size=None` (or at least the rows), where the program subsamples itself (a
+    plate with `subsample_size`) or no argument has rows, one batch holds the data in its
+    order and each epoch is `SVI.step`'s, on the random stream the fit started with: the same
+    parameters as SVI's with Adam after as many steps. With minibatches, the model's plate of
+    the rows has the batch's size. Latent sites outside it (global ones, such as a prior's
+    mean) and their guide sites count in each batch by the batch's share of the rows, as
+    Pyro's subsampling plates scale the local ones, and a short last batch weighs by its rows:
+    an epoch sums the ELBO of the whole data once, and the fit does not depend on
+    `batch_size`. (The validation ELBO per row counts them per training row.)
 
     Arguments:
         model: A Pyro program.
         guide: A Pyro program sampling the latent sites of `model`, or `"auto_normal"` /
             `"auto_delta"` for Pyro's `AutoNormal` / `AutoDelta` built on `model`.
-        data: The observed rows, in one of the two conventions.
+        data: The observed rows as a dict or a DataFrame, or the programs' first argument.
         args, kwargs: Other inputs of `model` and `guide`.
         elbo: `"trace"` (`Trace_ELBO`), `"mean_field"` (`TraceMeanField_ELBO`, analytic KL
-            where known) or `"iwae"` (the importance-weighted bound with `num_particles` draws,
-            per row: the value of `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data
-            plate, computed differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no
-            differentiable loss; every site in the data plate, reparameterised guides only).
+            where known), `"trace_enum"` (`TraceEnum_ELBO`, its `max_plate_nesting` read from
+            the programs), `"trace_graph"` (`TraceGraph_ELBO`) or `"iwae"` (the
+            importance-weighted bound with `num_particles` draws, per row: the value of
+            `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data plate, computed
+            differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no differentiable
+            loss; every site in the data plate, reparameterised guides only, the rows in the
+            first argument alone). `None`: `"trace_enum"` where a site is marked for
+            enumeration, else `"trace"`.
         num_particles: The draws per row of the ELBO's estimate.
-        epochs, batch_size, lr: The Adam budget. The defaults (200 epochs of batches of 64,
+        epochs, batch_size, lr: The Adam budget (`batch_size=None`: every row in one batch).
+            The defaults (200 epochs of batches of 64,
             lr 1e-3) take more and smaller steps than :func:`fit_mle`'s (100, 256): the ELBO's
             gradients are noisy whatever the batch, so steps count more than rows per step.
             With them, `VAE(64, 8)` reaches 16.74 nats/image (test IWAE-500) on
@@ -842,8 +855,11 @@ def fit_svi(
         the fitted parameters.
 
     Raises:
-        ValueError: For bad data (naming the column), and when the ELBO becomes non-finite
-            (naming the site; the parameters are left at the last finite step).
+        ValueError: For bad data (naming the column), an error inside a program, an
+            enumerated site under a non-enumerating `elbo`, with minibatches a parameter per
+            row (pass `batch_size=None`, or subsample in the program), and when the ELBO
+            becomes non-finite (naming the site; the parameters are left at the last finite
+            step).
 
     Example:
         >>> def model(x):  # the mean of x, with a N(0, 1) prior
