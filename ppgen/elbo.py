@@ -481,8 +481,8 @@ def _key(where: int | str) -> str:
 def per_row(
     args: tuple[object, ...], kwargs: dict[str, object]
 ) -> tuple[int | None, dict[str, Tensor], str | None]:
-    """The arguments that have rows: those tensors whose leading size is that of the first
-    tensor argument (positional, then keyword).
+    """The arguments that have rows: the tensors whose leading size is the one most tensor
+    arguments share (that of the first, positional then keyword, on a tie).
 
     Returns:
         The number of rows (`None`: no tensor argument), the arguments with rows by column
@@ -490,15 +490,16 @@ def per_row(
         a tuple, a `PackedSequence`), which no batch can index.
 
     Example:
-        >>> rows, columns, hidden = per_row((torch.ones(3, 2), torch.ones(2)), {"y": torch.ones(3)})
+        >>> rows, columns, hidden = per_row((torch.ones(2), torch.ones(3, 2)), {"y": torch.ones(3)})
         >>> rows, sorted(columns), hidden
-        (3, ['*data', '*y'], None)
+        (3, ['*args[1]', '*y'], None)
     """
     named = [(_key(i), a) for i, a in enumerate(args)] + [(_key(k), v) for k, v in kwargs.items()]
     tensors = [(k, v) for k, v in named if isinstance(v, Tensor) and v.dim() > 0]
     if not tensors:
         return None, {}, None
-    rows = len(tensors[0][1])
+    sizes = [len(v) for _, v in tensors]
+    rows = max(sizes, key=sizes.count)  # the most common leading size; the first's on a tie
     columns = {k: v for k, v in tensors if len(v) == rows}
     hidden = next(
         (

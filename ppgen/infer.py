@@ -806,9 +806,9 @@ def fit_svi(
       **kwargs)` (so it cannot see the data: use this for guides of global latents, auto
       guides among them);
     - anything else is the programs' first argument, as `SVI.step(data, *args, **kwargs)`
-      calls them: every argument with rows (a tensor whose leading size is that of the first
-      tensor argument, at any position or keyword) is indexed with the same rows in each batch,
-      and the others pass unchanged.
+      calls them: every argument with rows (a tensor whose leading size is the one most tensor
+      arguments share, at any position or keyword) is indexed with the same rows in each
+      batch, and the others pass unchanged.
 
     With `batch_size=None` (or at least the rows), where the program subsamples itself (a
     plate with `subsample_size`) or no argument has rows, one batch holds the data in its

@@ -9,6 +9,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule, PyroSample
@@ -313,7 +315,7 @@ def test_an_error_in_the_program_names_it_and_its_line():
     assert isinstance(error.value.__cause__, AssertionError)
 
 
-def _epoch_gradient(monkeypatch, make, args, kwargs, batch_size):
+def _epoch_gradient(make, args, kwargs, batch_size):
     """The gradient of one epoch's summed batch losses, as the loop weighs them, times the
     batch size: the gradient of minus the whole data's ELBO where each batch weighs by its
     rows (an epoch in order, each batch a slice)."""
@@ -323,9 +325,10 @@ def _epoch_gradient(monkeypatch, make, args, kwargs, batch_size):
         captured.update(objective=objective, parameters=groups["all"][0], data=data)
         return ppgen.infer.FitResult()
 
-    monkeypatch.setattr(ppgen.infer, "train", spy)
     model, guide = make()
-    fit_svi(model, guide, *args, batch_size=batch_size, progress=False, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppgen.infer, "train", spy)
+        fit_svi(model, guide, *args, batch_size=batch_size, progress=False, **kwargs)
     objective, parameters, data = captured.values()
     loss = 0.0
     for start in range(0, len(data), batch_size):
@@ -337,7 +340,7 @@ def _epoch_gradient(monkeypatch, make, args, kwargs, batch_size):
 
 @pytest.mark.parametrize("batch_size", [5, 7, 24])
 @pytest.mark.parametrize("name", ["regression", "columns", "keyword", "factor"])
-def test_minibatches_sum_to_the_whole_datas_gradient(monkeypatch, name, batch_size):
+def test_minibatches_sum_to_the_whole_datas_gradient(name, batch_size):
     # AutoDelta guides: the ELBO has no draw, so each epoch's gradient is exact; the loss of
     # the whole data is Pyro's (the globals counted once, the last short batch by its rows)
     make, args, kwargs, _, _ = PROGRAMS[name]
@@ -346,9 +349,46 @@ def test_minibatches_sum_to_the_whole_datas_gradient(monkeypatch, name, batch_si
         model, _ = make()
         return model, AutoDelta(model)
 
-    model, guide, ours = _epoch_gradient(monkeypatch, delta, args, kwargs, batch_size)
+    model, guide, ours = _epoch_gradient(delta, args, kwargs, batch_size)
     loss = Trace_ELBO().differentiable_loss(model, guide, *args, **kwargs)
     store = pyro.get_param_store()
     params = [store[name].unconstrained() for name in store.keys()]
     for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
         assert torch.allclose(ours[id(p)], g, rtol=1e-10, atol=1e-10), (ours[id(p)], g)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    features=st.integers(1, 3),
+    constant_at=st.integers(0, 3),
+    masked=st.booleans(),
+    by_name=st.booleans(),
+)
+def test_random_programs_of_the_idioms_take_svis_steps(features, constant_at, masked, by_name):
+    """model(*args, **kwargs): `features` arguments with rows, a constant without rows at any
+    position, maybe a mask, the observed rows maybe by keyword; full batch, as SVI; and one
+    epoch of minibatches of 7 has the whole data's gradient."""
+    rows = [XS[:, i] for i in range(features)]
+    args = [*rows[:constant_at], torch.tensor([0.5, 1.5]), *rows[constant_at:]]
+    kwargs = {"y": Y, "mask": MASK} if by_name else {}
+    args += [] if by_name else [Y, MASK]
+
+    def make(guide=AutoNormal):
+        def model(*args, **kwargs):
+            *inputs, y, mask = [*args, *kwargs.values()]
+            xs = [a for a in inputs if len(a) == len(y)]
+            scale = next(a for a in inputs if len(a) != len(y)).sum()
+            w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([len(xs)]).to_event(1))
+            with pyro.plate("data", len(y)), pyro.poutine.mask(mask=mask if masked else True):
+                mean = sum(w[i] * x for i, x in enumerate(xs))
+                pyro.sample("y", dist.Normal(mean, scale), obs=y)
+
+        return model, guide(model)
+
+    pyro.clear_param_store()
+    _parity(make, tuple(args), kwargs)
+    pyro.clear_param_store()
+    model, guide, ours = _epoch_gradient(lambda: make(AutoDelta), args, kwargs, 7)
+    loss = Trace_ELBO().differentiable_loss(model, guide, *args, **kwargs)
+    (p,) = [pyro.get_param_store()[name].unconstrained() for name in pyro.get_param_store()]
+    assert torch.allclose(ours[id(p)], torch.autograd.grad(loss, p)[0], rtol=1e-10, atol=1e-10)
