@@ -27,7 +27,9 @@ from ppgen.datasets import digits
 class VAE(nn.Module):  # examples/vae/vae.py
     def __init__(self, x_dim=64, z_dim=8, hidden=128):
         super().__init__()
-        self.enc = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
+        self.enc = nn.Sequential(
+            nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim)
+        )
         self.dec = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
         self.z_dim = z_dim
 
@@ -35,7 +37,9 @@ class VAE(nn.Module):  # examples/vae/vae.py
         pyro.module("decoder", self.dec)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=self.dec(z), validate_args=False).to_event(1), obs=x)
+            pyro.sample(
+                "x", dist.Bernoulli(logits=self.dec(z), validate_args=False).to_event(1), obs=x
+            )
 
     def guide(self, x):
         pyro.module("encoder", self.enc)
@@ -47,9 +51,13 @@ class VAE(nn.Module):  # examples/vae/vae.py
 class DMM(nn.Module):  # examples/dmm.py, with masks and a guide reading each step
     def __init__(self, x_dim=8, z_dim=4, hidden=32):
         super().__init__()
-        self.trans = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim))
+        self.trans = nn.Sequential(
+            nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
+        )
         self.emit = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, x_dim))
-        self.comb = nn.Sequential(nn.Linear(z_dim + x_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim))
+        self.comb = nn.Sequential(
+            nn.Linear(z_dim + x_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
+        )
         self.z_dim = z_dim
 
     def model(self, seqs, mask):
@@ -58,7 +66,9 @@ class DMM(nn.Module):  # examples/dmm.py, with masks and a guide reading each st
             z = seqs.new_zeros(len(seqs), self.z_dim)
             for t in pyro.markov(range(seqs.shape[1])):
                 loc, log_scale = self.trans(z).chunk(2, -1)
-                z = pyro.sample(f"z_{t}", dist.Normal(loc, log_scale.exp()).to_event(1).mask(mask[:, t]))
+                z = pyro.sample(
+                    f"z_{t}", dist.Normal(loc, log_scale.exp()).to_event(1).mask(mask[:, t])
+                )
                 pyro.sample(f"x_{t}", dist.Normal(self.emit(z), 1.0).to_event(1).mask(mask[:, t]),
                             obs=seqs[:, t])  # fmt: skip
 
@@ -68,15 +78,23 @@ class DMM(nn.Module):  # examples/dmm.py, with masks and a guide reading each st
             z = seqs.new_zeros(len(seqs), self.z_dim)
             for t in pyro.markov(range(seqs.shape[1])):
                 loc, log_scale = self.comb(torch.cat([z, seqs[:, t]], -1)).chunk(2, -1)
-                z = pyro.sample(f"z_{t}", dist.Normal(loc, log_scale.exp()).to_event(1).mask(mask[:, t]))
+                z = pyro.sample(
+                    f"z_{t}", dist.Normal(loc, log_scale.exp()).to_event(1).mask(mask[:, t])
+                )
 
 
 class SSVAE(nn.Module):  # examples/vae/ss_vae_M2.py: the label enumerated where unobserved
     def __init__(self, x_dim=64, y_dim=10, z_dim=8, hidden=128):
         super().__init__()
-        self.enc_y = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, y_dim))
-        self.enc_z = nn.Sequential(nn.Linear(x_dim + y_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
-        self.dec = nn.Sequential(nn.Linear(z_dim + y_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
+        self.enc_y = nn.Sequential(
+            nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, y_dim)
+        )
+        self.enc_z = nn.Sequential(
+            nn.Linear(x_dim + y_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim)
+        )
+        self.dec = nn.Sequential(
+            nn.Linear(z_dim + y_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim)
+        )
         self.y_dim, self.z_dim = y_dim, z_dim
 
     def model(self, xs, ys=None):
@@ -86,7 +104,9 @@ class SSVAE(nn.Module):  # examples/vae/ss_vae_M2.py: the label enumerated where
             ys = pyro.sample("y", dist.OneHotCategorical(logits=xs.new_zeros(self.y_dim)), obs=ys)
             z, ys = _broadcast(z, ys)
             logits = self.dec(torch.cat([z, ys], -1))
-            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=xs)
+            pyro.sample(
+                "x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=xs
+            )
 
     @config_enumerate
     def guide(self, xs, ys=None):
@@ -149,7 +169,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     repeats = parser.parse_args().repeats
     torch.set_num_threads(1)
-    print("| program | Pyro s/epoch (median, min) | ppgen s/epoch (median, min) | ratio (median) |")
+    print(
+        "| program | Pyro s/epoch (median, min) | ppgen s/epoch (median, min) | ratio (median) |"
+    )
     print("| --- | --- | --- | --- |")
     for name, (model, guide, args, batch_size, elbo) in programs().items():
         pyro.clear_param_store()

@@ -173,8 +173,6 @@ class ELBOObjective(nn.Module):
             if site["type"] == "sample" and site["infer"].get("enumerate") is not None
         ]
         if not enumerated:
-            if self.elbo is None:
-                self._use(None)
             return
         if self.elbo not in (None, "trace_enum"):
             raise ValueError(
@@ -197,7 +195,9 @@ class ELBOObjective(nn.Module):
         if self.argument:
             _check_observed(model_trace, list(whole.values()))
 
-    def _traces(self, batch: dict[str, Tensor]) -> tuple[poutine.Trace, poutine.Trace, dict[str, Tensor]]:
+    def _traces(
+        self, batch: dict[str, Tensor]
+    ) -> tuple[poutine.Trace, poutine.Trace, dict[str, Tensor]]:
         """The guide's trace, the model's replayed on it, and the `pyro.param`s they read."""
         with poutine.trace(param_only=True) as params:
             guide_trace = poutine.trace(self._guide).get_trace(batch)
@@ -490,7 +490,8 @@ def per_row(
         a tuple, a `PackedSequence`), which no batch can index.
 
     Example:
-        >>> rows, columns, hidden = per_row((torch.ones(2), torch.ones(3, 2)), {"y": torch.ones(3)})
+        >>> x, y = torch.ones(3, 2), torch.ones(3)
+        >>> rows, columns, hidden = per_row((torch.ones(2), x), {"y": y})
         >>> rows, sorted(columns), hidden
         (3, ['*args[1]', '*y'], None)
     """

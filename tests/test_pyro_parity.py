@@ -34,7 +34,11 @@ def _store() -> dict[str, torch.Tensor]:
 
 
 def _modules(*programs) -> list[nn.Module]:
-    return [getattr(p, "__self__", p) for p in programs if isinstance(getattr(p, "__self__", p), nn.Module)]
+    return [
+        getattr(p, "__self__", p)
+        for p in programs
+        if isinstance(getattr(p, "__self__", p), nn.Module)
+    ]
 
 
 def _parity(make, args, kwargs=None, svi_elbo=None, **options):
@@ -51,8 +55,8 @@ def _parity(make, args, kwargs=None, svi_elbo=None, **options):
             for _ in range(STEPS):
                 svi.step(*args, **kwargs)
         else:
-            fit_svi(model, guide, *args, epochs=STEPS, batch_size=None, lr=LR, progress=False,
-                    **options, **kwargs)  # fmt: skip
+            options = {"batch_size": None, **options}
+            fit_svi(model, guide, *args, epochs=STEPS, lr=LR, progress=False, **options, **kwargs)
         after = torch.rand(())  # the random stream continues alike
         modules = {
             f"{i}.{k}": v.detach().clone()
@@ -63,7 +67,10 @@ def _parity(make, args, kwargs=None, svi_elbo=None, **options):
     (ours_params, ours_after), (svi_params, svi_after) = results[1], results[0]
     assert set(ours_params) == set(svi_params) and ours_params
     for name, value in svi_params.items():
-        assert torch.allclose(ours_params[name], value, rtol=0, atol=1e-6), (name, (ours_params[name] - value).abs().max())
+        assert torch.allclose(ours_params[name], value, rtol=0, atol=1e-6), (
+            name,
+            (ours_params[name] - value).abs().max(),
+        )
     assert ours_after == svi_after
     return ours_params
 
@@ -83,7 +90,9 @@ def regression():  # model(x, y): two arguments with rows
     def guide(x, y):
         for name in ("a", "b"):
             loc = pyro.param(f"{name}_loc", torch.tensor(0.0))
-            scale = pyro.param(f"{name}_scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+            scale = pyro.param(
+                f"{name}_scale", torch.tensor(1.0), constraint=dist.constraints.positive
+            )
             pyro.sample(name, dist.Normal(loc, scale))
 
     return model, guide
@@ -131,7 +140,9 @@ def mixture():  # a 2-component mixture, its assignments enumerated in the model
 
 def hmm():  # a pyro.markov chain of enumerated states, sequences as rows
     def model(seqs):
-        trans = pyro.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]), constraint=dist.constraints.simplex)
+        trans = pyro.param(
+            "trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]), constraint=dist.constraints.simplex
+        )
         locs = pyro.param("hmm_locs", torch.tensor([-1.0, 1.0]))
         with pyro.plate("seqs", len(seqs), dim=-1):
             state = 0
@@ -274,8 +285,14 @@ SCHOOLS = torch.tensor(dtype=torch.float64, data=[28.0, 8.0, -3.0, 7.0, -1.0, 1.
 PROGRAMS = {
     "regression": (regression, (X, Y), {}, None, {}),
     "masked": (masked, (X, MASK), {}, None, {}),
-    "subsampled": (subsampled, (X,), {}, None, {}),
-    "mixture": (mixture, (X + 3 * (torch.rand(N, generator=RNG) > 0.5),), {}, TraceEnum_ELBO(max_plate_nesting=1), {}),
+    "subsampled": (subsampled, (X,), {}, None, {"batch_size": 5}),  # left to subsample itself
+    "mixture": (
+        mixture,
+        (X + 3 * (torch.rand(N, generator=RNG) > 0.5),),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=1),
+        {},
+    ),
     "hmm": (hmm, (SEQS,), {}, TraceEnum_ELBO(max_plate_nesting=1), {}),
     "bayesian_regression": (bayesian_regression, (XS, XS.sum(-1)), {}, None, {}),
     "eight_schools": (eight_schools, (8, SIGMA, SCHOOLS), {}, None, {}),
@@ -296,7 +313,9 @@ def test_a_full_batch_takes_svis_steps(name):
 
 def test_the_enumerating_elbo_is_chosen_or_asked_for():
     model, guide = mixture()
-    with pytest.raises(ValueError, match="^Site 'k' is marked for enumeration, which elbo='trace'"):
+    with pytest.raises(
+        ValueError, match="^Site 'k' is marked for enumeration, which elbo='trace'"
+    ):
         fit_svi(model, guide, X, elbo="trace", epochs=1, progress=False)
 
 
@@ -310,7 +329,11 @@ def test_an_error_in_the_program_names_it_and_its_line():
     def model(x):
         assert x.shape[1] == 3, "three features"
 
-    with pytest.raises(ValueError, match=r"^The model 'test_an_error.*model' raised AssertionError at test_pyro_parity.py:\d+ on all 24 rows: three features$") as error:
+    message = (
+        r"^The model 'test_an_error.*model' raised AssertionError at test_pyro_parity.py:\d+ "
+        "on all 24 rows: three features$"
+    )
+    with pytest.raises(ValueError, match=message) as error:
         fit_svi(model, AutoNormal(model), XS[:, :2], progress=False)
     assert isinstance(error.value.__cause__, AssertionError)
 
