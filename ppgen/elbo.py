@@ -353,12 +353,26 @@ class ELBOObjective(nn.Module):
     def _elbo(self, batch: dict[str, Tensor]) -> Tensor:
         """Pyro's ELBO of a batch, differentiable; `TraceGraph_ELBO`'s value with the gradient
         of its surrogate (the score-function terms with their baselines)."""
-        if isinstance(self.loss, TraceGraph_ELBO):
-            elbo, surrogate = self.loss._loss_and_surrogate_loss(
-                self._model, self._guide, (batch,), {}
+        try:
+            if isinstance(self.loss, TraceGraph_ELBO):
+                elbo, surrogate = self.loss._loss_and_surrogate_loss(
+                    self._model, self._guide, (batch,), {}
+                )
+                return elbo.detach() - surrogate + surrogate.detach()
+            return -self.loss.differentiable_loss(self._model, self._guide, batch)
+        except (RuntimeError, ValueError) as error:  # from the ELBO, outside the programs
+            rows = len(next(iter(batch.values())))
+            hint = (
+                "; the programs may not take a batch of rows (a plate of fixed size?): pass "
+                "batch_size=None to train on all rows at once, as SVI.step does"
+                if rows != self.rows
+                else ""
             )
-            return elbo.detach() - surrogate + surrogate.detach()
-        return -self.loss.differentiable_loss(self._model, self._guide, batch)
+            text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+            raise ValueError(
+                f"{type(self.loss).__name__} raised {type(error).__name__} on a batch of {rows} "
+                f"rows: {text}{hint}."
+            ) from error
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         whole = self.whole is not None and torch.is_grad_enabled()

@@ -120,6 +120,15 @@ def subsampled():  # the program subsamples itself
     return model, AutoNormal(model)
 
 
+def fixed_plate():  # a plate of fixed size, as some of Pyro's examples write it
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", N):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    return model, AutoNormal(model)
+
+
 def mixture():  # a 2-component mixture, its assignments enumerated in the model
     @config_enumerate
     def model(x):
@@ -285,6 +294,7 @@ SCHOOLS = torch.tensor(dtype=torch.float64, data=[28.0, 8.0, -3.0, 7.0, -1.0, 1.
 PROGRAMS = {
     "regression": (regression, (X, Y), {}, None, {}),
     "masked": (masked, (X, MASK), {}, None, {}),
+    "fixed_plate": (fixed_plate, (X,), {}, None, {}),
     "subsampled": (subsampled, (X,), {}, None, {"batch_size": 5}),  # left to subsample itself
     "mixture": (
         mixture,
@@ -338,6 +348,16 @@ def test_an_error_in_the_program_names_it_and_its_line():
     assert isinstance(error.value.__cause__, AssertionError)
 
 
+def test_a_program_that_cannot_take_a_batch_says_what_to_do():
+    model, guide = fixed_plate()
+    message = (
+        r"^Trace_ELBO raised RuntimeError on a batch of 5 rows: .*; the programs may not take a "
+        r"batch of rows \(a plate of fixed size\?\): pass batch_size=None"
+    )
+    with pytest.raises(ValueError, match=message):
+        fit_svi(model, guide, X, batch_size=5, epochs=1, progress=False)
+
+
 def _epoch_gradient(make, args, kwargs, batch_size):
     """The gradient of one epoch's summed batch losses, as the loop weighs them, times the
     batch size: the gradient of minus the whole data's ELBO where each batch weighs by its
@@ -380,7 +400,7 @@ def test_minibatches_sum_to_the_whole_datas_gradient(name, batch_size):
         assert torch.allclose(ours[id(p)], g, rtol=1e-10, atol=1e-10), (ours[id(p)], g)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     features=st.integers(1, 3),
     constant_at=st.integers(0, 3),
