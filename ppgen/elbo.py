@@ -87,7 +87,7 @@ class ELBOObjective(nn.Module):
         self.guide = guide
         self.plan, self.batch_size, self.floats = None, None, set()
         self.whole: dict[str, Tensor] | None = None  # the full batch, in the data's order
-        self.stream: list[Tensor] = []  # the full batch's random state, as SVI's
+        self.stream: list[Tensor] = []  # the full batch's random state, as SVI's (or none)
         self._use(elbo)
 
     def _use(self, elbo: str | None) -> None:
@@ -375,9 +375,11 @@ class ELBOObjective(nn.Module):
             ) from error
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        whole = self.whole is not None and torch.is_grad_enabled()
-        if whole:  # SVI's step: all rows in their order, on the fit's own random stream
-            batch, outer = self.whole, _rng_state(self.whole)
+        if self.whole is not None and torch.is_grad_enabled():  # SVI's step: all rows in order
+            batch = self.whole
+        whole = batch is self.whole and bool(self.stream)
+        if whole:  # on the fit's own random stream, which the loop's permutations leave alone
+            outer = _rng_state(batch)
             _set_rng_state(self.stream)
         try:
             with _plain_errors():

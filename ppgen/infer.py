@@ -813,7 +813,9 @@ def fit_svi(
     With `batch_size=None` (or at least the rows), where the program subsamples itself (a
     plate with `subsample_size`) or no argument has rows, one batch holds the data in its
     order and each epoch is `SVI.step`'s, on the random stream the fit started with: the same
-    parameters as SVI's with Adam after as many steps. With minibatches, the model's plate of
+    parameters as SVI's with Adam after as many steps (with `checkpoint`, the steps draw from
+    the loop's random state instead, which a checkpoint saves, so that a resumed fit ends where
+    an uninterrupted one would). With minibatches, the model's plate of
     the rows has the batch's size. Latent sites outside it (global ones, such as a prior's
     mean) and their guide sites count in each batch by the batch's share of the rows, as
     Pyro's subsampling plates scale the local ones, and a short last batch weighs by its rows:
@@ -903,6 +905,8 @@ def fit_svi(
             "Neither the model nor the guide has parameters to fit (no nn.Parameter or pyro.param)."
         )
     _as_floats(objective, data, val, _parameters_of(model))
+    if checkpoint is not None:  # the loop's random state alone is saved: the steps draw from it
+        objective.stream = []
     batch_size = objective.batch_size
     objective.prepare(data.rows(slice(0, batch_size)))
     with pyro.validation_enabled(False):  # checked on all rows above; lean steps here
@@ -912,7 +916,7 @@ def fit_svi(
             progress=progress, description="fit_svi", checkpoint=checkpoint,
             every=checkpoint_every, resume=resume,
         )  # fmt: skip
-    if objective.whole is not None:  # the random stream continues as after SVI's steps
+    if objective.stream:  # the random stream continues as after SVI's steps
         _set_rng_state(objective.stream)
     result.categories = data.categories
     return result
