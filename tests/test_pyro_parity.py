@@ -335,6 +335,16 @@ def test_per_row_parameters_are_refused_with_minibatches():
         fit_svi(model, guide, 8, SIGMA, SCHOOLS, batch_size=4, epochs=1, progress=False)
 
 
+def test_an_auto_guide_of_latents_per_row_is_refused_where_sites_observe_columns():
+    def model(x):  # obs=x[:, k]: the plate of the rows is found all the same
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(z * x[:, 0], 1.0), obs=x[:, 1])
+
+    with pytest.raises(ValueError, match="^Site 'z' is latent inside the plate of the rows"):
+        fit_svi(model, "auto_normal", XS, batch_size=10, epochs=1, progress=False)
+
+
 def test_an_error_in_the_program_names_it_and_its_line():
     def model(x):
         assert x.shape[1] == 3, "three features"
