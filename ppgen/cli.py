@@ -365,7 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", required=True, help="a .csv, .parquet or .npz file, one column per site"
     )
     fit.add_argument("--guide", help="auto_normal, auto_delta or path/to/file.py:guide (then SVI)")
-    fit.add_argument("--elbo", default="trace", choices=["trace", "mean_field", "iwae"])
+    fit.add_argument(
+        "--elbo",
+        choices=["trace", "mean_field", "trace_enum", "trace_graph", "iwae"],
+        help="default: trace_enum where a site is enumerated, else trace",
+    )
     fit.add_argument("--epochs", type=int, help="default: fit_mle's 100, fit_svi's 200")
     fit.add_argument("--batch-size", type=int, help="default: fit_mle's 256, fit_svi's 64")
     fit.add_argument("--lr", type=float, help="default: 1e-3")

@@ -9,28 +9,41 @@ is the objective, and the importance-weighted bound comes from :mod:`ppgen.impor
 from __future__ import annotations
 
 import math
+import os
+import sysconfig
+import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
+import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoNormal
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
-from torch.distributions import Independent, kl_divergence
+from torch.distributions import Independent, constraints, kl_divergence
 
+from ppgen import distributed
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
 from ppgen.importance import log_weights
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
-from ppgen.tracing import is_unweighted, is_variable, is_view, program_parameters, trace_calls
+from ppgen.tracing import is_unweighted, is_variable, program_parameters, trace_calls
 
-__all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "svi_table"]
+__all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "per_row", "set_rng_state", "svi_table"]
 
-ARGUMENT = "*data"  # the column of data given as a tensor: the programs' first argument
-ELBOS = {"trace": Trace_ELBO, "mean_field": TraceMeanField_ELBO}
+ARGUMENT = "*data"  # the column of the programs' first argument, where it has rows
+ELBOS = {
+    "trace": Trace_ELBO,
+    "mean_field": TraceMeanField_ELBO,
+    "trace_enum": TraceEnum_ELBO,
+    "trace_graph": TraceGraph_ELBO,
+}
 
 
 class ELBOObjective(nn.Module):
@@ -39,14 +52,15 @@ class ELBOObjective(nn.Module):
     With `rows`, the number of rows of the whole data, the sites outside the plate of the rows
     (global latents, and their guide sites) count in each batch by the batch's share of the
     rows, so that an epoch counts them once, as the ELBO of the whole data does, whatever the
-    batch size: :meth:`prepare` finds that plate.
+    batch size: :meth:`inspect` finds that plate.
 
     Example:
         >>> vae = ppgen.models.VAE(4, 2, hidden=(8,))
-        >>> objective = ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (), {})
-        >>> objective.prepare({"*data": torch.ones(3, 4)})
+        >>> x = torch.ones(3, 4)
+        >>> objective = ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (x,), {})
+        >>> objective.prepare({"*data": x})
         True
-        >>> objective({"*data": torch.ones(3, 4)})["elbo"].shape
+        >>> objective({"*data": x})["elbo"].shape
         torch.Size([])
     """
 
@@ -54,7 +68,7 @@ class ELBOObjective(nn.Module):
         self,
         model: Callable[..., object],
         guide: Callable[..., object],
-        elbo: str,
+        elbo: str | None,
         num_particles: int,
         observed: list[str],
         argument: bool,
@@ -64,7 +78,7 @@ class ELBOObjective(nn.Module):
     ) -> None:
         super().__init__()
         self.model, self.args, self.kwargs = model, args, kwargs
-        self.rows, self.plate = rows, None  # the plate of the rows, found by prepare
+        self.rows, self.plate = rows, None  # the plate of the rows, found by inspect
         self.observed, self.argument = observed, argument
         self.num_particles, self.iwae = num_particles, elbo == "iwae"
         self.auto = guide in ("auto_normal", "auto_delta")
@@ -72,59 +86,139 @@ class ELBOObjective(nn.Module):
             prototype = model if self.argument else poutine.block(model, hide=observed)
             guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
         self.guide = guide
-        self.mean_field, self.plan = elbo == "mean_field", None
+        self.plan, self.batch_size, self.floats = None, None, set()
+        self.whole: dict[str, Tensor] | None = None  # the full batch, in the data's order
+        self.stream: list[Tensor] = []  # the full batch's random state, as SVI's (or none)
+        self._use(elbo)
+
+    def _use(self, elbo: str | None) -> None:
+        """Makes Pyro's ELBO `elbo` (`None`: `Trace_ELBO`) the objective."""
+        self.elbo, self.mean_field = elbo, elbo == "mean_field"
         if not self.iwae:
-            self.loss = ELBOS[elbo](num_particles=num_particles)(self._model, self._guide)
+            self.loss = ELBOS[elbo or "trace"](num_particles=self.num_particles)
 
     @property
     def fast(self) -> bool:
         """Whether the ELBO is computed from the ppgen modules alone, without tracing."""
         return self.plan is not None
 
+    def inspect(self, whole: dict[str, Tensor], batch_size: int | None) -> None:
+        """Runs the guide and the model (replayed) once on all the rows, as `SVI.step` would,
+        and settles how the fit batches them; sets :attr:`batch_size` for the loop.
+
+        One batch holds every row where `batch_size` is `None` or at least the rows, where
+        the program subsamples itself (a plate with `subsample_size` or `subsample`) or has no
+        argument with rows; that batch is then the data in its order, drawing from the random
+        stream that the fit started with, so that each step is `SVI.step`'s. Enumerated sites
+        choose `TraceEnum_ELBO` where the ELBO was left to choose. The plate of the rows is the
+        one that indexes the rows of every site observing a row-view of the data.
+
+        Raises:
+            ValueError: For an enumerated site under a non-enumerating ELBO; and with
+                minibatches, for a parameter or an auto guide's latent site per row, or an
+                argument holding rows ppgen cannot index (a list, a `PackedSequence`).
+        """
+        if isinstance(self.guide, AutoGuide) and self.guide.prototype_trace is None:
+            with _plain_errors():  # its draws for initial values, as SVI's first step has
+                self._call(self.guide._setup_prototype, "model", self.model, whole)
+        state = _rng_state(whole)
+        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors():
+            guide_trace, model_trace, params = self._traces(whole)
+        set_rng_state(state)
+        self._choose_elbo(guide_trace, model_trace)
+        self._check_data(model_trace, whole)
+        self.floats = _float_columns(model_trace, whole)
+        subsampled = any(
+            site_is_subsample(s) and len(s["value"]) < s["fn"].size
+            for t in (guide_trace, model_trace)
+            for s in t.nodes.values()
+        )
+        latent = {n: s for n, s in model_trace.nodes.items() if is_variable(s)}
+        latent = {n: s for n, s in latent.items() if not s["is_observed"]}
+        plate = None if subsampled else _plate_of_rows(model_trace, whole)
+        inside = [
+            n for n, s in latent.items() if any(f.name == plate for f in s["cond_indep_stack"])
+        ]
+        if plate is not None and len(inside) < len(latent):
+            self.plate = plate  # latent sites outside it: scaled by each batch's share
+        size = self.rows or 0
+        if subsampled or batch_size is None or batch_size >= size or self.rows is None:
+            self.batch_size = len(next(iter(whole.values())))
+            if distributed.active() is None:  # else each rank takes its share of the rows
+                self.whole, self.stream = whole, state
+            return
+        self.batch_size = batch_size
+        if self.auto and plate is not None and inside:
+            raise ValueError(
+                f"Site {inside[0]!r} is latent inside the plate of the rows {plate!r}, where an "
+                "auto guide learns a value per position in a batch, not per row; pass "
+                "batch_size=None to fit every row at once, or write a guide that maps each row "
+                "to its site (amortised, as VAE.guide does)."
+            )
+        _refuse_rows_in(params, size)
+        unplated = [n for n, s in latent.items() if n not in inside]
+        if plate is None and unplated:
+            warnings.warn(
+                f"Latent site {unplated[0]!r} seems global, but no plate indexes the rows of "
+                "every site of the data (observed as given, not transformed), so it counts "
+                "once a batch: the fit depends on batch_size.",
+                stacklevel=4,
+            )
+
+    def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
+        """`TraceEnum_ELBO` (its plate nesting from the traces) where a site is enumerated."""
+        enumerated = [
+            name
+            for trace in (guide_trace, model_trace)
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site["infer"].get("enumerate") is not None
+        ]
+        if not enumerated:
+            return
+        if self.elbo not in (None, "trace_enum"):
+            raise ValueError(
+                f"Site {enumerated[0]!r} is marked for enumeration, which elbo={self.elbo!r} "
+                "would sample instead; pass elbo='trace_enum' (or leave elbo unset)."
+            )
+        dims = [
+            f.dim
+            for trace in (guide_trace, model_trace)
+            for site in trace.nodes.values()
+            if site["type"] == "sample" and not site_is_subsample(site)
+            for f in site["cond_indep_stack"]
+            if f.vectorized
+        ]
+        self._use("trace_enum")
+        self.loss.max_plate_nesting = -min(dims) if dims else 0
+
+    def _check_data(self, model_trace: poutine.Trace, whole: dict[str, Tensor]) -> None:
+        """Checks each observed site holding the rows of an argument: its shape, its support."""
+        if self.argument:
+            _check_observed(model_trace, list(whole.values()))
+
+    def _traces(
+        self, batch: dict[str, Tensor]
+    ) -> tuple[poutine.Trace, poutine.Trace, dict[str, Tensor]]:
+        """The guide's trace, the model's replayed on it, and the `pyro.param`s they read."""
+        with poutine.trace(param_only=True) as params:
+            guide_trace = poutine.trace(self._guide).get_trace(batch)
+            replayed = poutine.replay(self._model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(batch)
+        values = {n: s["value"] for n, s in params.trace.nodes.items() if s["type"] == "param"}
+        return guide_trace, model_trace, values
+
     def prepare(self, probe: dict[str, Tensor]) -> bool:
         """Finds the structure on a probe batch, for the fast path where it is fully known.
 
         It is known when every site's distribution is returned by a :class:`~ppgen.nn.Node`
         called on the values of other sites or on the programs' inputs, unmasked and unscaled,
-        and every guide site is reparameterised. The fast ELBO is then checked against Pyro's,
-        on the same draws; on any doubt the objective keeps Pyro's ELBO. It first finds the
-        plate of the rows: with `rows`, where latent sites lie outside it, Pyro's ELBO scales
-        them (and there is no fast path).
-
-        Raises:
-            ValueError: For an auto guide of a latent site inside the plate of the rows: its
-                parameters would be those of a position in a batch, not of a row.
+        and every guide site is reparameterised (`"trace"` and `"mean_field"` ELBOs, no plate
+        scaled by :meth:`inspect`). The fast ELBO is then checked against Pyro's, on the same
+        draws; on any doubt the objective keeps Pyro's ELBO.
         """
-        with torch.random.fork_rng(), torch.no_grad():
-            self.plate = None
-            plate, latent = self._plate_of_rows(probe)
-        inside = [
-            n for n, s in latent.items() if any(f.name == plate for f in s["cond_indep_stack"])
-        ]
-        if self.auto and plate is not None and inside:
-            raise ValueError(
-                f"Site {inside[0]!r} is latent inside the plate of the rows {plate!r}, where an "
-                "auto guide learns a value per position in a batch, not per row; write a guide "
-                "that maps each row to its site (amortised, as VAE.guide does)."
-            )
-        if self.rows is not None and plate is not None and len(inside) < len(latent):
-            self.plate = plate  # latent sites outside it: scaled by each batch's share
-        size = len(next(iter(probe.values())))
-        unplated = [  # outside every plate of the rows (one without a size fits any)
-            n
-            for n, s in latent.items()
-            if all(f.size not in (size, -1) for f in s["cond_indep_stack"])
-        ]
-        if self.rows is not None and plate is None and unplated and self.rows > size:
-            warnings.warn(
-                f"Latent site {unplated[0]!r} seems global, but no plate of the rows holds every "
-                "site of the data (observed as given, not transformed), so it counts once a "
-                "batch: the fit depends on batch_size.",
-                stacklevel=4,
-            )
-        if self.iwae or self.plate is not None:
+        if self.iwae or self.plate is not None or self.elbo not in (None, "trace", "mean_field"):
             return False
-        with torch.random.fork_rng(), torch.no_grad():
+        with torch.random.fork_rng(), torch.no_grad(), _plain_errors():
             self.plan = self._structure(probe)
             if self.plan is not None:
                 seed = int(torch.randint(2**31, ()))
@@ -133,7 +227,7 @@ class ELBOObjective(nn.Module):
                 torch.manual_seed(seed)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                    exact = -self.loss(probe)
+                    exact = self._elbo(probe)
                 if not torch.isclose(fast, exact, rtol=1e-5, atol=0.0):
                     self.plan = None
         return self.fast
@@ -189,50 +283,17 @@ class ELBOObjective(nn.Module):
             return None
         return guide, model
 
-    def _plate_of_rows(self, probe: dict[str, Tensor]) -> tuple[str | None, dict[str, dict]]:
-        """The name of the plate of the rows (`None` where none is found) and the model's
-        latent sites by name.
-
-        It is the plate of the probe's size around every site that holds the data (a column, or
-        the data tensor itself or a view of it; not a `pyro.factor`); a second probe, one row
-        shorter, settles a tie with another plate of that size.
-        """
-        size, found, trace = len(next(iter(probe.values()))), None, None
-        for rows in range(size, max(size - 2, 0), -1):
-            batch = {k: v[:rows] for k, v in probe.items()}
-            trace = poutine.trace(self._model).get_trace(batch)
-            sites = [site for site in trace.nodes.values() if is_variable(site)]
-            plates = [
-                {f.name for f in site["cond_indep_stack"] if f.size == rows}
-                for site in sites
-                if self._holds_data(site, batch)
-            ]
-            common = set.intersection(*plates) if plates else set()
-            found = common if found is None else found & common
-            if len(found) <= 1:
-                break
-        latent = {site["name"]: site for site in sites if not site["is_observed"]}
-        return (found.pop() if found is not None and len(found) == 1 else None), latent
-
-    def _holds_data(self, site: dict, batch: dict[str, Tensor]) -> bool:
-        """Whether an observed site's value is a column of the batch, or its data tensor."""
-        if not site["is_observed"]:
-            return False
-        if not self.argument:
-            return site["name"] in batch
-        return is_view(site["value"], batch[ARGUMENT])
-
     def _share(self, program: Callable[..., object], batch: dict[str, Tensor]) -> Callable:
         """`program` with its sites outside the plate of the rows scaled by the batch's share."""
-        if self.plate is None:
+        share = len(next(iter(batch.values()))) / self.rows if self.plate is not None else 1
+        if share == 1:
             return program
-        share = len(next(iter(batch.values()))) / self.rows
         return _ScaleOutside(self.plate, share)(program)
 
     def _constants(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The programs' tensor inputs by name: the batch's columns, and `args` and `kwargs`."""
-        constants = {f"*args[{i}]": a for i, a in enumerate(self.args) if isinstance(a, Tensor)}
-        constants.update((f"*{k}", v) for k, v in self.kwargs.items() if isinstance(v, Tensor))
+        constants = {_key(i): a for i, a in enumerate(self.args) if isinstance(a, Tensor)}
+        constants.update((_key(k), v) for k, v in self.kwargs.items() if isinstance(v, Tensor))
         return {**constants, **batch}
 
     def _fast_elbo(self, batch: dict[str, Tensor]) -> Tensor:
@@ -257,20 +318,88 @@ class ELBOObjective(nn.Module):
         return total if self.num_particles == 1 else total / self.num_particles
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[tuple[object, ...], dict[str, object]]:
-        if self.argument:
-            return (batch[ARGUMENT], *self.args), self.kwargs
-        return self.args, {**self.kwargs, "n": len(next(iter(batch.values())))}
+        """The programs' inputs for a batch: its rows in place of the arguments that have rows
+        (and, in the dict convention, the number of rows as `n`)."""
+        args = tuple(batch.get(_key(i), a) for i, a in enumerate(self.args))
+        kwargs = {k: batch.get(_key(k), v) for k, v in self.kwargs.items()}
+        if not self.argument:
+            kwargs["n"] = len(batch[self.observed[0]])
+        return args, kwargs
 
     def _model(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
-        model = self.model if self.argument else poutine.condition(self.model, data=batch)
-        args, kwargs = self._inputs(batch)
-        return self._share(model, batch)(*args, **kwargs)
+        model = self.model
+        if not self.argument:
+            model = poutine.condition(model, data={k: batch[k] for k in self.observed})
+        return self._call(model, "model", self.model, batch)
 
     def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
+        return self._call(self.guide, "guide", self.guide, batch)
+
+    def _call(
+        self, program: Callable, role: str, user: object, batch: dict[str, Tensor]
+    ) -> object:
+        """Runs a program on a batch; an error inside it is one sentence naming it and the
+        line, with the original chained."""
         args, kwargs = self._inputs(batch)
-        return self._share(self.guide, batch)(*args, **kwargs)
+        try:
+            return self._share(program, batch)(*args, **kwargs)
+        except NonlocalExit:  # Pyro's own control flow (sequential enumeration)
+            raise
+        except Exception as error:
+            size = len(next(iter(batch.values())))
+            rows = "all" if size == self.rows else "a batch of"
+            rows = "" if self.rows is None else f" on {rows} {size} rows"
+            raise _ProgramError(_program_error(role, user, rows, error)) from error
+
+    def _elbo(self, batch: dict[str, Tensor]) -> Tensor:
+        """Pyro's ELBO of a batch, differentiable; `TraceGraph_ELBO`'s value with the gradient
+        of its surrogate (the score-function terms with their baselines)."""
+        try:
+            if isinstance(self.loss, TraceGraph_ELBO):
+                elbo, surrogate = self.loss._loss_and_surrogate_loss(
+                    self._model, self._guide, (batch,), {}
+                )
+                return elbo.detach() - surrogate + surrogate.detach()
+            return -self.loss.differentiable_loss(self._model, self._guide, batch)
+        except (RuntimeError, ValueError) as error:  # from the ELBO, outside the programs
+            rows = len(next(iter(batch.values())))
+            hint = (
+                "; the programs may not take a batch of rows (a plate of fixed size?): pass "
+                "batch_size=None to train on all rows at once, as SVI.step does"
+                if rows != self.rows
+                else ""
+            )
+            text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+            raise ValueError(
+                f"{type(self.loss).__name__} raised {type(error).__name__} on a batch of {rows} "
+                f"rows: {text}{hint}."
+            ) from error
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.whole is not None and torch.is_grad_enabled():  # SVI's step: all rows in order
+            batch = self.whole
+        whole = batch is self.whole and bool(self.stream)
+        if whole:  # on the fit's own random stream, which the loop's permutations leave alone
+            outer = _rng_state(batch)
+            set_rng_state(self.stream)
+        try:
+            with _plain_errors():
+                elbo = self._batch_elbo(batch)
+        finally:
+            if whole:
+                self.stream = _rng_state(batch)
+                set_rng_state(outer)
+        rows = len(next(iter(batch.values())))
+        if torch.is_grad_enabled() and self.batch_size and rows < self.batch_size:
+            if distributed.active() is None:
+                # the loop divides by the batch's rows: its gradient is scaled to weigh by its
+                # rows beside the full batches (an epoch's steps sum the data's ELBO once),
+                # and its value stays the batch's ELBO for the history
+                share = rows / self.batch_size
+                elbo = share * elbo + (1 - share) * elbo.detach()
+        return {"elbo": elbo}
+
+    def _batch_elbo(self, batch: dict[str, Tensor]) -> Tensor:
         state = torch.get_rng_state()
         if self.iwae:
             data = batch[ARGUMENT] if self.argument else batch
@@ -278,18 +407,19 @@ class ELBOObjective(nn.Module):
                 len(data) if self.argument else len(batch[self.observed[0]]),
                 self.num_particles,
             )
-            log_w = log_weights(self.model, self.guide, data, draws, rows, self.args, self.kwargs)
+            args = self.args[1:] if self.argument else self.args
+            log_w = log_weights(self.model, self.guide, data, draws, rows, args, self.kwargs)
             elbo = (log_w.logsumexp(0) - math.log(self.num_particles)).sum()
         elif self.plan is not None:
             elbo = self._fast_elbo(batch)
         else:
             with warnings.catch_warnings():  # a non-finite ELBO gets its own error, below
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                elbo = -self.loss(batch)
+                elbo = self._elbo(batch)
         if not math.isfinite(elbo.item()):  # one step, where torch.isfinite takes four
             torch.set_rng_state(state)
             raise ValueError(self._nonfinite(batch))
-        return {"elbo": elbo}
+        return elbo
 
     def _nonfinite(self, batch: dict[str, Tensor]) -> str:
         """Names the first site whose log-probability is non-finite, on the same draw."""
@@ -322,6 +452,152 @@ class _ScaleOutside(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["type"] == "sample" and all(f.name != self.plate for f in msg["cond_indep_stack"]):
             msg["scale"] = self.factor * msg["scale"]
+
+
+def _program_error(role: str, program: object, rows: str, error: Exception) -> str:
+    """One sentence for an error raised inside a user's program: which, where, what."""
+    name = getattr(program, "__qualname__", None) or type(program).__name__
+    place = ""
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if not frame.filename.startswith(_LIBRARIES):
+            place = f" at {os.path.basename(frame.filename)}:{frame.lineno}"
+            break
+    text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+    return (
+        f"The {role} {name!r} raised {type(error).__name__}{place}{rows}: {text}"
+    )
+
+
+_LIBRARIES = (
+    *{sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")},
+    __file__,  # the calls into the programs
+)
+
+
+class _ProgramError(Exception):
+    """An error inside a user's program, in one sentence; its cause is the original. Not a
+    `ValueError`, which Pyro's trace would extend with the trace's shapes."""
+
+
+@contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Raises an error inside a user's program as a `ValueError`, the original chained."""
+    try:
+        yield
+    except _ProgramError as error:
+        raise ValueError(str(error)) from error.__cause__
+
+
+def _key(where: int | str) -> str:
+    """The column of a program's argument: `*data` for the first, `*args[i]`, `*name`."""
+    if where == 0:
+        return ARGUMENT
+    return f"*args[{where}]" if isinstance(where, int) else f"*{where}"
+
+
+def per_row(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> tuple[int | None, dict[str, Tensor], str | None]:
+    """The arguments that have rows: the tensors whose leading size is the one most tensor
+    arguments share (that of the first, positional then keyword, on a tie).
+
+    Returns:
+        The number of rows (`None`: no tensor argument), the arguments with rows by column
+        (see :func:`_key`), and the first other argument that holds tensors with rows (a list,
+        a tuple, a `PackedSequence`), which no batch can index.
+
+    Example:
+        >>> x, y = torch.ones(3, 2), torch.ones(3)
+        >>> rows, columns, hidden = per_row((torch.ones(2), x), {"y": y})
+        >>> rows, sorted(columns), hidden
+        (3, ['*args[1]', '*y'], None)
+    """
+    named = [(_key(i), a) for i, a in enumerate(args)] + [(_key(k), v) for k, v in kwargs.items()]
+    tensors = [(k, v) for k, v in named if isinstance(v, Tensor) and v.dim() > 0]
+    if not tensors:
+        return None, {}, None
+    sizes = [len(v) for _, v in tensors]
+    rows = max(sizes, key=sizes.count)  # the most common leading size; the first's on a tie
+    columns = {k: v for k, v in tensors if len(v) == rows}
+    hidden = next(
+        (
+            k
+            for k, v in named
+            if isinstance(v, tuple | list | dict)
+            and any(
+                isinstance(t, Tensor) and t.dim() > 0 and len(t) == rows
+                for t in (v.values() if isinstance(v, dict) else v)
+            )
+        ),
+        None,
+    )
+    return rows, columns, hidden
+
+
+def _is_row_view(value: object, x: Tensor) -> bool:
+    """Whether `value` reads the rows of `x` in place, rows first: `x`, `x[:, k]`, `x[..., :2]`."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or x.dim() == 0:
+        return False
+    start = x.data_ptr()
+    return (
+        len(value) == len(x)
+        and value.stride(0) == x.stride(0)
+        and start <= value.data_ptr() < start + max(x.stride(0), 1) * x.element_size()
+    )
+
+
+def _float_columns(trace: poutine.Trace, whole: dict[str, Tensor]) -> set[str]:
+    """The integer columns that some site observes in place with a support of floats (a
+    Bernoulli's, a Normal's), where torch needs floats; columns used as indices stay integers."""
+    columns = set()
+    for site in trace.nodes.values():
+        value = site["value"] if is_variable(site) and site["is_observed"] else None
+        support = site["fn"].support if value is not None else None
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if support is not None and (support is constraints.boolean or not support.is_discrete):
+            columns |= {
+                k for k, x in whole.items() if not x.is_floating_point() and _is_row_view(value, x)
+            }
+    return columns
+
+
+def _plate_of_rows(trace: poutine.Trace, whole: dict[str, Tensor]) -> str | None:
+    """The plate that indexes the rows of every observed site reading rows of the data in
+    place (its dimension is that of the rows in the site's value), or `None`."""
+    found: set[str] | None = None
+    for site in trace.nodes.values():
+        value = site["value"] if is_variable(site) and site["is_observed"] else None
+        if not any(_is_row_view(value, x) for x in whole.values()):
+            continue
+        dim = len(site["fn"].event_shape) - value.dim()
+        names = {f.name for f in site["cond_indep_stack"] if f.vectorized and f.dim == dim}
+        found = names if found is None else found & names
+    return found.pop() if found is not None and len(found) == 1 else None
+
+
+def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:
+    """Raises for a `pyro.param` with one value per row, which minibatches cannot index."""
+    for name, value in params.items():
+        if "$$$" not in name and value.dim() > 0 and len(value) == rows:
+            raise ValueError(
+                f"Parameter {name!r} has one value per row (shape {tuple(value.shape)}), and "
+                "a minibatch would read the values of other rows; pass batch_size=None to "
+                "train on all rows at once, or index the rows in the program with a "
+                "subsample plate (pyro.plate(..., subsample_size=...))."
+            )
+
+
+def _rng_state(batch: dict[str, Tensor]) -> list[Tensor]:
+    """The random states that draws for `batch` use: the CPU's, and its GPU's if any."""
+    devices = {v.device for v in batch.values() if v.device.type == "cuda"}
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+
+
+def set_rng_state(state: list[Tensor]) -> None:
+    torch.set_rng_state(state[0])
+    if len(state) > 1:
+        torch.cuda.set_rng_state(state[1])
 
 
 def _add(total: Tensor | None, term: Tensor, sign: int) -> Tensor:
@@ -357,46 +633,51 @@ def _has_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
 def _check_argument(
     model: Callable[..., object], data: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> None:
-    """Runs `model(x, ...)` on the data tensor's first rows, and checks each observed site that
-    holds those very values (the tensor or a view of it, rows first): the shape of its rows,
-    and every row against its support."""
-    probe = data[:2]
+    """Runs `model(x, ...)` once on the data tensor, and checks the sites observing its rows."""
     try:
         with torch.random.fork_rng(), torch.no_grad():
-            trace = poutine.trace(model).get_trace(probe, *args, **kwargs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        raise ValueError(
-            f"The model fails on the first rows of the data tensor, of shape "
-            f"{tuple(data.shape)}: {error}"
-        ) from error
+            trace = poutine.trace(model).get_trace(data, *args, **kwargs)
+    except Exception as error:
+        raise ValueError(_program_error("model", model, f" on all {len(data)} rows", error)) from (
+            error.__cause__ or error  # Pyro's trace re-raises it with the trace's shapes
+        )
+    _check_observed(trace, [data])
+
+
+def _check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
+    """Checks each observed site that reads the rows of one of `columns` in place: the shape
+    of its rows, and every row against its support."""
     for name, site in trace.nodes.items():
         value = site["value"] if is_variable(site) and site["is_observed"] else None
-        if is_view(value, probe, rows=True):
-            fn = site["fn"]
-            shape = tuple(fn.batch_shape + fn.event_shape)
-            try:
-                fits = torch.broadcast_shapes(shape, value.shape) == value.shape
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise ValueError(
-                    f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
-                    f"{name!r} of the model has rows of shape {shape[1:]}."
-                )
-            if not varies(fn.support):
-                rows = data.reshape(len(data), *value.shape[1:])
-                check_support(name, fn, rows, data.device)
+        if not any(_is_row_view(value, x) for x in columns):
+            continue
+        fn = site["fn"]
+        shape = tuple(fn.batch_shape + fn.event_shape)
+        try:
+            fits = torch.broadcast_shapes(shape, value.shape) == value.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"The data tensor's rows have shape {tuple(value.shape[1:])}, but site "
+                f"{name!r} of the model has rows of shape {shape[1:]}."
+                if tuple(value.shape[1:]) != shape[1:]
+                else f"The data tensor has {len(value)} rows at site {name!r}, but the "
+                f"model's distribution there has shape {shape}."
+            )
+        if not varies(fn.support):
+            check_support(name, fn, value, value.device)
 
 
 def _takes_integers(
-    model: Callable[..., object], probe: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
+    model: Callable[..., object], data: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
     """Whether `model(x, ...)` takes integer rows as they are: it runs on them, and every site
     that observes integers draws integers itself (a Categorical's words, an HMM's states),
     where a float site (a Bernoulli's pixels) needs the model's floats."""
     try:
         with torch.random.fork_rng(), torch.no_grad():
-            trace = poutine.trace(model).get_trace(probe, *args, **kwargs)
+            trace = poutine.trace(model).get_trace(data, *args, **kwargs)
             return all(
                 not site["fn"].sample().is_floating_point()
                 for site in trace.nodes.values()
@@ -419,8 +700,10 @@ def svi_table(
     known: bool = False,
 ) -> Table:
     """Checks the observed columns (a dict or a DataFrame, as :func:`ppgen.data.table` does,
-    `categories` and `known` included) of a model with latent sites, or a tensor: that `model(x, *args,
-    **kwargs)` observes (its shape and support checked) unless `observed_by_model` is `False`.
+    `categories` and `known` included) of a model with latent sites, or a tensor: that
+    `model(x, *args, **kwargs)` observes (its shape and support checked) unless
+    `observed_by_model` is `False`; integer rows stay integers where the sites observing them
+    draw integers (words, states), else take the model's floats (images).
 
     Example:
         >>> vae = ppgen.models.VAE(4, 2, hidden=(8,))
@@ -430,7 +713,7 @@ def svi_table(
     if isinstance(data, Tensor):
         if data.dim() == 0 or len(data) == 0 or not torch.isfinite(data).all():
             raise ValueError("The data tensor must have rows, and no NaN or inf.")
-        if not data.is_floating_point() and not _takes_integers(model, data[:2], args, kwargs):
+        if not data.is_floating_point() and not _takes_integers(model, data, args, kwargs):
             floats = [p for p in program_parameters(model) if p.is_floating_point()]  # images
             data = data.to(floats[0].dtype if floats else torch.get_default_dtype())
         columns, device = place({ARGUMENT: data}, device, model)

@@ -22,16 +22,16 @@ from torch import Tensor, nn
 from ppgen import distributed
 from ppgen.adversarial import AdversarialStep
 from ppgen.closed_form import solve
-from ppgen.data import Table, check_columns, read_table
+from ppgen.data import Table, check_columns, is_frame, place, read_table
 from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, takes_rows
 from ppgen.device import resolve_device
-from ppgen.elbo import ELBOS, ELBOObjective, svi_table
+from ppgen.elbo import ARGUMENT, ELBOS, ELBOObjective, per_row, set_rng_state, svi_table
 from ppgen.io import LoadError
 from ppgen.loop import check_budget, checkpoint_file, train
 from ppgen.model import set_coding
 from ppgen.result import FitResult
 from ppgen.steps import EVALUATION_ROWS, GradientStep, Group
-from ppgen.tracing import fitted_parameters
+from ppgen.tracing import fitted_parameters, program_parameters
 
 __all__ = ["FitResult", "fit_gan", "fit_mle", "fit_svi"]
 
@@ -296,10 +296,10 @@ def fit_svi(
     guide: Callable[..., object] | str,
     data: Mapping[str, object] | Tensor,
     *args: object,
-    elbo: str = "trace",
+    elbo: str | None = None,
     num_particles: int = 1,
     epochs: int = 200,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     val: Mapping[str, object] | Tensor | None = None,
@@ -315,39 +315,54 @@ def fit_svi(
 
     Pyro's ELBO is the objective of the loop of :func:`fit_mle` (:func:`ppgen.loop.train`): Adam on the
     parameters of `model` and `guide`, early stopping on the validation ELBO, and the
-    parameters of the best validation epoch kept. Pyro's validation checks the first batch;
-    the steps run without it. Where every site of the model and the guide comes from a ppgen
-    :class:`~ppgen.nn.Node` called on other sites' values or on the inputs (reparameterised
-    guide sites, no masks or scales), the `"trace"` and `"mean_field"` ELBOs are computed from
-    those modules alone, without tracing, after a check against Pyro's on the same draws.
-    The data come in one of two conventions:
+    parameters of the best validation epoch kept. The guide and the model run once on all the
+    rows first, as `SVI.step` would, for the checks (Pyro's validation, the data against the
+    sites that observe them); the steps run without validation. An error inside either
+    program is one sentence naming it and the line, the original chained. Where every site
+    of the model and the guide comes from a ppgen :class:`~ppgen.nn.Node` called on other
+    sites' values or on the inputs (reparameterised guide sites, no masks or scales), the
+    `"trace"` and `"mean_field"` ELBOs are computed from those modules alone, without tracing,
+    after a check against Pyro's on the same draws. The data come in one of two conventions:
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
       **kwargs)` (so it cannot see the data: use this for guides of global latents, auto
       guides among them);
-    - a tensor, for programs in the style of Pyro's tutorials, `model(x, *args, **kwargs)` and
-      `guide(x, *args, **kwargs)`: each batch is the argument `x` (amortised guides, the VAE).
+    - anything else is the programs' first argument, as `SVI.step(data, *args, **kwargs)`
+      calls them: every argument with rows (a tensor whose leading size is the one most tensor
+      arguments share, at any position or keyword) is indexed with the same rows in each
+      batch, and the others pass unchanged.
 
-    Either way the model's plate of the rows has the batch's size. Latent sites outside it
-    (global ones, such as a prior's mean) and their guide sites count in each batch by the
-    batch's share of the rows, as Pyro's subsampling plates scale the local ones: an epoch
-    sums the ELBO of the whole data once, and the fit does not depend on `batch_size`. (The
-    validation ELBO per row counts them per training row.)
+    With `batch_size=None` (or at least the rows), where the program subsamples itself (a
+    plate with `subsample_size`) or no argument has rows, one batch holds the data in its
+    order and each epoch is `SVI.step`'s, on the random stream the fit started with: the same
+    parameters as SVI's with Adam after as many steps (with `checkpoint`, the steps draw from
+    the loop's random state instead, which a checkpoint saves, so that a resumed fit ends where
+    an uninterrupted one would). With minibatches, the model's plate of
+    the rows has the batch's size. Latent sites outside it (global ones, such as a prior's
+    mean) and their guide sites count in each batch by the batch's share of the rows, as
+    Pyro's subsampling plates scale the local ones, and a short last batch weighs by its rows:
+    an epoch sums the ELBO of the whole data once, and the fit does not depend on
+    `batch_size`. (The validation ELBO per row counts them per training row.)
 
     Arguments:
         model: A Pyro program.
         guide: A Pyro program sampling the latent sites of `model`, or `"auto_normal"` /
             `"auto_delta"` for Pyro's `AutoNormal` / `AutoDelta` built on `model`.
-        data: The observed rows, in one of the two conventions.
+        data: The observed rows as a dict or a DataFrame, or the programs' first argument.
         args, kwargs: Other inputs of `model` and `guide`.
         elbo: `"trace"` (`Trace_ELBO`), `"mean_field"` (`TraceMeanField_ELBO`, analytic KL
-            where known) or `"iwae"` (the importance-weighted bound with `num_particles` draws,
-            per row: the value of `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data
-            plate, computed differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no
-            differentiable loss; every site in the data plate, reparameterised guides only).
+            where known), `"trace_enum"` (`TraceEnum_ELBO`, its `max_plate_nesting` read from
+            the programs), `"trace_graph"` (`TraceGraph_ELBO`) or `"iwae"` (the
+            importance-weighted bound with `num_particles` draws, per row: the value of
+            `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data plate, computed
+            differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no differentiable
+            loss; every site in the data plate, reparameterised guides only, the rows in the
+            first argument alone). `None`: `"trace_enum"` where a site is marked for
+            enumeration, else `"trace"`.
         num_particles: The draws per row of the ELBO's estimate.
-        epochs, batch_size, lr: The Adam budget. The defaults (200 epochs of batches of 64,
+        epochs, batch_size, lr: The Adam budget (`batch_size=None`: every row in one batch).
+            The defaults (200 epochs of batches of 64,
             lr 1e-3) take more and smaller steps than :func:`fit_mle`'s (100, 256): the ELBO's
             gradients are noisy whatever the batch, so steps count more than rows per step
             (they were chosen on a validation split of the digits: `benchmarks/vae.py`).
@@ -363,8 +378,11 @@ def fit_svi(
         the fitted parameters.
 
     Raises:
-        ValueError: For bad data (naming the column), and when the ELBO becomes non-finite
-            (naming the site; the model keeps the parameters of the last epoch that ended).
+        ValueError: For bad data (naming the column), an error inside a program, an
+            enumerated site under a non-enumerating `elbo`, with minibatches a parameter per
+            row (pass `batch_size=None`, or subsample in the program), and when the ELBO
+            becomes non-finite (naming the site; the model keeps the parameters of the last
+            epoch that ended).
 
     Example:
         >>> def model(x):  # the mean of x, with a N(0, 1) prior
@@ -375,47 +393,121 @@ def fit_svi(
         >>> len(fit.history)
         3
     """
-    if elbo not in (*ELBOS, "iwae"):
-        raise ValueError(f"elbo must be 'trace', 'mean_field' or 'iwae', not {elbo!r}.")
+    if elbo is not None and elbo not in (*ELBOS, "iwae"):
+        raise ValueError(
+            f"elbo must be one of {', '.join(map(repr, [*ELBOS, 'iwae']))}, not {elbo!r}."
+        )
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
-    check_budget(epochs, batch_size)
+    check_budget(epochs, 1 if batch_size is None else batch_size)
     checkpoint_file(checkpoint, resume)  # before anything changes
     device = resolve_device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
-    argument = isinstance(data, Tensor)
-    data = svi_table(model, data, args, kwargs, device)
-    if val is not None:
-        check_columns(val, data)
-        val = svi_table(model, val, args, kwargs, device, categories=data.categories, known=True)
+    argument = not isinstance(data, Mapping) and not is_frame(data)
+    if argument:  # model(data, *args, **kwargs), as SVI.step calls it
+        args = (data, *args)
+        data, val = _argument_rows(model, args, kwargs, val, device, batch_size, elbo)
+    else:
+        data = svi_table(model, data, args, kwargs, device)
+        if val is not None:
+            check_columns(val, data)
+            val = svi_table(model, val, args, kwargs, device, categories=data.categories,
+                            known=True)  # fmt: skip
     resolve_device(model, device)
-    observed = list(data.columns)
+    rows = None if argument and _NO_ROWS in data.columns else len(data)
     objective = ELBOObjective(
-        model, guide, elbo, num_particles, observed, argument, args, kwargs, rows=len(data)
+        model, guide, elbo, num_particles, list(data.columns), argument, args, kwargs, rows=rows
     )
     resolve_device(objective.guide, device)
-    probe = data.rows(slice(0, batch_size))
-    unique = fitted_parameters(lambda: objective(probe), model, objective.guide)  # auto guides' too
+    unique = fitted_parameters(  # the structure, from the programs run once on all rows
+        lambda: objective.inspect(data.rows(slice(None)), batch_size), model, objective.guide
+    )
     if not unique:
         raise ValueError(
             "Neither the model nor the guide has parameters to fit (no nn.Parameter or pyro.param)."
         )
-    objective.prepare(probe)
+    _as_floats(objective, data, val, program_parameters(model))
+    if checkpoint is not None:  # the loop's random state alone is saved: the steps draw from it
+        objective.stream = []
+    batch_size = objective.batch_size
+    objective.prepare(data.rows(slice(0, batch_size)))
     step = GradientStep(objective, {"all": (unique, ["elbo"])}, lr=lr, weight_decay=weight_decay)
     identity = None
     if checkpoint is not None:
         settings = {"elbo": elbo, "num_particles": num_particles, "batch_size": batch_size,
                     "lr": lr, "weight_decay": weight_decay, "patience": patience}  # fmt: skip
         identity = _identity("fit_svi", [model, objective.guide], data, val, settings)
-    with pyro.validation_enabled(False):  # checked on the first batch above; lean steps here
+    with pyro.validation_enabled(False):  # checked on all rows above; lean steps here
         result = train(
             step, data, val, epochs=epochs, batch_size=batch_size, patience=patience,
             progress=progress, description="fit_svi", checkpoint=checkpoint,
             every=checkpoint_every, resume=resume, identity=identity,
         )  # fmt: skip
+    if objective.stream:  # the random stream continues as after SVI's steps
+        set_rng_state(objective.stream)
     _keep_coding(model, data, result)
     result.guide = objective.guide
     return result
+
+
+_NO_ROWS = "*none"  # the one empty row of a program whose arguments have none
+
+
+def _argument_rows(
+    model: Callable[..., object],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    val: Tensor | tuple[Tensor, ...] | None,
+    device: torch.device | None,
+    batch_size: int | None,
+    elbo: str | None,
+) -> tuple[Table, Table | None]:
+    """The arguments of `model(*args, **kwargs)` that have rows (:func:`~ppgen.elbo.per_row`),
+    checked and placed, and `val` (their held-out rows: a tensor for one, else a tuple)."""
+    size, columns, hidden = per_row(args, kwargs)
+    if hidden is not None and batch_size is not None and size is not None and batch_size < size:
+        raise ValueError(
+            f"Argument {hidden[1:]!r} holds tensors with rows inside a container that no "
+            "minibatch can index; pass batch_size=None to train on all rows at once, or pass "
+            "them as tensors."
+        )
+    if elbo == "iwae" and list(columns) != [ARGUMENT]:
+        raise ValueError("elbo='iwae' needs the rows in the program's first argument alone.")
+    if not columns:
+        columns = {_NO_ROWS: torch.zeros(1, 0)}
+    for key, value in columns.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(
+                "The data tensor must have rows, and no NaN or inf."
+                if key == ARGUMENT
+                else f"Argument {key[1:]!r} holds NaN or inf."
+            )
+    placed, device = place(columns, device, model)
+    data = Table(placed, device=device)
+    if val is None:
+        return data, None
+    held = (val,) if isinstance(val, Tensor) else tuple(val)
+    if len(held) != len(columns) or not all(isinstance(v, Tensor) for v in held):
+        raise ValueError(
+            f"val must hold the held-out rows of the {len(columns)} arguments with rows "
+            f"({', '.join(k[1:] for k in columns)}): a tensor for one, else a tuple."
+        )
+    placed, _ = place(dict(zip(columns, held, strict=True)), device, model)
+    return data, Table(placed, device=device)
+
+
+def _as_floats(
+    objective: ELBOObjective, data: Table, val: Table | None, parameters: list[Tensor]
+) -> None:
+    """Integer columns that a site reads as floats (images under a Bernoulli) become the
+    model's floats; those a program uses as integers (indices) stay integers."""
+    floats = [p.dtype for p in parameters if p.is_floating_point()]
+    dtype = floats[0] if floats else torch.get_default_dtype()
+    for rows in (data, val):
+        for key in objective.floats & set(rows.columns if rows is not None else ()):
+            rows.columns[key] = rows.columns[key].to(dtype)
+    if objective.floats and objective.whole is not None:
+        objective.whole = data.rows(slice(None))
 
 
 def _check_gan_rows(gan: nn.Module, data: Table, val: Table | None) -> None:

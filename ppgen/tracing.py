@@ -30,7 +30,6 @@ __all__ = [
     "is_factor",
     "is_unweighted",
     "is_variable",
-    "is_view",
     "program_parameters",
     "record_call",
     "recording_calls",
@@ -178,25 +177,6 @@ def is_factor(site: dict) -> bool:
 def is_unweighted(site: dict) -> bool:
     """Whether a site's log-density counts as it is: no mask, and a scale of 1."""
     return site["mask"] is None and bool(torch.all(torch.as_tensor(site["scale"]) == 1))
-
-
-def is_view(value: object, x: Tensor, *, rows: bool = False) -> bool:
-    """Whether `value` holds the very values of `x` (`x` or a view of it; with `rows`, one
-    whose rows are those of `x`).
-
-    Example:
-        >>> x = torch.zeros(4, 2)
-        >>> is_view(x[:, 0], x), is_view(x[:, 0], x, rows=True), is_view(x.clone(), x)
-        (False, False, False)
-        >>> is_view(x.reshape(8), x), is_view(x.T, x)
-        (True, True)
-    """
-    return (
-        isinstance(value, Tensor)
-        and value.data_ptr() == x.data_ptr()
-        and value.numel() == x.numel()
-        and (not rows or value.shape[:1] == x.shape[:1])
-    )
 
 
 def program_parameters(program: object) -> list[Tensor]:

@@ -112,6 +112,25 @@ def test_fit_svi_resume_is_exact(tmp_path):
     assert all(torch.equal(vae.state_dict()[k], v) for k, v in expected.items())
 
 
+def test_fit_svi_resume_is_exact_with_one_batch(tmp_path):
+    # one batch of every row: with a checkpoint, the steps draw from the loop's saved stream
+    vae = ppgen.models.VAE(4, 2, hidden=(3,))
+    x = torch.bernoulli(torch.full((64, 4), 0.3))
+    options = dict(batch_size=None, progress=False)
+    initial = {k: v.clone() for k, v in vae.state_dict().items()}
+    torch.manual_seed(0)
+    ppgen.fit_svi(vae, vae.guide, x, epochs=4, checkpoint=tmp_path / "whole", **options)
+    expected = {k: v.clone() for k, v in vae.state_dict().items()}
+    vae.load_state_dict(initial)
+    torch.manual_seed(0)
+    ppgen.fit_svi(vae, vae.guide, x, epochs=2, checkpoint=tmp_path / "part", **options)
+    vae.load_state_dict(initial)
+    torch.manual_seed(5)
+    ppgen.fit_svi(vae, vae.guide, x, epochs=4, checkpoint=tmp_path / "part", resume=True,
+                  **options)  # fmt: skip
+    assert all(torch.equal(vae.state_dict()[k], v) for k, v in expected.items())
+
+
 def test_existing_checkpoint_is_kept_unless_resumed(tmp_path):
     _fit(50, 2, checkpoint=tmp_path)
     before = (tmp_path / "checkpoint.safetensors").read_bytes()

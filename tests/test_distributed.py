@@ -252,7 +252,7 @@ def test_vae_step_averages_the_ranks_gradients(ranks):
     rank's rows with its own draws of the codes."""
     results, _ = ranks
     vae, x = _vae_setup()
-    objective = ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (), {})
+    objective = ELBOObjective(vae, vae.guide, "trace", 1, ["*data"], True, (x,), {})
     objective.prepare({"*data": x[:BATCH]})
     pyro.set_rng_seed(10)
     order = torch.randperm(len(x))  # rank 0's permutation, broadcast to the other

@@ -1,0 +1,447 @@
+"""fit_svi against pyro.infer.SVI on programs in the idioms of Pyro's examples.
+
+A full batch takes SVI's steps: the same parameters after k Adam steps from the same seed
+(1e-6). With minibatches, one epoch's gradients, each batch weighed by its rows, sum to the
+gradient of the whole data's ELBO (deterministic guides, so the gradient is exact).
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.nn import PyroModule, PyroSample
+from torch import nn
+
+import ppgen.infer
+from ppgen.infer import fit_svi
+
+STEPS, LR = 8, 0.05
+
+
+@pytest.fixture(autouse=True)
+def param_store():
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+def _store() -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def _modules(*programs) -> list[nn.Module]:
+    return [
+        getattr(p, "__self__", p)
+        for p in programs
+        if isinstance(getattr(p, "__self__", p), nn.Module)
+    ]
+
+
+def _parity(make, args, kwargs=None, svi_elbo=None, **options):
+    """Runs SVI and fit_svi (full batch) from the same seed and fresh programs; returns both
+    fits' parameters (the param store's and the modules')."""
+    kwargs = kwargs or {}
+    results = []
+    for run in ("svi", "ppgen"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        model, guide = make()
+        if run == "svi":
+            svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), svi_elbo or Trace_ELBO())
+            for _ in range(STEPS):
+                svi.step(*args, **kwargs)
+        else:
+            options = {"batch_size": None, **options}
+            fit_svi(model, guide, *args, epochs=STEPS, lr=LR, progress=False, **options, **kwargs)
+        after = torch.rand(())  # the random stream continues alike
+        modules = {
+            f"{i}.{k}": v.detach().clone()
+            for i, m in enumerate(_modules(model, guide))
+            for k, v in m.state_dict().items()
+        }
+        results.append(({**_store(), **modules}, after))
+    (ours_params, ours_after), (svi_params, svi_after) = results[1], results[0]
+    assert set(ours_params) == set(svi_params) and ours_params
+    for name, value in svi_params.items():
+        assert torch.allclose(ours_params[name], value, rtol=0, atol=1e-6), (
+            name,
+            (ours_params[name] - value).abs().max(),
+        )
+    assert ours_after == svi_after
+    return ours_params
+
+
+# --- the programs --------------------------------------------------------------------------
+
+N = 24
+
+
+def regression():  # model(x, y): two arguments with rows
+    def model(x, y):
+        a = pyro.sample("a", dist.Normal(0.0, 10.0))
+        b = pyro.sample("b", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(a + b * x, 1.0), obs=y)
+
+    def guide(x, y):
+        for name in ("a", "b"):
+            loc = pyro.param(f"{name}_loc", torch.tensor(0.0))
+            scale = pyro.param(
+                f"{name}_scale", torch.tensor(1.0), constraint=dist.constraints.positive
+            )
+            pyro.sample(name, dist.Normal(loc, scale))
+
+    return model, guide
+
+
+def masked():  # model(x, mask): a mask with rows
+    def model(x, mask):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", len(x)), poutine_mask(mask):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    return model, AutoNormal(model)
+
+
+def poutine_mask(mask):
+    return pyro.poutine.mask(mask=mask)
+
+
+def subsampled():  # the program subsamples itself
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", len(x), subsample_size=6) as index:
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x[index])
+
+    return model, AutoNormal(model)
+
+
+def fixed_plate():  # a plate of fixed size, as some of Pyro's examples write it
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", N):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    return model, AutoNormal(model)
+
+
+def mixture():  # a 2-component mixture, its assignments enumerated in the model
+    @config_enumerate
+    def model(x):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(2)))
+        locs = pyro.sample("locs", dist.Normal(0.0, 10.0).expand([2]).to_event(1))
+        with pyro.plate("data", len(x)):
+            k = pyro.sample("k", dist.Categorical(weights))
+            pyro.sample("x", dist.Normal(locs[k], 1.0), obs=x)
+
+    def guide(x):
+        w = pyro.param("w", torch.ones(2), constraint=dist.constraints.positive)
+        pyro.sample("weights", dist.Dirichlet(w))
+        loc = pyro.param("locs_loc", torch.tensor([-1.0, 1.0]))
+        pyro.sample("locs", dist.Normal(loc, 0.5).to_event(1))
+
+    return model, guide
+
+
+def hmm():  # a pyro.markov chain of enumerated states, sequences as rows
+    def model(seqs):
+        trans = pyro.param(
+            "trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]), constraint=dist.constraints.simplex
+        )
+        locs = pyro.param("hmm_locs", torch.tensor([-1.0, 1.0]))
+        with pyro.plate("seqs", len(seqs), dim=-1):
+            state = 0
+            for t in pyro.markov(range(seqs.shape[1])):
+                state = pyro.sample(f"s_{t}", dist.Categorical(trans[state]),
+                                    infer={"enumerate": "parallel"})  # fmt: skip
+                pyro.sample(f"y_{t}", dist.Normal(locs[state], 1.0), obs=seqs[:, t])
+
+    return model, lambda seqs: None
+
+
+class BayesianRegression(PyroModule):  # Pyro's tutorial: PyroModule[nn.Linear] with PyroSample
+    def __init__(self):
+        super().__init__()
+        self.linear = PyroModule[nn.Linear](3, 1)
+        self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+        self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([1]).to_event(1))
+
+    def forward(self, x, y=None):
+        sigma = pyro.sample("sigma", dist.Uniform(0.0, 10.0))
+        mean = self.linear(x).squeeze(-1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
+        return mean
+
+
+def bayesian_regression():
+    model = BayesianRegression()
+    return model, AutoNormal(model)
+
+
+def eight_schools():  # local pyro.params, one per school: model(J, sigma, y)
+    def model(J, sigma, y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("schools", J):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+            pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+    def guide(J, sigma, y):
+        pyro.sample("mu", dist.Normal(pyro.param("mu_loc", torch.tensor(0.0)), 1.0))
+        tau = pyro.param("tau_loc", torch.tensor(1.0), constraint=dist.constraints.positive)
+        pyro.sample("tau", dist.Delta(tau))
+        loc = pyro.param("theta_loc", torch.zeros(J))
+        with pyro.plate("schools", J):
+            pyro.sample("theta", dist.Normal(loc, 0.5))
+
+    return model, guide
+
+
+def factor():  # pyro.factor on a global
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        pyro.factor("penalty", -0.5 * mu**2)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    return model, AutoNormal(model)
+
+
+def counts():  # integer data that the program indexes with (LDA's words)
+    def model(words):
+        topic = pyro.param("topic", torch.ones(5) / 5, constraint=dist.constraints.simplex)
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        with pyro.plate("words", len(words)):
+            pyro.sample("w", dist.Categorical(topic), obs=words)
+            pyro.sample("c", dist.Poisson(rate * topic[words]), obs=words.double())
+
+    return model, AutoNormal(model)
+
+
+def columns():  # model(x) observing columns obs=x[:, k]
+    def model(x):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(w * x[:, 0], 1.0), obs=x[:, 1])
+
+    return model, AutoNormal(model)
+
+
+def keyword():  # model(x, y=None), the rows of y given by name
+    def model(x, y=None):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(b * x, 0.5), obs=y)
+
+    return model, AutoNormal(model)
+
+
+def score_function():  # a discrete latent per row, trained by TraceGraph_ELBO
+    def model(x):
+        p = pyro.param("p", torch.tensor(0.3), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(p))
+            pyro.sample("x", dist.Normal(3.0 * z, 1.0), obs=x)
+
+    def guide(x):
+        q = pyro.param("q", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Bernoulli(q))
+
+    return model, guide
+
+
+class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and guide
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = nn.Linear(4, 4), nn.Linear(2, 4)
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            logits = self.decoder(z)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.encoder(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def vae():  # an amortised guide
+    model = PyroVAE()
+    return model.model, model.guide
+
+
+RNG = torch.Generator().manual_seed(0)
+X = torch.randn(N, generator=RNG, dtype=torch.float64)
+Y = 1.0 + 2.0 * X + 0.5 * torch.randn(N, generator=RNG, dtype=torch.float64)
+MASK = torch.rand(N, generator=RNG) > 0.3
+SEQS = torch.randn(N, 4, generator=RNG, dtype=torch.float64)
+XS = torch.randn(N, 3, generator=RNG, dtype=torch.float64)
+WORDS = torch.randint(5, (N,), generator=RNG)
+PIXELS = torch.rand(N, 4, generator=RNG, dtype=torch.float64).round()
+SIGMA = torch.tensor(dtype=torch.float64, data=[15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+SCHOOLS = torch.tensor(dtype=torch.float64, data=[28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+
+PROGRAMS = {
+    "regression": (regression, (X, Y), {}, None, {}),
+    "masked": (masked, (X, MASK), {}, None, {}),
+    "fixed_plate": (fixed_plate, (X,), {}, None, {}),
+    "subsampled": (subsampled, (X,), {}, None, {"batch_size": 5}),  # left to subsample itself
+    "mixture": (
+        mixture,
+        (X + 3 * (torch.rand(N, generator=RNG) > 0.5),),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=1),
+        {},
+    ),
+    "hmm": (hmm, (SEQS,), {}, TraceEnum_ELBO(max_plate_nesting=1), {}),
+    "bayesian_regression": (bayesian_regression, (XS, XS.sum(-1)), {}, None, {}),
+    "eight_schools": (eight_schools, (8, SIGMA, SCHOOLS), {}, None, {}),
+    "factor": (factor, (X,), {}, None, {}),
+    "counts": (counts, (WORDS,), {}, None, {}),
+    "columns": (columns, (torch.stack([X, Y], -1),), {}, None, {}),
+    "keyword": (keyword, (X,), {"y": Y}, None, {}),
+    "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
+    "vae": (vae, (PIXELS,), {}, None, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_a_full_batch_takes_svis_steps(name):
+    make, args, kwargs, elbo, options = PROGRAMS[name]
+    _parity(make, args, kwargs, svi_elbo=elbo, **options)
+
+
+def test_the_enumerating_elbo_is_chosen_or_asked_for():
+    model, guide = mixture()
+    with pytest.raises(
+        ValueError, match="^Site 'k' is marked for enumeration, which elbo='trace'"
+    ):
+        fit_svi(model, guide, X, elbo="trace", epochs=1, progress=False)
+
+
+def test_per_row_parameters_are_refused_with_minibatches():
+    model, guide = eight_schools()
+    with pytest.raises(ValueError, match="^Parameter 'theta_loc' has one value per row"):
+        fit_svi(model, guide, 8, SIGMA, SCHOOLS, batch_size=4, epochs=1, progress=False)
+
+
+def test_an_auto_guide_of_latents_per_row_is_refused_where_sites_observe_columns():
+    def model(x):  # obs=x[:, k]: the plate of the rows is found all the same
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(z * x[:, 0], 1.0), obs=x[:, 1])
+
+    with pytest.raises(ValueError, match="^Site 'z' is latent inside the plate of the rows"):
+        fit_svi(model, "auto_normal", XS, batch_size=10, epochs=1, progress=False)
+
+
+def test_an_error_in_the_program_names_it_and_its_line():
+    def model(x):
+        assert x.shape[1] == 3, "three features"
+
+    message = (
+        r"^The model 'test_an_error.*model' raised AssertionError at test_pyro_parity.py:\d+ "
+        "on all 24 rows: three features$"
+    )
+    with pytest.raises(ValueError, match=message) as error:
+        fit_svi(model, AutoNormal(model), XS[:, :2], progress=False)
+    assert isinstance(error.value.__cause__, AssertionError)
+
+
+def test_a_program_that_cannot_take_a_batch_says_what_to_do():
+    model, guide = fixed_plate()
+    message = (
+        r"^Trace_ELBO raised RuntimeError on a batch of 5 rows: .*; the programs may not take a "
+        r"batch of rows \(a plate of fixed size\?\): pass batch_size=None"
+    )
+    with pytest.raises(ValueError, match=message):
+        fit_svi(model, guide, X, batch_size=5, epochs=1, progress=False)
+
+
+def _epoch_gradient(make, args, kwargs, batch_size):
+    """The gradient of one epoch's summed batch losses, as the loop weighs them, times the
+    batch size: the gradient of minus the whole data's ELBO where each batch weighs by its
+    rows (an epoch in order, each batch a slice)."""
+    captured = {}
+
+    def spy(objective, groups, data, *rest, **options):
+        captured.update(objective=objective, parameters=groups["all"][0], data=data)
+        return ppgen.infer.FitResult()
+
+    model, guide = make()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppgen.infer, "train", spy)
+        fit_svi(model, guide, *args, batch_size=batch_size, progress=False, **kwargs)
+    objective, parameters, data = captured.values()
+    loss = 0.0
+    for start in range(0, len(data), batch_size):
+        batch = data.rows(slice(start, start + batch_size))
+        loss = loss - objective(batch)["elbo"] / len(next(iter(batch.values())))
+    grads = torch.autograd.grad(loss * batch_size, parameters)
+    return model, guide, dict(zip(map(id, parameters), grads, strict=True))
+
+
+@pytest.mark.parametrize("batch_size", [5, 7, 24])
+@pytest.mark.parametrize("name", ["regression", "columns", "keyword", "factor"])
+def test_minibatches_sum_to_the_whole_datas_gradient(name, batch_size):
+    # AutoDelta guides: the ELBO has no draw, so each epoch's gradient is exact; the loss of
+    # the whole data is Pyro's (the globals counted once, the last short batch by its rows)
+    make, args, kwargs, _, _ = PROGRAMS[name]
+
+    def delta():
+        model, _ = make()
+        return model, AutoDelta(model)
+
+    model, guide, ours = _epoch_gradient(delta, args, kwargs, batch_size)
+    loss = Trace_ELBO().differentiable_loss(model, guide, *args, **kwargs)
+    store = pyro.get_param_store()
+    params = [store[name].unconstrained() for name in store.keys()]
+    for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+        assert torch.allclose(ours[id(p)], g, rtol=1e-10, atol=1e-10), (ours[id(p)], g)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    features=st.integers(1, 3),
+    constant_at=st.integers(0, 3),
+    masked=st.booleans(),
+    by_name=st.booleans(),
+)
+def test_random_programs_of_the_idioms_take_svis_steps(features, constant_at, masked, by_name):
+    """model(*args, **kwargs): `features` arguments with rows, a constant without rows at any
+    position, maybe a mask, the observed rows maybe by keyword; full batch, as SVI; and one
+    epoch of minibatches of 7 has the whole data's gradient."""
+    rows = [XS[:, i] for i in range(features)]
+    args = [*rows[:constant_at], torch.tensor([0.5, 1.5]), *rows[constant_at:]]
+    kwargs = {"y": Y, "mask": MASK} if by_name else {}
+    args += [] if by_name else [Y, MASK]
+
+    def make(guide=AutoNormal):
+        def model(*args, **kwargs):
+            *inputs, y, mask = [*args, *kwargs.values()]
+            xs = [a for a in inputs if len(a) == len(y)]
+            scale = next(a for a in inputs if len(a) != len(y)).sum()
+            w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([len(xs)]).to_event(1))
+            with pyro.plate("data", len(y)), pyro.poutine.mask(mask=mask if masked else True):
+                mean = sum(w[i] * x for i, x in enumerate(xs))
+                pyro.sample("y", dist.Normal(mean, scale), obs=y)
+
+        return model, guide(model)
+
+    pyro.clear_param_store()
+    _parity(make, tuple(args), kwargs)
+    pyro.clear_param_store()
+    model, guide, ours = _epoch_gradient(lambda: make(AutoDelta), args, kwargs, 7)
+    loss = Trace_ELBO().differentiable_loss(model, guide, *args, **kwargs)
+    (p,) = [pyro.get_param_store()[name].unconstrained() for name in pyro.get_param_store()]
+    assert torch.allclose(ours[id(p)], torch.autograd.grad(loss, p)[0], rtol=1e-10, atol=1e-10)
