@@ -374,9 +374,9 @@ def _epoch_gradient(make, args, kwargs, batch_size):
     rows (an epoch in order, each batch a slice)."""
     captured = {}
 
-    def spy(objective, groups, data, *rest, **options):
-        captured.update(objective=objective, parameters=groups["all"][0], data=data)
-        return ppgen.infer.FitResult()
+    def spy(step, data, *rest, **options):
+        captured.update(objective=step.objective, parameters=step.groups["all"][0], data=data)
+        return ppgen.FitResult()
 
     model, guide = make()
     with pytest.MonkeyPatch.context() as patch:

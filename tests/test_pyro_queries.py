@@ -316,15 +316,24 @@ def test_fit_guide_is_the_fitted_auto_guide_for_predictive():
 
     pyro.clear_param_store()
     x = torch.randn(20) + 1.0
+    state = torch.get_rng_state()
     fit = ppgen.fit_svi(
         model, "auto_normal", x, epochs=200, batch_size=20, lr=0.05, progress=False
     )
     assert isinstance(fit.guide, pyro.infer.autoguide.AutoNormal)
+    fitted = fit.guide.locs.mu.item()
+    pyro.clear_param_store()  # the same steps by Pyro's SVI, on the same random stream
+    torch.set_rng_state(state)
+    svi_guide = pyro.infer.autoguide.AutoNormal(model)
+    svi = pyro.infer.SVI(model, svi_guide, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
+    for _ in range(200):
+        svi.step(x)
+    assert fitted == pytest.approx(svi_guide.locs.mu.item(), abs=1e-6)
     predictive = pyro.infer.Predictive(model, guide=fit.guide, num_samples=4000, parallel=True)
     draws = predictive(x)
     assert draws["x"].shape == (4000, 20)
     loc, scale = fit.guide.locs.mu.item(), fit.guide.scales.mu.item()
-    assert loc == pytest.approx(x.sum().item() / 21, abs=0.05)  # the exact posterior mean
+    assert loc == pytest.approx(x.sum().item() / 21, abs=0.3)  # the posterior mean, noisily
     # 5 standard errors: fails once in about 1.7 million runs
     assert draws["mu"].mean().item() == pytest.approx(loc, abs=5 * scale / 4000**0.5)
 
