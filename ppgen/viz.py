@@ -133,7 +133,7 @@ def _extent(lay: Layout, widths: dict) -> tuple[float, float, float, float]:
     return min(xs) - 0.3, max(xs) + 0.3, min(ys) - 0.3, max(ys) + 0.3
 
 
-def _figure(extent: tuple, title: str | None, font: float) -> tuple[Axes, float]:
+def _figure(extent: tuple, title: str | None) -> tuple[Axes, float]:
     """A figure sized to a drawing (shrunk past a size) with room for a wrapped title; the axes,
     and the drawing's scale (1 at full size)."""
     import matplotlib.pyplot as plt
@@ -144,8 +144,8 @@ def _figure(extent: tuple, title: str | None, font: float) -> tuple[Axes, float]
     lines = []
     if title is not None:
         width = max(width, 3.0)
-        lines = _wrap(title, width, font)
-    top = (len(lines) * 1.3 * font / 72 + 0.15) if lines else 0.0
+        lines = _wrap(title, width, _FONT)
+    top = (len(lines) * 1.3 * _FONT / 72 + 0.15) if lines else 0.0
     figure = plt.figure(figsize=(width, height + top))
     ax = figure.add_axes((0.0, 0.0, 1.0, height / (height + top)))
     return ax, scale
@@ -203,7 +203,7 @@ def draw(
     extent = _extent(lay, widths)
     text = factorization(g) if title else None
     if ax is None:
-        ax, scale = _figure(extent, text, _FONT)
+        ax, scale = _figure(extent, text)
     else:
         box = ax.get_window_extent()
         inches = min(box.width / (extent[1] - extent[0]), box.height / (extent[3] - extent[2]))
