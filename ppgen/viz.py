@@ -244,7 +244,7 @@ def _draw_nodes(
         else:
             shade = "0.78" if data.get("observed", True) else "white"
             node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
-                           linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
+                           linewidth=1.2 * min(scale, 1.0), zorder=3, gid=f"node:{v}",
                            clip_path=clip)  # fmt: skip
             if name:
                 ax.text(x, y + 0.12 * bool(note), name, va="center", fontsize=_FONT * scale,
@@ -271,7 +271,7 @@ def _draw_edges(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
     scale, clip = style["scale"], style["clip_path"]
     for u, v in g.edges:
         line = PathPatch(_edge_path(lay, (u, v)), facecolor="none", edgecolor="0.15",
-                         linewidth=0.9 * scale, zorder=2, gid=f"edge:{u}->{v}",
+                         linewidth=0.9 * min(scale, 1.0), zorder=2, gid=f"edge:{u}->{v}",
                          clip_path=clip)  # fmt: skip
         ax.add_artist(line)
     heads = PolyCollection(_heads(lay), facecolor="0.15", edgecolor="none", zorder=2,
@@ -314,7 +314,7 @@ def _draw_plates(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
         patch = FancyBboxPatch(
             (box.x0, box.y0), box.x1 - box.x0, box.y1 - box.y0,
             boxstyle="round,pad=0,rounding_size=0.12", facecolor="none", edgecolor="0.3",
-            linewidth=scale, zorder=1, gid=f"plate:{box.plate}", clip_path=clip,
+            linewidth=min(scale, 1.0), zorder=1, gid=f"plate:{box.plate}", clip_path=clip,
         )  # fmt: skip
         ax.add_artist(patch)
         ax.text(*box.label, labels[box.plate], ha="right", va="bottom", clip_path=clip,
