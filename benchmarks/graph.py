@@ -2,7 +2,8 @@
 
 A random DAG (each node takes up to `--max-parents` parents among the nodes before it) is built
 with `ppgen.dag`, kinds mixed (normal, bernoulli, categorical, linear_gaussian), hidden=(8,),
-for each size in `--nodes`. Measured, median and min over `--repeats`, alternating the order:
+for each size in `--nodes`. Measured, median and min of the wall clock over `--repeats`,
+alternating the order, and the median CPU time (the process's and its children's):
 
 - graph: `ppgen.graph(model)`;
 - draw: `ppgen.draw(g)` of that graph and `savefig` to a PNG (matplotlib's Agg backend, 100 dpi);
@@ -11,8 +12,8 @@ for each size in `--nodes`. Measured, median and min over `--repeats`, alternati
 - render: `pyro.render_model(model, model_kwargs={"n": 1})` and rendering it to a PNG with `dot`
   (the peer a Pyro user has), where the graphviz Python package is installed too.
 
-A `dot` run past `--timeout` seconds is stopped, reported as `inf` and not repeated. The memory is the rise of
-the peak resident set during one draw and savefig (Linux: /proc/self/clear_refs).
+A `dot` run past `--timeout` seconds is stopped, reported as `inf` and not repeated. The memory
+is the rise of the peak resident set during one draw and savefig, in a fresh process (Linux).
 
 Run: python benchmarks/graph.py [--nodes 200 2000 --repeats 5 --out /tmp/ppgen-graph]
 """
@@ -21,6 +22,7 @@ import argparse
 import math
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -114,6 +116,15 @@ def time_render(model, g, out, timeout):
                                             timeout)  # fmt: skip
 
 
+def cpu_seconds():
+    """CPU seconds of this process and of its finished children (dot): on a shared machine,
+    closer to the time alone than the wall clock."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _status(key):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key):
@@ -160,17 +171,20 @@ def measure(nodes, args):
     else:
         print("graphviz (the Python package or dot) not installed: render_model not measured")
     seconds = {name: [] for name in jobs}
+    cpu = {name: [] for name in jobs}
     for r in range(args.repeats):
         names = list(jobs) if r % 2 == 0 else list(jobs)[::-1]
         for name in names:
             if math.inf not in seconds[name]:  # a run past the timeout is not repeated
+                before = cpu_seconds()
                 seconds[name].append(jobs[name](model, g, args.out, args.timeout))
-    print(f"{'operation':>22} {'median s':>9} {'min s':>7} {'x draw(g)':>10}")
+                cpu[name].append(cpu_seconds() - before)
+    print(f"{'operation':>22} {'median s':>9} {'min s':>7} {'x draw(g)':>10} {'CPU s':>7}")
     base = statistics.median(seconds["ppgen.draw(g)+png"])
     for name, values in seconds.items():
         med = statistics.median(values)
-        print(f"{name:>22} {med:>9.3f} {min(values):>7.3f} {med / base:>10.2f}")
-
+        used = "" if math.inf in values else f"{statistics.median(cpu[name]):>7.3f}"
+        print(f"{name:>22} {med:>9.3f} {min(values):>7.3f} {med / base:>10.2f} {used}")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -22,7 +22,7 @@ import networkx as nx
 
 __all__ = ["Box", "Layout", "sugiyama"]
 
-NODE_GAP = 0.9  # the space between two neighbouring nodes of a layer, in node heights
+_NODE_GAP = 0.9  # the space between two neighbouring nodes of a layer, in node heights
 _SLOT_GAP = 0.35  # between a node and an edge passing through its layer, or two such edges
 _PAD = 0.2  # from a node to the innermost box around it
 _STEP = 0.22  # between the edges of two boxes that share a side
@@ -157,7 +157,7 @@ class _Layers:
         return i < len(self.nodes)
 
     def gap(self, a: int, b: int) -> float:
-        return NODE_GAP if self.real(a) and self.real(b) else _SLOT_GAP
+        return _NODE_GAP if self.real(a) and self.real(b) else _SLOT_GAP
 
     def order(self) -> None:
         """Sorts each layer by band, then by the barycentre of its neighbours, a few sweeps."""
@@ -309,7 +309,7 @@ def sugiyama(
     left = [0.0] * len(order)
     for b in range(1, len(order)):
         right_side, left_side = _count(boxes, "last", b - 1), _count(boxes, "first", b)
-        gutter = 2 * _PAD + _STEP * (right_side + left_side - 2) + NODE_GAP
+        gutter = 2 * _PAD + _STEP * (right_side + left_side - 2) + _NODE_GAP
         left[b] = left[b - 1] + span[b - 1] + gutter
     x = layers.place(left, span)
     ports = _ports(layers, x, set(factors), factor_size)

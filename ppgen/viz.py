@@ -133,7 +133,7 @@ def _extent(lay: Layout, widths: dict) -> tuple[float, float, float, float]:
     return min(xs) - 0.3, max(xs) + 0.3, min(ys) - 0.3, max(ys) + 0.3
 
 
-def _figure(extent: tuple, title: str | None, font: float) -> tuple[Axes, float]:
+def _figure(extent: tuple, title: str | None) -> tuple[Axes, float]:
     """A figure sized to a drawing (shrunk past a size) with room for a wrapped title; the axes,
     and the drawing's scale (1 at full size)."""
     import matplotlib.pyplot as plt
@@ -144,8 +144,8 @@ def _figure(extent: tuple, title: str | None, font: float) -> tuple[Axes, float]
     lines = []
     if title is not None:
         width = max(width, 3.0)
-        lines = _wrap(title, width, font)
-    top = (len(lines) * 1.3 * font / 72 + 0.15) if lines else 0.0
+        lines = _wrap(title, width, _FONT)
+    top = (len(lines) * 1.3 * _FONT / 72 + 0.15) if lines else 0.0
     figure = plt.figure(figsize=(width, height + top))
     ax = figure.add_axes((0.0, 0.0, 1.0, height / (height + top)))
     return ax, scale
@@ -203,7 +203,7 @@ def draw(
     extent = _extent(lay, widths)
     text = factorization(g) if title else None
     if ax is None:
-        ax, scale = _figure(extent, text, _FONT)
+        ax, scale = _figure(extent, text)
     else:
         box = ax.get_window_extent()
         inches = min(box.width / (extent[1] - extent[0]), box.height / (extent[3] - extent[2]))
@@ -244,7 +244,7 @@ def _draw_nodes(
         else:
             shade = "0.78" if data.get("observed", True) else "white"
             node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
-                           linewidth=1.2 * scale, zorder=3, gid=f"node:{v}",
+                           linewidth=1.2 * min(scale, 1.0), zorder=3, gid=f"node:{v}",
                            clip_path=clip)  # fmt: skip
             if name:
                 ax.text(x, y + 0.12 * bool(note), name, va="center", fontsize=_FONT * scale,
@@ -271,7 +271,7 @@ def _draw_edges(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
     scale, clip = style["scale"], style["clip_path"]
     for u, v in g.edges:
         line = PathPatch(_edge_path(lay, (u, v)), facecolor="none", edgecolor="0.15",
-                         linewidth=0.9 * scale, zorder=2, gid=f"edge:{u}->{v}",
+                         linewidth=0.9 * min(scale, 1.0), zorder=2, gid=f"edge:{u}->{v}",
                          clip_path=clip)  # fmt: skip
         ax.add_artist(line)
     heads = PolyCollection(_heads(lay), facecolor="0.15", edgecolor="none", zorder=2,
@@ -314,7 +314,7 @@ def _draw_plates(ax: Axes, g: nx.DiGraph, lay: Layout, style: dict) -> None:
         patch = FancyBboxPatch(
             (box.x0, box.y0), box.x1 - box.x0, box.y1 - box.y0,
             boxstyle="round,pad=0,rounding_size=0.12", facecolor="none", edgecolor="0.3",
-            linewidth=scale, zorder=1, gid=f"plate:{box.plate}", clip_path=clip,
+            linewidth=min(scale, 1.0), zorder=1, gid=f"plate:{box.plate}", clip_path=clip,
         )  # fmt: skip
         ax.add_artist(patch)
         ax.text(*box.label, labels[box.plate], ha="right", va="bottom", clip_path=clip,

@@ -1,10 +1,13 @@
+import importlib.util
 import itertools
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,14 +130,16 @@ def _nodes(ax):
     return {p.get_gid()[5:]: p for p in ax.patches if p.get_gid().startswith("node:")}
 
 
-def _inside(patch, points, grow=1.0):
-    """Which of `points` (data coordinates, shape (k, 2)) lie inside a node's outline."""
-    if isinstance(patch, Ellipse):
-        (cx, cy), a, b = patch.center, grow * patch.width / 2, grow * patch.height / 2
-        return ((points[:, 0] - cx) / a) ** 2 + ((points[:, 1] - cy) / b) ** 2 <= 1
-    x0, y0, w, h = patch.get_x(), patch.get_y(), patch.get_width(), patch.get_height()
-    return ((x0 <= points[:, 0]) & (points[:, 0] <= x0 + w)
-            & (y0 <= points[:, 1]) & (points[:, 1] <= y0 + h))  # fmt: skip
+def _outlines(ax, grow=1.05):
+    """Each node's name, and arrays of the centres, half sizes (grown by `grow`) and whether the
+    outline is an ellipse (else a rectangle) of all nodes."""
+    names, centres, halves, round_ = [], [], [], []
+    for name, patch in _nodes(ax).items():
+        names.append(name)
+        centres.append(_centre(patch))
+        halves.append((grow * patch.get_width() / 2, grow * patch.get_height() / 2))
+        round_.append(isinstance(patch, Ellipse))
+    return names, np.array(centres), np.array(halves), np.array(round_)
 
 
 def _points(path, step=0.02):
@@ -159,15 +164,15 @@ def _contains(box, x, y):
 
 
 def check_edges_avoid_nodes(ax):
-    nodes = _nodes(ax)
+    names, centres, halves, round_ = _outlines(ax)
     for patch in ax.patches:
         if not patch.get_gid().startswith("edge:"):
             continue
         u, v = patch.get_gid()[5:].split("->")
-        points = _points(patch.get_path())
-        for w, node in nodes.items():
-            if w not in (u, v):
-                assert not _inside(node, points, grow=1.05).any(), f"{u}->{v} crosses {w}"
+        scaled = np.abs(_points(patch.get_path())[:, None, :] - centres) / halves  # (k, n, 2)
+        norm = np.where(round_, (scaled**2).sum(-1), scaled.max(-1) ** 2)  # <= 1: inside
+        for w in np.flatnonzero((norm <= 1).any(0)):
+            assert names[w] in (u, v), f"{u}->{v} crosses {names[w]}"
 
 
 def check_boxes_hold_exactly_their_nodes(ax, g):
@@ -175,7 +180,7 @@ def check_boxes_hold_exactly_their_nodes(ax, g):
     for v, node in _nodes(ax).items():
         x, y = _centre(node)
         inside = {box.get_gid()[6:] for box in boxes if _contains(box, x, y)}
-        assert inside == set(g.nodes[v]["plates"]), v
+        assert inside == set(g.nodes[v].get("plates", ())), v
         ends = node.get_extents().transformed(ax.transData.inverted())
         for name in inside:  # the whole node, not only its centre, is in its plates' boxes
             assert any(_contains(b, ends.x0, ends.y0) and _contains(b, ends.x1, ends.y1)
@@ -249,3 +254,26 @@ def test_draw_shows_a_factor_as_a_square():
     assert shapes["node:penalty"] == "Rectangle"
     assert shapes["node:a"] == "Ellipse"
     assert ax.patches[[p.get_gid() for p in ax.patches].index("node:penalty")].get_width() < 0.5
+
+
+def _pictures():
+    """The programs drawn in tests/images (make.py): LDA, three crossing plates, a 6-edge DAG
+    whose long edge crossed two nodes, and the benchmark's 200-node DAG."""
+    path = Path(__file__).parent / "images" / "make.py"
+    spec = importlib.util.spec_from_file_location("pictures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"lda": module.lda, "mace": module.mace_like, "commute": module.commute(),
+            "dag200": module.random_dag()}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["lda", "mace", "commute", "dag200"])
+def test_drawings_of_the_pictured_programs_are_true(name):
+    program = _pictures()[name]
+    g = program if isinstance(program, nx.DiGraph) else ppgen.graph(program)
+    ax = ppgen.draw(program, title=True)
+    check_edges_avoid_nodes(ax)
+    check_boxes_hold_exactly_their_nodes(ax, g)
+    check_labels(ax)
+    if name == "mace":  # the crossing plates: one box each, overlapping
+        assert gids(ax, "plate") == ["annotator", "item", "position"]
