@@ -19,11 +19,24 @@ ROLE = re.compile(r":(?:math|func|class|meth|attr|mod|data|obj|exc):`|\.\. math:
 SHOWS = re.compile(r"\bprint\(|\bdraw\w*\(|\bplt\.|\bax\.(?:hist|scatter|plot|boxplot)\(")
 
 
-def _execute_notebooks():
-    spec = importlib.util.spec_from_file_location("execute", ROOT / "docs" / "execute_notebooks.py")
+def _script(path):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_roles_become_math_cross_references_and_code_blocks():
+    griffe = pytest.importorskip("griffe")
+    roles = _script("docs/hooks/roles.py")
+    code = 'def f():\n    """Doc."""\n\n\ndef g():\n    """Doc."""\n'
+    text = ":func:`g`, :class:`~a.b.C`, :math:`x^2`\n\n.. math::\n    y = 1\n\nExample:\n    >>> 1"
+    with griffe.temporary_visited_module(code) as module:
+        assert roles.rewrite(text, module["f"]) == (
+            '<autoref identifier="module.g" optional><code>g</code></autoref>, '
+            '<autoref identifier="a.b.C" optional><code>C</code></autoref>, $x^2$'
+            "\n\n\n$$\ny = 1\n$$\n\n\nExamples:\n    >>> 1"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +88,7 @@ def test_tutorial_pages_show_the_outputs_of_their_code(path, site):
     nbformat = pytest.importorskip("nbformat")
     book = nbformat.read(path, as_version=4)
     stored = book.metadata.get("ppgen", {})
-    assert stored.get("code_sha256") == _execute_notebooks().code_sha256(book), (
+    assert stored.get("code_sha256") == _script("docs/execute_notebooks.py").code_sha256(book), (
         f"{path.name} changed since its outputs were stored: run docs/execute_notebooks.py")
     notes = [cell for cell in book.cells if cell.metadata.get("ppgen_size_note")]
     assert len(notes) == (stored["size"] == "smoke"), f"{path.name}: its size note is wrong"
