@@ -41,7 +41,8 @@ def test_roles_become_math_cross_references_and_code_blocks():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    pytest.importorskip("mkdocs")
+    for package in ("mkdocs", "mkdocs_jupyter", "mkdocstrings", "jupyter_server_mathjax"):
+        pytest.importorskip(package)  # the docs extra
     out = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(out)],
