@@ -46,8 +46,8 @@ def execute(path: Path, *, smoke: bool) -> float:
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute(env=env)
     for cell in book.cells:  # tqdm's notice that this kernel has no widgets says nothing of ppgen
-        outputs = cell.get("outputs", [])
-        cell["outputs"] = [o for o in outputs if "IProgress not found" not in o.get("text", "")]
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if "IProgress not found" not in o.get("text", "")]
     book.metadata["ppgen"] = {"code_sha256": code_sha256(book), "size": "smoke" if smoke else "full"}
     book.cells = [cell for cell in book.cells if not cell.metadata.get("ppgen_size_note")]
     if smoke:  # the reader is told, under the title

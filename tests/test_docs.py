@@ -88,6 +88,7 @@ def test_every_image_and_script_is_served_by_the_site(site):
 def test_tutorial_pages_show_the_outputs_of_their_code(path, site):
     nbformat = pytest.importorskip("nbformat")
     book = nbformat.read(path, as_version=4)
+    nbformat.validate(book)  # a stored notebook that Jupyter and ruff can read
     stored = book.metadata.get("ppgen", {})
     assert stored.get("code_sha256") == _script("docs/execute_notebooks.py").code_sha256(book), (
         f"{path.name} changed since its outputs were stored: run docs/execute_notebooks.py")
