@@ -1,4 +1,5 @@
-"""Every notebook runs, in its small smoke setting, so that a broken tutorial fails CI."""
+"""Every notebook runs, in its small smoke setting, so that a broken tutorial fails CI (its stored
+outputs, which the site shows, are checked by test_docs.py)."""
 
 from pathlib import Path
 
@@ -14,6 +15,5 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("PPGEN_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     book = nbformat.read(path, as_version=4)
-    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code")
     nbclient.NotebookClient(book, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}}).execute()  # fmt: skip
