@@ -189,7 +189,8 @@ def _kib(field):
 
 def _job(job, name, frame_path, state_path, n, batch_size, dtype, queue):
     """In a spawned process: load the inputs, warm up on 1000 rows, release the freed heap,
-    reset the RSS high-water mark, run the job, and put the peak it added (MiB) on the queue."""
+    reset the RSS high-water mark, run the job, and put the peak it added (MiB) and the
+    process's whole peak (MiB) on the queue."""
     quiet()
     torch.set_default_dtype(getattr(torch, dtype))
     network, states = load(name)
@@ -209,11 +210,13 @@ def _job(job, name, frame_path, state_path, n, batch_size, dtype, queue):
         clear.write("5")  # Linux: VmHWM := VmRSS
     start = _kib("VmHWM")
     run(frame, n)
-    queue.put((_kib("VmHWM") - start) / 1024)
+    peak = _kib("VmHWM")
+    queue.put(((peak - start) / 1024, peak / 1024))
 
 
 def peak_mib(job, *args):
-    """Peak RSS (MiB) that `job` adds over its loaded inputs, run once in a spawned process."""
+    """Peak RSS (MiB) that `job` adds over its loaded inputs, and the process's whole peak,
+    run once in a spawned process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_job, args=(job, *args, queue))
@@ -223,14 +226,31 @@ def peak_mib(job, *args):
     return extra
 
 
-def bench_memory(name, frame, model, n, batch_size, dtype):
-    """Peak RSS added by each fit on `frame` and each sampling of n rows, in MiB."""
+def bench_memory(name, frame, model, n, batch_size, dtype, jobs=JOBS):
+    """Peak RSS added by each fit on `frame` and each sampling of n rows, in MiB (with the
+    process's whole peak)."""
     with tempfile.TemporaryDirectory() as folder:
         frame_path, state_path = f"{folder}/frame.pkl", f"{folder}/model.pt"
         frame.to_pickle(frame_path)
         torch.save(model.state_dict(), state_path)
         args = (name, frame_path, state_path, n, batch_size, dtype)
-        return {job: peak_mib(job, *args) for job in JOBS}
+        return {job: peak_mib(job, *args) for job in jobs}
+
+
+def big_frame(model, states, rows, chunk=1_000_000):
+    """`rows` rows drawn from `model`, as `simulate` returns them (categorical columns of the
+    states, int8 codes), drawn a million at a time (pgmpy's `simulate` of 10M rows would
+    need gigabytes)."""
+    parts = []
+    for start in range(0, rows, chunk):
+        drawn = ppgen.sample(model, min(chunk, rows - start))
+        parts.append({v: drawn[str(v)].numpy().astype(np.int8) for v in states})
+    return pd.DataFrame(
+        {
+            v: pd.Categorical.from_codes(np.concatenate([p[v] for p in parts]), states[v])
+            for v in states
+        }
+    )
 
 
 # ---------------------------------------------------------------- one network
@@ -276,11 +296,19 @@ def row(ours, theirs, ratios):
     )
 
 
+def ratio(ours, theirs):
+    return f"{ours:>9.1f} {theirs:>9.1f} {ours / theirs:>6.2f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
-    parser.add_argument("--rows", nargs="+", type=int, default=[10_000, 100_000])
+    parser.add_argument("--rows", nargs="+", type=int, default=[100_000])
     parser.add_argument("--sample-rows", type=int, default=100_000)
+    parser.add_argument("--memory-rows", nargs="*", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--big-rows", type=int, default=10_000_000, help="0: no big fit")
+    parser.add_argument("--big-network", default="alarm")
+    parser.add_argument("--budget-mib", type=float, default=1536.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -294,33 +322,58 @@ def main():
     print(f"flags: {vars(args)}  threads: {torch.get_num_threads()}")
     print(f"load average before timing: {os.getloadavg()}")
     print("fit seconds from the DataFrame (median/min); ratio = pgmpy / ppgen per repeat")
-    print("(median/min); cpd = max |difference| on seen configurations; MiB = peak RSS added")
-    print(f"(fit on {args.rows[-1]} rows, sampling {args.sample_rows} rows; one run each).")
+    print("(median/min); cpd = max |difference| on seen configurations.")
     header = f"{'ppgen med':>9} {'min':>7} {'pgmpy med':>9} {'min':>7} {'ratio med':>9} {'min':>6}"
-    mib = f"{'ppgen MiB':>9} {'pgmpy MiB':>9}"
-    print(f"{'network':>10} {'rows':>7} {header} {'cpd diff':>9} {mib}")
-    sampling = {}
+    print(f"{'network':>10} {'rows':>7} {header} {'cpd diff':>9}")
+    sampling, models = {}, {}
     for name in args.networks:
         network, states = load(name)
         for rows in args.rows:
             frame, model, *figures, diff = bench_fit(
                 network, states, rows, args.repeats, args.seed, args.batch_size
             )
-            line = f"{name:>10} {rows:>7} {row(*figures)} {diff:>9.1e}"
-            if rows == args.rows[-1]:
-                peaks = bench_memory(
-                    name, frame, model, args.sample_rows, args.batch_size, args.dtype
-                )
-                line += f" {peaks['fit ppgen']:>9.1f} {peaks['fit pgmpy']:>9.1f}"
-            print(line, flush=True)
-        figures = bench_sample(network, model, args.sample_rows, args.repeats)
-        sampling[name] = (
-            f"{row(*figures)} {peaks['sample ppgen']:>9.1f} {peaks['sample pgmpy']:>9.1f}"
-        )
+            print(f"{name:>10} {rows:>7} {row(*figures)} {diff:>9.1e}", flush=True)
+        models[name] = (network, states, model)
+        sampling[name] = row(*bench_sample(network, model, args.sample_rows, args.repeats))
     print(f"\nsampling {args.sample_rows} rows, seconds (median/min); ratio = pgmpy / ppgen")
-    print(f"{'network':>10} {header} {mib}")
+    print(f"{'network':>10} {header}")
     for name, line in sampling.items():
         print(f"{name:>10} {line}")
+    if args.memory_rows:
+        print("\npeak RSS added (MiB), one fresh process a job: fit on n rows, sampling n rows;")
+        print("ratio = ppgen / pgmpy")
+        mib = f"{'ppgen':>9} {'pgmpy':>9} {'ratio':>6}"
+        print(f"{'network':>10} {'n':>8} | fit {mib} | sample {mib}")
+    for name, (network, _, model) in models.items():
+        for n in args.memory_rows:
+            frame = network.simulate(n, seed=args.seed, show_progress=False)
+            peaks = {
+                job: added
+                for job, (added, _) in bench_memory(
+                    name, frame, model, n, args.batch_size, args.dtype
+                ).items()
+            }
+            fit = ratio(peaks["fit ppgen"], peaks["fit pgmpy"])
+            drawn = ratio(peaks["sample ppgen"], peaks["sample pgmpy"])
+            print(f"{name:>10} {n:>8} | fit {fit} | sample {drawn}", flush=True)
+    if args.big_rows:
+        if args.big_network not in models:  # its tables fitted on 100k rows draw the big rows
+            network, states = load(args.big_network)
+            model = bench_fit(network, states, 100_000, 1, args.seed, args.batch_size)[1]
+            models[args.big_network] = (network, states, model)
+        network, states, model = models[args.big_network]
+        frame = big_frame(model, states, args.big_rows)
+        (added, whole), *_ = bench_memory(
+            args.big_network, frame, model, args.big_rows, args.batch_size, args.dtype,
+            jobs=["fit ppgen"],
+        ).values()  # fmt: skip
+        data = frame.memory_usage(deep=True).sum() / 2**20
+        verdict = "within" if added <= args.budget_mib else "OVER"
+        print(
+            f"\n{args.big_network}, a fit on {args.big_rows} rows (the DataFrame: {data:.0f} MiB): "
+            f"the fit adds {added:.0f} MiB at its peak, {verdict} the budget of "
+            f"{args.budget_mib:.0f} MiB; the process's whole peak: {whole:.0f} MiB"
+        )
     print(f"\nload average after: {os.getloadavg()}")
 
 
