@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+import numpy as np
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
@@ -30,7 +31,9 @@ class Table:
     memory are streamed batch by batch.
 
     Attributes:
-        columns: Site name to tensor of shape :math:`(N, *)`, in the model's dtypes.
+        columns: Site name to tensor of shape :math:`(N, *)`, in the model's dtypes, but for
+            integers at an integer site (a label column's codes: int8 up to 128 labels, int16
+            up to 32768), which keep their own type: :meth:`rows` gives the site's.
         categories: For columns that came as labels (pandas categorical or text columns), the
             label of each integer code: the `categories` given to :func:`table`, else the
             labels of the column itself.
@@ -40,6 +43,7 @@ class Table:
     columns: dict[str, Tensor]
     categories: dict[str, list[object]] = field(default_factory=dict)
     device: torch.device | None = None
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # the sites', where they differ
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
@@ -50,11 +54,14 @@ class Table:
         return next(iter(self.columns.values())).device
 
     def rows(self, index: Tensor | slice) -> dict[str, Tensor]:
-        """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`."""
-        return {name: self.column(name, index) for name in self.columns}
+        """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`, in
+        the sites' dtypes."""
+        return {
+            name: self.column(name, index).to(self.dtypes.get(name)) for name in self.columns
+        }
 
     def column(self, name: str, index: Tensor | slice = slice(None)) -> Tensor:
-        """One column (the rows at `index`) on :attr:`device`."""
+        """One column (the rows at `index`) on :attr:`device`, as it is held."""
         value = self.columns[name][index]
         return value if self.device is None else value.to(self.device, non_blocking=True)
 
@@ -182,6 +189,7 @@ def read_table(
     coder = _Coder(coding(model) if categories is None else categories, categories is not None,
                    known)  # fmt: skip
     columns: dict[str, Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     labels: dict[str, list[object]] = {}
     varying: list[str] = []  # sites whose support has tensor bounds, checked below
     for name, site in sites.items():
@@ -197,15 +205,17 @@ def read_table(
             _check_labels(name, site, found)
             labels[name] = found
         columns[name] = _checked(name, site, value, columns)
+        if columns[name].dtype != site["value"].dtype:
+            dtypes[name] = site["value"].dtype
         if varies(site["fn"].support):
             varying.append(name)
         else:
             check_support(name, site["fn"], columns[name], site["value"].device)
     if varying and len(columns) == len(sites):  # bounds drawn from a latent site are unknown
         device_ = next(iter(sites.values()))["value"].device
-        _check_varying(model, columns, varying, args, kwargs, device_)
+        _check_varying(model, Table(columns, dtypes=dtypes), varying, args, kwargs, device_)
     columns, device = place(columns, device, model)
-    return Table(columns, labels, device)
+    return Table(columns, labels, device, dtypes)
 
 
 def _check_labels(name: str, site: dict, labels: list[object]) -> None:
@@ -252,6 +262,8 @@ def _checked(name: str, site: dict, value: Tensor, columns: dict[str, Tensor]) -
                 f"Column {name!r} must hold whole numbers for its {type(site['fn']).__name__} site."
             )
     wide = value.is_floating_point() and value.dtype.itemsize > expected.dtype.itemsize
+    if _is_integer(value) and _is_integer(expected):
+        return value  # held as it is (a label column's narrow codes), batches cast
     value = value.to(dtype=expected.dtype)
     row = _first_row(~torch.isfinite(value)) if wide and value.is_floating_point() else None
     if row is not None:
@@ -300,7 +312,7 @@ def _column(name: str, value: object, coder: _Coder) -> tuple[Tensor, list[objec
         text = pd.api.types.is_string_dtype(kind) or pd.api.types.is_object_dtype(kind)
         if text or isinstance(kind, pd.CategoricalDtype):
             labels = coder.labels(name, value, pd)
-            codes = pd.Index(labels).get_indexer(value)
+            codes = _codes(value, labels, pd)
             row = _first_row(torch.from_numpy(codes < 0))
             if row is not None:
                 label = value.to_numpy()[row]
@@ -310,7 +322,7 @@ def _column(name: str, value: object, coder: _Coder) -> tuple[Tensor, list[objec
                     f"Column {name!r} has label {label!r} in row {row}, which is not among its "
                     f"{len(labels)} categories."
                 )
-            value = codes.astype("int64")  # a copy, as the numbers below
+            value = codes  # a new array, as the numbers below
         else:
             value = value.to_numpy(copy=True)  # in order: a Series' index plays no part
     try:
@@ -320,6 +332,23 @@ def _column(name: str, value: object, coder: _Coder) -> tuple[Tensor, list[objec
     if tensor.is_complex():
         raise ValueError(f"Column {name!r} holds complex numbers; its site takes real ones.")
     return tensor, labels
+
+
+def _codes(value: object, labels: list[object], pd: object) -> object:
+    """The code of each label of a column in `labels`, -1 where it has none, in the smallest
+    integer type: a categorical column's by its categories (one lookup a row, no search)."""
+    dtype = next(t for t, top in (("int8", 2**7), ("int16", 2**15), ("int32", 2**31),
+                                  ("int64", 2**63)) if len(labels) <= top)  # fmt: skip
+    index = pd.Index(labels)
+    if not isinstance(value.dtype, pd.CategoricalDtype):
+        return index.get_indexer(value).astype(dtype)
+    column = value.array  # a Categorical: codes (-1 for a missing label) and categories
+    lookup = np.append(index.get_indexer(column.categories), -1).astype(dtype)
+    return lookup[column.codes]
+
+
+def _is_integer(value: Tensor) -> bool:
+    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
 
 
 def check_columns(val: object, data: Table) -> None:
@@ -372,7 +401,7 @@ def check_support(name: str, fn: Distribution, value: Tensor, device: torch.devi
 
 def _check_varying(
     model: Callable[..., object],
-    columns: dict[str, Tensor],
+    data: Table,
     names: list[str],
     args: tuple[object, ...],
     kwargs: dict[str, object],
@@ -380,9 +409,8 @@ def _check_varying(
 ) -> None:
     """Checks the sites `names`, whose supports have tensor bounds, on the program conditioned
     on the data, where the bounds are known: a chunk of rows at a time on `device`."""
-    rows = len(columns[names[0]])
-    for start in range(0, rows, _TRACE_ROWS):
-        chunk = {k: v[start : start + _TRACE_ROWS].to(device) for k, v in columns.items()}
+    for start in range(0, len(data), _TRACE_ROWS):
+        chunk = {k: v.to(device) for k, v in data.rows(slice(start, start + _TRACE_ROWS)).items()}
         with torch.random.fork_rng(), torch.no_grad():
             conditioned = poutine.condition(model, data=chunk)
             trace = poutine.trace(conditioned).get_trace(*args, n=len(chunk[names[0]]), **kwargs)
@@ -390,7 +418,7 @@ def _check_varying(
             fn = trace.nodes[name]["fn"]
             row = _first_row(~fn.support.check(chunk[name]))
             if row is not None:
-                _outside(name, fn, columns[name], start + row)
+                _outside(name, fn, data.columns[name], start + row)
 
 
 def _outside(name: str, fn: Distribution, value: Tensor, row: int) -> NoReturn:
