@@ -121,6 +121,15 @@ class ExactLogLikelihood(nn.Module):
         return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
+def _draw(
+    model: Callable[..., object], n: int, args: tuple[object, ...], kwargs: dict[str, object]
+) -> dict[str, Tensor]:
+    """The values of the random variables of one run of `model` on `n` rows."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
+    return {name: site["value"] for name, site in trace.nodes.items() if is_variable(site)}
+
+
 def _rows_independent(
     model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
@@ -214,7 +223,7 @@ def sample(
     model: Callable[..., object],
     n: int,
     *args: object,
-    batch_size: int = 1 << 16,
+    batch_size: int = 1 << 15,
     as_frame: bool = False,
     categories: Mapping[str, list[object]] | None = None,
     device: str | torch.device | None = None,
@@ -256,19 +265,16 @@ def sample(
     resolve_device(model, device)
     if n > batch_size and not _rows_independent(model, args, kwargs):
         batch_size = n
-    values: dict[str, Tensor] = {}
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        with torch.no_grad():
-            trace = poutine.trace(model).get_trace(*args, n=rows, **kwargs)
-        drawn = {name: site["value"] for name, site in trace.nodes.items() if is_variable(site)}
-        if rows == n:
-            values = drawn
-            break
-        for name, value in drawn.items():
-            if start == 0:  # the whole result, filled a batch at a time
-                values[name] = value.new_empty((n, *value.shape[1:]))
-            values[name][start : start + rows] = value
+    if n <= batch_size:
+        values = _draw(model, n, args, kwargs)
+    else:
+        values = {}
+        for start in range(0, n, batch_size):
+            rows = min(batch_size, n - start)
+            for name, value in _draw(model, rows, args, kwargs).items():  # freed batch by batch
+                if start == 0:  # the whole result, filled a batch at a time
+                    values[name] = value.new_empty((n, *value.shape[1:]))
+                values[name][start : start + rows] = value
     if not as_frame:
         return values
     import pandas as pd
