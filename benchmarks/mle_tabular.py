@@ -53,13 +53,17 @@ Peak RSS added (MiB), ppgen / pgmpy, fit on n rows | sampling n rows:
     asia       100k      7.7 / 5.6   27.7 / 23.8              1.5 / 5.7    23.2 / 23.7
     asia         1M     77.1 / 62.5 368.1 / 226.4            15.4 / 62.5   89.1 / 226.4
     child      100k     18.7 / 6.7  120.9 / 39.9              4.7 / 6.7    34.5 / 40.0
-    child        1M    168.6 / 72.9 1175.6 / 398.7
+    child        1M    168.6 / 72.9 1175.6 / 398.7            53.6 / 72.9  179.1 / 398.9
     insurance  100k     23.2 / 7.4  181.7 / 57.6
     insurance    1M    229.7 / 79.7 1747.8 / 566.5
     alarm      100k     30.3 / 9.2  164.6 / 71.7
     hailfinder 100k     46.5 / 11.1 254.7 / 102.5 (earlier)   6.3 / 11.1  137.8 / 102.6 (a)
+                                                                           93.0 / 102.6 (b)
+    hailfinder   1M                                          61.1 / 115.1 583.8 / 1023.5 (a)
+                                                                          478.5 / 1023.5 (b)
     win95pts   100k     60.4 / 14.9 160.8 / 147.8 (earlier)   8.2 / 14.9  179.4 / 147.2 (a)
                                                                           105.8 / 147.2 (b)
+    win95pts     1M                                                       630.6 / -     (b)
 
 (a) sampling before each batch's trace was freed ahead of the next; (b) the final code (32768
 rows a batch, each freed), measured alone. The 10M-row fit of alarm (a 353 MiB DataFrame) adds
