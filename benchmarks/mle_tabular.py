@@ -13,12 +13,15 @@ rows are drawn with pgmpy's `simulate`, then:
   configurations seen in the data, with pgmpy's state orders mapped onto ppgen's codes.
 - sample: `ppgen.sample(model, n)` (integer codes) vs pgmpy's `simulate(n)` (labels).
 - memory: the peak RSS that each job (ppgen fit, pgmpy fit, ppgen sample, pgmpy simulate) adds
-  at the largest row count, one run each, in a fresh process of its own (multiprocessing "spawn";
-  the timing stays in this process). That process loads the rows (a pickle written once per
-  network), the network and ppgen's fitted tables, runs the job on 1000 rows (lazy imports,
+  on n rows for each n of `--memory-rows` (100k and 1M), one run each, in a fresh process of its
+  own (multiprocessing "spawn"; the timing stays in this process). That process loads the rows
+  (a pickle), the network and ppgen's fitted tables, runs the job on 1000 rows (lazy imports,
   caches), collects garbage, hands glibc's freed heap back to the kernel (`malloc_trim`), resets
   the high-water mark (`/proc/self/clear_refs`, so VmHWM = VmRSS), runs the job and reports VmHWM
-  minus that baseline: what the job itself holds at its peak, its result included. Linux, glibc.
+  minus that baseline: what the job itself holds at its peak, its result included, counted alike
+  for numpy, pandas and torch memory. Linux, glibc.
+- big: a fit of `--big-network` (alarm) on `--big-rows` (10M) rows drawn by ppgen, measured the
+  same way, against `--budget-mib` (1536).
 
 ppgen's tables are float64 by default here (`--dtype float32` for torch's usual default: its
 tables then agree with pgmpy's only to float32 precision, about 1e-7).
@@ -26,36 +29,46 @@ tables then agree with pgmpy's only to float32 precision, about 1e-7).
 Times are the median and min over `--repeats`, the two libraries alternating; the ratio is
 pgmpy / ppgen per repeat, its median and min. One thread.
 
-Run: python benchmarks/mle_tabular.py [--rows 10000 100000 --sample-rows 100000 --repeats 3]
+Run: python benchmarks/mle_tabular.py [--rows 100000 --memory-rows 100000 1000000 --repeats 3]
 
-Measured with `python benchmarks/mle_tabular.py --repeats 5` on the shared 2-core machine (load
-average 8-10 during the run), pgmpy 1.1.2, float64; seconds are medians, ratios pgmpy / ppgen
-per repeat (median, min):
+Before and after narrow codes, chunked counting and chunked sampling, 4 Dec 2026, on the shared
+2-core machine at load average 12-20 (timings are noisy; ratios compare the libraries in the same
+run), pgmpy 1.1.2, float64, `--repeats 3`. Fit at 100k rows, ratio pgmpy / ppgen (median, min):
 
-    network     rows  ppgen fit  pgmpy fit  ratio med  min  cpd diff | sampling 100k: ratio med  min
-    asia        100k     0.050     0.323       6.5    6.2   2.2e-16  |                    14.2  11.6
-    child       100k     0.120     0.802       7.9    5.8   3.3e-16  |                    14.1  12.9
-    insurance   100k     0.151     1.424       9.1    8.7   3.3e-16  |                    23.8  20.5
-    alarm       100k     0.145     0.957       6.8    5.2   3.3e-16  |                    15.6  14.9
-    hailfinder  100k     0.223     1.686       7.6    6.1   4.4e-16  |                    17.0  15.4
-    win95pts    100k     0.314     2.651       8.0    7.0   3.3e-16  |                    17.8  16.0
+    network      before: med  min   after: med  min   cpd diff (both)
+    asia                 4.2  3.8          4.8  0.1*  2.2e-16
+    child                5.3  5.1          5.9  5.3   3.3e-16
+    insurance            6.5  6.1          7.1  6.0   3.3e-16
+    alarm                4.9  4.7          5.3  4.8   3.3e-16
+    hailfinder           5.2  5.1          5.5  5.2   4.4e-16
+    win95pts             4.9  4.3          5.1  5.0   3.3e-16
 
-At 10k rows the fit ratios are 4.9 (asia) to 9.1 (insurance): there a fit is mostly ppgen's
-fixed cost (two traced runs of the program, one to check the data and one to find the tables).
+(* a first fit in the process, lazy imports included: bench_fit now warms both libraries up.)
+Sampling 100k rows, ratio pgmpy / ppgen: before 10.3-15.0x (medians; min 4.6 on hailfinder),
+after 15.9-26.4x (medians; min 14.2), with 65536 rows a batch (32768 now, measured alone).
 
-Peak RSS added (MiB) at 100k rows, from `python benchmarks/mle_tabular.py --repeats 3` (load
-average 3-5; that run's median ratios: fit 5.8-12.0, sampling 7.9 on asia, 16.1-18.3 elsewhere):
+Peak RSS added (MiB), ppgen / pgmpy, fit on n rows | sampling n rows:
 
-    network     fit: ppgen  pgmpy | sample: ppgen  pgmpy
-    asia              7.6    5.7  |          24.8   23.5
-    child            17.2    6.8  |          73.5   39.8
-    insurance        23.1    7.4  |         119.0   57.3
-    alarm            30.2    9.2  |         125.6   72.8
-    hailfinder       46.5   11.1  |         254.7  102.5
-    win95pts         60.4   14.9  |         160.8  147.8
+    network      n     before: fit          sample         after: fit         sample
+    asia       100k      7.7 / 5.6   27.7 / 23.8              1.5 / 5.7    23.2 / 23.7
+    asia         1M     77.1 / 62.5 368.1 / 226.4            15.4 / 62.5   89.1 / 226.4
+    child      100k     18.7 / 6.7  120.9 / 39.9              4.7 / 6.7    34.5 / 40.0
+    child        1M    168.6 / 72.9 1175.6 / 398.7            53.6 / 72.9  179.1 / 398.9
+    insurance  100k     23.2 / 7.4  181.7 / 57.6
+    insurance    1M    229.7 / 79.7 1747.8 / 566.5
+    alarm      100k     30.3 / 9.2  164.6 / 71.7
+    hailfinder 100k     46.5 / 11.1 254.7 / 102.5 (earlier)   6.3 / 11.1  137.8 / 102.6 (a)
+                                                                           93.0 / 102.6 (b)
+    hailfinder   1M                                          61.1 / 115.1 583.8 / 1023.5 (a)
+                                                                          478.5 / 1023.5 (b)
+    win95pts   100k     60.4 / 14.9 160.8 / 147.8 (earlier)   8.2 / 14.9  179.4 / 147.2 (a)
+                                                                          105.8 / 147.2 (b)
+    win95pts     1M                                                       630.6 / -     (b)
 
-ppgen's fit holds the columns as int64 codes (8 bytes a cell: 6.1 MiB on asia's 8 columns, 58 on
-win95pts' 76), pandas' codes take 1; hence 1.3-4.2x pgmpy's. Sampling takes 1.1-2.5x pgmpy's.
+(a) sampling before each batch's trace was freed ahead of the next; (b) the final code (32768
+rows a batch, each freed), measured alone. The 10M-row fit of alarm (a 353 MiB DataFrame) adds
+366 MiB at its peak, within the 1536 MiB budget (the whole process: 1229 MiB); before, its int64
+codes alone would take 37 x 80 MB = 2.8 GB. Runs cut short by the deadline left the blank cells.
 """
 
 import argparse
@@ -189,7 +202,8 @@ def _kib(field):
 
 def _job(job, name, frame_path, state_path, n, batch_size, dtype, queue):
     """In a spawned process: load the inputs, warm up on 1000 rows, release the freed heap,
-    reset the RSS high-water mark, run the job, and put the peak it added (MiB) on the queue."""
+    reset the RSS high-water mark, run the job, and put the peak it added (MiB) and the
+    process's whole peak (MiB) on the queue."""
     quiet()
     torch.set_default_dtype(getattr(torch, dtype))
     network, states = load(name)
@@ -209,11 +223,13 @@ def _job(job, name, frame_path, state_path, n, batch_size, dtype, queue):
         clear.write("5")  # Linux: VmHWM := VmRSS
     start = _kib("VmHWM")
     run(frame, n)
-    queue.put((_kib("VmHWM") - start) / 1024)
+    peak = _kib("VmHWM")
+    queue.put(((peak - start) / 1024, peak / 1024))
 
 
 def peak_mib(job, *args):
-    """Peak RSS (MiB) that `job` adds over its loaded inputs, run once in a spawned process."""
+    """Peak RSS (MiB) that `job` adds over its loaded inputs, and the process's whole peak,
+    run once in a spawned process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_job, args=(job, *args, queue))
@@ -223,14 +239,31 @@ def peak_mib(job, *args):
     return extra
 
 
-def bench_memory(name, frame, model, n, batch_size, dtype):
-    """Peak RSS added by each fit on `frame` and each sampling of n rows, in MiB."""
+def bench_memory(name, frame, model, n, batch_size, dtype, jobs=JOBS):
+    """Peak RSS added by each fit on `frame` and each sampling of n rows, in MiB (with the
+    process's whole peak)."""
     with tempfile.TemporaryDirectory() as folder:
         frame_path, state_path = f"{folder}/frame.pkl", f"{folder}/model.pt"
         frame.to_pickle(frame_path)
         torch.save(model.state_dict(), state_path)
         args = (name, frame_path, state_path, n, batch_size, dtype)
-        return {job: peak_mib(job, *args) for job in JOBS}
+        return {job: peak_mib(job, *args) for job in jobs}
+
+
+def big_frame(model, states, rows, chunk=1_000_000):
+    """`rows` rows drawn from `model`, as `simulate` returns them (categorical columns of the
+    states, int8 codes), drawn a million at a time (pgmpy's `simulate` of 10M rows would
+    need gigabytes)."""
+    parts = []
+    for start in range(0, rows, chunk):
+        drawn = ppgen.sample(model, min(chunk, rows - start))
+        parts.append({v: drawn[str(v)].numpy().astype(np.int8) for v in states})
+    return pd.DataFrame(
+        {
+            v: pd.Categorical.from_codes(np.concatenate([p[v] for p in parts]), states[v])
+            for v in states
+        }
+    )
 
 
 # ---------------------------------------------------------------- one network
@@ -242,6 +275,8 @@ def stats(values):
 
 def bench_fit(network, states, rows, repeats, seed, batch_size):
     frame = network.simulate(rows, seed=seed, show_progress=False)
+    fit_ppgen(network, states, frame.head(1000), batch_size)  # each library's first-call costs
+    fit_pgmpy(network, frame.head(1000))
     ours, theirs = [], []
     for r in range(repeats):
         pairs = [("ppgen", "pgmpy"), ("pgmpy", "ppgen")][r % 2]
@@ -276,11 +311,19 @@ def row(ours, theirs, ratios):
     )
 
 
+def ratio(ours, theirs):
+    return f"{ours:>9.1f} {theirs:>9.1f} {ours / theirs:>6.2f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
-    parser.add_argument("--rows", nargs="+", type=int, default=[10_000, 100_000])
+    parser.add_argument("--rows", nargs="+", type=int, default=[100_000])
     parser.add_argument("--sample-rows", type=int, default=100_000)
+    parser.add_argument("--memory-rows", nargs="*", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--big-rows", type=int, default=10_000_000, help="0: no big fit")
+    parser.add_argument("--big-network", default="alarm")
+    parser.add_argument("--budget-mib", type=float, default=1536.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -294,33 +337,58 @@ def main():
     print(f"flags: {vars(args)}  threads: {torch.get_num_threads()}")
     print(f"load average before timing: {os.getloadavg()}")
     print("fit seconds from the DataFrame (median/min); ratio = pgmpy / ppgen per repeat")
-    print("(median/min); cpd = max |difference| on seen configurations; MiB = peak RSS added")
-    print(f"(fit on {args.rows[-1]} rows, sampling {args.sample_rows} rows; one run each).")
+    print("(median/min); cpd = max |difference| on seen configurations.")
     header = f"{'ppgen med':>9} {'min':>7} {'pgmpy med':>9} {'min':>7} {'ratio med':>9} {'min':>6}"
-    mib = f"{'ppgen MiB':>9} {'pgmpy MiB':>9}"
-    print(f"{'network':>10} {'rows':>7} {header} {'cpd diff':>9} {mib}")
-    sampling = {}
+    print(f"{'network':>10} {'rows':>7} {header} {'cpd diff':>9}")
+    sampling, models = {}, {}
     for name in args.networks:
         network, states = load(name)
         for rows in args.rows:
             frame, model, *figures, diff = bench_fit(
                 network, states, rows, args.repeats, args.seed, args.batch_size
             )
-            line = f"{name:>10} {rows:>7} {row(*figures)} {diff:>9.1e}"
-            if rows == args.rows[-1]:
-                peaks = bench_memory(
-                    name, frame, model, args.sample_rows, args.batch_size, args.dtype
-                )
-                line += f" {peaks['fit ppgen']:>9.1f} {peaks['fit pgmpy']:>9.1f}"
-            print(line, flush=True)
-        figures = bench_sample(network, model, args.sample_rows, args.repeats)
-        sampling[name] = (
-            f"{row(*figures)} {peaks['sample ppgen']:>9.1f} {peaks['sample pgmpy']:>9.1f}"
-        )
+            print(f"{name:>10} {rows:>7} {row(*figures)} {diff:>9.1e}", flush=True)
+        models[name] = (network, states, model)
+        sampling[name] = row(*bench_sample(network, model, args.sample_rows, args.repeats))
     print(f"\nsampling {args.sample_rows} rows, seconds (median/min); ratio = pgmpy / ppgen")
-    print(f"{'network':>10} {header} {mib}")
+    print(f"{'network':>10} {header}")
     for name, line in sampling.items():
         print(f"{name:>10} {line}")
+    if args.memory_rows:
+        print("\npeak RSS added (MiB), one fresh process a job: fit on n rows, sampling n rows;")
+        print("ratio = ppgen / pgmpy")
+        mib = f"{'ppgen':>9} {'pgmpy':>9} {'ratio':>6}"
+        print(f"{'network':>10} {'n':>8} | fit {mib} | sample {mib}")
+    for name, (network, _, model) in models.items():
+        for n in args.memory_rows:
+            frame = network.simulate(n, seed=args.seed, show_progress=False)
+            peaks = {
+                job: added
+                for job, (added, _) in bench_memory(
+                    name, frame, model, n, args.batch_size, args.dtype
+                ).items()
+            }
+            fit = ratio(peaks["fit ppgen"], peaks["fit pgmpy"])
+            drawn = ratio(peaks["sample ppgen"], peaks["sample pgmpy"])
+            print(f"{name:>10} {n:>8} | fit {fit} | sample {drawn}", flush=True)
+    if args.big_rows:
+        if args.big_network not in models:  # its tables fitted on 100k rows draw the big rows
+            network, states = load(args.big_network)
+            model = bench_fit(network, states, 100_000, 1, args.seed, args.batch_size)[1]
+            models[args.big_network] = (network, states, model)
+        network, states, model = models[args.big_network]
+        frame = big_frame(model, states, args.big_rows)
+        (added, whole), *_ = bench_memory(
+            args.big_network, frame, model, args.big_rows, args.batch_size, args.dtype,
+            jobs=["fit ppgen"],
+        ).values()  # fmt: skip
+        data = frame.memory_usage(deep=True).sum() / 2**20
+        verdict = "within" if added <= args.budget_mib else "OVER"
+        print(
+            f"\n{args.big_network}, a fit on {args.big_rows} rows (the DataFrame: {data:.0f} MiB): "
+            f"the fit adds {added:.0f} MiB at its peak, {verdict} the budget of "
+            f"{args.budget_mib:.0f} MiB; the process's whole peak: {whole:.0f} MiB"
+        )
     print(f"\nload average after: {os.getloadavg()}")
 
 

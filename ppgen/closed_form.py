@@ -19,7 +19,11 @@ from torch import Tensor
 from ppgen import distributed
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 
-__all__ = ["solve", "solve_closed_form"]
+__all__ = ["COUNT_ROWS", "solve", "solve_closed_form"]
+
+# rows of a table's columns counted at once: the index of a chunk (4 bytes a row, for a table
+# of fewer than 2**31 cells) bounds the count's memory, whatever the number of rows
+COUNT_ROWS = 1 << 20
 
 
 def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) -> bool:
@@ -61,21 +65,29 @@ def solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool,
 
 
 def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Tensor:
-    r"""Counts each (parents, value) configuration with one `bincount` over a mixed-radix index,
-    sets the table to the conditional frequencies, and returns the log-likelihood of the rows
-    under it, :math:`\sum n \log(n / N_{pa})`, from the counts alone."""
+    r"""Counts each (parents, value) configuration with `bincount` over a mixed-radix index,
+    :data:`COUNT_ROWS` rows at a time in the smallest integer type that holds it, sets the
+    table to the conditional frequencies, and returns the log-likelihood of the rows under
+    it, :math:`\sum n \log(n / N_{pa})`, from the counts alone (in float64)."""
     shape = (*module.parent_cardinalities, module.cardinality)
-    digits = [*parents, value]
-    index = digits[0].long()
-    for p, k in zip(digits[1:], shape[1:], strict=True):  # index * k + p, in one kernel
-        index = torch.add(p.long(), index, alpha=k)
-    counts = torch.bincount(index.reshape(-1), minlength=math.prod(shape))
+    cells = math.prod(shape)
+    digits = [d.reshape(len(value), -1) for d in (*parents, value)]  # a plate's values too
+    dtype = torch.int32 if cells <= torch.iinfo(torch.int32).max else torch.int64
+    counts = torch.zeros(cells, dtype=torch.int64, device=value.device)
+    for start in range(0, len(value), COUNT_ROWS):
+        rows = [d[start : start + COUNT_ROWS] for d in digits]
+        index = torch.empty(torch.broadcast_shapes(*(r.shape for r in rows)), dtype=dtype,
+                            device=value.device)
+        index.copy_(rows[0])
+        for p, k in zip(rows[1:], shape[1:], strict=True):  # index * k + p, in place
+            index.mul_(k).add_(p.to(dtype))  # one dtype: a mixed add is 100x slower
+        counts += torch.bincount(index.reshape(-1), minlength=cells)
     counts = distributed.all_reduce(counts)  # every rank's rows, under a process group
-    counts = counts.reshape(shape).to(module.logits.dtype)
+    counts = counts.reshape(shape)
     totals = counts.sum(-1, keepdim=True)
-    logits = torch.where(totals > 0, counts.log() - totals.log(), torch.zeros_like(counts))
-    module.logits.copy_(logits)
-    return torch.where(counts > 0, counts * module.logits.log_softmax(-1), 0.0).sum()
+    log_freq = torch.where(totals > 0, counts.double().log() - totals.double().log(), 0.0)
+    module.logits.copy_(log_freq)
+    return torch.where(counts > 0, counts * module.logits.double().log_softmax(-1), 0.0).sum()
 
 
 def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[Tensor]) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+import numpy as np
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
@@ -32,7 +33,9 @@ class Table:
     memory are streamed batch by batch.
 
     Attributes:
-        columns: Site name to tensor of shape :math:`(N, *)`, in the model's dtypes.
+        columns: Site name to tensor of shape :math:`(N, *)`, in the model's dtypes, but for
+            integers at an integer site (a label column's codes: int8 up to 128 labels, int16
+            up to 32768), which keep their own type: :meth:`rows` gives the site's.
         categories: For columns that came as labels (pandas categorical or text columns), the
             label of each integer code: the `categories` given to :func:`table`, else the
             labels of the column itself.
@@ -42,6 +45,7 @@ class Table:
     columns: dict[str, Tensor]
     categories: dict[str, list[object]] = field(default_factory=dict)
     device: torch.device | None = None
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # the sites', where they differ
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
@@ -52,11 +56,14 @@ class Table:
         return next(iter(self.columns.values())).device
 
     def rows(self, index: Tensor | slice) -> dict[str, Tensor]:
-        """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`."""
-        return {name: self.column(name, index) for name in self.columns}
+        """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`, in
+        the sites' dtypes."""
+        return {
+            name: self.column(name, index).to(self.dtypes.get(name)) for name in self.columns
+        }
 
     def column(self, name: str, index: Tensor | slice = slice(None)) -> Tensor:
-        """One column (the rows at `index`) on :attr:`device`."""
+        """One column (the rows at `index`) on :attr:`device`, as it is held."""
         value = self.columns[name][index]
         return value if self.device is None else value.to(self.device, non_blocking=True)
 
@@ -178,6 +185,7 @@ def read_table(
     coder = _Coder(coding(model) if categories is None else categories, categories is not None,
                    known)  # fmt: skip
     columns: dict[str, Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     labels: dict[str, list[object]] = {}
     varying: list[str] = []  # sites whose support has tensor bounds, checked below
     for name, site in sites.items():
@@ -199,11 +207,14 @@ def read_table(
         else:  # on the values as given: a cast may round them into the support
             check_support(name, site["fn"], value, site["value"].device)
         columns[name] = _cast(name, site["fn"], value, site["value"].dtype)
+        if _is_integer(value) and _is_integer(site["value"]) and value.dtype != site["value"].dtype:
+            columns[name] = value  # held narrow (a label column's codes); batches take the site's
+            dtypes[name] = site["value"].dtype
     if varying and len(columns) == len(sites):  # bounds drawn from a latent site are unknown
         device_ = next(iter(sites.values()))["value"].device
-        _check_varying(model, columns, varying, args, kwargs, device_)
+        _check_varying(model, Table(columns, dtypes=dtypes), varying, args, kwargs, device_)
     columns, device = place(columns, device, model)
-    return Table(columns, labels, device)
+    return Table(columns, labels, device, dtypes)
 
 
 def _check_labels(name: str, site: dict, labels: list[object]) -> None:
@@ -366,6 +377,23 @@ def _column(
     return tensor, labels
 
 
+def _label_codes(value: object, labels: list[object], pd: object) -> object:
+    """The code of each label of a column in `labels`, -1 where it has none, in the smallest
+    integer type: a categorical column's by its categories (one lookup a row, no search)."""
+    dtype = next(t for t, top in (("int8", 2**7), ("int16", 2**15), ("int32", 2**31),
+                                  ("int64", 2**63)) if len(labels) <= top)  # fmt: skip
+    index = pd.Index(labels)
+    if not isinstance(value.dtype, pd.CategoricalDtype):
+        return index.get_indexer(value).astype(dtype)
+    column = value.array  # a Categorical: codes (-1 for a missing label) and categories
+    lookup = np.append(index.get_indexer(column.categories), -1).astype(dtype)
+    return lookup[column.codes]
+
+
+def _is_integer(value: Tensor) -> bool:
+    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+
+
 def check_columns(val: object, data: Table) -> None:
     """Raises, naming it, for a site of the training rows that the validation data (a dict
     or a DataFrame) lack, which :func:`table` would call latent."""
@@ -386,7 +414,7 @@ def _ndarray() -> type:
 def _codes(name: str, value: object, coder: _Coder, pd: object) -> tuple[object, list[object]]:
     """The integer codes of a column of labels, and the labels."""
     labels = coder.labels(name, value, pd)
-    codes = pd.Index(labels).get_indexer(value)
+    codes = _label_codes(value, labels, pd)
     row = _first_row(torch.from_numpy(codes < 0))
     if row is not None:
         label = value.to_numpy()[row]
@@ -396,7 +424,7 @@ def _codes(name: str, value: object, coder: _Coder, pd: object) -> tuple[object,
             f"Column {name!r} has label {label!r} in row {row}, which is not among its "
             f"{len(labels)} categories."
         )
-    return codes.astype("int64"), labels  # a copy, as the numbers below
+    return codes, labels  # a new array, in the smallest integer type
 
 
 def _numbers(name: str, value: object, fn: Distribution) -> object:
@@ -515,7 +543,7 @@ def check_support(name: str, fn: Distribution, value: Tensor, device: torch.devi
 
 def _check_varying(
     model: Callable[..., object],
-    columns: dict[str, Tensor],
+    data: Table,
     names: list[str],
     args: tuple[object, ...],
     kwargs: dict[str, object],
@@ -523,9 +551,8 @@ def _check_varying(
 ) -> None:
     """Checks the sites `names`, whose supports have tensor bounds, on the program conditioned
     on the data, where the bounds are known: a chunk of rows at a time on `device`."""
-    rows = len(columns[names[0]])
-    for start in range(0, rows, _TRACE_ROWS):
-        chunk = {k: v[start : start + _TRACE_ROWS].to(device) for k, v in columns.items()}
+    for start in range(0, len(data), _TRACE_ROWS):
+        chunk = {k: v.to(device) for k, v in data.rows(slice(start, start + _TRACE_ROWS)).items()}
         with torch.random.fork_rng(), torch.no_grad():
             conditioned = poutine.condition(model, data=chunk)
             trace = poutine.trace(conditioned).get_trace(*args, n=len(chunk[names[0]]), **kwargs)
@@ -533,7 +560,7 @@ def _check_varying(
             fn = trace.nodes[name]["fn"]
             row = _first_row(~fn.support.check(chunk[name]))
             if row is not None:
-                _outside(name, fn, columns[name], start + row)
+                _outside(name, fn, data.columns[name], start + row)
 
 
 def _outside(name: str, fn: Distribution, value: Tensor, row: int) -> NoReturn:

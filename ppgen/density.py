@@ -146,6 +146,34 @@ class ExactLogLikelihood(nn.Module):
         return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
+def _draw(
+    model: Callable[..., object], n: int, args: tuple[object, ...], kwargs: dict[str, object]
+) -> dict[str, Tensor]:
+    """The values of the random variables of one run of `model` on `n` rows."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
+    return {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if is_variable(site) and not is_factor(site)
+    }
+
+
+def _rows_independent(
+    model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
+) -> bool:
+    """Whether every site of `model` is inside a plate of the rows, along its first dimension
+    (a run on 2 rows, the random state kept)."""
+    with torch.random.fork_rng(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
+    for site in trace.nodes.values():
+        if is_variable(site):
+            first = len(site["fn"].event_shape) - site["value"].dim()  # as a plate's dim
+            if not any(f.size == 2 and f.dim == first for f in site["cond_indep_stack"]):
+                return False
+    return True
+
+
 def _per_row(log_prob: Tensor, rows: int) -> Tensor:
     if log_prob.dim() == 1:
         return log_prob
@@ -413,24 +441,30 @@ def sample(
     model: Callable[..., object],
     n: int,
     *args: object,
+    batch_size: int = 1 << 15,
     as_frame: bool = False,
     categories: Mapping[str, list[object]] | None = None,
     device: str | torch.device | None = None,
     **kwargs: object,
 ) -> dict[str, Tensor] | object:
-    r"""Draws `n` rows from a program by ancestral sampling, in one vectorised run.
+    r"""Draws `n` rows from a program by ancestral sampling, vectorised over `batch_size` rows.
 
     Seeded by `pyro.set_rng_seed`. Sites that the program observes (`obs=`) are returned as
-    they are; `pyro.deterministic` sites and `pyro.factor` terms are left out. A program in
-    Pyro's style, without the keyword `n`, is run `n` times, as by
-    `pyro.infer.Predictive(model, num_samples=n)`: each site's `n` draws are stacked, of shape
-    :math:`(n, *)` where :math:`*` is the site's shape in one run (pass `None` for the data
-    arguments to draw them rather than observe them).
+    they are; `pyro.deterministic` sites and `pyro.factor` terms are left out. Where every site
+    is inside a plate of the rows, the rows are independent and are drawn `batch_size` at a
+    time, so that memory holds the result and one batch's work; the rows have the same
+    distribution whatever `batch_size` is, and with a fixed seed the first `batch_size` rows of
+    a larger draw are those of `sample(model, batch_size)`. Otherwise (a site outside the plate,
+    shared by the rows) all `n` rows are drawn at once. A program in Pyro's style, without the
+    keyword `n`, is run `n` times, as by `pyro.infer.Predictive(model, num_samples=n)`: each
+    site's `n` draws are stacked, of shape :math:`(n, *)` where :math:`*` is the site's shape
+    in one run (pass `None` for the data arguments to draw them rather than observe them).
 
     Arguments:
         model: A Pyro program.
         n: The number of rows (draws of a program without `n`), at least 1.
         args, kwargs: Other inputs of `model`.
+        batch_size: Rows drawn at once, at least 1.
         as_frame: Whether to return a pandas DataFrame (one column per site with scalar rows).
         categories: For `as_frame`, the labels of each integer code of a column; by default
             the model's own (:func:`ppgen.model.coding`), as :func:`log_prob` takes them.
@@ -447,14 +481,21 @@ def sample(
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of rows, not {n}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
     resolve_device(model, device)
-    if takes_rows(model):
-        with torch.no_grad():
-            trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
-        sites = [site for site in trace.nodes.values() if is_variable(site)]
-        values = {site["name"]: site["value"] for site in sites if not is_factor(site)}
-    else:
+    if not takes_rows(model):
         values = _predictive(model, n, args, kwargs)
+    elif n <= batch_size or not _rows_independent(model, args, kwargs):
+        values = _draw(model, n, args, kwargs)
+    else:
+        values = {}
+        for start in range(0, n, batch_size):
+            rows = min(batch_size, n - start)
+            for name, value in _draw(model, rows, args, kwargs).items():  # freed batch by batch
+                if start == 0:  # the whole result, filled a batch at a time
+                    values[name] = value.new_empty((n, *value.shape[1:]))
+                values[name][start : start + rows] = value
     if not as_frame:
         return values
     import pandas as pd

@@ -25,6 +25,7 @@ from torch.distributions.transforms import (
     SoftplusTransform,
     Transform,
 )
+from torch.distributions.utils import lazy_property
 
 from ppgen.model import Model, Rebuildable  # their home; imported from here before
 from ppgen.tracing import record_call, recording_calls
@@ -416,9 +417,7 @@ class Tabular(Node):
             )
         index = tuple(p.long() for p in parents)
         log_probs = self.logits.log_softmax(-1)  # normalised once, over the table, not the rows
-        d = _TableCategorical(probs=log_probs.exp()[index], validate_args=False)
-        d.logits = d.probs.log()  # exact at 0, where torch clamps a probability at its eps
-        return d
+        return _TableCategorical(log_probs, index)
 
     def log_prob(self, value: Tensor, *parents: Tensor) -> Tensor:
         index = (*(p.long() for p in parents), value.long())
@@ -457,12 +456,55 @@ def check_table(who: str, cardinality: int, parent_cardinalities: Sequence[int])
 
 
 class _TableCategorical(dist.Categorical):
-    """A Categorical sampled by inverting its CDF: one uniform per draw, no multinomial."""
+    r"""The Categorical of a table's rows at the parents' values `index`, batched over them.
+
+    Nothing of the size of rows times categories is made unless asked for (`probs`, `logits`):
+    `log_prob` gathers one entry of the table a value (exact, :math:`-\infty` at 0), and `sample`
+    inverts the CDF, summed once over the table, with one uniform a draw.
+    """
+
+    # the table is its parameter: a plate's `expand` shares it, as tracing's matching expects
+    arg_constraints = {**dist.Categorical.arg_constraints, "log_table": constraints.real}
+
+    def __init__(
+        self, log_table: Tensor, index: tuple[Tensor, ...], batch_shape: torch.Size | None = None
+    ) -> None:
+        self.log_table, self.index = log_table, index
+        self._num_events = log_table.shape[-1]
+        if batch_shape is None:
+            batch_shape = torch.broadcast_shapes(*(i.shape for i in index))
+        torch.distributions.Distribution.__init__(self, batch_shape, validate_args=False)
+
+    def _rows(self, table: Tensor) -> Tensor:
+        """The rows of `table` (of the table's shape) at `index`, of shape batch + (k,)."""
+        return table[self.index].expand(*self.batch_shape, self._num_events)
+
+    @lazy_property
+    def logits(self) -> Tensor:
+        return self._rows(self.log_table)
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return self._rows(self.log_table.exp())
+
+    @property
+    def _param(self) -> Tensor:
+        return self.logits
+
+    def expand(self, batch_shape: torch.Size, _instance: object = None) -> _TableCategorical:
+        return _TableCategorical(self.log_table, self.index, torch.Size(batch_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if getattr(value, "_pyro_categorical_support", None) == id(self):  # enumerated
+            return super().log_prob(value)
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        return self.log_table[(*self.index, value.long())].expand(shape)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
         shape = self._extended_shape(sample_shape)
-        u = torch.rand((*shape, 1), dtype=self.probs.dtype, device=self.probs.device)
-        index = (u > self.probs.cumsum(-1)).sum(-1)
+        cdf = self.log_table.exp().cumsum(-1)
+        u = torch.rand((*shape, 1), dtype=cdf.dtype, device=cdf.device)
+        index = (u > self._rows(cdf)).sum(-1)
         return index.clamp_(max=self._num_events - 1)
 
 
