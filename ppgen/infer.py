@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -430,6 +431,7 @@ def fit_svi(
     if checkpoint is not None:  # the loop's random state alone is saved: the steps draw from it
         objective.stream = []
     batch_size = objective.batch_size
+    _warn_short_batches(len(data), batch_size)
     objective.prepare(data.rows(slice(0, batch_size)))
     step = GradientStep(objective, {"all": (unique, ["elbo"])}, lr=lr, weight_decay=weight_decay)
     identity = None
@@ -448,6 +450,21 @@ def fit_svi(
     _keep_coding(model, data, result)
     result.guide = objective.guide
     return result
+
+
+def _warn_short_batches(rows: int, batch_size: int) -> None:
+    """Says where the loop cannot weigh a short last batch by its rows: under a process group,
+    each rank's step is a mean over the global batch, whatever its size."""
+    group = distributed.active()
+    if group is not None and batch_size and rows % (batch_size * group[1]):
+        warnings.warn(
+            f"Under torchrun the last batch of each epoch ({rows % (batch_size * group[1])} of "
+            f"{rows} rows) takes a step as large as a full one, where pyro.infer.SVI would weigh "
+            "it by its rows; choose batch_size so that batch_size x world size divides the "
+            "rows, or batch_size=None.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 _NO_ROWS = "*none"  # the one empty row of a program whose arguments have none
