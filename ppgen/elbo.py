@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, kl_divergence
 
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
-from ppgen.importance import log_weights
+from ppgen.importance import log_weights, reads_rows
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
 from ppgen.tracing import is_unweighted, is_variable, is_view, program_parameters, trace_calls
@@ -72,6 +72,7 @@ class ELBOObjective(nn.Module):
             prototype = model if self.argument else poutine.block(model, hide=observed)
             guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
         self.guide = guide
+        self.reads_rows = not argument and reads_rows(guide)  # an amortised guide of columns
         self.mean_field, self.plan = elbo == "mean_field", None
         if not self.iwae:
             self.loss = ELBOS[elbo](num_particles=num_particles)(self._model, self._guide)
@@ -266,6 +267,8 @@ class ELBOObjective(nn.Module):
 
     def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
         args, kwargs = self._inputs(batch)
+        if self.reads_rows:
+            kwargs = {**kwargs, "data": batch}
         return self._share(self.guide, batch)(*args, **kwargs)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

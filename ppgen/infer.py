@@ -286,8 +286,8 @@ def fit_svi(
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
-      **kwargs)` (so it cannot see the data: use this for guides of global latents, auto
-      guides among them);
+      **kwargs)`, plus `data=` the batch's columns where its signature names `data`
+      (amortised guides, :class:`ppgen.guides.Amortized` among them);
     - a tensor, for programs in the style of Pyro's tutorials, `model(x, *args, **kwargs)` and
       `guide(x, *args, **kwargs)`: each batch is the argument `x` (amortised guides, the VAE).
 
