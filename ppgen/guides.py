@@ -33,12 +33,13 @@ from torch.distributions import biject_to, constraints
 
 from ppgen.graph import graph
 from ppgen.model import Model
-from ppgen.nn import mlp
+from ppgen.nn import Node, mlp
 from ppgen.tracing import is_variable
 
 __all__ = ["Amortized", "faithful_inverse"]
 
 _ROW = "*x"  # the input of the `model(x)` convention: the row of x, flattened
+_ONES = "*1"  # the input of a network with no parent that varies by row
 
 
 def faithful_inverse(g: nx.DiGraph) -> nx.DiGraph:
@@ -106,19 +107,77 @@ class _Site:
     inputs: list[str] = field(default_factory=list)  # observed columns and latent sites
 
 
-class _Net(nn.Module):
-    """A linear map plus a ReLU network started at zero: exact for linear-Gaussian posteriors
-    from the first step, non-linear where the data ask for it."""
+class _SiteNet(Node):
+    r"""The conditional of one latent site given its inverse parents' values: a linear map
+    plus a ReLU network whose last layer starts at zero (so exact for linear-Gaussian posteriors
+    from the first step), sharing one matrix product on the input.
 
-    def __init__(self, features: int, out: int, hidden: Sequence[int]) -> None:
+    Each parent is given as its value; `columns` says how it becomes a row of features: the
+    dimension of its rows (`None`: a global value, repeated for every row) and its number of
+    categories (0: a number; else one-hot).
+    """
+
+    def __init__(
+        self,
+        site: _Site,
+        columns: list[tuple[int | None, int]],
+        features: int,
+        hidden: Sequence[int],
+    ) -> None:
         super().__init__()
-        self.linear = nn.Linear(features, out)
-        self.mlp = mlp([features, *hidden, out], nn.ReLU)
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.site, self.columns = site, columns
+        size = math.prod(site.shape)
+        out = {"normal": 2 * size, "bernoulli": size}.get(site.kind, size * site.cardinality)
+        self.first = nn.Linear(features, (hidden[0] if hidden else 0) + out)
+        self.rest = mlp([*hidden, out], nn.ReLU) if hidden else None
+        if self.rest is not None:
+            nn.init.zeros_(self.rest[-1].weight)
+            nn.init.zeros_(self.rest[-1].bias)
 
-    def forward(self, h: Tensor) -> Tensor:
-        return self.linear(h) + self.mlp(h)
+    def distribution(self, *parents: Tensor) -> dist.Distribution:
+        site, dtype = self.site, self.first.weight.dtype
+        pairs = list(zip(parents, self.columns, strict=True))
+        rows = next(v.shape[a] for v, (a, _) in pairs if a is not None)
+        h = torch.cat([_column(v, a, k, rows, dtype) for v, (a, k) in pairs], -1)
+        out = self.first(h)
+        if self.rest is not None:
+            width = self.rest[0].in_features
+            hidden, out = out.split([width, out.shape[-1] - width], -1)
+            out = out + self.rest(F.relu(hidden))
+        if site.kind == "bernoulli":
+            logits = out.reshape(rows, *site.shape).movedim(0, site.axis)
+            return dist.Bernoulli(logits=logits).to_event(site.event_dim)
+        if site.kind == "categorical":
+            logits = out.reshape(rows, *site.shape, site.cardinality).movedim(0, site.axis)
+            return dist.Categorical(logits=logits).to_event(site.event_dim)
+        loc, scale = out.chunk(2, -1)
+        loc = loc.reshape(rows, *site.shape).movedim(0, site.axis)
+        scale = F.softplus(scale.reshape(rows, *site.shape).movedim(0, site.axis))
+        return _normal(loc, scale, site)
+
+
+def _column(
+    value: Tensor, axis: int | None, categories: int, rows: int, dtype: torch.dtype
+) -> Tensor:
+    """A parent's value as a row of features per row (a global one repeated)."""
+    if axis is None:
+        return value.reshape(1, -1).expand(rows, -1).to(dtype)
+    value = value.movedim(axis, 0) if axis else value
+    if categories:
+        value = F.one_hot(value.long(), categories)
+    return value.reshape(rows, -1).to(dtype)
+
+
+def _width(value: Tensor, axis: int | None, categories: int) -> int:
+    """The number of features `_column` makes of a value."""
+    if axis is None:
+        return value.numel()
+    return value.numel() // value.shape[axis] * max(categories, 1)
+
+
+def _normal(loc: Tensor, scale: Tensor, site: _Site) -> dist.Distribution:
+    base = dist.Normal(loc, scale).to_event(site.event_dim)
+    return base if site.transform is None else dist.TransformedDistribution(base, [site.transform])
 
 
 class Amortized(Model):
@@ -253,27 +312,32 @@ class Amortized(Model):
         position = {v: i for i, v in enumerate(g)}
         order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
         sites = [_site(trace.nodes[v], plate, inverse, data) for v in order if v in latent]
-        widths = {name: v.reshape(rows, -1).shape[1] for name, v in inputs.items()}
+        columns = {name: (0, _categories(trace, name)) for name in inputs}
+        widths = {name: _width(v, *columns[name]) for name, v in inputs.items()}
+        widths[_ONES] = 1
         for site in sites:
-            widths[site.name] = self._build(site, widths, trace.nodes[site.name]["value"])
+            columns[site.name] = (site.axis, site.cardinality)
+            widths[site.name] = _width(trace.nodes[site.name]["value"], *columns[site.name])
+            self._build(site, columns, widths)
         self.to(device=device, dtype=dtype)
         self.sites, self.inverse, self.plate = sites, inverse, plate
         if self._pending is not None:
             pending, self._pending = self._pending, None
             super().load_state_dict(pending, strict=True)
 
-    def _build(self, site: _Site, widths: dict[str, int], value: Tensor) -> int:
-        """Makes the site's parameters; returns the width of its value as a network input."""
+    def _build(self, site: _Site, columns: dict[str, tuple], widths: dict[str, int]) -> None:
+        """Makes the site's parameters: a location and scale, or its network."""
         key = _key(site.name)
         if site.axis is None:
             self.locs[key] = nn.Parameter(torch.zeros(site.shape))
             self.scales[key] = nn.Parameter(torch.full(site.shape, math.log(math.expm1(0.1))))
-            return value.numel()
-        size = math.prod(site.shape)
-        features = sum(widths[name] for name in site.inputs) or 1
-        out = {"normal": 2 * size, "bernoulli": size}.get(site.kind, size * site.cardinality)
-        self.nets[key] = _Net(features, out, self.hidden_features)
-        return value.movedim(site.axis, 0)[0].numel() * max(site.cardinality, 1)
+            return
+        if all(columns[name][0] is None for name in site.inputs):
+            site.inputs.append(_ONES)  # no parent that varies by row: a network of a constant
+            columns[_ONES] = (0, 0)
+        spec = [columns[name] for name in site.inputs]
+        features = sum(widths[name] for name in site.inputs)
+        self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
 
     def _draw(
         self,
@@ -287,16 +351,22 @@ class Amortized(Model):
         if self.inverse is None:
             self._setup(args, kwargs, data)
         rows = len(next(iter(inputs.values())))
-        dtype = next(iter(self.parameters())).dtype
-        flat = {name: v.reshape(rows, -1).to(dtype) for name, v in inputs.items()}
+        nets, locs, scales = self._modules["nets"], self._modules["locs"], self._modules["scales"]
+        values = dict(inputs)
+        if any(_ONES in site.inputs for site in self.sites):
+            values[_ONES] = next(iter(self.parameters())).new_ones(rows, 1)
         frames = {f[0]: f for site in self.sites for f in site.frames}
         plates = {
             name: pyro.plate(name, rows if name == self.plate else size, dim=dim)
             for name, size, dim in (frames.values() if sample else ())
         }
-        values = {}
+        drawn = {}
         for site in self.sites:
-            d = self._distribution(site, flat, rows)
+            key = _key(site.name)
+            if site.axis is None:
+                d = _normal(locs[key], F.softplus(scales[key]), site)
+            else:
+                d = nets[key](*(values[name] for name in site.inputs))
             if sample:
                 with ExitStack() as stack:
                     for name, _, _ in site.frames:
@@ -304,34 +374,8 @@ class Amortized(Model):
                     value = pyro.sample(site.name, d)
             else:
                 value = _location(d, site)
-            values[site.name] = value
-            flat[site.name] = _features(site, value, rows, dtype)
-        return values
-
-    def _distribution(self, site: _Site, flat: dict[str, Tensor], rows: int) -> dist.Distribution:
-        key = _key(site.name)
-        if site.axis is None:
-            loc, scale = self.locs[key], F.softplus(self.scales[key])
-        else:
-            net = self.nets[key]
-            if site.inputs:
-                h = torch.cat([flat[name] for name in site.inputs], -1)
-            else:  # no inverse parent: a learnt constant
-                h = net.linear.weight.new_ones(rows, 1)
-            out = net(h)
-            if site.kind == "bernoulli":
-                logits = out.reshape(rows, *site.shape).movedim(0, site.axis)
-                return dist.Bernoulli(logits=logits).to_event(site.event_dim)
-            if site.kind == "categorical":
-                logits = out.reshape(rows, *site.shape, site.cardinality).movedim(0, site.axis)
-                return dist.Categorical(logits=logits).to_event(site.event_dim)
-            loc, scale = out.chunk(2, -1)
-            loc = loc.reshape(rows, *site.shape).movedim(0, site.axis)
-            scale = F.softplus(scale.reshape(rows, *site.shape).movedim(0, site.axis))
-        base = dist.Normal(loc, scale).to_event(site.event_dim)
-        if site.transform is None:
-            return base
-        return dist.TransformedDistribution(base, [site.transform])
+            values[site.name] = drawn[site.name] = value
+        return drawn
 
 
 def _key(name: str) -> str:
@@ -398,6 +442,17 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
     )  # fmt: skip
 
 
+def _categories(trace: poutine.Trace, name: str) -> int:
+    """The number of categories of an observed site of codes 0..k-1 (one-hot inputs), else 0."""
+    site = trace.nodes.get(name)
+    if site is None or not site["fn"].support.is_discrete:
+        return 0
+    support = _unwrapped(site["fn"]).support
+    if isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
+        return int(support.upper_bound) + 1
+    return 0
+
+
 def _is_real(support: constraints.Constraint) -> bool:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
@@ -412,13 +467,3 @@ def _location(d: dist.Distribution, site: _Site) -> Tensor:
     if site.kind == "categorical":
         return base.logits.argmax(-1)
     return base.loc if site.transform is None else site.transform(base.loc)
-
-
-def _features(site: _Site, value: Tensor, rows: int, dtype: torch.dtype) -> Tensor:
-    """A site's value as network input: a row of numbers per row (a global one repeated)."""
-    if site.axis is None:
-        return value.reshape(1, -1).expand(rows, -1).to(dtype)
-    value = value.movedim(site.axis, 0)
-    if site.kind == "categorical":
-        value = F.one_hot(value.long(), site.cardinality)
-    return value.reshape(rows, -1).to(dtype)
