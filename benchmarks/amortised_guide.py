@@ -36,9 +36,9 @@ import time
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
-from pyro.poutine.util import site_is_subsample
 import torch
 import torch.nn.functional as F
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 import ppgen

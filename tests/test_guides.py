@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ppgen
+from ppgen.elbo import ELBOObjective
 from ppgen.guides import Amortized, faithful_inverse
+from ppgen.models import VAE
 from ppgen.nn import Model, Root
 
 
@@ -283,3 +285,10 @@ def test_errors_in_one_sentence():
         Amortized(global_label, torch.zeros(2))
     with pytest.raises(ValueError, match=r"^Amortized needs the rows it encodes"):
         Amortized(tensor_model)(n=3)
+
+
+def test_vae_with_the_automatic_guide_takes_the_untraced_elbo():
+    vae = VAE(4, 2, hidden=(8,))
+    guide = Amortized(vae, hidden_features=(8,))
+    objective = ELBOObjective(vae, guide, "trace", 1, ["*data"], True, (), {})
+    assert objective.prepare({"*data": torch.ones(3, 4)})  # equal to Pyro's ELBO on one draw
