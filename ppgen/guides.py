@@ -128,7 +128,8 @@ class _SiteNet(Node):
         self.site, self.columns = site, columns
         size = math.prod(site.shape)
         out = {"normal": 2 * size, "bernoulli": size}.get(site.kind, size * site.cardinality)
-        self.first = nn.Linear(features, (hidden[0] if hidden else 0) + out)
+        self.width = hidden[0] if hidden else 0  # the first layer's outputs for the hidden path
+        self.first = nn.Linear(features, self.width + out)
         self.rest = mlp([*hidden, out], nn.ReLU) if hidden else None
         if self.rest is not None:
             nn.init.zeros_(self.rest[-1].weight)
@@ -138,22 +139,24 @@ class _SiteNet(Node):
         site, dtype = self.site, self.first.weight.dtype
         pairs = list(zip(parents, self.columns, strict=True))
         rows = next(v.shape[a] for v, (a, _) in pairs if a is not None)
-        h = torch.cat([_column(v, a, k, rows, dtype) for v, (a, k) in pairs], -1)
-        out = self.first(h)
+        h = [_column(v, a, k, rows, dtype) for v, (a, k) in pairs]
+        out = self.first(h[0] if len(h) == 1 else torch.cat(h, -1))
         if self.rest is not None:
-            width = self.rest[0].in_features
-            hidden, out = out.split([width, out.shape[-1] - width], -1)
+            hidden, out = out.split([self.width, out.shape[-1] - self.width], -1)
             out = out + self.rest(F.relu(hidden))
-        if site.kind == "bernoulli":
-            logits = out.reshape(rows, *site.shape).movedim(0, site.axis)
-            return dist.Bernoulli(logits=logits).to_event(site.event_dim)
-        if site.kind == "categorical":
-            logits = out.reshape(rows, *site.shape, site.cardinality).movedim(0, site.axis)
-            return dist.Categorical(logits=logits).to_event(site.event_dim)
-        loc, scale = out.chunk(2, -1)
-        loc = loc.reshape(rows, *site.shape).movedim(0, site.axis)
-        scale = F.softplus(scale.reshape(rows, *site.shape).movedim(0, site.axis))
-        return _normal(loc, scale, site)
+        shape = (rows, *site.shape) if site.kind != "categorical" else (rows, *site.shape, -1)
+        if site.kind == "normal":
+            loc, scale = out.chunk(2, -1)
+            loc, scale = _rows_at(loc.reshape(shape), site.axis), scale.reshape(shape)
+            return _normal(loc, _rows_at(F.softplus(scale), site.axis), site)
+        logits = _rows_at(out.reshape(shape), site.axis)
+        family = dist.Bernoulli if site.kind == "bernoulli" else dist.Categorical
+        return family(logits=logits).to_event(site.event_dim)
+
+
+def _rows_at(value: Tensor, axis: int) -> Tensor:
+    """`value`, rows first, with its rows moved to dimension `axis`."""
+    return value.movedim(0, axis) if axis else value
 
 
 def _column(
