@@ -22,8 +22,26 @@ parameters for held-out rows. (v), the semi-supervised VAE, is not run: ppgen's 
 enumerate, so the automatic guide would draw the unlabelled digit's class by the score function
 where the hand-written one sums over it; the comparison waits for enumeration.
 
-    python benchmarks/amortised_guide.py            # the sizes below, ~10 min on 2 shared cores
+    python benchmarks/amortised_guide.py            # the sizes below, ~13 min on 2 shared cores
     python benchmarks/amortised_guide.py --quick    # a smoke run
+
+Measured 2026-12-04 on 2 shared cores (load average 9-11), one thread; 2000 training rows and 500
+test rows ((i)-(iii); digits 1500/297), 60 epochs, batches of 64, lr 3e-3, IW-200:
+
+    | case         | auto IW  | hand IW  | auto - hand | s/epoch auto / hand (median, min) |
+    |--------------|----------|----------|-------------|-----------------------------------|
+    | confounder   |   -1.536 |   -1.540 |      +0.004 | 0.93, 0.37                        |
+    | hierarchical |   -1.574 |   -1.370 |      -0.204 | 0.84, 0.78                        |
+    | dmm (T=10)   |   -6.651 |   -5.503 |      -1.148 | 0.96, 1.15                        |
+    | digits       |  -17.267 |  -17.326 |      +0.059 | 0.99, 0.81                        |
+
+The epoch times swing with the machine's load (the min ratios run 0.37-1.15); the untraced ELBO
+makes a VAE step with the automatic guide 1.12x the encoder's (4.9 ms against 4.3 ms, 128 rows).
+On the DMM the hand-written guide shares one GRU over time where the automatic one has a network
+a step (1000 rows: hidden widths 16, 64 and none, and a default initialisation of the last layer,
+all stay 1.4-1.8 nats behind); on the hierarchical model the automatic guide must learn each
+group's offset from the row's one-hot code and the vector of group means, where the hand-written
+one reads mu[g].
 """
 
 from __future__ import annotations
