@@ -41,7 +41,8 @@ On the DMM the hand-written guide shares one GRU over time where the automatic o
 a step (1000 rows: hidden widths 16, 64 and none, and a default initialisation of the last layer,
 all stay 1.4-1.8 nats behind); on the hierarchical model the automatic guide must learn each
 group's offset from the row's one-hot code and the vector of group means, where the hand-written
-one reads mu[g].
+one reads mu[g]: it is slower to get there, not worse at the end (`--cases hierarchical --epochs
+180`: auto -1.383, hand -1.379, a gap of 0.004 nats/row).
 """
 
 from __future__ import annotations
