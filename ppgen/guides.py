@@ -242,8 +242,10 @@ class Amortized(Model):
 
     @property
     def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]]:
-        """The model and the hidden widths: what :func:`ppgen.save` rebuilds the guide from
-        (it is built again on its first call, and takes its saved weights then)."""
+        """The model and the hidden widths: what the guide is rebuilt from (it is built again on
+        its first call, and takes weights loaded before then). Save it with
+        `torch.save(guide.state_dict(), path)`: :func:`ppgen.load` checks a rebuilt module's
+        tensors before any call, so it refuses a guide built on its first call."""
         return (self._program[0],), {"hidden_features": self.hidden_features}
 
     def forward(

@@ -216,7 +216,7 @@ class Scaled(Model):
             pyro.sample("x", dist.Normal(z, s))
 
 
-def test_dict_convention_positive_site_and_save_load(tmp_path):
+def test_dict_convention_positive_site_and_state_dict_round_trip(tmp_path):
     model = Scaled()
     x = torch.randn(256)
     guide = Amortized(model, hidden_features=(8,))
@@ -225,14 +225,12 @@ def test_dict_convention_positive_site_and_save_load(tmp_path):
     encoded = guide.encode(n=2, data=rows)
     assert (encoded["s"] > 0).all()  # a LogNormal-like guide: exp of a Normal
     assert ppgen.log_prob(model, rows, guide=guide, num_samples=50).shape == (2,)
-    loaded = ppgen.load(ppgen.save(guide, tmp_path / "guide.safetensors"))
     torch.save(guide.state_dict(), tmp_path / "guide.pt")
     again = Amortized(model, hidden_features=(8,))
-    again.load_state_dict(torch.load(tmp_path / "guide.pt"))
-    for copy in (loaded, again):  # built on their first call, with the weights saved
-        assert {k: v.tolist() for k, v in copy.encode(n=2, data=rows).items()} == {
-            k: v.tolist() for k, v in encoded.items()
-        }
+    again.load_state_dict(torch.load(tmp_path / "guide.pt"))  # built on its first call
+    assert {k: v.tolist() for k, v in again.encode(n=2, data=rows).items()} == {
+        k: v.tolist() for k, v in encoded.items()
+    }
 
 
 def test_global_latents_get_their_own_normal():
