@@ -1,6 +1,6 @@
 r"""ppgen: generative models written as directed graphical models in Pyro."""
 
-from ppgen import counting, datasets, metrics, models, viz
+from ppgen import counting, datasets, guides, metrics, models, viz
 from ppgen.builder import dag
 from ppgen.counting import count_parameters
 from ppgen.density import log_prob, sample
@@ -26,6 +26,7 @@ __all__ = [
     "fit_mle",
     "fit_svi",
     "graph",
+    "guides",
     "load",
     "log_prob",
     "metrics",

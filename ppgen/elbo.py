@@ -8,6 +8,7 @@ is the objective, and the importance-weighted bound comes from :mod:`ppgen.impor
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sysconfig
@@ -30,7 +31,7 @@ from torch.distributions import Independent, constraints, kl_divergence
 
 from ppgen import distributed
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
-from ppgen.importance import log_weights
+from ppgen.importance import log_weights, reads_rows
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
 from ppgen.tracing import is_unweighted, is_variable, program_parameters, trace_calls
@@ -89,6 +90,7 @@ class ELBOObjective(nn.Module):
         self.plan, self.batch_size, self.floats = None, None, set()
         self.whole: dict[str, Tensor] | None = None  # the full batch, in the data's order
         self.stream: list[Tensor] = []  # the full batch's random state, as SVI's (or none)
+        self.reads_rows = not argument and reads_rows(guide)  # an amortised guide of columns
         self._use(elbo)
 
     def _use(self, elbo: str | None) -> None:
@@ -333,7 +335,10 @@ class ELBOObjective(nn.Module):
         return self._call(model, "model", self.model, batch)
 
     def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
-        return self._call(self.guide, "guide", self.guide, batch)
+        guide = self.guide
+        if self.reads_rows:  # the batch's columns, for an amortised guide in the dict convention
+            guide = functools.partial(guide, data=batch)
+        return self._call(guide, "guide", self.guide, batch)
 
     def _call(
         self, program: Callable, role: str, user: object, batch: dict[str, Tensor]

@@ -11,16 +11,17 @@ draws, inside the data plate, never over the rows.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 
 import pyro.poutine as poutine
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ppgen.tracing import is_variable
 
-__all__ = ["importance_log_prob"]
+__all__ = ["importance_log_prob", "reads_rows"]
 
 Data = Mapping[str, Tensor] | Tensor
 
@@ -39,9 +40,10 @@ def importance_log_prob(
     The data come in one of the two conventions of :func:`ppgen.fit_svi`: a dict of observed
     site name to tensor conditions `model(*args, n=N, **kwargs)` (the guide is called the same
     way), and a tensor is the first argument of `model(x, *args, **kwargs)` and
-    `guide(x, *args, **kwargs)`. The rows are repeated once per draw, so the programs run
-    unchanged, `chunk_size` draws at a time; every sample site must be inside the data plate.
-    A latent site the guide leaves out is drawn from its prior in the model, which is then its
+    `guide(x, *args, **kwargs)`; a guide whose signature names `data` is given the observed
+    columns as it, in the dict convention (see :func:`reads_rows`). The rows are repeated once
+    per draw, so the programs run unchanged, `chunk_size` draws at a time; every sample site
+    must be inside the data plate. A latent site the guide leaves out is drawn from its prior in the model, which is then its
     proposal (its density ratio is 1).
 
     Arguments:
@@ -87,6 +89,26 @@ def importance_log_prob(
     return torch.cat(chunks).logsumexp(0) - math.log(num_samples)
 
 
+def reads_rows(guide: Callable[..., object]) -> bool:
+    """Whether a guide takes the observed columns of its rows as its keyword `data`: in the dict
+    convention, where a guide is called with the number of rows `n` alone, an amortised guide
+    (such as :class:`ppgen.guides.Amortized`) is then called with `data=` the batch's columns.
+
+    Example:
+        >>> reads_rows(lambda n, data: None), reads_rows(lambda n: None)
+        (True, False)
+    """
+    target = guide.forward if isinstance(guide, nn.Module) else guide
+    try:
+        parameter = inspect.signature(target).parameters.get("data")
+    except (TypeError, ValueError):  # a builtin, or a callable without a signature
+        return False
+    return parameter is not None and parameter.kind in (
+        parameter.POSITIONAL_OR_KEYWORD,
+        parameter.KEYWORD_ONLY,
+    )
+
+
 def log_weights(
     model: Callable[..., object],
     guide: Callable[..., object],
@@ -104,7 +126,8 @@ def log_weights(
         repeated = {name: v.repeat(draws, *[1] * (v.dim() - 1)) for name, v in data.items()}
         model = poutine.condition(model, data=repeated)
         kwargs = {**kwargs, "n": draws * rows}
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         *args, **kwargs
     )

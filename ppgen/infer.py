@@ -327,8 +327,8 @@ def fit_svi(
 
     - a dict of observed site name to array (rows first), as for :func:`fit_mle`: each batch
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
-      **kwargs)` (so it cannot see the data: use this for guides of global latents, auto
-      guides among them);
+      **kwargs)`, plus `data=` the batch's columns where its signature names `data`
+      (amortised guides, :class:`ppgen.guides.Amortized` among them);
     - anything else is the programs' first argument, as `SVI.step(data, *args, **kwargs)`
       calls them: every argument with rows (a tensor whose leading size is the one most tensor
       arguments share, at any position or keyword) is indexed with the same rows in each

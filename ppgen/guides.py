@@ -1,0 +1,474 @@
+r"""Amortised guides built from a program's graph: the faithful inverse of its DAG, one network
+a latent site.
+
+A guide :math:`q(z \mid x)` can only match the posterior :math:`p(z \mid x)` if its own
+factorisation asserts no independence the posterior lacks. :func:`faithful_inverse` builds
+such a factorisation from the model's DAG by simulating variable elimination (NaMI, Webb et
+al. 2018); :class:`Amortized` gives each latent site of that inverse a network of its inverse
+parents, so that any program with latent sites can be fitted by :func:`ppgen.fit_svi` without
+writing a guide.
+
+References:
+    Webb, Goliński, Zinkov, Siddharth, Rainforth, Teh and Wood, "Faithful Inversion of
+    Generative Models for Effective Amortized Inference", NeurIPS 2018.
+    Stuhlmüller, Taylor and Goodman, "Learning Stochastic Inverses", NeurIPS 2013.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import networkx as nx
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import biject_to, constraints
+
+from ppgen.graph import graph
+from ppgen.model import Model
+from ppgen.nn import Node, mlp
+from ppgen.tracing import is_variable
+
+__all__ = ["Amortized", "faithful_inverse"]
+
+_ROW = "*x"  # the input of the `model(x)` convention: the row of x, flattened
+_ONES = "*1"  # the input of a network with no parent that varies by row
+
+
+def faithful_inverse(g: nx.DiGraph) -> nx.DiGraph:
+    r"""Returns the minimally faithful inverse of a DAG: the structure of a guide
+    :math:`q(z \mid x) = \prod_v q(v \mid \mathrm{Pa}_H(v))` that can equal the posterior.
+
+    The latent nodes (attribute `observed` false or absent) are eliminated from the moral graph
+    one at a time, each once all its latent children are (reverse topological order): a node's
+    inverse parents are its neighbours when it is eliminated, which are then joined pairwise
+    (NaMI, Webb et al. 2018). Among the candidates, nodes in more plates (attribute `plates`)
+    go first, so that the rows' latents never become parents of a global one; then the one
+    adding the fewest edges (min-fill); then the latest in the graph's node order. Observed
+    nodes are never eliminated: they are the inverse's roots.
+
+    Arguments:
+        g: A DAG, such as :func:`ppgen.graph` returns.
+
+    Returns:
+        A DAG on the same nodes (with their attributes) whose edges point from each latent
+        node's inverse parents to it; observed nodes have no parents.
+
+    Example:
+        >>> g = nx.DiGraph([("a", "x"), ("b", "x")])  # a v-structure: a and b meet at x
+        >>> g.nodes["x"]["observed"] = True
+        >>> sorted(faithful_inverse(g).edges)  # given x, a and b are dependent: an edge a -> b
+        [('a', 'b'), ('x', 'a'), ('x', 'b')]
+    """
+    moral = nx.moral_graph(g)
+    inverse = nx.DiGraph()
+    inverse.add_nodes_from(g.nodes(data=True))
+    position = {v: i for i, v in enumerate(g)}
+    remaining = {v for v in g if not g.nodes[v].get("observed", False)}
+    while remaining:
+        frontier = [v for v in remaining if not any(c in remaining for c in g.successors(v))]
+        v = min(
+            frontier,
+            key=lambda v: (-len(g.nodes[v].get("plates", ())), _fill(moral, v), -position[v]),
+        )
+        neighbours = list(moral.neighbors(v))
+        inverse.add_edges_from((u, v) for u in neighbours)
+        moral.add_edges_from(itertools.combinations(neighbours, 2))
+        moral.remove_node(v)
+        remaining.remove(v)
+    return inverse
+
+
+def _fill(moral: nx.Graph, v: object) -> int:
+    """The edges that eliminating `v` adds: pairs of its neighbours not yet joined."""
+    neighbours = list(moral.neighbors(v))
+    return sum(not moral.has_edge(a, b) for a, b in itertools.combinations(neighbours, 2))
+
+
+@dataclass
+class _Site:
+    """How the guide draws one latent site."""
+
+    name: str
+    kind: str  # "normal" (a Normal, maybe pushed through a bijection), "bernoulli", "categorical"
+    frames: list[tuple[str, int, int]]  # the site's plates: name, size, dim
+    event_dim: int
+    shape: tuple[int, ...]  # of a row's unconstrained value; of the whole value for a global
+    axis: int | None  # the rows' dimension in the value; None: a global site
+    transform: object = None
+    cardinality: int = 0
+    inputs: list[str] = field(default_factory=list)  # observed columns and latent sites
+
+
+class _SiteNet(Node):
+    r"""The conditional of one latent site given its inverse parents' values: a linear map
+    plus a ReLU network whose last layer starts at zero (so exact for linear-Gaussian posteriors
+    from the first step), sharing one matrix product on the input.
+
+    Each parent is given as its value; `columns` says how it becomes a row of features: the
+    dimension of its rows (`None`: a global value, repeated for every row) and its number of
+    categories (0: a number; else one-hot).
+    """
+
+    def __init__(
+        self,
+        site: _Site,
+        columns: list[tuple[int | None, int]],
+        features: int,
+        hidden: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.site, self.columns = site, columns
+        size = math.prod(site.shape)
+        out = {"normal": 2 * size, "bernoulli": size}.get(site.kind, size * site.cardinality)
+        self.width = hidden[0] if hidden else 0  # the first layer's outputs for the hidden path
+        self.first = nn.Linear(features, self.width + out)
+        self.rest = mlp([*hidden, out], nn.ReLU) if hidden else None
+        if self.rest is not None:
+            nn.init.zeros_(self.rest[-1].weight)
+            nn.init.zeros_(self.rest[-1].bias)
+
+    def distribution(self, *parents: Tensor) -> dist.Distribution:
+        site, dtype = self.site, self.first.weight.dtype
+        pairs = list(zip(parents, self.columns, strict=True))
+        rows = next(v.shape[a] for v, (a, _) in pairs if a is not None)
+        h = [_column(v, a, k, rows, dtype) for v, (a, k) in pairs]
+        out = self.first(h[0] if len(h) == 1 else torch.cat(h, -1))
+        if self.rest is not None:
+            hidden, out = out.split([self.width, out.shape[-1] - self.width], -1)
+            out = out + self.rest(F.relu(hidden))
+        shape = (rows, *site.shape) if site.kind != "categorical" else (rows, *site.shape, -1)
+        if site.kind == "normal":
+            loc, scale = out.chunk(2, -1)
+            loc, scale = _rows_at(loc.reshape(shape), site.axis), scale.reshape(shape)
+            return _normal(loc, _rows_at(F.softplus(scale), site.axis), site)
+        logits = _rows_at(out.reshape(shape), site.axis)
+        family = dist.Bernoulli if site.kind == "bernoulli" else dist.Categorical
+        return family(logits=logits).to_event(site.event_dim)
+
+
+def _rows_at(value: Tensor, axis: int) -> Tensor:
+    """`value`, rows first, with its rows moved to dimension `axis`."""
+    return value.movedim(0, axis) if axis else value
+
+
+def _column(
+    value: Tensor, axis: int | None, categories: int, rows: int, dtype: torch.dtype
+) -> Tensor:
+    """A parent's value as a row of features per row (a global one repeated)."""
+    if axis is None:
+        return value.reshape(1, -1).expand(rows, -1).to(dtype)
+    value = value.movedim(axis, 0) if axis else value
+    if categories:
+        value = F.one_hot(value.long(), categories)
+    return value.reshape(rows, -1).to(dtype)
+
+
+def _width(value: Tensor, axis: int | None, categories: int) -> int:
+    """The number of features `_column` makes of a value."""
+    if axis is None:
+        return value.numel()
+    return value.numel() // value.shape[axis] * max(categories, 1)
+
+
+def _normal(loc: Tensor, scale: Tensor, site: _Site) -> dist.Distribution:
+    base = dist.Normal(loc, scale).to_event(site.event_dim)
+    return base if site.transform is None else dist.TransformedDistribution(base, [site.transform])
+
+
+class Amortized(Model):
+    r"""An amortised guide for any program with latent sites, structured by the faithful inverse
+    of its graph.
+
+    Each latent site is drawn, in the order of :func:`faithful_inverse`, from a distribution
+    whose parameters are a network of the row's observed values and of the latents its
+    inverse parents name (already drawn). The family follows the site's support: a Normal for
+    real sites, a Normal pushed through `torch.distributions.biject_to` of the support for
+    positive, bounded or simplex sites, and for Bernoulli and Categorical sites their own
+    family with logits from the network, whose gradient Pyro's `Trace_ELBO` estimates by the
+    score function (ppgen's ELBOs do not enumerate). Latent sites outside the plate of the
+    rows (global ones) get a Normal of their own, with learnt location and scale, as
+    `AutoNormal` does.
+
+    The guide is called as the model is, in either convention of :func:`ppgen.fit_svi`:
+    `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`), or
+    `guide(*args, n=N, data=rows, **kwargs)` with the observed columns of those rows, which
+    `fit_svi` and :func:`ppgen.log_prob` hand it. It is built on its first call, as Pyro's
+    autoguides are, or at once when given the inputs here.
+
+    Arguments:
+        model: A Pyro program with at least one latent site.
+        args, kwargs: Inputs of a first call, to build the guide now (optional).
+        hidden_features: The hidden widths of each site's network.
+
+    Example:
+        >>> def model(x):
+        ...     with pyro.plate("rows", len(x)):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> guide = Amortized(model)
+        >>> fit = ppgen.fit_svi(model, guide, torch.randn(64), epochs=2, progress=False)
+        >>> guide.encode(torch.zeros(3))["z"].shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., object],
+        *args: object,
+        hidden_features: Sequence[int] = (64,),
+        **kwargs: object,
+    ) -> None:
+        super().__init__()
+        self._program = (model,)  # not a submodule: the model's parameters stay the model's
+        self.hidden_features = tuple(hidden_features)
+        self.inverse: nx.DiGraph | None = None
+        self.sites: list[_Site] = []
+        self.plate: str | None = None  # the plate of the rows
+        self.nets = nn.ModuleDict()
+        self.locs = nn.ParameterDict()
+        self.scales = nn.ParameterDict()
+        self._pending: Mapping[str, Tensor] | None = None
+        if args or kwargs:
+            data = kwargs.pop("data", None)
+            self._setup(args, kwargs, data)
+
+    @property
+    def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]]:
+        """The model and the hidden widths: what the guide is rebuilt from (it is built again on
+        its first call, and takes weights loaded before then). Save it with
+        `torch.save(guide.state_dict(), path)`: :func:`ppgen.load` checks a rebuilt module's
+        tensors before any call, so it refuses a guide built on its first call."""
+        return (self._program[0],), {"hidden_features": self.hidden_features}
+
+    def forward(
+        self, *args: object, data: Mapping[str, Tensor] | None = None, **kwargs: object
+    ) -> dict[str, Tensor]:
+        """Draws the latent sites of the rows given (`x`, or `data` with `n`), as Pyro sites."""
+        return self._draw(args, kwargs, data, sample=True)
+
+    def encode(
+        self, *args: object, data: Mapping[str, Tensor] | None = None, **kwargs: object
+    ) -> dict[str, Tensor]:
+        r"""Returns the guide's location of each latent site for the rows given, each site's
+        networks reading the locations of its inverse parents: the mean of a Normal site, its
+        image under the bijection for a constrained one (the median), the most probable value
+        of a discrete one.
+
+        Arguments:
+            args, data, kwargs: The rows, as for a call of the guide.
+
+        Returns:
+            A dict of site name to tensor (a row's values along the rows' plate dimension).
+        """
+        with torch.no_grad():
+            return self._draw(args, kwargs, data, sample=False)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
+    ) -> object:
+        """As `nn.Module.load_state_dict`; before the guide is built, the weights are kept
+        and loaded when it is (on its first call)."""
+        if self.inverse is None and state_dict:
+            self._pending = dict(state_dict)
+            return nn.modules.module._IncompatibleKeys([], [])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _rows(self, args: tuple[object, ...], data: Mapping[str, Tensor] | None) -> dict:
+        """The inputs of the networks: each observed column, or the row of `x`, flattened."""
+        if data is not None:
+            return {name: torch.as_tensor(v) for name, v in data.items()}
+        if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
+            raise ValueError(
+                "Amortized needs the rows it encodes: call it as guide(x, ...) with a tensor of "
+                "rows, or as guide(..., n=N, data=rows) with a dict of observed columns."
+            )
+        return {_ROW: args[0]}
+
+    def _setup(
+        self, args: tuple[object, ...], kwargs: dict[str, object], data: Mapping | None
+    ) -> None:
+        model = self._program[0]
+        program = model if data is None else poutine.condition(model, data=data)
+        with poutine.block():  # a first call inside an ELBO: the model's sites are not ours
+            with torch.random.fork_rng(), torch.no_grad():
+                trace = poutine.trace(program).get_trace(*args, **kwargs)
+            g = graph(program, *args, **kwargs)
+        latent = [v for v in g if not g.nodes[v]["observed"]]
+        if not latent:
+            name = getattr(model, "__name__", type(model).__name__)
+            raise ValueError(
+                f"The program {name} has no latent site (every site is observed), so it needs "
+                "no guide: fit it with ppgen.fit_mle."
+            )
+        inputs = self._rows(args, data)
+        first = next(iter(inputs.values()))
+        rows, device = len(first), first.device
+        dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+        plate = _plate_of_rows(trace, rows, data)
+        inverse = faithful_inverse(g)
+        position = {v: i for i, v in enumerate(g)}
+        order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
+        sites = [_site(trace.nodes[v], plate, inverse, data) for v in order if v in latent]
+        columns = {name: (0, _categories(trace, name)) for name in inputs}
+        widths = {name: _width(v, *columns[name]) for name, v in inputs.items()}
+        widths[_ONES] = 1
+        for site in sites:
+            columns[site.name] = (site.axis, site.cardinality)
+            widths[site.name] = _width(trace.nodes[site.name]["value"], *columns[site.name])
+            self._build(site, columns, widths)
+        self.to(device=device, dtype=dtype)
+        self.sites, self.inverse, self.plate = sites, inverse, plate
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            super().load_state_dict(pending, strict=True)
+
+    def _build(self, site: _Site, columns: dict[str, tuple], widths: dict[str, int]) -> None:
+        """Makes the site's parameters: a location and scale, or its network."""
+        key = _key(site.name)
+        if site.axis is None:
+            self.locs[key] = nn.Parameter(torch.zeros(site.shape))
+            self.scales[key] = nn.Parameter(torch.full(site.shape, math.log(math.expm1(0.1))))
+            return
+        if all(columns[name][0] is None for name in site.inputs):
+            site.inputs.append(_ONES)  # no parent that varies by row: a network of a constant
+            columns[_ONES] = (0, 0)
+        spec = [columns[name] for name in site.inputs]
+        features = sum(widths[name] for name in site.inputs)
+        self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
+
+    def _draw(
+        self,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        data: Mapping[str, Tensor] | None,
+        *,
+        sample: bool,
+    ) -> dict[str, Tensor]:
+        inputs = self._rows(args, data)
+        if self.inverse is None:
+            self._setup(args, kwargs, data)
+        rows = len(next(iter(inputs.values())))
+        nets, locs, scales = self._modules["nets"], self._modules["locs"], self._modules["scales"]
+        values = dict(inputs)
+        if any(_ONES in site.inputs for site in self.sites):
+            values[_ONES] = next(iter(self.parameters())).new_ones(rows, 1)
+        frames = {f[0]: f for site in self.sites for f in site.frames}
+        plates = {
+            name: pyro.plate(name, rows if name == self.plate else size, dim=dim)
+            for name, size, dim in (frames.values() if sample else ())
+        }
+        drawn = {}
+        for site in self.sites:
+            key = _key(site.name)
+            if site.axis is None:
+                d = _normal(locs[key], F.softplus(scales[key]), site)
+            else:
+                d = nets[key](*(values[name] for name in site.inputs))
+            if sample:
+                with ExitStack() as stack:
+                    for name, _, _ in site.frames:
+                        stack.enter_context(plates[name])
+                    value = pyro.sample(site.name, d)
+            else:
+                value = _location(d, site)
+            values[site.name] = drawn[site.name] = value
+        return drawn
+
+
+def _key(name: str) -> str:
+    """A site name as a module key (which cannot hold a dot)."""
+    return name.replace(".", "\N{MIDDLE DOT}")
+
+
+def _plate_of_rows(trace: poutine.Trace, rows: int, data: Mapping | None) -> str | None:
+    """The plate of `rows` positions around every observed site of the data (`None`: none)."""
+    common: set[str] | None = None
+    for site in trace.nodes.values():
+        if is_variable(site) and site["is_observed"] and (data is None or site["name"] in data):
+            names = {f.name for f in site["cond_indep_stack"] if f.size == rows}
+            common = names if common is None else common & names
+    return min(common) if common else None
+
+
+def _unwrapped(fn: dist.Distribution) -> dist.Distribution:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | None) -> _Site:
+    """How to draw a latent site of the model's trace, or a `ValueError` naming it."""
+    name, fn, value = site["name"], site["fn"], site["value"]
+    frames = [(f.name, f.size, f.dim) for f in site["cond_indep_stack"]]
+    event_dim = len(fn.event_shape)
+    rows = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+    axis = None if rows is None else value.dim() - event_dim + rows.dim
+    base = _unwrapped(fn)
+    kind, transform, cardinality, unconstrained = "normal", None, 0, value
+    if fn.support.is_discrete:
+        support = base.support
+        if support is constraints.boolean:
+            kind = "bernoulli"
+        elif isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
+            kind, cardinality = "categorical", int(support.upper_bound) + 1
+        if kind == "normal" or axis is None:
+            where = "outside the plate of the rows" if kind != "normal" else f"{support}-valued"
+            raise ValueError(
+                f"Site {name!r} is a {type(base).__name__} latent {where}, which Amortized cannot "
+                "parameterise: it draws discrete sites only inside the rows' plate, and only "
+                "Bernoulli and Categorical ones; write a guide for it."
+            )
+    else:
+        try:
+            transform = biject_to(fn.support)
+        except NotImplementedError:
+            raise ValueError(
+                f"Site {name!r} has support {fn.support}, which no bijection from the real "
+                "numbers reaches, so Amortized cannot parameterise it; write a guide for it."
+            ) from None
+        unconstrained = transform.inv(value)
+        transform = None if _is_real(fn.support) else transform
+    shape = unconstrained.shape if axis is None else unconstrained.movedim(axis, 0).shape[1:]
+    parents = list(inverse.predecessors(name))
+    observed = [p for p in parents if inverse.nodes[p]["observed"]]
+    columns = [_ROW] if data is None else [p for p in observed if p in data]
+    latent = [p for p in parents if p not in observed]
+    return _Site(
+        name, kind, frames, event_dim, tuple(shape), axis, transform, cardinality,
+        inputs=columns + latent,
+    )  # fmt: skip
+
+
+def _categories(trace: poutine.Trace, name: str) -> int:
+    """The number of categories of an observed site of codes 0..k-1 (one-hot inputs), else 0."""
+    site = trace.nodes.get(name)
+    if site is None or not site["fn"].support.is_discrete:
+        return 0
+    support = _unwrapped(site["fn"]).support
+    if isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
+        return int(support.upper_bound) + 1
+    return 0
+
+
+def _is_real(support: constraints.Constraint) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return type(support) is type(constraints.real)
+
+
+def _location(d: dist.Distribution, site: _Site) -> Tensor:
+    """The location of a guide site's distribution (see :meth:`Amortized.encode`)."""
+    base = _unwrapped(d)
+    if site.kind == "bernoulli":
+        return (base.logits > 0).to(base.logits.dtype)
+    if site.kind == "categorical":
+        return base.logits.argmax(-1)
+    return base.loc if site.transform is None else site.transform(base.loc)
