@@ -288,5 +288,6 @@ def test_errors_in_one_sentence():
 def test_vae_with_the_automatic_guide_takes_the_untraced_elbo():
     vae = VAE(4, 2, hidden=(8,))
     guide = Amortized(vae, hidden_features=(8,))
-    objective = ELBOObjective(vae, guide, "trace", 1, ["*data"], True, (), {})
-    assert objective.prepare({"*data": torch.ones(3, 4)})  # equal to Pyro's ELBO on one draw
+    x = torch.ones(3, 4)
+    objective = ELBOObjective(vae, guide, "trace", 1, ["*data"], True, (x,), {})
+    assert objective.prepare({"*data": x})  # equal to Pyro's ELBO on one draw
