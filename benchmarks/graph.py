@@ -73,22 +73,22 @@ def time_graph(model, g, out, timeout):
     return time.perf_counter() - tic
 
 
-def time_draw(model, g, out, timeout):
+def _time_drawing(drawn, name):
+    """Seconds to draw `drawn` (a graph or a model) and write its PNG."""
     tic = time.perf_counter()
-    ax = ppgen.draw(g)
-    ax.figure.savefig(out / f"ppgen_draw_{len(g)}.png", dpi=100)
+    ax = ppgen.draw(drawn)
+    ax.figure.savefig(name, dpi=100)
     seconds = time.perf_counter() - tic
     plt.close(ax.figure)
     return seconds
+
+
+def time_draw(model, g, out, timeout):
+    return _time_drawing(g, out / f"ppgen_draw_{len(g)}.png")
 
 
 def time_draw_model(model, g, out, timeout):
-    tic = time.perf_counter()
-    ax = ppgen.draw(model)
-    ax.figure.savefig(out / f"ppgen_draw_model_{len(g)}.png", dpi=100)
-    seconds = time.perf_counter() - tic
-    plt.close(ax.figure)
-    return seconds
+    return _time_drawing(model, out / f"ppgen_draw_model_{len(g)}.png")
 
 
 def _dot(source, path, timeout):
