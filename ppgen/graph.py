@@ -44,7 +44,9 @@ def family(fn: object) -> str:
     return public.__name__  # a private subclass (ppgen's table) by the family it is
 
 
-def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.DiGraph:
+def graph(
+    model: Callable[..., object], *args: object, deterministic: bool = False, **kwargs: object
+) -> nx.DiGraph:
     r"""Returns the DAG of the sample sites of a Pyro program.
 
     Where every site's distribution is a ppgen conditional called directly on the values other
@@ -57,6 +59,10 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
         model: A Pyro program (a `ppgen.Model`, any `PyroModule` or a function); it is run
             once or twice without gradients, with the random state restored afterwards.
         args, kwargs: Inputs of `model`.
+        deterministic: Whether to keep the `pyro.deterministic` sites as nodes (attribute
+            `deterministic=True`), with the edges into and out of them, as
+            `pyro.render_model(render_deterministic=True)` does; by default they are left out
+            and their dependences kept.
 
     Returns:
         A graph whose nodes are site names in program order, with attributes `observed`,
@@ -76,14 +82,19 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
     """
     with torch.random.fork_rng(), torch.no_grad():
         trace, calls = trace_calls(model, *args, **kwargs)
-    sites = {name: site for name, site in trace.nodes.items() if is_variable(site)}
-    if not sites:
+    sites = {
+        name: site
+        for name, site in trace.nodes.items()
+        if is_variable(site) or (deterministic and _is_deterministic(site))
+    }
+    if not any(is_variable(site) for site in sites.values()):
         name = getattr(model, "__name__", type(model).__name__)
         raise ValueError(f"The program {name} has no pyro.sample site, so it has no graph.")
-    parents = _parents_from_calls(sites, calls)
+    parents = None if deterministic else _parents_from_calls(sites, calls)
     if parents is None:  # some site is not a ppgen conditional of its parents' values
         with torch.random.fork_rng(), torch.no_grad():
-            parents = get_model_relations(model, args, kwargs)["sample_sample"]
+            relations = get_model_relations(model, args, kwargs, include_deterministic=deterministic)
+        parents = relations["sample_sample"]
     g = nx.DiGraph(plates={}, subsample_sizes={})
     for name, site in sites.items():
         frames = site["cond_indep_stack"]
@@ -94,9 +105,10 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
                 g.graph["subsample_sizes"][f.name] = f.size
         g.add_node(
             name,
-            observed=bool(site["is_observed"]),
+            observed=bool(site["is_observed"]) and not _is_deterministic(site),
             distribution=family(site["fn"]),
             factor=is_factor(site),
+            deterministic=_is_deterministic(site),
             event_shape=tuple(site["fn"].event_shape),
             plates=tuple(f.name for f in frames),
             n_params=calls[name][0].n_params if name in calls else None,
@@ -104,6 +116,10 @@ def graph(model: Callable[..., object], *args: object, **kwargs: object) -> nx.D
     for name in sites:
         g.add_edges_from((p, name) for p in parents.get(name, ()) if p in sites)
     return g
+
+
+def _is_deterministic(site: dict) -> bool:
+    return site["type"] == "sample" and bool(site["infer"].get("_deterministic", False))
 
 
 def check_dag(g: object) -> nx.DiGraph:

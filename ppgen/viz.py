@@ -164,6 +164,7 @@ def draw(
     title: bool = False,
     names: bool = True,
     annotate: bool = False,
+    deterministic: bool = False,
     **kwargs: object,
 ) -> Axes:
     r"""Draws the DAG of a Pyro program: observed nodes shaded, latent nodes white, factors
@@ -184,6 +185,8 @@ def draw(
             two matplotlib collections (gids `nodes` and `edges`), without names.
         annotate: Whether to write each node's distribution and parameter count (where ppgen's
             conditional made it) under its name.
+        deterministic: Whether to draw the program's `pyro.deterministic` sites, dashed, with
+            the edges into and out of them (see :func:`ppgen.graph`).
 
     Returns:
         The `Axes`, whose patches have gids `"node:NAME"`, `"edge:U->V"` and `"plate:NAME"`.
@@ -195,7 +198,10 @@ def draw(
     """
     from matplotlib.transforms import TransformedPatchPath
 
-    g = check_dag(model) if isinstance(model, nx.Graph) else graph(model, *args, **kwargs)
+    if isinstance(model, nx.Graph):
+        g = check_dag(model)
+    else:
+        g = graph(model, *args, deterministic=deterministic, **kwargs)
     names = names and len(g) <= _LABELLED
     captions = _captions(g, names, annotate)
     lay = _lay_out(g, captions)
@@ -245,7 +251,8 @@ def _draw_nodes(
             shade = "0.78" if data.get("observed", True) else "white"
             node = Ellipse((x, y), widths[v], 1.0, facecolor=shade, edgecolor="black",
                            linewidth=1.2 * min(scale, 1.0), zorder=3, gid=f"node:{v}",
-                           clip_path=clip)  # fmt: skip
+                           clip_path=clip,
+                           linestyle="--" if data.get("deterministic") else "-")  # fmt: skip
             if name:
                 ax.text(x, y + 0.12 * bool(note), name, va="center", fontsize=_FONT * scale,
                         **text)  # fmt: skip

@@ -277,3 +277,21 @@ def test_drawings_of_the_pictured_programs_are_true(name):
     check_labels(ax)
     if name == "mace":  # the crossing plates: one box each, overlapping
         assert gids(ax, "plate") == ["annotator", "item", "position"]
+
+
+def test_deterministic_sites_are_drawn_dashed_on_request():
+    def program():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        d = pyro.deterministic("d", 2 * a)
+        pyro.sample("b", dist.Normal(d, 1.0), obs=torch.tensor(0.5))
+
+    plain = ppgen.graph(program)
+    assert list(plain.edges) == [("a", "b")] and "d" not in plain
+    g = ppgen.graph(program, deterministic=True)
+    assert sorted(g.edges) == [("a", "d"), ("d", "b")]
+    assert g.nodes["d"]["deterministic"] and not g.nodes["d"]["observed"]
+    assert not g.nodes["a"]["deterministic"]
+    ax = ppgen.draw(program, deterministic=True)
+    nodes = {p.get_gid(): p for p in ax.patches if p.get_gid().startswith("node:")}
+    assert nodes["node:d"].get_linestyle() == "--" and nodes["node:a"].get_linestyle() == "-"
+    assert "node:d" not in {p.get_gid() for p in ppgen.draw(program).patches}
