@@ -206,10 +206,13 @@ def read_table(
             varying.append(name)
         else:  # on the values as given: a cast may round them into the support
             check_support(name, site["fn"], value, site["value"].device)
-        columns[name] = _cast(name, site["fn"], value, site["value"].dtype)
-        if _is_integer(value) and _is_integer(site["value"]) and value.dtype != site["value"].dtype:
+        dtype = site["value"].dtype
+        if _is_integer(value) and _is_integer(site["value"]) and value.dtype.itemsize <= dtype.itemsize:
             columns[name] = value  # held narrow (a label column's codes); batches take the site's
-            dtypes[name] = site["value"].dtype
+            if value.dtype != dtype:
+                dtypes[name] = dtype
+        else:
+            columns[name] = _cast(name, site["fn"], value, dtype)
     if varying and len(columns) == len(sites):  # bounds drawn from a latent site are unknown
         device_ = next(iter(sites.values()))["value"].device
         _check_varying(model, Table(columns, dtypes=dtypes), varying, args, kwargs, device_)
@@ -282,7 +285,7 @@ class _Coder:
             labels = list(self.categories[name])
             if not self.known:  # a fit: labels not coded yet take the next codes
                 seen = set(labels)
-                labels += [c for c in pd.Categorical(value).categories if c not in seen]
+                labels += [c for c in _categories(value, pd) if c not in seen]
             return labels
         if self.known and self.given:
             raise ValueError(f"Column {name!r} holds labels, but categories has none for it.")
@@ -292,7 +295,7 @@ class _Coder:
                 "pass categories=fit.categories, or fit the model on a frame with this column "
                 "first (it then keeps them)."
             )
-        return list(pd.Categorical(value).categories)
+        return list(_categories(value, pd))
 
 
 def _mapping(data: Data | object) -> Data:
@@ -377,6 +380,13 @@ def _column(
     return tensor, labels
 
 
+def _categories(value: object, pd: object) -> object:
+    """The labels of a column of labels, sorted as pandas sorts them (a categorical's own)."""
+    if isinstance(value.dtype, pd.CategoricalDtype):
+        return value.dtype.categories
+    return pd.Categorical(value).categories
+
+
 def _label_codes(value: object, labels: list[object], pd: object) -> object:
     """The code of each label of a column in `labels`, -1 where it has none, in the smallest
     integer type: a categorical column's by its categories (one lookup a row, no search)."""
@@ -386,7 +396,10 @@ def _label_codes(value: object, labels: list[object], pd: object) -> object:
     if not isinstance(value.dtype, pd.CategoricalDtype):
         return index.get_indexer(value).astype(dtype)
     column = value.array  # a Categorical: codes (-1 for a missing label) and categories
-    lookup = np.append(index.get_indexer(column.categories), -1).astype(dtype)
+    found = index.get_indexer(column.categories)
+    if np.array_equal(found, np.arange(len(found))):  # its codes are the coding's: a copy
+        return column.codes.astype(dtype)
+    lookup = np.append(found, -1).astype(dtype)
     return lookup[column.codes]
 
 
