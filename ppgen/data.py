@@ -58,9 +58,10 @@ class Table:
     def rows(self, index: Tensor | slice) -> dict[str, Tensor]:
         """The rows at `index` (a slice, or positions on :attr:`home`), on :attr:`device`, in
         the sites' dtypes."""
-        return {
-            name: self.column(name, index).to(self.dtypes.get(name)) for name in self.columns
-        }
+        batch = {name: self.column(name, index) for name in self.columns}
+        for name, dtype in self.dtypes.items():  # narrow codes: the site's integers
+            batch[name] = batch[name].to(dtype)
+        return batch
 
     def column(self, name: str, index: Tensor | slice = slice(None)) -> Tensor:
         """One column (the rows at `index`) on :attr:`device`, as it is held."""

@@ -677,20 +677,15 @@ def _check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
 def _takes_integers(
     model: Callable[..., object], data: Tensor, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
-    """Whether `model(x, ...)` takes integer rows as they are: it runs on them, and every site
-    that observes integers draws integers itself (a Categorical's words, an HMM's states),
-    where a float site (a Bernoulli's pixels) needs the model's floats."""
+    """Whether `model(x, ...)` takes integer rows as they are: it runs on them, and no site
+    reads them as floats (:func:`_float_columns`: a Bernoulli's pixels need the model's floats,
+    a Categorical's words or an HMM's states stay integers)."""
     try:
         with torch.random.fork_rng(), torch.no_grad():
             trace = poutine.trace(model).get_trace(data, *args, **kwargs)
-            return all(
-                not site["fn"].sample().is_floating_point()
-                for site in trace.nodes.values()
-                if is_variable(site) and site["is_observed"]
-                and not site["value"].is_floating_point()
-            )  # fmt: skip
     except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError):
         return False  # the model's floats, and the checks below say what fails
+    return not _float_columns(trace, {ARGUMENT: data})
 
 
 def svi_table(
