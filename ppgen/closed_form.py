@@ -21,8 +21,8 @@ from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
 
 __all__ = ["COUNT_ROWS", "solve", "solve_closed_form"]
 
-# rows of a table's columns counted at once: the index of a chunk (4 bytes a row, for a table
-# of fewer than 2**31 cells) bounds the count's memory, whatever the number of rows
+# rows of a table's columns counted at once: the index of a chunk (1 to 4 bytes a row, for a
+# table of fewer than 2**31 cells) bounds the count's memory, whatever the number of rows
 COUNT_ROWS = 1 << 20
 
 
@@ -72,12 +72,14 @@ def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Ten
     shape = (*module.parent_cardinalities, module.cardinality)
     cells = math.prod(shape)
     digits = [d.reshape(len(value), -1) for d in (*parents, value)]  # a plate's values too
-    dtype = torch.int32 if cells <= torch.iinfo(torch.int32).max else torch.int64
+    dtype = next(t for t in (torch.uint8, torch.int16, torch.int32, torch.int64)
+                 if cells - 1 <= torch.iinfo(t).max)  # narrower: a faster bincount  # fmt: skip
     counts = torch.zeros(cells, dtype=torch.int64, device=value.device)
     for start in range(0, len(value), COUNT_ROWS):
         rows = [d[start : start + COUNT_ROWS] for d in digits]
-        index = torch.empty(torch.broadcast_shapes(*(r.shape for r in rows)), dtype=dtype,
-                            device=value.device)
+        shapes = {r.shape for r in rows}  # torch.broadcast_shapes takes 40 us, even for one
+        size = shapes.pop() if len(shapes) == 1 else torch.broadcast_shapes(*shapes)
+        index = torch.empty(size, dtype=dtype, device=value.device)
         index.copy_(rows[0])
         for p, k in zip(rows[1:], shape[1:], strict=True):  # index * k + p, in place
             index.mul_(k).add_(p.to(dtype))  # one dtype: a mixed add is 100x slower
