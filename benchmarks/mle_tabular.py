@@ -31,44 +31,44 @@ pgmpy / ppgen per repeat, its median and min. One thread.
 
 Run: python benchmarks/mle_tabular.py [--rows 100000 --memory-rows 100000 1000000 --repeats 3]
 
-Before and after narrow codes, chunked counting and chunked sampling, 4 Dec 2026, on the shared
-2-core machine at load average 12-20 (timings are noisy; ratios compare the libraries in the same
-run), pgmpy 1.1.2, float64, `--repeats 3`. Fit at 100k rows, ratio pgmpy / ppgen (median, min):
+Measured 4 Dec 2026 on the shared 2-core machine (load average 0.5-3.6), pgmpy 1.1.2, float64,
+one thread. Speed, `--repeats 5 --memory-rows --big-rows 0`, ratio pgmpy / ppgen per repeat:
 
-    network      before: med  min   after: med  min   cpd diff (both)
-    asia                 4.2  3.8          4.8  0.1*  2.2e-16
-    child                5.3  5.1          5.9  5.3   3.3e-16
-    insurance            6.5  6.1          7.1  6.0   3.3e-16
-    alarm                4.9  4.7          5.3  4.8   3.3e-16
-    hailfinder           5.2  5.1          5.5  5.2   4.4e-16
-    win95pts             4.9  4.3          5.1  5.0   3.3e-16
+    network      fit 100k rows: ppgen s  pgmpy s  ratio med (min)   cpd diff   sampling 100k: ratio med (min)
+    asia                        0.0066   0.0423      6.2 (5.2)      2.2e-16                   19.6 (17.2)
+    child                       0.0149   0.1677     10.9 (8.7)      3.3e-16                   24.9 (17.2)
+    insurance                   0.0147   0.1787     12.0 (11.7)     3.3e-16                   30.3 (26.9)
+    alarm                       0.0222   0.1898      8.5 (8.1)      3.3e-16                   24.2 (20.9)
+    hailfinder                  0.0273   0.2751     10.0 (0.8*)     4.4e-16                   22.9 (22.3)
+    win95pts                    0.0412   0.3556      8.8 (8.6)      3.3e-16                   27.5 (23.8)
 
-(* a first fit in the process, lazy imports included: bench_fit now warms both libraries up.)
-Sampling 100k rows, ratio pgmpy / ppgen: before 10.3-15.0x (medians; min 4.6 on hailfinder),
-after 15.9-26.4x (medians; min 14.2), with 65536 rows a batch (32768 now, measured alone).
+(* one repeat of ppgen's met another process; the same network's next run, below, gives 9.7.)
+Earlier the same day, before the fit's fixed costs were cut (pandas Index lookups of label
+columns whose categories already are the coding's, a boolean `any` per column, a wide counting
+index), asia's fit took 7.0 ms and was 4.7x pgmpy: it is the network where they weigh most.
 
-Peak RSS added (MiB), ppgen / pgmpy, fit on n rows | sampling n rows:
+Memory, the default run (`--repeats 1`: 100k and 1M rows, then the 10M-row fit), peak RSS
+added (MiB), ppgen / pgmpy:
 
-    network      n     before: fit          sample         after: fit         sample
-    asia       100k      7.7 / 5.6   27.7 / 23.8              1.5 / 5.7    23.2 / 23.7
-    asia         1M     77.1 / 62.5 368.1 / 226.4            15.4 / 62.5   89.1 / 226.4
-    child      100k     18.7 / 6.7  120.9 / 39.9              4.7 / 6.7    34.5 / 40.0
-    child        1M    168.6 / 72.9 1175.6 / 398.7            53.6 / 72.9  179.1 / 398.9
-    insurance  100k     23.2 / 7.4  181.7 / 57.6
-    insurance    1M    229.7 / 79.7 1747.8 / 566.5
-    alarm      100k     30.3 / 9.2  164.6 / 71.7
-    hailfinder 100k     46.5 / 11.1 254.7 / 102.5 (earlier)   6.3 / 11.1  137.8 / 102.6 (a)
-                                                                           93.0 / 102.6 (b)
-    hailfinder   1M                                          61.1 / 115.1 583.8 / 1023.5 (a)
-                                                                          478.5 / 1023.5 (b)
-    win95pts   100k     60.4 / 14.9 160.8 / 147.8 (earlier)   8.2 / 14.9  179.4 / 147.2 (a)
-                                                                          105.8 / 147.2 (b)
-    win95pts     1M                                                       630.6 / -     (b)
+    network      n      fit: ppgen  pgmpy  ratio    sample: ppgen   pgmpy  ratio
+    asia       100k           0.9    5.7   0.17            12.9    23.2   0.55
+    asia         1M           9.5   62.6   0.15            64.8   222.9   0.29
+    child      100k           2.1    6.7   0.31            30.6    39.9   0.77
+    child        1M          21.0   73.0   0.29           171.1   398.7   0.43
+    insurance  100k           2.8    7.4   0.37            35.2    57.8   0.61
+    insurance    1M          27.7   79.8   0.35           217.4   565.4   0.38
+    alarm      100k           3.7    9.2   0.41            53.0    71.7   0.74
+    alarm        1M          37.0   96.9   0.38           312.7   717.0   0.44
+    hailfinder 100k           5.9   11.1   0.53            88.9   102.2   0.87
+    hailfinder   1M          57.2  115.1   0.50           477.4  1021.3   0.47
+    win95pts   100k           7.7   14.9   0.52           101.5   147.3   0.69
+    win95pts     1M          84.0  149.3   0.56           627.5  1479.2   0.42
 
-(a) sampling before each batch's trace was freed ahead of the next; (b) the final code (32768
-rows a batch, each freed), measured alone. The 10M-row fit of alarm (a 353 MiB DataFrame) adds
-366 MiB at its peak, within the 1536 MiB budget (the whole process: 1229 MiB); before, its int64
-codes alone would take 37 x 80 MB = 2.8 GB. Runs cut short by the deadline left the blank cells.
+The 10M-row fit of alarm (a 353 MiB DataFrame) adds 355 MiB at its peak, within the 1536 MiB
+budget (the whole process: 1218 MiB); with int64 codes, those alone would take 37 x 80 MB =
+2.8 GB. Before narrow codes, chunked counting and chunked sampling (1 Dec 2026), ppgen took
+1.4-4.0x pgmpy's memory: e.g. a 1M-row fit of child 168.6 MiB against 72.9, sampling 1175.6
+against 398.7.
 """
 
 import argparse
