@@ -12,6 +12,8 @@ References:
     Webb, Goliński, Zinkov, Siddharth, Rainforth, Teh and Wood, "Faithful Inversion of
     Generative Models for Effective Amortized Inference", NeurIPS 2018.
     Stuhlmüller, Taylor and Goodman, "Learning Stochastic Inverses", NeurIPS 2013.
+    Krishnan, Shalit and Sontag, "Structured Inference Networks for Nonlinear State Space
+    Models", AAAI 2017.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class _Site:
     cardinality: int = 0
     inputs: list[str] = field(default_factory=list)  # observed columns and latent sites
     span: int = 0  # the number of batch dimensions of the site's value, unenumerated
+    chain: int | None = None  # the chain of repeated sites it belongs to (see _chains)
+    step: int = 0  # its place in that chain
     transform: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +155,11 @@ class _SiteNet(Node):
     def distribution(self, *parents: Tensor) -> dist.Distribution:
         site, dtype = self.site, self.first.weight.dtype
         pairs = zip(parents, self.columns, strict=True)
-        h = [_column(v, spec, site.span, dtype) for v, spec in pairs]
+        return self.of_features([_column(v, spec, site.span, dtype) for v, spec in pairs])
+
+    def of_features(self, h: list[Tensor]) -> dist.Distribution:
+        """The distribution given the parents' features, each (*enumerated, rows, features)."""
+        site = self.site
         out = self._first(h)
         if self.rest is not None:
             hidden, out = out.split([self.width, out.shape[-1] - self.width], -1)
@@ -175,6 +183,50 @@ class _SiteNet(Node):
             return self.first(h[0] if len(h) == 1 else torch.cat(h, -1))
         blocks = self.first.weight.split([t.shape[-1] for t in h], -1)
         return sum((F.linear(t, w) for t, w in zip(h, blocks, strict=True)), self.first.bias)
+
+
+class _Chain(nn.Module):
+    r"""The networks of sites that repeat along a sequence of observed sites, as the latent
+    states of a deep Markov model do: site :math:`t` of the chain has the previous one and the
+    observed sites from the :math:`t`-th on as inverse parents. One GRU runs backwards over the
+    sequence once a call, its state at :math:`t` summing up the observed sites from there on,
+    and one network of that state and the previous site's value (zeros for the first) draws
+    every site of the chain: each weight learns from every step (Krishnan et al. 2017).
+    """
+
+    def __init__(
+        self,
+        site: _Site,
+        sequence: list[tuple[str, tuple[int | None, int, int | None]]],
+        index: list[int] | None,
+        widths: tuple[int, int],
+        hidden: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.sequence, self.widths = sequence, widths
+        self.register_buffer("index", torch.tensor(index or []), persistent=False)
+        self.rnn = nn.GRU(widths[0], hidden[0], batch_first=True)
+        self.head = _SiteNet(site, [], hidden[0] + widths[1], hidden)
+
+    def states(self, values: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
+        """The GRU's states, (rows, steps, hidden): each sums up the sequence from its step."""
+        if self.index.numel():  # the rows of `x`: the sequence's features, gathered at once
+            row = values[_ROW]
+            steps = row.reshape(len(row), -1)[:, self.index].to(dtype)
+            steps = steps.reshape(len(row), len(self.sequence), -1)
+        else:
+            steps = torch.stack([_column(values[n], spec, 0, dtype) for n, spec in self.sequence], 1)
+        states, _ = self.rnn(steps.flip(1))
+        return states.flip(1)
+
+    def distribution(self, state: Tensor, previous: Tensor | None, spec: tuple) -> dist.Distribution:
+        """The distribution of a site of the chain, given its state and the previous value."""
+        dtype, span = state.dtype, self.head.site.span
+        if previous is None:
+            previous = state.new_zeros(len(state), self.widths[1])
+        else:
+            previous = _column(previous, spec, span, dtype)
+        return self.head.of_features([state, previous])
 
 
 def _rows_at(value: Tensor, at: int, axis: int) -> Tensor:
@@ -231,7 +283,10 @@ class Amortized(Model):
     values exactly; a non-enumerating ELBO draws them and estimates their gradient by the score
     function, which :func:`ppgen.fit_svi` says in a warning. Latent sites outside the plate of
     the rows (global ones) get a Normal of their own, with learnt location and scale, as
-    `AutoNormal` does.
+    `AutoNormal` does. Continuous sites that repeat along a sequence of observed sites (each
+    the only latent inverse parent of the next, the observed ones shrinking by one site a step,
+    as a deep Markov model's states) share their weights: a GRU run backwards over the sequence
+    and one network of its state and the previous site (see :class:`_Chain`).
 
     The guide is called as the model is, in either convention of :func:`ppgen.fit_svi`:
     `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`), or
@@ -277,6 +332,8 @@ class Amortized(Model):
         self.columns: dict[str, tuple] = {}  # each input's spec (see _column) and width
         self.plate: str | None = None  # the plate of the rows
         self.nets = nn.ModuleDict()
+        self.chains = nn.ModuleDict()
+        self.chain_specs: list[dict[str, object]] = []
         self.locs = nn.ParameterDict()
         self.scales = nn.ParameterDict()
         self._pending: Mapping[str, Tensor] | None = None
@@ -378,18 +435,35 @@ class Amortized(Model):
             columns[name] = (*spec, _width(value, spec))
         for site in sites:
             columns[site.name] = (*site.spec, _width(trace.nodes[site.name]["value"], site.spec))
-        self._make(sites, columns, inverse, plate)
+        views = _views(trace, first) if data is None else {}
+        chains = _chains(sites, inverse, views, columns) if self.hidden_features else []
+        self._make(sites, columns, inverse, plate, chains)
         self.to(device=first.device, dtype=dtype)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             super().load_state_dict(pending, strict=True)
 
     def _make(
-        self, sites: list[_Site], columns: dict[str, tuple], inverse: nx.DiGraph, plate: str | None
+        self,
+        sites: list[_Site],
+        columns: dict[str, tuple],
+        inverse: nx.DiGraph,
+        plate: str | None,
+        chains: list[dict[str, object]],
     ) -> None:
-        """Makes each site's parameters: a location and scale, or its network."""
+        """Makes each site's parameters: a location and scale, its network, or its chain's."""
+        for j, chain in enumerate(chains):
+            members = [next(s for s in sites if s.name == m) for m in chain["members"]]
+            for step, site in enumerate(members):
+                site.chain, site.step = j, step
+            sequence = [(n, columns[n][:3] if n in columns else None) for n in chain["sequence"]]
+            self.chains[str(j)] = _Chain(
+                members[0], sequence, chain["index"], tuple(chain["widths"]), self.hidden_features
+            )
         for site in sites:
             key = _key(site.name)
+            if site.chain is not None:
+                continue
             if site.axis is None:
                 self.locs[key] = nn.Parameter(torch.zeros(site.shape))
                 self.scales[key] = nn.Parameter(torch.full(site.shape, math.log(math.expm1(0.1))))
@@ -401,6 +475,7 @@ class Amortized(Model):
             features = sum(columns[name][3] for name in site.inputs)
             self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
         self.sites, self.columns, self.inverse, self.plate = sites, columns, inverse, plate
+        self.chain_specs = chains
 
     def _describe(self) -> dict[str, object]:
         """The structure as JSON values (see :meth:`_rebuild`)."""
@@ -417,6 +492,7 @@ class Amortized(Model):
             "sites": sites,
             "columns": {name: list(spec) for name, spec in self.columns.items()},
             "inverse": {"nodes": nodes, "edges": [list(e) for e in self.inverse.edges]},
+            "chains": self.chain_specs,
         }
 
     def _rebuild(self, structure: Mapping[str, object]) -> None:
@@ -434,7 +510,7 @@ class Amortized(Model):
             inverse.add_node(name, observed=observed)
         inverse.add_edges_from(map(tuple, structure["inverse"]["edges"]))
         columns = {name: tuple(spec) for name, spec in structure["columns"].items()}
-        self._make(sites, columns, inverse, structure["plate"])
+        self._make(sites, columns, inverse, structure["plate"], list(structure["chains"]))
 
     def _draw(
         self,
@@ -457,24 +533,101 @@ class Amortized(Model):
             name: pyro.plate(name, rows if name == self.plate else size, dim=dim)
             for name, size, dim in (frames.values() if sample else ())
         }
-        drawn = {}
-        for site in self.sites:
-            key = _key(site.name)
-            if site.axis is None:
-                d = _normal(locs[key], F.softplus(scales[key]), site)
-            else:
-                d = nets[key](*(values[name] for name in site.inputs))
-            if sample:
-                with ExitStack() as stack:
+        drawn, states, opened = {}, {}, None
+        with ExitStack() as stack:
+            for site in self.sites:
+                key = _key(site.name)
+                if site.chain is not None:
+                    d = self._link(site, values, states)
+                elif site.axis is None:
+                    d = _normal(locs[key], F.softplus(scales[key]), site)
+                else:
+                    d = nets[key](*(values[name] for name in site.inputs))
+                if not sample:
+                    values[site.name] = drawn[site.name] = _location(d, site)
+                    continue
+                if site.frames != opened:  # its plates, kept open for the next sites in them
+                    stack.close()
                     for name, _, _ in site.frames:
                         stack.enter_context(plates[name])
-                    discrete = site.kind != "normal"  # marked as config_enumerate marks it
-                    infer = {"enumerate": "parallel"} if discrete else {}
-                    value = pyro.sample(site.name, d, infer=infer)
-            else:
-                value = _location(d, site)
-            values[site.name] = drawn[site.name] = value
+                    opened = site.frames
+                discrete = site.kind != "normal"  # marked as config_enumerate marks it
+                infer = {"enumerate": "parallel"} if discrete else {}
+                values[site.name] = drawn[site.name] = pyro.sample(site.name, d, infer=infer)
         return drawn
+
+    def _link(self, site: _Site, values: dict[str, Tensor], states: dict) -> dist.Distribution:
+        """The distribution of a site of a chain; its first site runs the chain's GRU."""
+        chain = self._modules["chains"][str(site.chain)]
+        if site.chain not in states:
+            states[site.chain] = chain.states(values, next(chain.parameters()).dtype)
+        previous = self.chain_specs[site.chain]["members"][site.step - 1] if site.step else None
+        spec = self.columns[previous][:3] if previous else None
+        value = values[previous] if previous else None
+        return chain.distribution(states[site.chain][:, site.step], value, spec)
+
+
+def _views(trace: poutine.Trace, x: Tensor) -> dict[str, list[int]]:
+    """The observed sites whose values are the rows of `x` read in place, rows first, each
+    with the positions its row's entries have in a flattened row of `x`."""
+    if x.dim() < 2:
+        return {}
+    storage = torch.arange(x.untyped_storage().nbytes() // x.element_size())
+    where = storage.as_strided(x.shape, x.stride(), x.storage_offset())
+    column = {int(p): i for i, p in enumerate(where[0].reshape(-1).tolist())}
+    views = {}
+    for name, site in trace.nodes.items():
+        v = site["value"] if is_variable(site) and site["is_observed"] else None
+        if (
+            isinstance(v, Tensor)
+            and v.dim() > 0
+            and len(v) == len(x)
+            and v.stride(0) == x.stride(0)
+            and v.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        ):
+            at = storage.as_strided(v.shape, v.stride(), v.storage_offset())[0].reshape(-1)
+            if all(int(p) in column for p in at.tolist()):
+                views[name] = [column[int(p)] for p in at.tolist()]
+    return views
+
+
+def _chains(
+    sites: list[_Site], inverse: nx.DiGraph, views: dict[str, list[int]], columns: dict
+) -> list[dict[str, object]]:
+    """The chains of sites that repeat (see :class:`_Chain`): three or more continuous sites of
+    the rows of one shape, support and plates, each the only latent inverse parent of the next
+    (none of the first), whose observed inverse parents shrink by one site a step, all of one
+    width, which the guide can read (columns of the data, or views of `x` in `views`)."""
+    groups: dict[tuple, list[_Site]] = {}
+    for site in sites:
+        if site.kind == "normal" and site.axis is not None:
+            frames = tuple((name, dim) for name, _, dim in site.frames)
+            key = (site.shape, site.event_dim, site.axis, site.span, repr(site.support), frames)
+            groups.setdefault(key, []).append(site)
+    chains = []
+    for members in groups.values():
+        parents = [set(inverse.predecessors(m.name)) for m in members]
+        observed = [{p for p in ps if inverse.nodes[p].get("observed")} for ps in parents]
+        latent = [ps - obs for ps, obs in zip(parents, observed, strict=True)]
+        readable = set(views) if views else {n for n in columns if columns[n][2] is None}
+        if (
+            len(members) < 3
+            or any(lat != ({members[i - 1].name} if i else set()) for i, lat in enumerate(latent))
+            or not all(obs <= readable for obs in observed)
+        ):
+            continue
+        sequence = []
+        for here, after in itertools.pairwise([*observed, set()]):
+            if not after < here or len(here - after) != 1:
+                break
+            sequence.extend(here - after)
+        width = {len(views[n]) if views else columns[n][3] for n in sequence}
+        if len(sequence) == len(members) and len(width) == 1:
+            index = [i for n in sequence for i in views[n]] if views else None
+            previous = columns[members[0].name][3]
+            chains.append({"members": [m.name for m in members], "sequence": sequence,
+                           "index": index, "widths": [width.pop(), previous]})  # fmt: skip
+    return chains
 
 
 def _encode_constraint(support: constraints.Constraint | None) -> object:

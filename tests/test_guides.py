@@ -342,6 +342,38 @@ def test_a_drawing_elbo_draws_discrete_sites_by_the_score_function():
     assert guide.encode(torch.tensor([0.0, 1.0, 2.0]))["c"].tolist() == [0, 1, 2]
 
 
+def markov(x):
+    """A deep-Markov-like chain: z_t | z_{t-1} and x_t | z_t, sequences as rows of x."""
+    with pyro.plate("rows", len(x)):
+        z = x.new_zeros(len(x), 2)
+        for t in range(x.shape[1]):
+            z = pyro.sample(f"z{t}", dist.Normal(0.9 * z, 1.0).to_event(1))
+            pyro.sample(f"x{t}", dist.Normal(z.sum(-1, keepdim=True), 0.5).to_event(1),
+                        obs=x[:, t])  # fmt: skip
+
+
+def test_repeated_sites_share_one_chain_of_networks(tmp_path):
+    x = torch.randn(6, 4, 1)
+    guide = Amortized(markov, x, hidden_features=(8,))
+    # z_t's inverse parents: z_{t-1} and x_t, ..., x_3; one GRU over x3, ..., x0, one head
+    assert guide.chain_specs == [{"members": ["z0", "z1", "z2", "z3"], "index": [0, 1, 2, 3],
+                                  "sequence": ["x0", "x1", "x2", "x3"], "widths": [1, 2]}]  # fmt: skip
+    assert list(guide.nets) == [] and list(guide.chains) == ["0"]
+    expected = {(f"z{t}", f"z{t + 1}") for t in range(3)}  # among latents, as the inverse's
+    assert set(ppgen.graph(guide, x).edges) == expected
+    with torch.no_grad():  # z_0 reads the GRU's state after x_3, ..., x_0
+        before = guide.encode(x)
+        moved = x.clone()
+        moved[:, 0] += 1.0
+        after = guide.encode(moved)
+    assert not torch.equal(before["z0"], after["z0"])
+    ppgen.fit_svi(markov, guide, torch.randn(64, 4, 1), epochs=2, batch_size=16, progress=False)
+    ppgen.save(guide, tmp_path / "chain.safetensors")
+    loaded = ppgen.load(tmp_path / "chain.safetensors")
+    assert loaded.chain_specs == guide.chain_specs
+    assert all(torch.equal(loaded.encode(x)[k], v) for k, v in guide.encode(x).items())
+
+
 def test_errors_in_one_sentence():
     def observed_only(x):
         with pyro.plate("rows", len(x)):
