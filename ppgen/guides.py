@@ -572,9 +572,7 @@ def _views(trace: poutine.Trace, x: Tensor) -> dict[str, list[int]]:
     with the positions its row's entries have in a flattened row of `x`."""
     if x.dim() < 2:
         return {}
-    storage = torch.arange(x.untyped_storage().nbytes() // x.element_size())
-    where = storage.as_strided(x.shape, x.stride(), x.storage_offset())
-    column = {int(p): i for i, p in enumerate(where[0].reshape(-1).tolist())}
+    column = {p: i for i, p in enumerate(_first_row(x))}
     views = {}
     for name, site in trace.nodes.items():
         v = site["value"] if is_variable(site) and site["is_observed"] else None
@@ -585,10 +583,18 @@ def _views(trace: poutine.Trace, x: Tensor) -> dict[str, list[int]]:
             and v.stride(0) == x.stride(0)
             and v.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
         ):
-            at = storage.as_strided(v.shape, v.stride(), v.storage_offset())[0].reshape(-1)
-            if all(int(p) in column for p in at.tolist()):
-                views[name] = [column[int(p)] for p in at.tolist()]
+            where = _first_row(v)
+            if all(p in column for p in where):
+                views[name] = [column[p] for p in where]
     return views
+
+
+def _first_row(t: Tensor) -> list[int]:
+    """The places in its storage of the entries of the first row of `t`, in order."""
+    offsets = torch.zeros((), dtype=torch.long)
+    for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True):
+        offsets = offsets[..., None] + torch.arange(size) * stride
+    return (offsets.reshape(-1) + t.storage_offset()).tolist()
 
 
 def _chains(

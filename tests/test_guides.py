@@ -374,6 +374,23 @@ def test_repeated_sites_share_one_chain_of_networks(tmp_path):
     assert all(torch.equal(loaded.encode(x)[k], v) for k, v in guide.encode(x).items())
 
 
+def test_a_chain_reads_columns_in_the_dict_convention():
+    def columns(n=1):  # markov's program, its observed sites given as columns
+        with pyro.plate("rows", n):
+            z = torch.zeros(n, 2)
+            for t in range(4):
+                z = pyro.sample(f"z{t}", dist.Normal(0.9 * z, 1.0).to_event(1))
+                pyro.sample(f"x{t}", dist.Normal(z.sum(-1, keepdim=True), 0.5).to_event(1))
+
+    data = {f"x{t}": torch.randn(6, 1) for t in range(4)}
+    guide = Amortized(columns, n=6, data=data, hidden_features=(8,))
+    assert [(c["sequence"], c["index"]) for c in guide.chain_specs] == [(list(data), None)]
+    codes = guide.encode(n=6, data=data)
+    columns_moved = {**data, "x3": data["x3"] + 1.0}  # x_3 is in every step's state
+    moved = guide.encode(n=6, data=columns_moved)
+    assert all(not torch.equal(codes[k], moved[k]) for k in codes)
+
+
 def test_errors_in_one_sentence():
     def observed_only(x):
         with pyro.plate("rows", len(x)):
