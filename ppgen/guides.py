@@ -177,10 +177,12 @@ class _SiteNet(Node):
     def _first(self, h: list[Tensor]) -> Tensor:
         """The first layer on the parents' features: one product on them side by side, or, for
         parents of other enumeration dimensions, one a parent, broadcast and summed."""
-        lead = torch.broadcast_shapes(*(t.shape[:-1] for t in h))
-        if len(lead) == 1 or all(t.shape[:-1] == lead for t in h):
-            h = [t.expand(*lead, -1) for t in h]  # a global parent's one row, repeated
+        if all(t.shape[:-1] == h[0].shape[:-1] for t in h[1:]):
             return self.first(h[0] if len(h) == 1 else torch.cat(h, -1))
+        lead = torch.broadcast_shapes(*(t.shape[:-1] for t in h))
+        if len(lead) == 1:
+            h = [t.expand(*lead, -1) for t in h]  # a global parent's one row, repeated
+            return self.first(torch.cat(h, -1))
         blocks = self.first.weight.split([t.shape[-1] for t in h], -1)
         return sum((F.linear(t, w) for t, w in zip(h, blocks, strict=True)), self.first.bias)
 
@@ -248,7 +250,8 @@ def _column(
     if event_dim is not None:
         batch = value.dim() - event_dim
         lead = max(batch - span, 0)  # dimensions of enumeration left of the site's plates
-        value = value.movedim(batch + axis, lead)
+        if batch + axis != lead:
+            value = value.movedim(batch + axis, lead)
     if categories:
         value = F.one_hot(value.long(), categories)
     return value.reshape(*value.shape[: lead + 1], -1).to(dtype)
