@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -423,6 +424,14 @@ class Amortized(Model):
             raise ValueError(
                 f"The program {name} has no latent site (every site is observed), so it needs "
                 "no guide: fit it with ppgen.fit_mle."
+            )
+        masked = [v for v in latent if trace.nodes[v]["mask"] is not None]
+        if masked:
+            warnings.warn(
+                f"Site {masked[0]!r} is masked in the model (obs_mask or poutine.mask), which "
+                "Amortized does not mirror: it draws the site in every row, so the ELBO also "
+                "counts the guide's density where the model masks it out.",
+                stacklevel=4,
             )
         inputs = self._rows(args, data)
         first = next(iter(inputs.values()))

@@ -391,6 +391,17 @@ def test_a_chain_reads_columns_in_the_dict_convention():
     assert all(not torch.equal(codes[k], moved[k]) for k in codes)
 
 
+def test_a_masked_latent_site_is_drawn_in_every_row_with_a_warning():
+    def model(x, seen):  # x is missing where not seen: the site x_unobserved, masked where seen
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x, obs_mask=seen)
+
+    with pytest.warns(UserWarning, match=r"^Site 'x_unobserved' is masked in the model .* "
+                      r"draws the site in every row"):  # fmt: skip
+        guide = Amortized(model, torch.zeros(3), torch.tensor([True, False, True]))
+    assert [s.name for s in guide.sites] == ["x_unobserved"]
+
+
 def test_errors_in_one_sentence():
     def observed_only(x):
         with pyro.plate("rows", len(x)):
