@@ -50,7 +50,7 @@ learning from one step's gradient, and stayed 1.15 nats/row behind (-6.651 again
 earlier run); it now finds the chain (z_t's only latent inverse parent is z_{t-1}, its observed
 ones x_t, ..., x_T, one fewer a step) and, as Krishnan et al.'s guide, runs one GRU backwards over
 x_0..x_T and one network of its state and z_{t-1} for every step: 0.32 nats/row ahead of the
-hand-written guide (its head also has a linear path), a step 1.02-1.07x the hand guide's when
+hand-written guide (its head also has a linear path), a step 1.02-1.03x the hand guide's when
 timed alone (23.4 ms against 23.0 ms, 64 rows, loss and gradient). On (v) both guides sum over
 the label; the automatic guide reads the packed row (flag and one-hot label too) and does not
 mask y_unobserved where the row is labelled (it warns: it knows no mask of the model's), so on
