@@ -88,6 +88,7 @@ class ELBOObjective(nn.Module):
             guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
         self.guide = guide
         self.plan, self.batch_size, self.floats = None, None, set()
+        self.drawn = False  # the guide's enumeration marks taken off (a drawing ELBO)
         self.whole: dict[str, Tensor] | None = None  # the full batch, in the data's order
         self.stream: list[Tensor] = []  # the full batch's random state, as SVI's (or none)
         self.reads_rows = not argument and reads_rows(guide)  # an amortised guide of columns
@@ -168,7 +169,10 @@ class ELBOObjective(nn.Module):
             )
 
     def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
-        """`TraceEnum_ELBO` (its plate nesting from the traces) where a site is enumerated."""
+        """`TraceEnum_ELBO` (its plate nesting from the traces) where a site is enumerated.
+        Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's site marked
+        for enumeration is drawn instead, its gradient estimated by the score function, as
+        Pyro's SVI would: a warning says so once, and the mark is taken off."""
         enumerated = [
             name
             for trace in (guide_trace, model_trace)
@@ -176,6 +180,15 @@ class ELBOObjective(nn.Module):
             if site["type"] == "sample" and site["infer"].get("enumerate") is not None
         ]
         if not enumerated:
+            return
+        if self.elbo in ("trace", "trace_graph") and all(n in guide_trace for n in enumerated):
+            warnings.warn(
+                f"Site {enumerated[0]!r} of the guide is marked for enumeration, which "
+                f"elbo={self.elbo!r} does not do: it is drawn, its gradient estimated by the "
+                "score function (unbiased, noisier); leave elbo unset to sum over it.",
+                stacklevel=5,
+            )
+            self.drawn = True
             return
         if self.elbo not in (None, "trace_enum"):
             raise ValueError(
@@ -335,7 +348,7 @@ class ELBOObjective(nn.Module):
         return self._call(model, "model", self.model, batch)
 
     def _guide(self, batch: dict[str, Tensor], *args: object, **kwargs: object) -> object:
-        guide = self.guide
+        guide = _Drawn()(self.guide) if self.drawn else self.guide
         if self.reads_rows:  # the batch's columns, for an amortised guide in the dict convention
             guide = functools.partial(guide, data=batch)
         return self._call(guide, "guide", self.guide, batch)
@@ -442,6 +455,14 @@ class ELBOObjective(nn.Module):
                             "Try a smaller lr."
                         )
         return f"The ELBO became non-finite; {NONFINITE}."
+
+
+class _Drawn(Messenger):
+    """Takes the enumeration mark off every sample site (one a drawing ELBO draws)."""
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and "enumerate" in msg["infer"]:
+            msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
 
 
 _Plan = tuple[list[tuple[str, Node, list[str]]], list[tuple[str, Node, list[str], bool]]]

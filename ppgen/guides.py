@@ -12,12 +12,16 @@ References:
     Webb, Goliński, Zinkov, Siddharth, Rainforth, Teh and Wood, "Faithful Inversion of
     Generative Models for Effective Amortized Inference", NeurIPS 2018.
     Stuhlmüller, Taylor and Goodman, "Learning Stochastic Inverses", NeurIPS 2013.
+    Krishnan, Shalit and Sontag, "Structured Inference Networks for Nonlinear State Space
+    Models", AAAI 2017.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,8 +32,9 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
 from torch import Tensor, nn
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to
 
 from ppgen.graph import graph
 from ppgen.model import Model
@@ -102,9 +107,22 @@ class _Site:
     event_dim: int
     shape: tuple[int, ...]  # of a row's unconstrained value; of the whole value for a global
     axis: int | None  # the rows' dimension in the value; None: a global site
-    transform: object = None
+    support: constraints.Constraint | None = None  # of a continuous site not on the reals
     cardinality: int = 0
     inputs: list[str] = field(default_factory=list)  # observed columns and latent sites
+    span: int = 0  # the number of batch dimensions of the site's value, unenumerated
+    chain: int | None = None  # the chain of repeated sites it belongs to (see _chains)
+    step: int = 0  # its place in that chain
+    transform: object = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.transform = None if self.support is None else biject_to(self.support)
+
+    @property
+    def spec(self) -> tuple[int | None, int, int]:
+        """The site as an input of a network (see :func:`_column`)."""
+        return (None if self.axis is None else self.axis - self.span, self.cardinality,
+                self.event_dim)  # fmt: skip
 
 
 class _SiteNet(Node):
@@ -112,15 +130,15 @@ class _SiteNet(Node):
     plus a ReLU network whose last layer starts at zero (so exact for linear-Gaussian posteriors
     from the first step), sharing one matrix product on the input.
 
-    Each parent is given as its value; `columns` says how it becomes a row of features: the
-    dimension of its rows (`None`: a global value, repeated for every row) and its number of
-    categories (0: a number; else one-hot).
+    Each parent is given as its value; `columns` says how it becomes a row of features (see
+    :func:`_column`). A parent enumerated by `TraceEnum_ELBO` brings its enumeration dimensions,
+    which the site's distribution takes on, left of its own batch dimensions.
     """
 
     def __init__(
         self,
         site: _Site,
-        columns: list[tuple[int | None, int]],
+        columns: list[tuple[int | None, int, int | None]],
         features: int,
         hidden: Sequence[int],
     ) -> None:
@@ -137,45 +155,116 @@ class _SiteNet(Node):
 
     def distribution(self, *parents: Tensor) -> dist.Distribution:
         site, dtype = self.site, self.first.weight.dtype
-        pairs = list(zip(parents, self.columns, strict=True))
-        rows = next(v.shape[a] for v, (a, _) in pairs if a is not None)
-        h = [_column(v, a, k, rows, dtype) for v, (a, k) in pairs]
-        out = self.first(h[0] if len(h) == 1 else torch.cat(h, -1))
+        pairs = zip(parents, self.columns, strict=True)
+        return self.of_features([_column(v, spec, site.span, dtype) for v, spec in pairs])
+
+    def of_features(self, h: list[Tensor]) -> dist.Distribution:
+        """The distribution given the parents' features, each (*enumerated, rows, features)."""
+        site = self.site
+        out = self._first(h)
         if self.rest is not None:
             hidden, out = out.split([self.width, out.shape[-1] - self.width], -1)
             out = out + self.rest(F.relu(hidden))
-        shape = (rows, *site.shape) if site.kind != "categorical" else (rows, *site.shape, -1)
+        at = out.dim() - 2  # the rows' dimension, after the enumerated parents' dimensions
+        shape = (*out.shape[:-1], *site.shape, *((-1,) if site.kind == "categorical" else ()))
         if site.kind == "normal":
             loc, scale = out.chunk(2, -1)
-            loc, scale = _rows_at(loc.reshape(shape), site.axis), scale.reshape(shape)
-            return _normal(loc, _rows_at(F.softplus(scale), site.axis), site)
-        logits = _rows_at(out.reshape(shape), site.axis)
+            loc, scale = loc.reshape(shape), F.softplus(scale.reshape(shape))
+            return _normal(_rows_at(loc, at, site.axis), _rows_at(scale, at, site.axis), site)
+        logits = _rows_at(out.reshape(shape), at, site.axis)
         family = dist.Bernoulli if site.kind == "bernoulli" else dist.Categorical
         return family(logits=logits).to_event(site.event_dim)
 
+    def _first(self, h: list[Tensor]) -> Tensor:
+        """The first layer on the parents' features: one product on them side by side, or, for
+        parents of other enumeration dimensions, one a parent, broadcast and summed."""
+        if all(t.shape[:-1] == h[0].shape[:-1] for t in h[1:]):
+            return self.first(h[0] if len(h) == 1 else torch.cat(h, -1))
+        lead = torch.broadcast_shapes(*(t.shape[:-1] for t in h))
+        if len(lead) == 1:
+            h = [t.expand(*lead, -1) for t in h]  # a global parent's one row, repeated
+            return self.first(torch.cat(h, -1))
+        blocks = self.first.weight.split([t.shape[-1] for t in h], -1)
+        return sum((F.linear(t, w) for t, w in zip(h, blocks, strict=True)), self.first.bias)
 
-def _rows_at(value: Tensor, axis: int) -> Tensor:
-    """`value`, rows first, with its rows moved to dimension `axis`."""
-    return value.movedim(0, axis) if axis else value
+
+class _Chain(nn.Module):
+    r"""The networks of sites that repeat along a sequence of observed sites, as the latent
+    states of a deep Markov model do: site :math:`t` of the chain has the previous one and the
+    observed sites from the :math:`t`-th on as inverse parents. One GRU runs backwards over the
+    sequence once a call, its state at :math:`t` summing up the observed sites from there on,
+    and one network of that state and the previous site's value (zeros for the first) draws
+    every site of the chain: each weight learns from every step (Krishnan et al. 2017).
+    """
+
+    def __init__(
+        self,
+        site: _Site,
+        sequence: list[tuple[str, tuple[int | None, int, int | None]]],
+        index: list[int] | None,
+        widths: tuple[int, int],
+        hidden: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.sequence, self.widths = sequence, widths
+        self.register_buffer("index", torch.tensor(index or []), persistent=False)
+        self.rnn = nn.GRU(widths[0], hidden[0], batch_first=True)
+        self.head = _SiteNet(site, [], hidden[0] + widths[1], hidden)
+
+    def states(self, values: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
+        """The GRU's states, (rows, steps, hidden): each sums up the sequence from its step."""
+        if self.index.numel():  # the rows of `x`: the sequence's features, gathered at once
+            row = values[_ROW]
+            steps = row.reshape(len(row), -1)[:, self.index].to(dtype)
+            steps = steps.reshape(len(row), len(self.sequence), -1)
+        else:
+            steps = torch.stack([_column(values[n], spec, 0, dtype) for n, spec in self.sequence], 1)
+        states, _ = self.rnn(steps.flip(1))
+        return states.flip(1)
+
+    def distribution(self, state: Tensor, previous: Tensor | None, spec: tuple) -> dist.Distribution:
+        """The distribution of a site of the chain, given its state and the previous value."""
+        dtype, span = state.dtype, self.head.site.span
+        if previous is None:
+            previous = state.new_zeros(len(state), self.widths[1])
+        else:
+            previous = _column(previous, spec, span, dtype)
+        return self.head.of_features([state, previous])
+
+
+def _rows_at(value: Tensor, at: int, axis: int) -> Tensor:
+    """`value`, its rows at dimension `at`, with them moved `axis` dimensions further."""
+    return value.movedim(at, at + axis) if axis else value
 
 
 def _column(
-    value: Tensor, axis: int | None, categories: int, rows: int, dtype: torch.dtype
+    value: Tensor, spec: tuple[int | None, int, int | None], span: int, dtype: torch.dtype
 ) -> Tensor:
-    """A parent's value as a row of features per row (a global one repeated)."""
+    """A parent's value as features of shape (*enumerated, rows, features) for a site of `span`
+    batch dimensions. `spec`: the dimension of its rows in its batch dimensions (`None`: a
+    global value, one row for all), its number of categories (0: a number; else one-hot) and
+    its event dimensions (`None`: an observed column, rows first, never enumerated)."""
+    axis, categories, event_dim = spec
     if axis is None:
-        return value.reshape(1, -1).expand(rows, -1).to(dtype)
-    value = value.movedim(axis, 0) if axis else value
+        return value.reshape(1, -1).to(dtype)
+    lead = 0
+    if event_dim is not None:
+        batch = value.dim() - event_dim
+        lead = max(batch - span, 0)  # dimensions of enumeration left of the site's plates
+        if batch + axis != lead:
+            value = value.movedim(batch + axis, lead)
     if categories:
         value = F.one_hot(value.long(), categories)
-    return value.reshape(rows, -1).to(dtype)
+    return value.reshape(*value.shape[: lead + 1], -1).to(dtype)
 
 
-def _width(value: Tensor, axis: int | None, categories: int) -> int:
-    """The number of features `_column` makes of a value."""
+def _width(value: Tensor, spec: tuple[int | None, int, int | None]) -> int:
+    """The number of features `_column` makes of an unenumerated value."""
+    axis, categories, event_dim = spec
     if axis is None:
         return value.numel()
-    return value.numel() // value.shape[axis] * max(categories, 1)
+    rows = value.shape[0] if event_dim is None else value.shape[value.dim() - event_dim + axis]
+    return value.numel() // rows * max(categories, 1)
 
 
 def _normal(loc: Tensor, scale: Tensor, site: _Site) -> dist.Distribution:
@@ -192,21 +281,31 @@ class Amortized(Model):
     inverse parents name (already drawn). The family follows the site's support: a Normal for
     real sites, a Normal pushed through `torch.distributions.biject_to` of the support for
     positive, bounded or simplex sites, and for Bernoulli and Categorical sites their own
-    family with logits from the network, whose gradient Pyro's `Trace_ELBO` estimates by the
-    score function (ppgen's ELBOs do not enumerate). Latent sites outside the plate of the
-    rows (global ones) get a Normal of their own, with learnt location and scale, as
-    `AutoNormal` does.
+    family with logits from the network, marked for parallel enumeration
+    (`infer={"enumerate": "parallel"}`, as Pyro's `config_enumerate` marks a guide), so that
+    `TraceEnum_ELBO` (:func:`ppgen.fit_svi`'s choice where `elbo` is left unset) sums over their
+    values exactly; a non-enumerating ELBO draws them and estimates their gradient by the score
+    function, which :func:`ppgen.fit_svi` says in a warning. Latent sites outside the plate of
+    the rows (global ones) get a Normal of their own, with learnt location and scale, as
+    `AutoNormal` does. Continuous sites that repeat along a sequence of observed sites (each
+    the only latent inverse parent of the next, the observed ones shrinking by one site a step,
+    as a deep Markov model's states) share their weights: a GRU run backwards over the sequence
+    and one network of its state and the previous site (see :class:`_Chain`).
 
     The guide is called as the model is, in either convention of :func:`ppgen.fit_svi`:
     `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`), or
     `guide(*args, n=N, data=rows, **kwargs)` with the observed columns of those rows, which
     `fit_svi` and :func:`ppgen.log_prob` hand it. It is built on its first call, as Pyro's
-    autoguides are, or at once when given the inputs here.
+    autoguides are, or at once when given the inputs here. Once built, :func:`ppgen.save`
+    writes it with its structure, from which :func:`ppgen.load` rebuilds it without its model;
+    an unbuilt guide cannot be saved.
 
     Arguments:
         model: A Pyro program with at least one latent site.
         args, kwargs: Inputs of a first call, to build the guide now (optional).
         hidden_features: The hidden widths of each site's network.
+        structure: The structure of a built guide, as its `init_arguments` hold it (what
+            :func:`ppgen.load` passes), to rebuild it without `model`.
 
     Example:
         >>> def model(x):
@@ -221,32 +320,48 @@ class Amortized(Model):
 
     def __init__(
         self,
-        model: Callable[..., object],
+        model: Callable[..., object] | None = None,
         *args: object,
         hidden_features: Sequence[int] = (64,),
+        structure: Mapping[str, object] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__()
+        if model is None and structure is None:
+            raise ValueError("Amortized needs the model it guides (or a saved guide's structure).")
         self._program = (model,)  # not a submodule: the model's parameters stay the model's
         self.hidden_features = tuple(hidden_features)
         self.inverse: nx.DiGraph | None = None
         self.sites: list[_Site] = []
+        self.columns: dict[str, tuple] = {}  # each input's spec (see _column) and width
         self.plate: str | None = None  # the plate of the rows
         self.nets = nn.ModuleDict()
+        self.chains = nn.ModuleDict()
+        self.chain_specs: list[dict[str, object]] = []
         self.locs = nn.ParameterDict()
         self.scales = nn.ParameterDict()
         self._pending: Mapping[str, Tensor] | None = None
-        if args or kwargs:
+        if structure is not None:
+            self._rebuild(structure)
+        elif args or kwargs:
             data = kwargs.pop("data", None)
             self._setup(args, kwargs, data)
 
     @property
     def init_arguments(self) -> tuple[tuple[object, ...], dict[str, object]]:
-        """The model and the hidden widths: what the guide is rebuilt from (it is built again on
-        its first call, and takes weights loaded before then). Save it with
-        `torch.save(guide.state_dict(), path)`: :func:`ppgen.load` checks a rebuilt module's
-        tensors before any call, so it refuses a guide built on its first call."""
-        return (self._program[0],), {"hidden_features": self.hidden_features}
+        """The hidden widths and the structure (sites, families, inverse parents, shapes): what
+        :func:`ppgen.load` rebuilds the guide from, without its model.
+
+        Raises:
+            ValueError: For a guide not built yet (by a call, or inputs given to the
+                constructor), which has no structure to save.
+        """
+        if self.inverse is None:
+            raise ValueError(
+                "The Amortized guide is not built yet, so it has nothing to save: fit it (or "
+                "call it once, or give Amortized the inputs of a call) before saving it."
+            )
+        return (), {"hidden_features": self.hidden_features, "structure": self._describe()}
 
     def forward(
         self, *args: object, data: Mapping[str, Tensor] | None = None, **kwargs: object
@@ -296,6 +411,8 @@ class Amortized(Model):
         self, args: tuple[object, ...], kwargs: dict[str, object], data: Mapping | None
     ) -> None:
         model = self._program[0]
+        if model is None:
+            raise ValueError("A rebuilt Amortized guide is built already; it has no model to trace.")
         program = model if data is None else poutine.condition(model, data=data)
         with poutine.block():  # a first call inside an ELBO: the model's sites are not ours
             with torch.random.fork_rng(), torch.no_grad():
@@ -308,41 +425,104 @@ class Amortized(Model):
                 f"The program {name} has no latent site (every site is observed), so it needs "
                 "no guide: fit it with ppgen.fit_mle."
             )
+        masked = [v for v in latent if trace.nodes[v]["mask"] is not None]
+        if masked:
+            warnings.warn(
+                f"Site {masked[0]!r} is masked in the model (obs_mask or poutine.mask), which "
+                "Amortized does not mirror: it draws the site in every row, so the ELBO also "
+                "counts the guide's density where the model masks it out.",
+                stacklevel=4,
+            )
         inputs = self._rows(args, data)
         first = next(iter(inputs.values()))
-        rows, device = len(first), first.device
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-        plate = _plate_of_rows(trace, rows, data)
+        plate = _plate_of_rows(trace, len(first), data)
         inverse = faithful_inverse(g)
         position = {v: i for i, v in enumerate(g)}
         order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
         sites = [_site(trace.nodes[v], plate, inverse, data) for v in order if v in latent]
-        columns = {name: (0, _categories(trace, name)) for name in inputs}
-        widths = {name: _width(v, *columns[name]) for name, v in inputs.items()}
-        widths[_ONES] = 1
+        columns = {}
+        for name, value in inputs.items():
+            spec = (0, _categories(trace, name), None)
+            columns[name] = (*spec, _width(value, spec))
         for site in sites:
-            columns[site.name] = (site.axis, site.cardinality)
-            widths[site.name] = _width(trace.nodes[site.name]["value"], *columns[site.name])
-            self._build(site, columns, widths)
-        self.to(device=device, dtype=dtype)
-        self.sites, self.inverse, self.plate = sites, inverse, plate
+            columns[site.name] = (*site.spec, _width(trace.nodes[site.name]["value"], site.spec))
+        views = _views(trace, first) if data is None else {}
+        chains = _chains(sites, inverse, views, columns) if self.hidden_features else []
+        self._make(sites, columns, inverse, plate, chains)
+        self.to(device=first.device, dtype=dtype)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             super().load_state_dict(pending, strict=True)
 
-    def _build(self, site: _Site, columns: dict[str, tuple], widths: dict[str, int]) -> None:
-        """Makes the site's parameters: a location and scale, or its network."""
-        key = _key(site.name)
-        if site.axis is None:
-            self.locs[key] = nn.Parameter(torch.zeros(site.shape))
-            self.scales[key] = nn.Parameter(torch.full(site.shape, math.log(math.expm1(0.1))))
-            return
-        if all(columns[name][0] is None for name in site.inputs):
-            site.inputs.append(_ONES)  # no parent that varies by row: a network of a constant
-            columns[_ONES] = (0, 0)
-        spec = [columns[name] for name in site.inputs]
-        features = sum(widths[name] for name in site.inputs)
-        self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
+    def _make(
+        self,
+        sites: list[_Site],
+        columns: dict[str, tuple],
+        inverse: nx.DiGraph,
+        plate: str | None,
+        chains: list[dict[str, object]],
+    ) -> None:
+        """Makes each site's parameters: a location and scale, its network, or its chain's."""
+        for j, chain in enumerate(chains):
+            members = [next(s for s in sites if s.name == m) for m in chain["members"]]
+            for step, site in enumerate(members):
+                site.chain, site.step = j, step
+            sequence = [(n, columns[n][:3] if n in columns else None) for n in chain["sequence"]]
+            self.chains[str(j)] = _Chain(
+                members[0], sequence, chain["index"], tuple(chain["widths"]), self.hidden_features
+            )
+        for site in sites:
+            key = _key(site.name)
+            if site.chain is not None:
+                continue
+            if site.axis is None:
+                self.locs[key] = nn.Parameter(torch.zeros(site.shape))
+                self.scales[key] = nn.Parameter(torch.full(site.shape, math.log(math.expm1(0.1))))
+                continue
+            if all(columns[name][0] is None for name in site.inputs):
+                site.inputs.append(_ONES)  # no parent that varies by row: a network of a constant
+                columns[_ONES] = (0, 0, None, 1)
+            spec = [columns[name][:3] for name in site.inputs]
+            features = sum(columns[name][3] for name in site.inputs)
+            self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
+        self.sites, self.columns, self.inverse, self.plate = sites, columns, inverse, plate
+        self.chain_specs = chains
+
+    def _describe(self) -> dict[str, object]:
+        """The structure as JSON values (see :meth:`_rebuild`)."""
+        sites = [
+            {"name": s.name, "kind": s.kind, "frames": [list(f) for f in s.frames],
+             "event_dim": s.event_dim, "shape": list(s.shape), "axis": s.axis,
+             "support": _encode_constraint(s.support), "cardinality": s.cardinality,
+             "inputs": list(s.inputs), "span": s.span}
+            for s in self.sites
+        ]  # fmt: skip
+        nodes = [[v, bool(self.inverse.nodes[v].get("observed", False))] for v in self.inverse]
+        return {
+            "plate": self.plate,
+            "sites": sites,
+            "columns": {name: list(spec) for name, spec in self.columns.items()},
+            "inverse": {"nodes": nodes, "edges": [list(e) for e in self.inverse.edges]},
+            "chains": self.chain_specs,
+        }
+
+    def _rebuild(self, structure: Mapping[str, object]) -> None:
+        """Builds the guide from the structure :meth:`_describe` wrote."""
+        sites = [
+            _Site(
+                s["name"], s["kind"], [tuple(f) for f in s["frames"]], s["event_dim"],
+                tuple(s["shape"]), s["axis"], _decode_constraint(s["support"]), s["cardinality"],
+                list(s["inputs"]), s["span"],
+            )
+            for s in structure["sites"]
+        ]  # fmt: skip
+        inverse = nx.DiGraph()
+        for name, observed in structure["inverse"]["nodes"]:
+            inverse.add_node(name, observed=observed)
+        inverse.add_edges_from(map(tuple, structure["inverse"]["edges"]))
+        columns = {name: tuple(spec) for name, spec in structure["columns"].items()}
+        self._make(sites, columns, inverse, structure["plate"], list(structure["chains"]))
 
     def _draw(
         self,
@@ -365,22 +545,150 @@ class Amortized(Model):
             name: pyro.plate(name, rows if name == self.plate else size, dim=dim)
             for name, size, dim in (frames.values() if sample else ())
         }
-        drawn = {}
-        for site in self.sites:
-            key = _key(site.name)
-            if site.axis is None:
-                d = _normal(locs[key], F.softplus(scales[key]), site)
-            else:
-                d = nets[key](*(values[name] for name in site.inputs))
-            if sample:
-                with ExitStack() as stack:
+        drawn, states, opened = {}, {}, None
+        with ExitStack() as stack:
+            for site in self.sites:
+                key = _key(site.name)
+                if site.chain is not None:
+                    d = self._link(site, values, states)
+                elif site.axis is None:
+                    d = _normal(locs[key], F.softplus(scales[key]), site)
+                else:
+                    d = nets[key](*(values[name] for name in site.inputs))
+                if not sample:
+                    values[site.name] = drawn[site.name] = _location(d, site)
+                    continue
+                if site.frames != opened:  # its plates, kept open for the next sites in them
+                    stack.close()
                     for name, _, _ in site.frames:
                         stack.enter_context(plates[name])
-                    value = pyro.sample(site.name, d)
-            else:
-                value = _location(d, site)
-            values[site.name] = drawn[site.name] = value
+                    opened = site.frames
+                discrete = site.kind != "normal"  # marked as config_enumerate marks it
+                infer = {"enumerate": "parallel"} if discrete else {}
+                values[site.name] = drawn[site.name] = pyro.sample(site.name, d, infer=infer)
         return drawn
+
+    def _link(self, site: _Site, values: dict[str, Tensor], states: dict) -> dist.Distribution:
+        """The distribution of a site of a chain; its first site runs the chain's GRU."""
+        chain = self._modules["chains"][str(site.chain)]
+        if site.chain not in states:
+            states[site.chain] = chain.states(values, next(chain.parameters()).dtype)
+        previous = self.chain_specs[site.chain]["members"][site.step - 1] if site.step else None
+        spec = self.columns[previous][:3] if previous else None
+        value = values[previous] if previous else None
+        return chain.distribution(states[site.chain][:, site.step], value, spec)
+
+
+def _views(trace: poutine.Trace, x: Tensor) -> dict[str, list[int]]:
+    """The observed sites whose values are the rows of `x` read in place, rows first, each
+    with the positions its row's entries have in a flattened row of `x`."""
+    if x.dim() < 2:
+        return {}
+    column = {p: i for i, p in enumerate(_first_row(x))}
+    views = {}
+    for name, site in trace.nodes.items():
+        v = site["value"] if is_variable(site) and site["is_observed"] else None
+        if (
+            isinstance(v, Tensor)
+            and v.dim() > 0
+            and len(v) == len(x)
+            and v.stride(0) == x.stride(0)
+            and v.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        ):
+            where = _first_row(v)
+            if all(p in column for p in where):
+                views[name] = [column[p] for p in where]
+    return views
+
+
+def _first_row(t: Tensor) -> list[int]:
+    """The places in its storage of the entries of the first row of `t`, in order."""
+    offsets = torch.zeros((), dtype=torch.long)
+    for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True):
+        offsets = offsets[..., None] + torch.arange(size) * stride
+    return (offsets.reshape(-1) + t.storage_offset()).tolist()
+
+
+def _chains(
+    sites: list[_Site], inverse: nx.DiGraph, views: dict[str, list[int]], columns: dict
+) -> list[dict[str, object]]:
+    """The chains of sites that repeat (see :class:`_Chain`): three or more continuous sites of
+    the rows of one shape, support and plates, each the only latent inverse parent of the next
+    (none of the first), whose observed inverse parents shrink by one site a step, all of one
+    width, which the guide can read (columns of the data, or views of `x` in `views`)."""
+    groups: dict[tuple, list[_Site]] = {}
+    for site in sites:
+        if site.kind == "normal" and site.axis is not None:
+            frames = tuple((name, dim) for name, _, dim in site.frames)
+            key = (site.shape, site.event_dim, site.axis, site.span, repr(site.support), frames)
+            groups.setdefault(key, []).append(site)
+    chains = []
+    for members in groups.values():
+        parents = [set(inverse.predecessors(m.name)) for m in members]
+        observed = [{p for p in ps if inverse.nodes[p].get("observed")} for ps in parents]
+        latent = [ps - obs for ps, obs in zip(parents, observed, strict=True)]
+        readable = set(views) if views else {n for n in columns if columns[n][2] is None}
+        if (
+            len(members) < 3
+            or any(lat != ({members[i - 1].name} if i else set()) for i, lat in enumerate(latent))
+            or not all(obs <= readable for obs in observed)
+        ):
+            continue
+        sequence = []
+        for here, after in itertools.pairwise([*observed, set()]):
+            if not after < here or len(here - after) != 1:
+                break
+            sequence.extend(here - after)
+        width = {len(views[n]) if views else columns[n][3] for n in sequence}
+        if len(sequence) == len(members) and len(width) == 1:
+            index = [i for n in sequence for i in views[n]] if views else None
+            previous = columns[members[0].name][3]
+            chains.append({"members": [m.name for m in members], "sequence": sequence,
+                           "index": index, "widths": [width.pop(), previous]})  # fmt: skip
+    return chains
+
+
+def _encode_constraint(support: constraints.Constraint | None) -> object:
+    """A support as JSON: its class in torch's or Pyro's constraints, and its arguments."""
+    if support is None:
+        return None
+    cls = type(support)
+    if _constraint_class(cls.__name__) is not cls:
+        raise ValueError(f"Amortized cannot describe the support {support} in a file.")
+    arguments = {}
+    for name, value in vars(support).items():
+        if isinstance(value, constraints.Constraint):
+            value = _encode_constraint(value)
+        elif isinstance(value, Tensor):
+            value = {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+        arguments[name] = value
+    return {"class": cls.__name__, "arguments": arguments}
+
+
+def _constraint_class(name: str) -> type | None:
+    """The class of that name in torch's or Pyro's constraints, found statically, or `None`."""
+    for module in (torch.distributions.constraints, constraints):
+        cls = inspect.getattr_static(module, name, None)
+        if isinstance(cls, type) and issubclass(cls, constraints.Constraint):
+            return cls
+    return None
+
+
+def _decode_constraint(value: object) -> constraints.Constraint | None:
+    """The support :func:`_encode_constraint` described; only constraints' classes are built."""
+    if value is None:
+        return None
+    cls = _constraint_class(str(value["class"]))
+    if cls is None:
+        raise ValueError(f"{value['class']!r} is not a constraint of torch's or Pyro's.")
+    arguments = {}
+    for name, argument in dict(value["arguments"]).items():
+        if isinstance(argument, dict) and "tensor" in argument:
+            argument = torch.tensor(argument["tensor"], dtype=getattr(torch, argument["dtype"]))
+        elif isinstance(argument, dict):
+            argument = _decode_constraint(argument)
+        arguments[name] = argument
+    return cls(**arguments)
 
 
 def _key(name: str) -> str:
@@ -412,15 +720,15 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
     rows = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
     axis = None if rows is None else value.dim() - event_dim + rows.dim
     base = _unwrapped(fn)
-    kind, transform, cardinality, unconstrained = "normal", None, 0, value
+    kind, support, cardinality, unconstrained = "normal", None, 0, value
     if fn.support.is_discrete:
-        support = base.support
-        if support is constraints.boolean:
+        discrete = base.support
+        if discrete is constraints.boolean:
             kind = "bernoulli"
-        elif isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
-            kind, cardinality = "categorical", int(support.upper_bound) + 1
+        elif isinstance(discrete, constraints.integer_interval) and discrete.lower_bound == 0:
+            kind, cardinality = "categorical", int(discrete.upper_bound) + 1
         if kind == "normal" or axis is None:
-            where = "outside the plate of the rows" if kind != "normal" else f"{support}-valued"
+            where = "outside the plate of the rows" if kind != "normal" else f"{discrete}-valued"
             raise ValueError(
                 f"Site {name!r} is a {type(base).__name__} latent {where}, which Amortized cannot "
                 "parameterise: it draws discrete sites only inside the rows' plate, and only "
@@ -435,15 +743,15 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
                 "numbers reaches, so Amortized cannot parameterise it; write a guide for it."
             ) from None
         unconstrained = transform.inv(value)
-        transform = None if _is_real(fn.support) else transform
+        support = None if _is_real(fn.support) else fn.support
     shape = unconstrained.shape if axis is None else unconstrained.movedim(axis, 0).shape[1:]
     parents = list(inverse.predecessors(name))
     observed = [p for p in parents if inverse.nodes[p]["observed"]]
     columns = [_ROW] if data is None else [p for p in observed if p in data]
     latent = [p for p in parents if p not in observed]
     return _Site(
-        name, kind, frames, event_dim, tuple(shape), axis, transform, cardinality,
-        inputs=columns + latent,
+        name, kind, frames, event_dim, tuple(shape), axis, support, cardinality,
+        inputs=columns + latent, span=value.dim() - event_dim,
     )  # fmt: skip
 
 

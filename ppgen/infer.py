@@ -360,7 +360,9 @@ def fit_svi(
             differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no differentiable
             loss; every site in the data plate, reparameterised guides only, the rows in the
             first argument alone). `None`: `"trace_enum"` where a site is marked for
-            enumeration, else `"trace"`.
+            enumeration, else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
+            site marked for enumeration is drawn, its gradient estimated by the score
+            function, as Pyro's SVI would, with a warning.
         num_particles: The draws per row of the ELBO's estimate.
         epochs, batch_size, lr: The Adam budget (`batch_size=None`: every row in one batch).
             The defaults (200 epochs of batches of 64,
@@ -380,7 +382,8 @@ def fit_svi(
 
     Raises:
         ValueError: For bad data (naming the column), an error inside a program, an
-            enumerated site under a non-enumerating `elbo`, with minibatches a parameter per
+            enumerated site under a non-enumerating `elbo` (but a guide's, drawn under
+            `"trace"` or `"trace_graph"`), with minibatches a parameter per
             row (pass `batch_size=None`, or subsample in the program), and when the ELBO
             becomes non-finite (naming the site; the model keeps the parameters of the last
             epoch that ended).
