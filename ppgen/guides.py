@@ -18,6 +18,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -290,7 +291,9 @@ class Amortized(Model):
     `AutoNormal` does. Continuous sites that repeat along a sequence of observed sites (each
     the only latent inverse parent of the next, the observed ones shrinking by one site a step,
     as a deep Markov model's states) share their weights: a GRU run backwards over the sequence
-    and one network of its state and the previous site (see :class:`_Chain`).
+    and one network of its state and the previous site (see :class:`_Chain`). A global site
+    that the model reads only at each row's code of an observed categorical column (group
+    means `mu[g]`) is read there, in place of the whole value.
 
     The guide is called as the model is, in either convention of :func:`ppgen.fit_svi`:
     `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`), or
@@ -338,6 +341,7 @@ class Amortized(Model):
         self.nets = nn.ModuleDict()
         self.chains = nn.ModuleDict()
         self.chain_specs: list[dict[str, object]] = []
+        self.gathers: dict[str, list[object]] = {}  # inputs read at a row's code (_gathers)
         self.locs = nn.ParameterDict()
         self.scales = nn.ParameterDict()
         self._pending: Mapping[str, Tensor] | None = None
@@ -449,7 +453,10 @@ class Amortized(Model):
             columns[site.name] = (*site.spec, _width(trace.nodes[site.name]["value"], site.spec))
         views = _views(trace, first) if data is None else {}
         chains = _chains(sites, inverse, views, columns) if self.hidden_features else []
-        self._make(sites, columns, inverse, plate, chains)
+        chained = {m for chain in chains for m in chain["members"]}
+        indexes = functools.partial(_indexes, program, args, kwargs, trace, plate)
+        gathers = _gathers([s for s in sites if s.name not in chained], columns, trace, indexes)
+        self._make(sites, columns, inverse, plate, chains, gathers)
         self.to(device=first.device, dtype=dtype)
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -462,6 +469,7 @@ class Amortized(Model):
         inverse: nx.DiGraph,
         plate: str | None,
         chains: list[dict[str, object]],
+        gathers: dict[str, list[object]],
     ) -> None:
         """Makes each site's parameters: a location and scale, its network, or its chain's."""
         for j, chain in enumerate(chains):
@@ -487,7 +495,7 @@ class Amortized(Model):
             features = sum(columns[name][3] for name in site.inputs)
             self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
         self.sites, self.columns, self.inverse, self.plate = sites, columns, inverse, plate
-        self.chain_specs = chains
+        self.chain_specs, self.gathers = chains, gathers
 
     def _describe(self) -> dict[str, object]:
         """The structure as JSON values (see :meth:`_rebuild`)."""
@@ -505,6 +513,7 @@ class Amortized(Model):
             "columns": {name: list(spec) for name, spec in self.columns.items()},
             "inverse": {"nodes": nodes, "edges": [list(e) for e in self.inverse.edges]},
             "chains": self.chain_specs,
+            "gathers": self.gathers,
         }
 
     def _rebuild(self, structure: Mapping[str, object]) -> None:
@@ -522,7 +531,8 @@ class Amortized(Model):
             inverse.add_node(name, observed=observed)
         inverse.add_edges_from(map(tuple, structure["inverse"]["edges"]))
         columns = {name: tuple(spec) for name, spec in structure["columns"].items()}
-        self._make(sites, columns, inverse, structure["plate"], list(structure["chains"]))
+        gathers = dict(structure.get("gathers", {}))
+        self._make(sites, columns, inverse, structure["plate"], list(structure["chains"]), gathers)
 
     def _draw(
         self,
@@ -554,6 +564,9 @@ class Amortized(Model):
                 elif site.axis is None:
                     d = _normal(locs[key], F.softplus(scales[key]), site)
                 else:
+                    for name in site.inputs:
+                        if name in self.gathers and name not in values:
+                            values[name] = _gathered(values, *self.gathers[name])
                     d = nets[key](*(values[name] for name in site.inputs))
                 if not sample:
                     values[site.name] = drawn[site.name] = _location(d, site)
@@ -646,6 +659,83 @@ def _chains(
             chains.append({"members": [m.name for m in members], "sequence": sequence,
                            "index": index, "widths": [width.pop(), previous]})  # fmt: skip
     return chains
+
+
+def _gathers(
+    sites: list[_Site],
+    columns: dict[str, tuple],
+    trace: poutine.Trace,
+    indexes: Callable[[str, str, int], bool],
+) -> dict[str, list[object]]:
+    """Inputs that read a global site at each row's code, where the model indexes group-level
+    latents by a row's observed group (`mu[g]`): for each site of the rows, each of its global
+    inverse parents with one dimension of the size of an observed categorical column's
+    categories (also a parent) that the model reads only at the row's code (`indexes`) is
+    replaced by its entries at that code, in the site's inputs and in `columns`. Each row's
+    posterior depends on no other entry, whose noise the network would otherwise have to learn
+    to ignore. Returns each gathered input's global site, code column and dimension."""
+    gathers: dict[str, list[object]] = {}
+    for site in sites:
+        if site.axis is None:
+            continue
+        codes = [n for n in site.inputs if columns[n][1] and columns[n][2] is None]
+        for source in [n for n in site.inputs if columns[n][0] is None]:
+            value = trace.nodes[source]["value"]
+            for code in codes:
+                dims = [d for d, size in enumerate(value.shape) if size == columns[code][1]]
+                if len(dims) != 1 or not indexes(source, code, dims[0]):
+                    continue
+                name = f"{source}[{code}]"
+                columns[name] = (0, 0, None, value.numel() // value.shape[dims[0]])
+                gathers[name] = [source, code, dims[0]]
+                site.inputs[site.inputs.index(source)] = name
+                break
+    return gathers
+
+
+def _indexes(
+    program: Callable[..., object],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    trace: poutine.Trace,
+    plate: str | None,
+    source: str,
+    code: str,
+    dim: int,
+) -> bool:
+    """Whether the terms of each row (the sites in the plate of the rows) read the global site
+    `source` only at the row's code of column `code` along `dim`: by the gradient of the rows
+    of each code present, which must be zero at every other code."""
+    value = trace.nodes[source]["value"].detach().clone().requires_grad_(True)
+    values = {n: site["value"] for n, site in trace.nodes.items() if is_variable(site)}
+    values[source] = value
+    with poutine.block(), torch.random.fork_rng(), torch.enable_grad():
+        rerun = poutine.trace(poutine.condition(program, data=values)).get_trace(*args, **kwargs)
+        codes = values[code].reshape(-1).long()
+        total = 0.0
+        for site in rerun.nodes.values():
+            frame = next((f for f in site.get("cond_indep_stack", ()) if f.name == plate), None)
+            if is_variable(site) and frame is not None:
+                log_p = site["fn"].log_prob(site["value"])
+                if log_p.dim() >= -frame.dim and log_p.shape[frame.dim] == len(codes):
+                    total = total + log_p.movedim(frame.dim, 0).reshape(len(codes), -1).sum(-1)
+        if not isinstance(total, Tensor) or not total.requires_grad:
+            return False
+        for k in codes.unique().tolist():
+            (grad,) = torch.autograd.grad(total[codes == k].sum(), value, retain_graph=True,
+                                          allow_unused=True)  # fmt: skip
+            if grad is None:  # these rows do not read it at all
+                continue
+            grad = grad.movedim(dim, 0).reshape(value.shape[dim], -1)
+            if torch.cat([grad[:k], grad[k + 1 :]]).abs().max() > 0:
+                return False
+    return True
+
+
+def _gathered(values: Mapping[str, Tensor], source: str, code: str, dim: int) -> Tensor:
+    """The global value `source` at each row's code in column `code`, (rows, features)."""
+    codes = values[code].long()
+    return values[source].movedim(dim, 0)[codes].reshape(len(codes), -1)
 
 
 def _encode_constraint(support: constraints.Constraint | None) -> object:

@@ -17,7 +17,7 @@ from torch import nn
 
 import ppgen
 from ppgen.elbo import ELBOObjective
-from ppgen.guides import Amortized, faithful_inverse
+from ppgen.guides import Amortized, _gathered, faithful_inverse
 from ppgen.models import VAE
 from ppgen.nn import Model
 
@@ -389,6 +389,39 @@ def test_a_chain_reads_columns_in_the_dict_convention():
     columns_moved = {**data, "x3": data["x3"] + 1.0}  # x_3 is in every step's state
     moved = guide.encode(n=6, data=columns_moved)
     assert all(not torch.equal(codes[k], moved[k]) for k in codes)
+
+
+def grouped(n=1, offset=False):
+    """Group means mu (a plate of 3 groups), each row's group g, a per-row z and x | z; with
+    `offset`, z also reads the sum of all of mu, so that it is no longer mu[g] alone."""
+    with pyro.plate("groups", 3):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+    with pyro.plate("rows", n):
+        g = pyro.sample("g", dist.Categorical(logits=torch.zeros(3)))
+        z = pyro.sample("z", dist.Normal(mu[g] + (mu.sum() if offset else 0.0), 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5))
+
+
+def test_a_global_indexed_by_a_rows_code_is_read_at_that_code(tmp_path):
+    data = {"g": torch.tensor([0, 2, 1, 2, 0, 1]), "x": torch.randn(6)}
+    guide = Amortized(grouped, n=6, data=data, hidden_features=(8,))
+    z = guide.sites[-1]
+    assert z.name == "z" and "mu" not in z.inputs and "mu[g]" in z.inputs
+    assert guide.gathers == {"mu[g]": ["mu", "g", 0]}
+    values = {"mu": torch.tensor([10.0, 20.0, 30.0]), "g": data["g"]}
+    expected = torch.tensor([[10.0], [30], [20], [30], [10], [20]])
+    assert torch.equal(_gathered(values, *guide.gathers["mu[g]"]), expected)
+    ppgen.save(guide, tmp_path / "grouped.safetensors")
+    loaded = ppgen.load(tmp_path / "grouped.safetensors")
+    assert loaded.gathers == guide.gathers
+    codes, again = guide.encode(n=6, data=data), loaded.encode(n=6, data=data)
+    assert all(torch.equal(codes[k], again[k]) for k in codes)
+
+
+def test_a_global_read_beyond_the_rows_code_stays_whole():
+    data = {"g": torch.tensor([0, 2, 1, 2, 0, 1]), "x": torch.randn(6)}
+    guide = Amortized(grouped, n=6, offset=True, data=data, hidden_features=(8,))
+    assert guide.gathers == {} and "mu" in guide.sites[-1].inputs
 
 
 def test_a_masked_latent_site_is_drawn_in_every_row_with_a_warning():
