@@ -50,6 +50,7 @@ Run: python benchmarks/mle_neural.py --repeats 6 --models relay   (and --models 
 import argparse
 import copy
 import os
+import random
 import statistics
 import time
 import warnings
@@ -64,6 +65,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ppgen  # noqa: E402
+from ppgen.closed_form import solve  # noqa: E402
 from ppgen.datasets import relay_race_program  # noqa: E402
 from ppgen.nn import Root  # noqa: E402
 
@@ -134,7 +136,9 @@ def hand_log_prob(nodes, batch):
 
 
 def fit_hand(nodes, data, epochs, batch_size, lr):
-    optimizer = torch.optim.Adam(nodes.parameters(), lr=lr)
+    optimizer = torch.optim.Adam([p for p in nodes.parameters() if p.requires_grad], lr=lr)
+    trained = nn.ModuleDict({v: node for v, node in nodes.items() if node.parents or
+                             node.eta.requires_grad})  # fmt: skip
     n = len(next(iter(data.values())))
     seconds = []
     for _ in range(epochs):
@@ -143,7 +147,7 @@ def fit_hand(nodes, data, epochs, batch_size, lr):
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             batch = {k: v[index] for k, v in data.items()}
-            loss = -hand_log_prob(nodes, batch).sum() / len(index)
+            loss = -hand_log_prob(trained, batch).sum() / len(index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -178,6 +182,79 @@ def fit_pyro(model, data, epochs, batch_size, lr):
     return seconds
 
 
+# ---------------------------------------------------------------- many nodes
+
+
+def many_dag(nodes, hidden, seed=0):
+    """Normal nodes, node i with up to two parents among the five before it (as scaling.py)."""
+    rng = random.Random(seed)
+    names = [f"x{i}" for i in range(nodes)]
+    edges = [(names[p], names[i]) for i in range(1, nodes)
+             for p in rng.sample(range(max(0, i - 5), i), min(i, 2))]  # fmt: skip
+    return ppgen.dag(edges, hidden=hidden)
+
+
+def many_program(nodes):
+    """The generator of the many-node case: its own DAG with other (seeded) weights, whose
+    nonlinear conditionals a fit must learn."""
+    pyro.set_rng_seed(1000 + nodes)
+    generator = many_dag(nodes, (16,), seed=0)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.normal_(0.0, 0.5)
+    return generator
+
+
+def hand_roots(nodes, data):
+    """The hand loop's roots, solved in closed form as ppgen solves them (they are left out of
+    its steps): the comparison is of the steps of the neural nodes."""
+    for name, node in nodes.items():
+        if not node.parents:
+            root = Root(dist.Normal)
+            with torch.no_grad():
+                solve(root, data[name], [])
+            node.eta = nn.Parameter(root.eta.detach().clone(), requires_grad=False)
+
+
+ARITHMETIC = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::tanh",
+              "aten::tanh_backward", "aten::softplus", "aten::softplus_backward")  # fmt: skip
+
+
+def arithmetic(initial, program, args):
+    """The share of a hand-loop step spent in products, tanh and softplus (forward and
+    backward; torch.profiler's self CPU time over 5 steps), beside the products' FLOPs: the
+    floor of any per-node fast path that keeps the same arithmetic."""
+    from torch.profiler import profile
+
+    data = draw_rows(program, args.batch_size, args.seed + 1)
+    nodes = hand_copy(initial)
+    hand_roots(nodes, data)
+    trained = nn.ModuleDict({v: node for v, node in nodes.items() if node.parents})
+    optimizer = torch.optim.Adam(trained.parameters(), lr=args.lr)
+
+    def step():
+        loss = -hand_log_prob(trained, data).sum() / args.batch_size
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    with profile() as prof:
+        tic = time.perf_counter()
+        for _ in range(5):
+            step()
+        seconds = (time.perf_counter() - tic) / 5
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = sum(e.self_cpu_time_total for e in events if e.key in ARITHMETIC)
+    macs = sum(m.in_features * m.out_features for node in trained.values()
+               for m in node.net if isinstance(m, nn.Linear))  # fmt: skip
+    print(f"hand loop step on {args.batch_size} rows: {seconds * 1e3:.1f} ms (unprofiled "
+          f"share of arithmetic: products, tanh, softplus and their backward "
+          f"{ops / total:.0%} of the profiled time); products "
+          f"{6 * macs * args.batch_size / 1e9:.2f} GFLOP a step (forward and backward)")
+
+
 # ---------------------------------------------------------------- one comparison
 
 
@@ -197,6 +274,8 @@ def run_fitter(name, initial, data, test, epochs, args):
     cpu = time.process_time()
     if name == "hand":
         nodes = hand_copy(initial)
+        if args.roots_solved:
+            hand_roots(nodes, data)
         seconds = fit_hand(nodes, data, *budget)
         cpu = (time.process_time() - cpu) / epochs
         with torch.no_grad():
@@ -207,34 +286,30 @@ def run_fitter(name, initial, data, test, epochs, args):
     return seconds, cpu, ppgen.log_prob(model, test).mean().item()
 
 
-FITTERS = ("ppgen", "hand", "pyro")
-
-
-def compare(edges, kinds, program, args):
+def compare(initial, program, fitters, args):
     """Interleaved timing repeats, then one full fit per fitter for the test log-likelihood."""
-    pyro.set_rng_seed(args.seed)
-    initial = ppgen.dag(edges, kinds=kinds, hidden=(64, 64))
     data = draw_rows(program, args.train, args.seed + 1)
     test = draw_rows(program, args.test, args.seed + 2)
     truth = ppgen.log_prob(program, test).mean().item()
-    for name in FITTERS:  # warm-up: first calls pay one-off costs
+    for name in fitters:  # warm-up: first calls pay one-off costs
         run_fitter(name, initial, data, test, 1, args)
     repeats = []  # per repeat: fitter -> (median wall s/epoch, CPU s/epoch)
     for r in range(args.repeats):
-        order = FITTERS[r % 3 :] + FITTERS[: r % 3]  # each fitter first, second, third in turn
-        for name in order:
+        k = r % len(fitters)  # each fitter first, second, ... in turn
+        for name in fitters[k:] + fitters[:k]:
             wall, cpu, _ = run_fitter(name, initial, data, test, args.timing_epochs, args)
             repeats.append((r, name, statistics.median(wall), cpu))
-    full = {n: run_fitter(n, initial, data, test, args.epochs, args) for n in FITTERS}
+    full = {n: run_fitter(n, initial, data, test, args.epochs, args) for n in fitters}
     return truth, repeats, full
 
 
 def report(label, truth, repeats, full, args):
+    fitters = list(full)
     print(f"\n{label}: test log-likelihood of the generator itself {truth:.4f} nats/row")
     print(f"{args.repeats} interleaved repeats of {args.timing_epochs} epochs per fitter:")
     head = f"{'fitter':>6} {'wall s/epoch':>12} {'x hand med':>10} {'min':>6}"
     print(head + f" {'CPU s/epoch':>12} {'x hand med':>10} {'min':>6}")
-    for name in FITTERS:
+    for name in fitters:
         mine = [(w, c) for _, n, w, c in repeats if n == name]
         hand = [(w, c) for _, n, w, c in repeats if n == "hand"]
         row = f"{name:>6}"
@@ -246,11 +321,11 @@ def report(label, truth, repeats, full, args):
     print(f"one fit of {args.epochs} epochs per fitter (in turn, not interleaved):")
     head = f"{'fitter':>6} {'wall s/epoch':>12} {'CPU s/epoch':>12}"
     print(head + f" {'test nats/row':>13} {'- hand':>8}")
-    for name in FITTERS:
+    for name in fitters:
         wall, cpu, ll = full[name]
         print(
             f"{name:>6} {statistics.median(wall):>12.4f} {cpu:>12.4f} {ll:>13.4f} "
-            f"{ll - full['hand'][2]:>+8.4f}"
+            f"{ll - full['hand'][2]:>+8.4f} (relative {(ll - full['hand'][2]) / abs(ll):+.1e})"
         )
 
 
@@ -264,7 +339,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", nargs="+", default=["relay", "mixed"])
+    parser.add_argument("--arithmetic", action="store_true",
+                        help="many-node cases: also the hand loop's share of arithmetic")
+    parser.add_argument("--models", nargs="+", default=["relay", "mixed"],
+                        help="relay, mixed, and many-node cases NODES:HIDDEN, e.g. 100:16 "
+                        "500:64,64 (ppgen vs hand only; roots solved by both)")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
     print(f"flags: {vars(args)}  threads: {torch.get_num_threads()}")
@@ -276,7 +355,21 @@ def main():
         "mixed": (MIXED_EDGES, MIXED_KINDS, mixed_program),
     }
     for label in args.models:
-        report(label, *compare(*specs[label], args), args)
+        pyro.set_rng_seed(args.seed)
+        if label in specs:
+            edges, kinds, program = specs[label]
+            args.roots_solved, fitters = False, ("ppgen", "hand", "pyro")
+            initial = ppgen.dag(edges, kinds=kinds, hidden=(64, 64))
+        else:
+            nodes, hidden = label.split(":")
+            hidden = tuple(int(w) for w in hidden.split(","))
+            program = many_program(int(nodes))
+            pyro.set_rng_seed(args.seed)
+            args.roots_solved, fitters = True, ("ppgen", "hand")
+            initial = many_dag(int(nodes), hidden)
+            if args.arithmetic:
+                arithmetic(initial, program, args)
+        report(label, *compare(initial, program, fitters, args), args)
     print(f"\nload average after: {os.getloadavg()}")
 
 
