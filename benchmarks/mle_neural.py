@@ -38,13 +38,62 @@ mixed run as two processes side by side; `--repeats 6`, timing on 5 epochs, test
     -4.2406 for all three (generator -4.2050); ppgen - hand = +0.0000 on both.
 
 The compute (tanh, matmuls, their backward) is the same in all three; ppgen saves Adam's
-per-parameter loop, the roots' terms in every step and a few ops per node. Batching the MLPs
-of same-shaped nodes into one `bmm` was measured and left out: with the weights stored stacked,
-the relay's two MLPs run forward and backward 10% faster (~6% of a step, for a second copy of
-every parameter outside the model); stacked from the nodes at each step, 8% slower.
+per-parameter loop, the roots' terms in every step and a few ops per node. Since issue 22,
+same-shaped conditionals run together (`ppgen.batched`: one batched product a layer, the
+weights stacked from the nodes at each step): the relay's t1 and t2, the mixed DAG's c and f.
+After it, same run (quieter machine, load 2-3; `--repeats 6`, timing on 5 epochs):
+
+    x hand loop, median (min)   wall s/epoch   CPU s/epoch
+    relay  ppgen                0.82 (0.81)    0.83 (0.83)
+           pyro                 1.45 (1.45)    1.44 (1.41)
+    mixed  ppgen                0.84 (0.75)    0.87 (0.82)
+           pyro                 1.39 (1.20)    1.40 (1.22)
+
+    test nats/row after 200 epochs: relay -2.5434, mixed -4.2406 for all three.
+
+Main's code before issue 22, relay, load 4: 0.84 (0.83) wall, 0.85 (0.84) CPU; this code in
+the run after it, load 4 and rising: 0.88 (0.77), 0.88 (0.82). Training steps alone
+(GradientStep on 512 rows, 30 interleaved rounds of 10 steps), grouped over one call a node:
+0.97x (min 0.86) on the relay, 0.95x (min 0.82) on the mixed DAG.
+
+Many nodes (`--models 100:16 500:16 100:64,64 500:64,64`): `ppgen.dag` graphs of Normal nodes,
+node i with up to two parents among the five before it (as benchmarks/scaling.py), hidden (16,)
+or (64, 64); data from the same graph with other weights (`many_program`); 10k rows, batches of
+1,024, ppgen against the hand loop alone, both with the roots solved in closed form (the hand
+loop's are left out of its steps). Measured after issue 22 (2 shared cores, load 1.5-4.4;
+`--repeats 5 --timing-epochs 1 --epochs 3 --arithmetic`, 11 minutes in all, 3 for the two (16,) cases):
+
+    x hand loop, median (min)   wall s/epoch   CPU s/epoch (set-up included)
+    100 nodes, hidden (16,)     0.44 (0.44)    0.65 (0.63)
+    500 nodes, hidden (16,)     0.42 (0.32)    0.62 (0.59)
+    100 nodes, hidden (64, 64)  0.76 (0.71)    0.84 (0.36)
+    500 nodes, hidden (64, 64)  0.74 (0.70)    0.82 (0.80)
+
+    test nats/row after 3 epochs, ppgen - hand: +0.0000 at 100 nodes and at 500 nodes with
+    (64, 64); +0.0001 at 500 nodes with (16,) (-1596.2312 vs -1596.2313: one float32 rounding
+    step of a total of that size is 1.2e-4; relative 7.6e-8).
+
+Before issue 22 an epoch of 500 nodes (16,) took about 2.4x its time now (4.16-4.42 s against
+1.60-1.99 s, benchmarks/scaling.py; docs/scaling.md). With hidden (64, 64), 0.5x is out of
+reach on a CPU because the arithmetic itself is most of the hand loop's step: products, tanh, softplus and their backward take 66% (100 nodes) and 63% (500
+nodes) of its profiled time (`--arithmetic`: 2.65 and 13.3 GFLOP of products a step; tanh alone
+costs 2.6 ns an element on this CPU), against 32-33% with hidden (16,) (0.04 and 0.20 GFLOP).
+A fast path that keeps this arithmetic can remove only the rest: its floor is ~0.65x. Groups run
+in parts of about 2^18 activations (`ppgen.batched.CACHED`, a core's L2 cache): in one part, the
+100-node (64, 64) step took 1.2x the per-node path's (tanh's backward and the bias broadcast on
+25 MB tensors wait on memory), in parts 0.87x.
+
+Weights stored stacked instead of stacked at each step (`benchmarks/stacking.py`, a step of one
+group, the same parts): 0.72x the time of the per-step stack at 100 and 500 nodes with hidden
+(16,) (min 0.51, 0.67): Adam, `zero_grad` and the stack's backward then see 2 tensors a part and
+layer instead of 2 a node and layer. Left out: each node would no longer hold its parameters
+(`model.t1.net` would need views of the stacks, which are not `nn.Parameter`s), and per-node
+early stopping, checkpoints and files would need copies back and forth.
 
 Run: python benchmarks/mle_neural.py --repeats 6 --models relay   (and --models mixed)
      [--epochs 200 --timing-epochs 5 --train 20000 --test 10000 --batch-size 512]
+     python benchmarks/mle_neural.py --models 100:16 500:16 100:64,64 500:64,64 --arithmetic
+     --train 10000 --batch-size 1024 --repeats 5 --timing-epochs 1 --epochs 3
 """
 
 import argparse

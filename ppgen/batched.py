@@ -14,6 +14,7 @@ The same groups draw rows ancestrally, one topological layer at a time (:func:`s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from numbers import Number
 
@@ -190,14 +191,15 @@ class Stacked:
             )
             for names in self.parts
         ]
+        dtypes = [g.layers[0][0].weight.dtype for g in self.groups]
+        self.dtype = functools.reduce(torch.promote_types, dtypes) if dtypes else None
 
     def _stack(self, values: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
-        """The columns `names` of `values`, :math:`(C, N)`, in the networks' dtype (codes and
-        0/1 values are exact in it)."""
+        """The columns `names` of `values`, :math:`(C, N)`, in the networks' (widest) dtype:
+        codes and 0/1 values are exact in it."""
         columns = [values[c] for c in names]
-        dtype = self.groups[0].modules[0].net[0].weight.dtype
-        if any(c.dtype != dtype for c in columns):
-            columns = [c.to(dtype) for c in columns]
+        if any(c.dtype != self.dtype for c in columns):
+            columns = [c.to(self.dtype) for c in columns]
         return torch.stack(columns)
 
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor | None:

@@ -79,7 +79,10 @@ class GradientStep:
     Arguments:
         objective: Maps a batch (a dict of tensors, rows first) to named terms, each of shape
             :math:`(N,)` (one per row) or a scalar (their sum); with `constant`, it is called as
-            `objective(batch, trained_terms)` for the trained terms alone.
+            `objective(batch, trained_terms)` for the trained terms alone. Where it has a
+            method `totals` (as :class:`ppgen.density.ExactLogLikelihood`), called the same
+            way and returning the terms' names and their sums stacked, the steps and
+            :meth:`evaluate` take the sums from it at once.
         groups: Named groups of parameters, each with the terms it alone enters.
         lr, weight_decay: Adam's learning rate and L2 penalty.
         constant: Terms that no step changes, summed over the training rows.
