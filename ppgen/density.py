@@ -525,7 +525,10 @@ def sample(
     time, so that memory holds the result and one batch's work; the rows have the same
     distribution whatever `batch_size` is, and with a fixed seed the first `batch_size` rows of
     a larger draw are those of `sample(model, batch_size)`. Otherwise (a site outside the plate,
-    shared by the rows) all `n` rows are drawn at once. A program in Pyro's style, without the
+    shared by the rows) all `n` rows are drawn at once. A :func:`ppgen.dag` model is drawn one
+    topological layer at a time, its same-shaped conditionals together
+    (:func:`ppgen.batched.sample`): the distribution of its program's run, but other values
+    under a seed unless each layer holds one site. A program in Pyro's style, without the
     keyword `n`, is run `n` times, as by `pyro.infer.Predictive(model, num_samples=n)`: each
     site's `n` draws are stacked, of shape :math:`(n, *)` where :math:`*` is the site's shape
     in one run (pass `None` for the data arguments to draw them rather than observe them).

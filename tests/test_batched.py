@@ -14,6 +14,7 @@ import ppgen.density
 from ppgen.batched import Stacked, groups
 from ppgen.density import ExactLogLikelihood
 from ppgen.nn import Conditional, LinearGaussian, Root
+from ppgen.steps import GradientStep
 
 KINDS = ["normal"] * 4 + ["bernoulli", "categorical", "linear_gaussian"]
 
@@ -75,6 +76,7 @@ def test_fit_equals_one_call_a_node(seed: int, monkeypatch: pytest.MonkeyPatch) 
     """Adam steps, closed forms, per-node early stopping and history: the same either way."""
     model = random_dag(seed)
     rows, val = ppgen.sample(model, 200), ppgen.sample(model, 100)
+    assert ExactLogLikelihood(model, rows).groups  # the fit below takes the batched path
     batched, single = copy.deepcopy(model), copy.deepcopy(model)
     fit = _fit(batched, rows, val)
     monkeypatch.setattr(ppgen.density, "groups", lambda factors, scalar: [])
@@ -90,6 +92,34 @@ def test_fit_equals_one_call_a_node(seed: int, monkeypatch: pytest.MonkeyPatch) 
     for mine, theirs in zip(fit.history, reference.history, strict=True):
         for key in mine.keys() - {"seconds"}:
             assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def test_frozen_nodes_stay_and_the_others_step_as_one_call_a_node() -> None:
+    model = random_dag(3)
+    rows = ppgen.sample(model, 64)
+    params = {}
+    for batched in (True, False):
+        copied = copy.deepcopy(model)
+        objective = ExactLogLikelihood(copied, rows, batched=batched)
+        assert bool(objective.groups) == batched
+        neural = [v for v, (m, _) in objective.factors.items() if type(m) is Conditional]
+        groups = {v: (list(objective.factors[v][0].parameters()), [v]) for v in neural}
+        step = GradientStep(objective, groups, lr=0.05)
+        frozen = set(neural[::2])
+        for _ in range(5):
+            step.step(rows, 64, 1, frozen)
+        params[batched] = [p.detach() for p in copied.parameters()]
+        for v in frozen:
+            for p, before in zip(copied.conditionals[copied.nodes.index(v)].parameters(),
+                                 model.conditionals[model.nodes.index(v)].parameters(),
+                                 strict=True):  # fmt: skip
+                assert torch.equal(p, before)
+    assert len(neural) > 4
+    moved = 0
+    for a, b, before in zip(params[True], params[False], model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        moved += not torch.equal(a, before)
+    assert moved >= 2 * (len(neural) // 2)  # the weights and biases of the nodes not frozen
 
 
 def test_group_distributions_are_each_nodes() -> None:
