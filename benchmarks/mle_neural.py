@@ -38,18 +38,68 @@ mixed run as two processes side by side; `--repeats 6`, timing on 5 epochs, test
     -4.2406 for all three (generator -4.2050); ppgen - hand = +0.0000 on both.
 
 The compute (tanh, matmuls, their backward) is the same in all three; ppgen saves Adam's
-per-parameter loop, the roots' terms in every step and a few ops per node. Batching the MLPs
-of same-shaped nodes into one `bmm` was measured and left out: with the weights stored stacked,
-the relay's two MLPs run forward and backward 10% faster (~6% of a step, for a second copy of
-every parameter outside the model); stacked from the nodes at each step, 8% slower.
+per-parameter loop, the roots' terms in every step and a few ops per node. Since issue 22,
+same-shaped conditionals run together (`ppgen.batched`: one batched product a layer, the
+weights stacked from the nodes at each step): the relay's t1 and t2, the mixed DAG's c and f.
+After it, same run (quieter machine, load 2-3; `--repeats 6`, timing on 5 epochs):
+
+    x hand loop, median (min)   wall s/epoch   CPU s/epoch
+    relay  ppgen                0.82 (0.81)    0.83 (0.83)
+           pyro                 1.45 (1.45)    1.44 (1.41)
+    mixed  ppgen                0.84 (0.75)    0.87 (0.82)
+           pyro                 1.39 (1.20)    1.40 (1.22)
+
+    test nats/row after 200 epochs: relay -2.5434, mixed -4.2406 for all three.
+
+Main's code before issue 22, relay, load 4: 0.84 (0.83) wall, 0.85 (0.84) CPU; this code in
+the run after it, load 4 and rising: 0.88 (0.77), 0.88 (0.82). Training steps alone
+(GradientStep on 512 rows, 30 interleaved rounds of 10 steps), grouped over one call a node:
+0.97x (min 0.86) on the relay, 0.95x (min 0.82) on the mixed DAG.
+
+Many nodes (`--models 100:16 500:16 100:64,64 500:64,64`): `ppgen.dag` graphs of Normal nodes,
+node i with up to two parents among the five before it (as benchmarks/scaling.py), hidden (16,)
+or (64, 64); data from the same graph with other weights (`many_program`); 10k rows, batches of
+1,024, ppgen against the hand loop alone, both with the roots solved in closed form (the hand
+loop's are left out of its steps). Measured after issue 22 (2 shared cores, load 1.5-4.4;
+`--repeats 5 --timing-epochs 1 --epochs 3 --arithmetic`, 11 minutes in all, 3 for the two (16,) cases):
+
+    x hand loop, median (min)   wall s/epoch   CPU s/epoch (set-up included)
+    100 nodes, hidden (16,)     0.44 (0.44)    0.65 (0.63)
+    500 nodes, hidden (16,)     0.42 (0.32)    0.62 (0.59)
+    100 nodes, hidden (64, 64)  0.76 (0.71)    0.84 (0.36)
+    500 nodes, hidden (64, 64)  0.74 (0.70)    0.82 (0.80)
+
+    test nats/row after 3 epochs, ppgen - hand: +0.0000 at 100 nodes and at 500 nodes with
+    (64, 64); +0.0001 at 500 nodes with (16,) (-1596.2312 vs -1596.2313: one float32 rounding
+    step of a total of that size is 1.2e-4; relative 7.6e-8).
+
+Before issue 22 an epoch of 500 nodes (16,) took about 2.4x its time now (4.16-4.42 s against
+1.60-1.99 s, benchmarks/scaling.py; docs/scaling.md). With hidden (64, 64), 0.5x is out of
+reach on a CPU because the arithmetic itself is most of the hand loop's step: products, tanh, softplus and their backward take 66% (100 nodes) and 63% (500
+nodes) of its profiled time (`--arithmetic`: 2.65 and 13.3 GFLOP of products a step; tanh alone
+costs 2.6 ns an element on this CPU), against 32-33% with hidden (16,) (0.04 and 0.20 GFLOP).
+A fast path that keeps this arithmetic can remove only the rest: its floor is ~0.65x. Groups run
+in parts of about 2^18 activations (`ppgen.batched.CACHED`, a core's L2 cache): in one part, the
+100-node (64, 64) step took 1.2x the per-node path's (tanh's backward and the bias broadcast on
+25 MB tensors wait on memory), in parts 0.87x.
+
+Weights stored stacked instead of stacked at each step (`benchmarks/stacking.py`, a step of one
+group, the same parts): 0.72x the time of the per-step stack at 100 and 500 nodes with hidden
+(16,) (min 0.51, 0.67): Adam, `zero_grad` and the stack's backward then see 2 tensors a part and
+layer instead of 2 a node and layer. Left out: each node would no longer hold its parameters
+(`model.t1.net` would need views of the stacks, which are not `nn.Parameter`s), and per-node
+early stopping, checkpoints and files would need copies back and forth.
 
 Run: python benchmarks/mle_neural.py --repeats 6 --models relay   (and --models mixed)
      [--epochs 200 --timing-epochs 5 --train 20000 --test 10000 --batch-size 512]
+     python benchmarks/mle_neural.py --models 100:16 500:16 100:64,64 500:64,64 --arithmetic
+     --train 10000 --batch-size 1024 --repeats 5 --timing-epochs 1 --epochs 3
 """
 
 import argparse
 import copy
 import os
+import random
 import statistics
 import time
 import warnings
@@ -64,6 +114,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ppgen  # noqa: E402
+from ppgen.closed_form import solve  # noqa: E402
 from ppgen.datasets import relay_race_program  # noqa: E402
 from ppgen.nn import Root  # noqa: E402
 
@@ -134,7 +185,9 @@ def hand_log_prob(nodes, batch):
 
 
 def fit_hand(nodes, data, epochs, batch_size, lr):
-    optimizer = torch.optim.Adam(nodes.parameters(), lr=lr)
+    optimizer = torch.optim.Adam([p for p in nodes.parameters() if p.requires_grad], lr=lr)
+    trained = nn.ModuleDict({v: node for v, node in nodes.items() if node.parents or
+                             node.eta.requires_grad})  # fmt: skip
     n = len(next(iter(data.values())))
     seconds = []
     for _ in range(epochs):
@@ -143,7 +196,7 @@ def fit_hand(nodes, data, epochs, batch_size, lr):
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             batch = {k: v[index] for k, v in data.items()}
-            loss = -hand_log_prob(nodes, batch).sum() / len(index)
+            loss = -hand_log_prob(trained, batch).sum() / len(index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -178,6 +231,79 @@ def fit_pyro(model, data, epochs, batch_size, lr):
     return seconds
 
 
+# ---------------------------------------------------------------- many nodes
+
+
+def many_dag(nodes, hidden, seed=0):
+    """Normal nodes, node i with up to two parents among the five before it (as scaling.py)."""
+    rng = random.Random(seed)
+    names = [f"x{i}" for i in range(nodes)]
+    edges = [(names[p], names[i]) for i in range(1, nodes)
+             for p in rng.sample(range(max(0, i - 5), i), min(i, 2))]  # fmt: skip
+    return ppgen.dag(edges, hidden=hidden)
+
+
+def many_program(nodes):
+    """The generator of the many-node case: its own DAG with other (seeded) weights, whose
+    nonlinear conditionals a fit must learn."""
+    pyro.set_rng_seed(1000 + nodes)
+    generator = many_dag(nodes, (16,), seed=0)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.normal_(0.0, 0.5)
+    return generator
+
+
+def hand_roots(nodes, data):
+    """The hand loop's roots, solved in closed form as ppgen solves them (they are left out of
+    its steps): the comparison is of the steps of the neural nodes."""
+    for name, node in nodes.items():
+        if not node.parents:
+            root = Root(dist.Normal)
+            with torch.no_grad():
+                solve(root, data[name], [])
+            node.eta = nn.Parameter(root.eta.detach().clone(), requires_grad=False)
+
+
+ARITHMETIC = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::tanh",
+              "aten::tanh_backward", "aten::softplus", "aten::softplus_backward")  # fmt: skip
+
+
+def arithmetic(initial, program, args):
+    """The share of a hand-loop step spent in products, tanh and softplus (forward and
+    backward; torch.profiler's self CPU time over 5 steps), beside the products' FLOPs: the
+    floor of any per-node fast path that keeps the same arithmetic."""
+    from torch.profiler import profile
+
+    data = draw_rows(program, args.batch_size, args.seed + 1)
+    nodes = hand_copy(initial)
+    hand_roots(nodes, data)
+    trained = nn.ModuleDict({v: node for v, node in nodes.items() if node.parents})
+    optimizer = torch.optim.Adam(trained.parameters(), lr=args.lr)
+
+    def step():
+        loss = -hand_log_prob(trained, data).sum() / args.batch_size
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    with profile() as prof:
+        tic = time.perf_counter()
+        for _ in range(5):
+            step()
+        seconds = (time.perf_counter() - tic) / 5
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = sum(e.self_cpu_time_total for e in events if e.key in ARITHMETIC)
+    macs = sum(m.in_features * m.out_features for node in trained.values()
+               for m in node.net if isinstance(m, nn.Linear))  # fmt: skip
+    print(f"hand loop step on {args.batch_size} rows: {seconds * 1e3:.1f} ms (unprofiled "
+          f"share of arithmetic: products, tanh, softplus and their backward "
+          f"{ops / total:.0%} of the profiled time); products "
+          f"{6 * macs * args.batch_size / 1e9:.2f} GFLOP a step (forward and backward)")
+
+
 # ---------------------------------------------------------------- one comparison
 
 
@@ -197,6 +323,8 @@ def run_fitter(name, initial, data, test, epochs, args):
     cpu = time.process_time()
     if name == "hand":
         nodes = hand_copy(initial)
+        if args.roots_solved:
+            hand_roots(nodes, data)
         seconds = fit_hand(nodes, data, *budget)
         cpu = (time.process_time() - cpu) / epochs
         with torch.no_grad():
@@ -207,34 +335,30 @@ def run_fitter(name, initial, data, test, epochs, args):
     return seconds, cpu, ppgen.log_prob(model, test).mean().item()
 
 
-FITTERS = ("ppgen", "hand", "pyro")
-
-
-def compare(edges, kinds, program, args):
+def compare(initial, program, fitters, args):
     """Interleaved timing repeats, then one full fit per fitter for the test log-likelihood."""
-    pyro.set_rng_seed(args.seed)
-    initial = ppgen.dag(edges, kinds=kinds, hidden=(64, 64))
     data = draw_rows(program, args.train, args.seed + 1)
     test = draw_rows(program, args.test, args.seed + 2)
     truth = ppgen.log_prob(program, test).mean().item()
-    for name in FITTERS:  # warm-up: first calls pay one-off costs
+    for name in fitters:  # warm-up: first calls pay one-off costs
         run_fitter(name, initial, data, test, 1, args)
     repeats = []  # per repeat: fitter -> (median wall s/epoch, CPU s/epoch)
     for r in range(args.repeats):
-        order = FITTERS[r % 3 :] + FITTERS[: r % 3]  # each fitter first, second, third in turn
-        for name in order:
+        k = r % len(fitters)  # each fitter first, second, ... in turn
+        for name in fitters[k:] + fitters[:k]:
             wall, cpu, _ = run_fitter(name, initial, data, test, args.timing_epochs, args)
             repeats.append((r, name, statistics.median(wall), cpu))
-    full = {n: run_fitter(n, initial, data, test, args.epochs, args) for n in FITTERS}
+    full = {n: run_fitter(n, initial, data, test, args.epochs, args) for n in fitters}
     return truth, repeats, full
 
 
 def report(label, truth, repeats, full, args):
+    fitters = list(full)
     print(f"\n{label}: test log-likelihood of the generator itself {truth:.4f} nats/row")
     print(f"{args.repeats} interleaved repeats of {args.timing_epochs} epochs per fitter:")
     head = f"{'fitter':>6} {'wall s/epoch':>12} {'x hand med':>10} {'min':>6}"
     print(head + f" {'CPU s/epoch':>12} {'x hand med':>10} {'min':>6}")
-    for name in FITTERS:
+    for name in fitters:
         mine = [(w, c) for _, n, w, c in repeats if n == name]
         hand = [(w, c) for _, n, w, c in repeats if n == "hand"]
         row = f"{name:>6}"
@@ -246,11 +370,11 @@ def report(label, truth, repeats, full, args):
     print(f"one fit of {args.epochs} epochs per fitter (in turn, not interleaved):")
     head = f"{'fitter':>6} {'wall s/epoch':>12} {'CPU s/epoch':>12}"
     print(head + f" {'test nats/row':>13} {'- hand':>8}")
-    for name in FITTERS:
+    for name in fitters:
         wall, cpu, ll = full[name]
         print(
             f"{name:>6} {statistics.median(wall):>12.4f} {cpu:>12.4f} {ll:>13.4f} "
-            f"{ll - full['hand'][2]:>+8.4f}"
+            f"{ll - full['hand'][2]:>+8.4f} (relative {(ll - full['hand'][2]) / abs(ll):+.1e})"
         )
 
 
@@ -264,7 +388,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", nargs="+", default=["relay", "mixed"])
+    parser.add_argument("--arithmetic", action="store_true",
+                        help="many-node cases: also the hand loop's share of arithmetic")
+    parser.add_argument("--models", nargs="+", default=["relay", "mixed"],
+                        help="relay, mixed, and many-node cases NODES:HIDDEN, e.g. 100:16 "
+                        "500:64,64 (ppgen vs hand only; roots solved by both)")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
     print(f"flags: {vars(args)}  threads: {torch.get_num_threads()}")
@@ -276,7 +404,21 @@ def main():
         "mixed": (MIXED_EDGES, MIXED_KINDS, mixed_program),
     }
     for label in args.models:
-        report(label, *compare(*specs[label], args), args)
+        pyro.set_rng_seed(args.seed)
+        if label in specs:
+            edges, kinds, program = specs[label]
+            args.roots_solved, fitters = False, ("ppgen", "hand", "pyro")
+            initial = ppgen.dag(edges, kinds=kinds, hidden=(64, 64))
+        else:
+            nodes, hidden = label.split(":")
+            hidden = tuple(int(w) for w in hidden.split(","))
+            program = many_program(int(nodes))
+            pyro.set_rng_seed(args.seed)
+            args.roots_solved, fitters = True, ("ppgen", "hand")
+            initial = many_dag(int(nodes), hidden)
+            if args.arithmetic:
+                arithmetic(initial, program, args)
+        report(label, *compare(initial, program, fitters, args), args)
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -29,6 +29,10 @@ from other jobs (figures ±40 %; docs/scaling.md has the tables and their readin
     tabular rows 10k→1M (10 nodes):   0.098 → 1.17 s/fit, slope 0.52 (1.01 from 300k: a fixed
                                       ~0.1 s of checks and tracing dominates below); +52 B/row
     neural  nodes 10→500 (10k rows):  0.453 → 24.5 s/epoch, slope 1.05; +275 KB/node
+            after issue 22 (same-shaped conditionals together; `--kinds neural --rows 10000
+            --processes-rows 0`, load 2-4, two runs each, alternating with main's):
+            before 0.053-0.065 → 4.16-4.42 s/epoch, slope 1.08-1.11; after 0.042-0.060 →
+            1.60-1.99 s/epoch, slope 0.92-0.95 (0.38-0.47x the time from 100 nodes on)
     tabular nodes 10→500 (10k rows):  0.090 → 0.947 s/fit, slope 0.62 (the same fixed cost)
     vae     1500 digits, cpu:         0.205 s/epoch, 7,321 rows/s (run on its own)
     neural  100k rows, 1 vs 2 processes: 3.65 vs 6.15 s/epoch, 0.59x (min 0.48x, max 0.69x):

@@ -23,6 +23,9 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
+from ppgen.batched import Stacked, groups
+from ppgen.batched import sample as sample_layers
+from ppgen.builder import DAG
 from ppgen.data import Table, is_frame, read_table
 from ppgen.device import resolve_device
 from ppgen.elbo import ARGUMENT, svi_table
@@ -49,6 +52,9 @@ class ExactLogLikelihood(nn.Module):
             the plate of the rows (a site observed through `pyro.condition` outside it, a
             `pyro.factor` of all rows) counts by each row's share of them, so that the whole
             data count it once, as Pyro's trace does.
+        batched: Whether the conditionals of the same shape are evaluated together where the
+            structure is known (:mod:`ppgen.batched`: the same terms, in fewer operations);
+            `False`: one call a site.
 
     Example:
         >>> model = ppgen.dag([("a", "b")])
@@ -63,10 +69,14 @@ class ExactLogLikelihood(nn.Module):
         probe: dict[str, Tensor],
         *args: object,
         data_rows: int | None = None,
+        batched: bool = True,
         **kwargs: object,
     ) -> None:
         super().__init__()
         self.model, self.args, self.kwargs, self.rows = model, args, kwargs, data_rows
+        self.batched = batched
+        self.groups: list[list[str]] = []  # the sites evaluated together (ppgen.batched.groups)
+        self._plans: dict[tuple[str, ...] | None, Stacked] = {}
         self.factors = self._structure(probe)
 
     def _structure(self, probe: dict[str, Tensor]) -> dict[str, tuple[Node, list[str]]] | None:
@@ -90,11 +100,33 @@ class ExactLogLikelihood(nn.Module):
         ):  # each site is its table's Categorical (matched above), one value a row: they agree
             return factors
         self.factors = factors
+        if self.batched:
+            self.groups = groups(factors, {name: v.dim() == 1 for name, v in probe.items()})
         with torch.no_grad():
             fast = sum(t.sum() for t in self(probe).values())
             self.factors = None
             exact = sum(t.sum() for t in self(probe).values())
-        return factors if torch.allclose(fast, exact, rtol=1e-5, atol=1e-5) else None
+        if torch.allclose(fast, exact, rtol=1e-5, atol=1e-5):
+            return factors
+        self.groups, self._plans = [], {}
+        return None
+
+    def _plan(self, sites: Iterable[str] | None) -> Stacked:
+        """The evaluation of `sites` (every site: `None`), same-shaped conditionals together."""
+        key = None if sites is None else tuple(sites)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = Stacked(self.factors, self.groups, list(self.factors) if key is None else key)
+            self._plans[key] = plan
+        return plan
+
+    def _singles(self, batch: dict[str, Tensor], plan: Stacked) -> list[Tensor]:
+        """The terms per row of the sites that `plan` leaves alone, each from its module."""
+        rows = len(next(iter(batch.values())))
+        return [
+            _per_row(module.log_prob(batch[name], *(batch[p] for p in parents)), rows)
+            for module, parents, name in ((*self.factors[s], s) for s in plan.singles)
+        ]
 
     def forward(
         self, batch: dict[str, Tensor], sites: Iterable[str] | None = None
@@ -103,11 +135,12 @@ class ExactLogLikelihood(nn.Module):
         for `sites` alone (computed alone where the structure is known)."""
         rows = len(next(iter(batch.values())))
         if self.factors is not None:
-            factors = self.factors if sites is None else {s: self.factors[s] for s in sites}
-            return {
-                name: _per_row(module.log_prob(batch[name], *(batch[p] for p in parents)), rows)
-                for name, (module, parents) in factors.items()
-            }
+            plan = self._plan(sites)
+            grouped = plan(batch)
+            terms = dict(zip(plan.singles, self._singles(batch, plan), strict=True))
+            if grouped is not None:
+                terms.update(zip(plan.names, grouped.unbind(0), strict=True))
+            return {name: terms[name] for name in (self.factors if sites is None else sites)}
         conditioned = poutine.condition(self.model, data=batch)
         trace = poutine.trace(conditioned).get_trace(*self.args, n=rows, **self.kwargs)
         with warnings.catch_warnings():  # a non-finite term gets train's own error, naming it
@@ -119,6 +152,22 @@ class ExactLogLikelihood(nn.Module):
             if is_variable(site)
         }
         return terms if sites is None else {s: terms[s] for s in sites}
+
+    def totals(
+        self, batch: dict[str, Tensor], sites: Iterable[str] | None = None
+    ) -> tuple[list[str], Tensor]:
+        """Each site's log-likelihood summed over the rows of `batch`, stacked in one tensor of
+        shape :math:`(S,)`, and the sites' names in its order: where the structure is known,
+        each group's sums at once, without a tensor per site."""
+        if self.factors is None:
+            terms = self(batch, sites)
+            return list(terms), torch.stack([t.sum() for t in terms.values()])
+        plan = self._plan(sites)
+        grouped, singles = plan(batch), self._singles(batch, plan)
+        parts = [] if grouped is None else [grouped.sum(-1)]
+        if singles:
+            parts.append(torch.stack([t.sum() for t in singles]))
+        return plan.names + plan.singles, parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _site_per_row(self, site: dict, rows: int) -> Tensor:
         """A traced site's log-density per row, summed inside the plate of the rows (the
@@ -149,7 +198,13 @@ class ExactLogLikelihood(nn.Module):
 def _draw(
     model: Callable[..., object], n: int, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> dict[str, Tensor]:
-    """The values of the random variables of one run of `model` on `n` rows."""
+    """The values of the random variables of one run of `model` on `n` rows: a :class:`DAG`'s
+    one topological layer at a time, same-shaped conditionals together."""
+    if _layered(model, args, kwargs):
+        nodes = zip(model.nodes, model.conditionals, strict=True)
+        factors = {v: (c, model.parents[v]) for v, c in nodes}
+        with torch.no_grad():
+            return sample_layers(factors, n)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
     return {
@@ -157,6 +212,21 @@ def _draw(
         for name, site in trace.nodes.items()
         if is_variable(site) and not is_factor(site)
     }
+
+
+def _layered(
+    model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
+) -> bool:
+    """Whether `model` is :func:`ppgen.dag`'s program as it is, called outside any Pyro handler,
+    so that its draws may be made without running it (:func:`ppgen.batched.sample`)."""
+    return (
+        isinstance(model, DAG)
+        and type(model).forward is DAG.forward
+        and not args
+        and not kwargs
+        and not poutine.runtime.am_i_wrapped()
+        and all(type(c).forward is Node.forward for c in model.conditionals)
+    )
 
 
 def _rows_independent(
@@ -455,7 +525,10 @@ def sample(
     time, so that memory holds the result and one batch's work; the rows have the same
     distribution whatever `batch_size` is, and with a fixed seed the first `batch_size` rows of
     a larger draw are those of `sample(model, batch_size)`. Otherwise (a site outside the plate,
-    shared by the rows) all `n` rows are drawn at once. A program in Pyro's style, without the
+    shared by the rows) all `n` rows are drawn at once. A :func:`ppgen.dag` model is drawn one
+    topological layer at a time, its same-shaped conditionals together
+    (:func:`ppgen.batched.sample`): the distribution of its program's run, but other values
+    under a seed unless each layer holds one site. A program in Pyro's style, without the
     keyword `n`, is run `n` times, as by `pyro.infer.Predictive(model, num_samples=n)`: each
     site's `n` draws are stacked, of shape :math:`(n, *)` where :math:`*` is the site's shape
     in one run (pass `None` for the data arguments to draw them rather than observe them).

@@ -79,7 +79,10 @@ class GradientStep:
     Arguments:
         objective: Maps a batch (a dict of tensors, rows first) to named terms, each of shape
             :math:`(N,)` (one per row) or a scalar (their sum); with `constant`, it is called as
-            `objective(batch, trained_terms)` for the trained terms alone.
+            `objective(batch, trained_terms)` for the trained terms alone. Where it has a
+            method `totals` (as :class:`ppgen.density.ExactLogLikelihood`), called the same
+            way and returning the terms' names and their sums stacked, the steps and
+            :meth:`evaluate` take the sums from it at once.
         groups: Named groups of parameters, each with the terms it alone enters.
         lr, weight_decay: Adam's learning rate and L2 penalty.
         constant: Terms that no step changes, summed over the training rows.
@@ -129,22 +132,32 @@ class GradientStep:
     def _loss(self, batch: dict[str, Tensor], rows: float, epoch: int) -> tuple[Tensor, Tensor]:
         if not len(next(iter(batch.values()))):  # a rank's share ran out: it adds nothing
             return torch.zeros(()), None
-        terms = self.objective(batch, *self.trained)
-        values = [t.sum() if t.dim() else t for t in terms.values()]
-        if len(values) == 1:  # one term (an ELBO): no stack and sum in the autograd graph
-            total, totals = values[0], values[0].detach().reshape(1)
-        else:
-            stacked = torch.stack(values)
-            total, totals = stacked.sum(), stacked.detach()
+        names, stacked = self._terms(batch, self.trained)
+        # one term (an ELBO): no stack and sum in the autograd graph
+        total = stacked if stacked.dim() == 0 else stacked.sum()
+        totals = stacked.detach().reshape(-1)
         loss = total / -rows  # minus the mean per row
-        self.terms = list(terms)
+        self.terms = names
         if not math.isfinite(loss.item()):  # one step, where torch.isfinite takes four
-            bad = next(name for name, t in terms.items() if not torch.isfinite(t).all())
+            bad = next((n for n, t in zip(names, totals.tolist(), strict=True)
+                        if not math.isfinite(t)), names[-1])  # fmt: skip
             raise ValueError(
                 f"The log-likelihood of site {bad!r} became non-finite at epoch {epoch}; "
                 f"{NONFINITE}. Try a smaller lr."
             )
         return loss, totals
+
+    def _terms(
+        self, batch: dict[str, Tensor], sites: tuple[list[str], ...]
+    ) -> tuple[list[str], Tensor]:
+        """The terms' names (those of `*sites`), and their sums over the batch's rows stacked
+        (a scalar for one term), at once where the objective gives them so (`totals`)."""
+        totals = getattr(self.objective, "totals", None)
+        if totals is not None:
+            return totals(batch, *sites)
+        terms = self.objective(batch, *sites)
+        values = [t.sum() if t.dim() else t for t in terms.values()]
+        return list(terms), values[0] if len(values) == 1 else torch.stack(values)
 
     def step(
         self, batch: dict[str, Tensor], rows: float, epoch: int, frozen: set[str]
@@ -159,13 +172,13 @@ class GradientStep:
         return totals
 
     def evaluate(self, data: Table, batch_size: int) -> dict[str, float]:
-        sums: dict[str, Tensor] = {}
+        names, sums = [], 0.0
         chunk = max(batch_size, EVALUATION_ROWS)
         with torch.no_grad():
             for start in range(0, len(data), chunk):
-                for name, t in self.objective(data.rows(slice(start, start + chunk))).items():
-                    sums[name] = sums.get(name, 0.0) + t.sum()
-        return {name: float(total) / len(data) for name, total in sums.items()}
+                names, totals = self._terms(data.rows(slice(start, start + chunk)), ())
+                sums = sums + totals.reshape(-1)
+        return dict(zip(names, (float(t) / len(data) for t in sums.tolist()), strict=True))
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, object]]:
         tensors = {f"param.{i}": p.detach() for i, p in enumerate(self.params)}

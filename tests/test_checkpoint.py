@@ -160,15 +160,15 @@ def test_resume_without_checkpoint_starts_afresh(tmp_path):
 
 def test_ctrl_c_keeps_the_last_epoch_and_warns(monkeypatch):
     calls = {"n": 0}
-    original = ppgen.density.ExactLogLikelihood.forward
+    original = ppgen.density.ExactLogLikelihood.totals
 
     def interrupted(self, batch, *sites):
         calls["n"] += 1
-        if calls["n"] == 14:  # two find the structure, one scores root a, then 4 batches an epoch
+        if calls["n"] == 9:  # a step's terms, 4 batches an epoch: the first batch of epoch 3
             raise KeyboardInterrupt
         return original(self, batch, *sites)
 
-    monkeypatch.setattr(ppgen.density.ExactLogLikelihood, "forward", interrupted)
+    monkeypatch.setattr(ppgen.density.ExactLogLikelihood, "totals", interrupted)
     model, data = _setup(64)
     pyro.set_rng_seed(2)
     with pytest.warns(UserWarning, match="fit_mle interrupted at epoch 3: the model keeps"):
@@ -292,7 +292,7 @@ def test_a_non_finite_loss_leaves_the_parameters_of_the_last_epoch(monkeypatch):
     reference, _ = _setup(64)
     pyro.set_rng_seed(2)
     ppgen.fit_mle(reference, data, epochs=1, batch_size=16, lr=1e-2, progress=False)
-    forward, epoch_of = ppgen.density.ExactLogLikelihood.forward, ppgen.loop._epoch
+    totals, epoch_of = ppgen.density.ExactLogLikelihood.totals, ppgen.loop._epoch
     steps = {"epoch": 0, "calls": 0}
 
     def epoch(step, data, val, number, *args):
@@ -300,15 +300,15 @@ def test_a_non_finite_loss_leaves_the_parameters_of_the_last_epoch(monkeypatch):
         return epoch_of(step, data, val, number, *args)
 
     def blow_up(self, batch, sites=None):
-        terms = forward(self, batch, sites)
+        names, sums = totals(self, batch, sites)
         if torch.is_grad_enabled() and steps["epoch"] == 2:
             steps["calls"] += 1
             if steps["calls"] == 2:
-                terms = {k: v * float("nan") for k, v in terms.items()}
-        return terms
+                sums = sums * float("nan")
+        return names, sums
 
     monkeypatch.setattr(ppgen.loop, "_epoch", epoch)
-    monkeypatch.setattr(ppgen.density.ExactLogLikelihood, "forward", blow_up)
+    monkeypatch.setattr(ppgen.density.ExactLogLikelihood, "totals", blow_up)
     pyro.set_rng_seed(2)
     with pytest.raises(ValueError, match="became non-finite at epoch 2; the model keeps the "
                        "parameters of the last epoch that ended"):  # fmt: skip
