@@ -64,6 +64,11 @@ added (MiB), ppgen / pgmpy:
     win95pts   100k           7.7   14.9   0.52           101.5   147.3   0.69
     win95pts     1M          84.0  149.3   0.56           627.5  1479.2   0.42
 
+Run again after `ppgen.sample` began to draw a `ppgen.dag` model one topological layer at a
+time without tracing it (`--repeats 3 --big-rows 0`, load 2.6-3.1): fit 6.4-11.6x pgmpy (asia
+6.4, min 6.2), sampling 22.6-30.9x; peak memory, ppgen / pgmpy, fit 0.17-0.58 and sampling
+0.31-0.73 on every network at 100k and 1M rows.
+
 The 10M-row fit of alarm (a 353 MiB DataFrame) adds 355 MiB at its peak, within the 1536 MiB
 budget (the whole process: 1218 MiB); with int64 codes, those alone would take 37 x 80 MB =
 2.8 GB. Before narrow codes, chunked counting and chunked sampling (1 Dec 2026), ppgen took
