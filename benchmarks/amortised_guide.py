@@ -31,19 +31,19 @@ it has no parameters for held-out rows.
     python benchmarks/amortised_guide.py            # the sizes below, ~3 min on 2 shared cores
     python benchmarks/amortised_guide.py --quick    # a smoke run
 
-Measured 2026-12-04 on 2 shared cores (another fit running beside it), one thread; 2000 training
-rows and 500 test rows ((i)-(iii); digits 1500/297), 60 epochs, batches of 64, lr 3e-3, IW-200:
+Measured 2026-12-04 on 2 shared cores (a red-team helper running beside it), one thread; 2000
+training rows and 500 test rows ((i)-(iii); digits 1500/297), 60 epochs, batches of 64, lr 3e-3,
+IW-200, one run (97 s):
 
     | case           | auto IW  | hand IW  | auto - hand | s/epoch auto / hand (median, min) |
     |----------------|----------|----------|-------------|-----------------------------------|
-    | confounder     |   -1.532 |   -1.573 |      +0.040 | 1.11, 1.54                        |
-    | hierarchical*  |   -1.400 |   -1.366 |      -0.034 | 1.10, 1.10                        |
-    | dmm (T=10)     |   -5.170 |   -5.487 |      +0.317 | 1.11, 1.11                        |
-    | digits         |  -17.260 |  -17.376 |      +0.116 | 0.93, 0.91                        |
-    | semisupervised |  -16.949 |  -16.740 |      -0.209 | 0.98, 1.04                        |
+    | confounder     |   -1.532 |   -1.573 |      +0.040 | 1.19, 1.14                        |
+    | hierarchical   |   -1.400 |   -1.366 |      -0.034 | 1.10, 1.09                        |
+    | dmm (T=10)     |   -5.170 |   -5.487 |      +0.317 | 1.15, 1.09                        |
+    | digits         |  -17.260 |  -17.376 |      +0.116 | 0.98, 0.98                        |
+    | semisupervised |  -16.949 |  -16.740 |      -0.209 | 0.97, 0.94                        |
 
     semi-supervised test accuracy (297 unlabelled digits): auto 0.626, hand 0.781.
-    * `--cases hierarchical`, run alone after the guide began to read mu at each row's code.
 
 The scores repeat exactly from run to run; the epoch times swing with the machine's load (the
 confounder's epochs take 0.05-0.08 s). On the DMM the automatic guide had a network a step, each
@@ -59,7 +59,7 @@ those rows its ELBO also counts the entropy of q(y | row), which it can spend th
 the flag; its classifier of unlabelled rows is the weaker (0.63 against 0.78; neither guide adds
 M2's classification loss). On the hierarchical model the automatic guide read the row's one-hot
 code and the whole vector of group means, and had to learn mu[g] from them while the nine other
-means' draws added noise to z's location: -1.583 (-0.217 behind) in the table's run, closing only
+means' draws added noise to z's location: -1.583 (-0.217 behind) in an earlier run, closing only
 by 180 epochs. It now finds, by the gradient of the model's row terms, that each row reads mu only
 at its code, and reads mu[g] in mu's place, as the hand-written guide does: -1.400 (-0.034). A
 first try that kept mu beside mu[g] gave -1.527, and mu's weights started at zero -1.461.
