@@ -362,6 +362,7 @@ def _column(
         elif text or isinstance(kind, pd.CategoricalDtype):
             value, labels = _codes(name, value, coder, pd)
         else:  # in order: a Series' index plays no part
+            _check_numbers(name, coder)
             row = _first_row(torch.tensor(value.isna().to_numpy(dtype=bool)))
             numpy_float = kind.kind == "f" and not hasattr(kind, "numpy_dtype")  # NaN: below
             if row is not None and not numpy_float:
@@ -379,6 +380,18 @@ def _column(
     if tensor.is_complex():
         raise ValueError(f"Column {name!r} holds complex numbers; its site takes real ones.")
     return tensor, labels
+
+
+def _check_numbers(name: str, coder: _Coder) -> None:
+    """Raises where a column of numbers could be labels or codes: the coding of its column has a
+    number label at a code other than its own value (labels 2, 0, 1: is 2 label 2 or code 2?)."""
+    labels = coder.categories.get(name, ())
+    if any(isinstance(c, numbers.Number) and c != i for i, c in enumerate(labels)):
+        raise ValueError(
+            f"Column {name!r} holds numbers, but the model codes its labels {list(labels)}, "
+            "numbers too, so they could be labels or codes: give labels as a pandas "
+            "categorical column, codes as an array (column.to_numpy())."
+        )
 
 
 def _categories(value: object, pd: object) -> object:
