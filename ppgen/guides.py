@@ -22,6 +22,7 @@ import functools
 import inspect
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -403,7 +404,7 @@ class Amortized(Model):
     def _rows(self, args: tuple[object, ...], data: Mapping[str, Tensor] | None) -> dict:
         """The inputs of the networks: each observed column, or the row of `x`, flattened."""
         if data is not None:
-            return {name: torch.as_tensor(v) for name, v in data.items()}
+            return {name: _numbers(name, v) for name, v in data.items()}
         if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
             raise ValueError(
                 "Amortized needs the rows it encodes: call it as guide(x, ...) with a tensor of "
@@ -590,6 +591,24 @@ class Amortized(Model):
         spec = self.columns[previous][:3] if previous else None
         value = values[previous] if previous else None
         return chain.distribution(states[site.chain][:, site.step], value, spec)
+
+
+def _numbers(name: str, value: object) -> Tensor:
+    """A column of the rows as a tensor, refusing labels (a pandas categorical or text column,
+    text in numpy), whose codes only a fit's coding knows: read as numbers they are wrong."""
+    pd = sys.modules.get("pandas")  # data hold pandas objects only where pandas is imported
+    kind = None if isinstance(value, Tensor) else getattr(value, "dtype", None)
+    if kind is not None and pd is not None and (
+        isinstance(kind, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(kind)
+        or pd.api.types.is_string_dtype(kind)
+    ):
+        raise ValueError(
+            f"Column {name!r} holds labels (a pandas categorical or text column), which the "
+            "guide does not code: give it their codes in the fit, as ppgen.fit_svi and "
+            f"ppgen.log_prob do (by ppgen.model.coding(model)[{name!r}])."
+        )
+    return torch.as_tensor(value)
 
 
 def _views(trace: poutine.Trace, x: Tensor) -> dict[str, list[int]]:

@@ -468,3 +468,21 @@ def test_vae_with_the_automatic_guide_takes_the_untraced_elbo():
     x = torch.ones(3, 4)
     objective = ELBOObjective(vae, guide, "trace", 1, ["*data"], True, (x,), {})
     assert objective.prepare({"*data": x})  # equal to Pyro's ELBO on one draw
+
+
+def test_labels_given_to_the_guide_are_refused_not_read_as_numbers():
+    """fit_svi codes a categorical column by its categories (2, 0, 1: label 2 is code 0); the
+    guide, given the column itself, read its labels as codes (label 2 as code 2), or raised."""
+    import pandas as pd
+
+    labels = pd.Series(pd.Categorical([0, 2, 1, 2, 0, 1] * 4, categories=[2, 0, 1]))
+    data = {"g": labels, "x": torch.randn(24)}
+    guide = Amortized(grouped, hidden_features=(8,))
+    ppgen.fit_svi(grouped, guide, data, epochs=1, batch_size=12, progress=False)
+    with pytest.raises(ValueError, match=r"^Column 'g' holds labels \(a pandas categorical or "
+                       r"text column\), which the guide does not code"):  # fmt: skip
+        guide.encode(n=24, data=data)
+    with pytest.raises(ValueError, match=r"^Column 'g' holds labels"):
+        guide.encode(n=24, data={**data, "g": labels.astype(str)})
+    codes = {"g": torch.tensor(labels.cat.codes.tolist()), "x": data["x"]}
+    assert guide.encode(n=24, data=codes)["z"].shape == (24,)
