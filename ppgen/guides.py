@@ -270,8 +270,13 @@ def _width(value: Tensor, spec: tuple[int | None, int, int | None]) -> int:
 
 
 def _normal(loc: Tensor, scale: Tensor, site: _Site) -> dist.Distribution:
-    base = dist.Normal(loc, scale).to_event(site.event_dim)
-    return base if site.transform is None else dist.TransformedDistribution(base, [site.transform])
+    """A Normal on the site's unconstrained value, pushed through its bijection, whose event
+    dimensions may differ from the site's (a correlation's Cholesky factor is a vector's image)."""
+    transform = site.transform
+    if transform is None:
+        return dist.Normal(loc, scale).to_event(site.event_dim)
+    event_dim = site.event_dim - transform.codomain.event_dim + transform.domain.event_dim
+    return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(event_dim), [transform])
 
 
 class Amortized(Model):

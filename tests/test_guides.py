@@ -486,3 +486,25 @@ def test_labels_given_to_the_guide_are_refused_not_read_as_numbers():
         guide.encode(n=24, data={**data, "g": labels.astype(str)})
     codes = {"g": torch.tensor(labels.cat.codes.tolist()), "x": data["x"]}
     assert guide.encode(n=24, data=codes)["z"].shape == (24,)
+
+
+def test_a_support_whose_bijection_changes_the_event_shape_keeps_the_sites_shape():
+    """A Cholesky factor of a correlation matrix is the image of a vector: the guide's Normal has
+    one event dimension, not the site's two (it took the rows into the event, or raised)."""
+
+    def rows(x):
+        with pyro.plate("rows", len(x)):
+            factor = pyro.sample("L", dist.LKJCholesky(2, 1.0))
+            pyro.sample("x", dist.Normal(factor[..., 1, 0], 1.0), obs=x)
+
+    def shared(x):
+        factor = pyro.sample("L", dist.LKJCholesky(3, 1.0))
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.MultivariateNormal(torch.zeros(3), scale_tril=factor), obs=x)
+
+    for model, x, batch, event in [(rows, torch.randn(5), (5,), (2, 2)),
+                                   (shared, torch.randn(5, 3), (), (3, 3))]:  # fmt: skip
+        site = poutine.trace(Amortized(model, x)).get_trace(x).nodes["L"]
+        assert (site["fn"].batch_shape, site["fn"].event_shape) == (batch, event)
+        assert site["value"].shape == (*batch, *event)
+        assert torch.isfinite(site["fn"].log_prob(site["value"])).all()
