@@ -839,10 +839,12 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
         discrete = base.support
         if discrete is constraints.boolean:
             kind = "bernoulli"
-        elif isinstance(discrete, constraints.integer_interval) and discrete.lower_bound == 0:
-            kind, cardinality = "categorical", int(discrete.upper_bound) + 1
+        elif cardinality := _interval(discrete):
+            kind = "categorical"
         if kind == "normal" or axis is None:
             where = "outside the plate of the rows" if kind != "normal" else f"{discrete}-valued"
+            if kind == "normal" and isinstance(discrete, constraints.integer_interval):
+                where = "with a bound that varies by row"
             raise ValueError(
                 f"Site {name!r} is a {type(base).__name__} latent {where}, which Amortized cannot "
                 "parameterise: it draws discrete sites only inside the rows' plate, and only "
@@ -874,10 +876,19 @@ def _categories(trace: poutine.Trace, name: str) -> int:
     site = trace.nodes.get(name)
     if site is None or not site["fn"].support.is_discrete:
         return 0
-    support = _unwrapped(site["fn"]).support
-    if isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
-        return int(support.upper_bound) + 1
-    return 0
+    return _interval(_unwrapped(site["fn"]).support)
+
+
+def _interval(support: constraints.Constraint) -> int:
+    """The number of values of an integer interval from 0 whose upper bound is one for all rows
+    (a Categorical's, a Binomial's of one total count, where it is a tensor), else 0."""
+    if not isinstance(support, constraints.integer_interval):
+        return 0
+    bounds = (support.lower_bound, support.upper_bound)
+    lower, upper = (torch.as_tensor(b).reshape(-1) for b in bounds)
+    if not len(upper) or (lower != 0).any() or (upper != upper[0]).any():
+        return 0
+    return int(upper[0]) + 1
 
 
 def _is_real(support: constraints.Constraint) -> bool:

@@ -508,3 +508,32 @@ def test_a_support_whose_bijection_changes_the_event_shape_keeps_the_sites_shape
         assert (site["fn"].batch_shape, site["fn"].event_shape) == (batch, event)
         assert site["value"].shape == (*batch, *event)
         assert torch.isfinite(site["fn"].log_prob(site["value"])).all()
+
+
+def test_binomial_sites_of_one_total_count_are_categories_and_varying_ones_are_refused():
+    """A Binomial's support bound is a tensor (its total count, one per row): an observed count
+    or a latent one raised torch's 'only one element tensors can be converted'."""
+
+    def observed(n=1):
+        with pyro.plate("rows", n):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Binomial(10, logits=z))
+
+    data = {"x": torch.tensor([0.0, 3.0, 10.0, 7.0])}
+    assert Amortized(observed, n=4, data=data).columns["x"][1] == 11  # one-hot, 0 ... 10
+
+    def latent(x, total):
+        with pyro.plate("rows", len(x)):
+            k = pyro.sample("k", dist.Binomial(total, 0.5))
+            pyro.sample("x", dist.Normal(k, 1.0), obs=x)
+
+    x = torch.randn(4)
+    guide = Amortized(latent, x, torch.tensor(4.0))
+    assert (guide.sites[0].kind, guide.sites[0].cardinality) == ("categorical", 5)
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        latent, guide, x, torch.tensor(4.0)
+    )
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"^Site 'k' is a Binomial latent with a bound that "
+                       r"varies by row, which Amortized cannot parameterise"):  # fmt: skip
+        Amortized(latent, x, torch.tensor([1.0, 2.0, 3.0, 4.0]))
