@@ -406,8 +406,11 @@ class Amortized(Model):
             return nn.modules.module._IncompatibleKeys([], [])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _rows(self, args: tuple[object, ...], data: Mapping[str, Tensor] | None) -> dict:
-        """The inputs of the networks: each observed column, or the row of `x`, flattened."""
+    def _rows(
+        self, args: tuple[object, ...], kwargs: dict[str, object], data: Mapping | None
+    ) -> dict:
+        """The inputs of the networks: each observed column, or the row of `x` and of every
+        other tensor argument with as many rows (`model(x, y)`: `y` is data too), flattened."""
         if data is not None:
             return {name: _numbers(name, v) for name, v in data.items()}
         if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
@@ -415,7 +418,11 @@ class Amortized(Model):
                 "Amortized needs the rows it encodes: call it as guide(x, ...) with a tensor of "
                 "rows, or as guide(..., n=N, data=rows) with a dict of observed columns."
             )
-        return {_ROW: args[0]}
+        x = args[0]
+        named = [*((f"*args[{i}]", a) for i, a in enumerate(args[1:], 1)),
+                 *((f"*kwargs[{k}]", v) for k, v in kwargs.items())]  # fmt: skip
+        others = {k: v for k, v in named if isinstance(v, Tensor) and v.dim() and len(v) == len(x)}
+        return {_ROW: x, **others}
 
     def _setup(
         self, args: tuple[object, ...], kwargs: dict[str, object], data: Mapping | None
@@ -443,14 +450,15 @@ class Amortized(Model):
                 "counts the guide's density where the model masks it out.",
                 stacklevel=4,
             )
-        inputs = self._rows(args, data)
+        inputs = self._rows(args, kwargs, data)
         first = next(iter(inputs.values()))
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
         plate = _plate_of_rows(trace, len(first), data)
         inverse = faithful_inverse(g)
         position = {v: i for i, v in enumerate(g)}
         order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
-        sites = [_site(trace.nodes[v], plate, inverse, data) for v in order if v in latent]
+        x = list(inputs) if data is None else None
+        sites = [_site(trace.nodes[v], plate, inverse, data, x) for v in order if v in latent]
         columns = {}
         for name, value in inputs.items():
             spec = (0, _categories(trace, name), None)
@@ -548,7 +556,7 @@ class Amortized(Model):
         *,
         sample: bool,
     ) -> dict[str, Tensor]:
-        inputs = self._rows(args, data)
+        inputs = self._rows(args, kwargs, data)
         if self.inverse is None:
             self._setup(args, kwargs, data)
         rows = len(next(iter(inputs.values())))
@@ -826,8 +834,11 @@ def _unwrapped(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
-def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | None) -> _Site:
-    """How to draw a latent site of the model's trace, or a `ValueError` naming it."""
+def _site(
+    site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | None, x: list[str] | None
+) -> _Site:
+    """How to draw a latent site of the model's trace, or a `ValueError` naming it; `x`: the
+    inputs of the `model(x)` convention, which every site reads."""
     name, fn, value = site["name"], site["fn"], site["value"]
     frames = [(f.name, f.size, f.dim) for f in site["cond_indep_stack"]]
     event_dim = len(fn.event_shape)
@@ -863,7 +874,7 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
     shape = unconstrained.shape if axis is None else unconstrained.movedim(axis, 0).shape[1:]
     parents = list(inverse.predecessors(name))
     observed = [p for p in parents if inverse.nodes[p]["observed"]]
-    columns = [_ROW] if data is None else [p for p in observed if p in data]
+    columns = list(x) if data is None else [p for p in observed if p in data]
     latent = [p for p in parents if p not in observed]
     return _Site(
         name, kind, frames, event_dim, tuple(shape), axis, support, cardinality,

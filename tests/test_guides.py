@@ -537,3 +537,41 @@ def test_binomial_sites_of_one_total_count_are_categories_and_varying_ones_are_r
     with pytest.raises(ValueError, match=r"^Site 'k' is a Binomial latent with a bound that "
                        r"varies by row, which Amortized cannot parameterise"):  # fmt: skip
         Amortized(latent, x, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+def two_views(x, y):
+    """z ~ N(0, 1), x | z ~ N(z, 1) and y | z ~ N(z, 1), both given as tensors: p(z | x, y) is
+    N((x + y) / 3, 1/3)."""
+    with pyro.plate("rows", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        pyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+
+def test_every_argument_with_rows_is_read_in_the_tensor_convention():
+    """The guide read the rows of the first argument alone: q(z | x) missed y, and its mean was
+    x / 2-ish wherever y disagreed with x."""
+    z = torch.randn(1000)
+    x, y = z + torch.randn(1000), z + torch.randn(1000)
+    guide = Amortized(two_views, hidden_features=())
+    ppgen.fit_svi(two_views, guide, x, y, epochs=30, batch_size=100, lr=0.03, num_particles=4,
+                  progress=False)  # fmt: skip
+    test_x, test_y = torch.tensor([-2.0, 0.0, 1.0, 2.0]), torch.tensor([2.0, 1.0, -1.0, 2.0])
+    # the noise of a constant-lr SVI fit: 0.08 on means whose posterior sd is 0.58
+    assert guide.encode(test_x, test_y)["z"] == pytest.approx((test_x + test_y) / 3, abs=0.08)
+
+
+def test_log_prob_repeats_every_argument_with_rows():
+    """log_prob drew `num_samples` copies of x but not of y: torch's 'size of tensor a (12) must
+    match the size of tensor b (3)'. With the exact posterior as guide each weight is p(x, y)."""
+
+    def exact(x, y):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z", dist.Normal((x + y) / 3, (1 / 3) ** 0.5))
+
+    x, y = torch.tensor([-2.0, 0.0, 1.0]), torch.tensor([2.0, 1.0, -1.0])
+    joint = dist.MultivariateNormal(torch.zeros(2), torch.tensor([[2.0, 1.0], [1.0, 2.0]]))
+    log_p = ppgen.log_prob(two_views, x, y, guide=exact, num_samples=4)
+    assert log_p == pytest.approx(joint.log_prob(torch.stack([x, y], -1)), abs=1e-9)
+    keyword = ppgen.log_prob(lambda x, y: two_views(x, y), x, y=y, guide=exact, num_samples=4)
+    assert keyword == pytest.approx(log_p, abs=1e-9)
