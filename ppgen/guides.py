@@ -559,6 +559,13 @@ class Amortized(Model):
         inputs = self._rows(args, kwargs, data)
         if self.inverse is None:
             self._setup(args, kwargs, data)
+        read = (n for n, c in self.columns.items() if c[2] is None and n not in self.gathers)
+        missing = next((n for n in read if n != _ONES and n not in inputs), None)
+        if missing is not None:
+            raise ValueError(
+                f"The guide reads the input {missing!r}, which this call does not give (or not "
+                "with as many rows as the others): call it with the inputs it was built on."
+            )
         rows = len(next(iter(inputs.values())))
         nets, locs, scales = self._modules["nets"], self._modules["locs"], self._modules["scales"]
         values = dict(inputs)

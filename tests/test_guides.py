@@ -575,3 +575,17 @@ def test_log_prob_repeats_every_argument_with_rows():
     assert log_p == pytest.approx(joint.log_prob(torch.stack([x, y], -1)), abs=1e-9)
     keyword = ppgen.log_prob(lambda x, y: two_views(x, y), x, y=y, guide=exact, num_samples=4)
     assert keyword == pytest.approx(log_p, abs=1e-9)
+
+
+def test_an_input_the_guide_reads_missing_from_a_call_is_named():
+    """A call without an input the guide was built on raised a raw KeyError."""
+    x, y = torch.randn(5), torch.randn(5)
+    guide = Amortized(two_views, x, y)
+    for args in [(x,), (x, y[:3])]:
+        with pytest.raises(ValueError, match=r"^The guide reads the input '\*args\[1\]', which "
+                           r"this call does not give"):  # fmt: skip
+            guide.encode(*args)
+    data = {"g": torch.tensor([0, 2, 1, 2, 0, 1]), "x": torch.randn(6)}
+    guide = Amortized(grouped, n=6, data=data)
+    with pytest.raises(ValueError, match=r"^The guide reads the input 'g', which this call"):
+        guide.encode(n=6, data={"x": data["x"]})
