@@ -459,6 +459,14 @@ class Amortized(Model):
         order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
         x = list(inputs) if data is None else None
         sites = [_site(trace.nodes[v], plate, inverse, data, x) for v in order if v in latent]
+        joint = next((s.name for s in sites if s.kind != "normal" and s.event_dim), None)
+        if joint is not None:
+            warnings.warn(
+                f"Site {joint!r} is a discrete latent with event dimensions, which Pyro cannot "
+                "enumerate (it would take the product of their values): the guide draws it, "
+                "its gradient estimated by the score function (unbiased, noisier).",
+                stacklevel=4,
+            )
         columns = {}
         for name, value in inputs.items():
             spec = (0, _categories(trace, name), None)
@@ -597,7 +605,7 @@ class Amortized(Model):
                     for name, _, _ in site.frames:
                         stack.enter_context(plates[name])
                     opened = site.frames
-                discrete = site.kind != "normal"  # marked as config_enumerate marks it
+                discrete = site.kind != "normal" and not site.event_dim  # as config_enumerate
                 infer = {"enumerate": "parallel"} if discrete else {}
                 values[site.name] = drawn[site.name] = pyro.sample(site.name, d, infer=infer)
         return drawn

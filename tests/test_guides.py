@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import math
 import subprocess
 import sys
 
@@ -589,3 +590,21 @@ def test_an_input_the_guide_reads_missing_from_a_call_is_named():
     guide = Amortized(grouped, n=6, data=data)
     with pytest.raises(ValueError, match=r"^The guide reads the input 'g', which this call"):
         guide.encode(n=6, data={"x": data["x"]})
+
+
+def test_a_discrete_site_with_event_dimensions_is_drawn_with_a_warning():
+    """Pyro cannot enumerate a vector of bits (the product of their values): marked for it, the
+    fit raised 'Enumeration over cartesian product is not implemented'."""
+
+    def bits(x):
+        with pyro.plate("rows", len(x)):
+            b = pyro.sample("b", dist.Bernoulli(torch.full((3,), 0.5)).to_event(1))
+            pyro.sample("x", dist.Normal(b.sum(-1), 0.3), obs=x)
+
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0]).repeat(10)
+    with pytest.warns(UserWarning, match=r"^Site 'b' is a discrete latent with event dimensions, "
+                      r"which Pyro cannot enumerate .* score function"):  # fmt: skip
+        guide = Amortized(bits, x, hidden_features=(8,))
+    assert "enumerate" not in poutine.trace(guide).get_trace(x).nodes["b"]["infer"]
+    fit = ppgen.fit_svi(bits, guide, x, epochs=2, batch_size=20, progress=False)
+    assert math.isfinite(fit.history[-1]["train"])
