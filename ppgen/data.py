@@ -454,13 +454,16 @@ def _codes(name: str, value: object, coder: _Coder, pd: object) -> tuple[object,
     codes = _label_codes(value, labels, pd)
     row = _first_row(torch.from_numpy(codes < 0)) if len(codes) and codes.min() < 0 else None
     if row is not None:
-        label = value.to_numpy()[row]
+        label = value.array[row]  # as the column holds it: a Timestamp, not numpy's datetime
         if pd.isna(label):
             raise ValueError(f"Column {name!r} holds a missing label (row {row}).")
+        text = not isinstance(label, str) and str(label) in labels  # as a saved model keeps it
         raise ValueError(
             f"Column {name!r} has label {label!r} in row {row}, which is not among its "
-            f"{len(labels)} categories."
-        )
+            f"{len(labels)} categories"
+            + (": a saved model keeps labels that are neither numbers nor text as text, so "
+               f"give {str(label)!r}." if text else ".")
+        )  # fmt: skip
     return codes, labels  # a new array, in the smallest integer type
 
 

@@ -117,3 +117,23 @@ def test_numbers_at_a_column_coded_by_number_labels_are_refused_not_read_as_code
                   progress=False)  # fmt: skip
     numbers = pd.DataFrame({"c": [1, 0, 1], "b": [0, 1, 1]})  # labels False, True: codes 0, 1
     assert torch.isfinite(ppgen.log_prob(bools, numbers)).all()
+
+
+def test_a_label_a_file_keeps_as_text_is_named_with_its_text(tmp_path):
+    """A file keeps labels that are neither numbers nor text as text: after loading, a frame of
+    the dates the fit saw was refused as if a date were no category."""
+    import datetime
+
+    model = ppgen.dag([("a", "b")], kinds={"a": "tabular", "b": "tabular"},
+                      cardinalities={"a": 3, "b": 2})  # fmt: skip
+    days = [datetime.date(2020, 1, d) for d in (1, 2, 3, 3, 2)]
+    frame = pd.DataFrame({"a": pd.Categorical(days), "b": [0, 1, 0, 1, 1]})
+    ppgen.fit_mle(model, frame, progress=False)
+    loaded = ppgen.load(ppgen.save(model, tmp_path / "days.safetensors"))
+    assert coding(loaded)["a"] == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    with pytest.raises(ValueError, match=r"^Column 'a' has label datetime.date\(2020, 1, 1\) in "
+                       r"row 0, which is not among its 3 categories: a saved model keeps labels "
+                       r"that are neither numbers nor text as text, so give '2020-01-01'\.$"):  # fmt: skip
+        ppgen.log_prob(loaded, frame)
+    text = frame.assign(a=frame["a"].astype(str))
+    assert torch.equal(ppgen.log_prob(loaded, text), ppgen.log_prob(model, frame))
