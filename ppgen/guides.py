@@ -834,10 +834,14 @@ def _key(name: str) -> str:
 
 
 def _plate_of_rows(trace: poutine.Trace, rows: int, data: Mapping | None) -> str | None:
-    """The plate of `rows` positions around every observed site of the data (`None`: none)."""
+    """The plate of `rows` positions around every observed site of the data (`None`: none): in
+    the `model(x)` convention, those with a dimension of `rows` (not a global `pyro.factor`)."""
     common: set[str] | None = None
     for site in trace.nodes.values():
-        if is_variable(site) and site["is_observed"] and (data is None or site["name"] in data):
+        if not (is_variable(site) and site["is_observed"]):
+            continue
+        of_data = rows in site["value"].shape if data is None else site["name"] in data
+        if of_data:
             names = {f.name for f in site["cond_indep_stack"] if f.size == rows}
             common = names if common is None else common & names
     return min(common) if common else None

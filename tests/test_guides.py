@@ -608,3 +608,20 @@ def test_a_discrete_site_with_event_dimensions_is_drawn_with_a_warning():
     assert "enumerate" not in poutine.trace(guide).get_trace(x).nodes["b"]["infer"]
     fit = ppgen.fit_svi(bits, guide, x, epochs=2, batch_size=20, progress=False)
     assert math.isfinite(fit.history[-1]["train"])
+
+
+def test_an_observed_site_outside_the_rows_does_not_hide_their_plate():
+    """A global pyro.factor (a penalty on a global) is observed outside the plate of the rows:
+    the guide found no plate of rows and gave each row's z a parameter of its own position."""
+
+    def penalised(x):
+        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        pyro.factor("penalty", -s)
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, s), obs=x)
+
+    guide = Amortized(penalised, torch.randn(6))
+    assert guide.plate == "rows"
+    assert [(s.name, s.axis) for s in guide.sites] == [("s", None), ("z", 0)]
+    assert list(guide.nets) == ["z"]
