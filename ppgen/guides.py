@@ -888,6 +888,7 @@ def _site(
                 f"Site {name!r} has support {fn.support}, which no bijection from the real "
                 "numbers reaches, so Amortized cannot parameterise it; write a guide for it."
             ) from None
+        _check_bounds(name, fn.support, value.dim(), axis)
         unconstrained = transform.inv(value)
         support = None if _is_real(fn.support) else fn.support
     shape = unconstrained.shape if axis is None else unconstrained.movedim(axis, 0).shape[1:]
@@ -899,6 +900,23 @@ def _site(
         name, kind, frames, event_dim, tuple(shape), axis, support, cardinality,
         inputs=columns + latent, span=value.dim() - event_dim,
     )  # fmt: skip
+
+
+def _check_bounds(name: str, support: object, dim: int, axis: int | None) -> None:
+    """Raises where a site of the rows has support bounds that vary along its rows' dimension
+    `axis` (of a value of `dim` dimensions): the guide's bijection is fixed when it is built."""
+    if axis is None:
+        return
+    for bound in vars(support).values():
+        if isinstance(bound, constraints.Constraint):
+            _check_bounds(name, bound, dim, axis)
+        elif isinstance(bound, Tensor) and bound.dim() >= dim - axis:
+            if bound.shape[axis - dim] == 1:  # one bound, broadcast over the rows
+                continue
+            raise ValueError(
+                f"Site {name!r} has a support whose bounds vary by row, which Amortized cannot "
+                "follow (its bijection is fixed when it is built); write a guide for it."
+            )
 
 
 def _categories(trace: poutine.Trace, name: str) -> int:

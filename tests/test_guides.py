@@ -625,3 +625,26 @@ def test_an_observed_site_outside_the_rows_does_not_hide_their_plate():
     assert guide.plate == "rows"
     assert [(s.name, s.axis) for s in guide.sites] == [("s", None), ("z", 0)]
     assert list(guide.nets) == ["z"]
+
+
+def test_a_support_with_bounds_that_vary_by_row_is_refused():
+    """z ~ Uniform(0, t) with t a column: the guide fixed the bijection onto the first call's
+    bounds, so later rows drew z outside (0, t), or other batch sizes raised torch's broadcast error."""
+
+    def bounded(x, t):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Uniform(torch.zeros_like(t), t))
+            pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+    t = torch.tensor([1.0, 2.0, 5.0])
+    with pytest.raises(ValueError, match=r"^Site 'z' has a support whose bounds vary by row, "
+                       r"which Amortized cannot follow"):  # fmt: skip
+        Amortized(bounded, t / 2, t)
+
+    def fixed(x):  # bounds along the event, one for all rows: kept
+        with pyro.plate("rows", len(x)):
+            v = pyro.sample("v", dist.Uniform(torch.zeros(2), torch.tensor([1.0, 5.0])).to_event(1))
+            pyro.sample("x", dist.Normal(v.sum(-1), 1.0), obs=x)
+
+    v = Amortized(fixed, torch.randn(3)).encode(torch.randn(7))["v"]
+    assert v.shape == (7, 2) and (v > 0).all() and (v < torch.tensor([1.0, 5.0])).all()
