@@ -456,3 +456,25 @@ def test_labels_or_a_missing_input_given_to_an_amortized_guide():
     message = re.escape("The guide reads the input 'g', which this call does not give (or not with "
                         "as many rows as the others): call it with the inputs it was built on.")  # fmt: skip
     _unchanged(lambda: guide.encode(n=3, data={"x": data["x"]}), message, guide)
+
+
+def test_a_latent_whose_support_bounds_vary_by_row_given_to_an_amortized_guide():
+    def uniform(x, t):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Uniform(torch.zeros_like(t), t))
+            pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+    def binomial(x, t):
+        with pyro.plate("rows", len(x)):
+            k = pyro.sample("k", dist.Binomial(t, 0.5))
+            pyro.sample("x", dist.Normal(k, 0.1), obs=x)
+
+    t = torch.tensor([1.0, 2.0, 5.0])
+    with pytest.raises(ValueError, match=re.escape(
+        "Site 'z' has a support whose bounds vary by row, which Amortized cannot follow (its "
+        "bijection is fixed when it is built); write a guide for it."
+    )):  # fmt: skip
+        ppgen.guides.Amortized(uniform, t / 2, t)
+    with pytest.raises(ValueError, match=r"^Site 'k' is a Binomial latent with a bound that varies "
+                       r"by row, which Amortized cannot parameterise"):  # fmt: skip
+        ppgen.guides.Amortized(binomial, t / 2, t)
