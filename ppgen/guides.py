@@ -302,7 +302,8 @@ class Amortized(Model):
     means `mu[g]`) is read there, in place of the whole value.
 
     The guide is called as the model is, in either convention of :func:`ppgen.fit_svi`:
-    `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`), or
+    `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`, and of every
+    other tensor argument with as many rows), or
     `guide(*args, n=N, data=rows, **kwargs)` with the observed columns of those rows, which
     `fit_svi` and :func:`ppgen.log_prob` hand it. It is built on its first call, as Pyro's
     autoguides are, or at once when given the inputs here. Once built, :func:`ppgen.save`
