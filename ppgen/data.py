@@ -362,6 +362,7 @@ def _column(
         elif text or isinstance(kind, pd.CategoricalDtype):
             value, labels = _codes(name, value, coder, pd)
         else:  # in order: a Series' index plays no part
+            _check_numbers(name, coder)
             row = _first_row(torch.tensor(value.isna().to_numpy(dtype=bool)))
             numpy_float = kind.kind == "f" and not hasattr(kind, "numpy_dtype")  # NaN: below
             if row is not None and not numpy_float:
@@ -379,6 +380,18 @@ def _column(
     if tensor.is_complex():
         raise ValueError(f"Column {name!r} holds complex numbers; its site takes real ones.")
     return tensor, labels
+
+
+def _check_numbers(name: str, coder: _Coder) -> None:
+    """Raises where a column of numbers could be labels or codes: the coding of its column has a
+    number label at a code other than its own value (labels 2, 0, 1: is 2 label 2 or code 2?)."""
+    labels = coder.categories.get(name, ())
+    if any(isinstance(c, numbers.Number) and c != i for i, c in enumerate(labels)):
+        raise ValueError(
+            f"Column {name!r} holds numbers, but the model codes its labels {list(labels)}, "
+            "numbers too, so they could be labels or codes: give labels as a pandas "
+            "categorical column, codes as an array (column.to_numpy())."
+        )
 
 
 def _categories(value: object, pd: object) -> object:
@@ -441,13 +454,16 @@ def _codes(name: str, value: object, coder: _Coder, pd: object) -> tuple[object,
     codes = _label_codes(value, labels, pd)
     row = _first_row(torch.from_numpy(codes < 0)) if len(codes) and codes.min() < 0 else None
     if row is not None:
-        label = value.to_numpy()[row]
+        label = value.array[row]  # as the column holds it: a Timestamp, not numpy's datetime
         if pd.isna(label):
             raise ValueError(f"Column {name!r} holds a missing label (row {row}).")
+        text = not isinstance(label, str) and str(label) in labels  # as a saved model keeps it
         raise ValueError(
             f"Column {name!r} has label {label!r} in row {row}, which is not among its "
-            f"{len(labels)} categories."
-        )
+            f"{len(labels)} categories"
+            + (": a saved model keeps labels that are neither numbers nor text as text, so "
+               f"give {str(label)!r}." if text else ".")
+        )  # fmt: skip
     return codes, labels  # a new array, in the smallest integer type
 
 

@@ -22,6 +22,7 @@ import functools
 import inspect
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -269,8 +270,13 @@ def _width(value: Tensor, spec: tuple[int | None, int, int | None]) -> int:
 
 
 def _normal(loc: Tensor, scale: Tensor, site: _Site) -> dist.Distribution:
-    base = dist.Normal(loc, scale).to_event(site.event_dim)
-    return base if site.transform is None else dist.TransformedDistribution(base, [site.transform])
+    """A Normal on the site's unconstrained value, pushed through its bijection, whose event
+    dimensions may differ from the site's (a correlation's Cholesky factor is a vector's image)."""
+    transform = site.transform
+    if transform is None:
+        return dist.Normal(loc, scale).to_event(site.event_dim)
+    event_dim = site.event_dim - transform.codomain.event_dim + transform.domain.event_dim
+    return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(event_dim), [transform])
 
 
 class Amortized(Model):
@@ -296,7 +302,8 @@ class Amortized(Model):
     means `mu[g]`) is read there, in place of the whole value.
 
     The guide is called as the model is, in either convention of :func:`ppgen.fit_svi`:
-    `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`), or
+    `guide(x, *args, **kwargs)` (the networks then read the whole row of `x`, and of every
+    other tensor argument with as many rows), or
     `guide(*args, n=N, data=rows, **kwargs)` with the observed columns of those rows, which
     `fit_svi` and :func:`ppgen.log_prob` hand it. It is built on its first call, as Pyro's
     autoguides are, or at once when given the inputs here. Once built, :func:`ppgen.save`
@@ -400,16 +407,23 @@ class Amortized(Model):
             return nn.modules.module._IncompatibleKeys([], [])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _rows(self, args: tuple[object, ...], data: Mapping[str, Tensor] | None) -> dict:
-        """The inputs of the networks: each observed column, or the row of `x`, flattened."""
+    def _rows(
+        self, args: tuple[object, ...], kwargs: dict[str, object], data: Mapping | None
+    ) -> dict:
+        """The inputs of the networks: each observed column, or the row of `x` and of every
+        other tensor argument with as many rows (`model(x, y)`: `y` is data too), flattened."""
         if data is not None:
-            return {name: torch.as_tensor(v) for name, v in data.items()}
+            return {name: _numbers(name, v) for name, v in data.items()}
         if not args or not isinstance(args[0], Tensor) or args[0].dim() == 0:
             raise ValueError(
                 "Amortized needs the rows it encodes: call it as guide(x, ...) with a tensor of "
                 "rows, or as guide(..., n=N, data=rows) with a dict of observed columns."
             )
-        return {_ROW: args[0]}
+        x = args[0]
+        named = [*((f"*args[{i}]", a) for i, a in enumerate(args[1:], 1)),
+                 *((f"*kwargs[{k}]", v) for k, v in kwargs.items())]  # fmt: skip
+        others = {k: v for k, v in named if isinstance(v, Tensor) and v.dim() and len(v) == len(x)}
+        return {_ROW: x, **others}
 
     def _setup(
         self, args: tuple[object, ...], kwargs: dict[str, object], data: Mapping | None
@@ -437,14 +451,23 @@ class Amortized(Model):
                 "counts the guide's density where the model masks it out.",
                 stacklevel=4,
             )
-        inputs = self._rows(args, data)
+        inputs = self._rows(args, kwargs, data)
         first = next(iter(inputs.values()))
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
         plate = _plate_of_rows(trace, len(first), data)
         inverse = faithful_inverse(g)
         position = {v: i for i, v in enumerate(g)}
         order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
-        sites = [_site(trace.nodes[v], plate, inverse, data) for v in order if v in latent]
+        x = list(inputs) if data is None else None
+        sites = [_site(trace.nodes[v], plate, inverse, data, x) for v in order if v in latent]
+        joint = next((s.name for s in sites if s.kind != "normal" and s.event_dim), None)
+        if joint is not None:
+            warnings.warn(
+                f"Site {joint!r} is a discrete latent with event dimensions, which Pyro cannot "
+                "enumerate (it would take the product of their values): the guide draws it, "
+                "its gradient estimated by the score function (unbiased, noisier).",
+                stacklevel=4,
+            )
         columns = {}
         for name, value in inputs.items():
             spec = (0, _categories(trace, name), None)
@@ -542,9 +565,16 @@ class Amortized(Model):
         *,
         sample: bool,
     ) -> dict[str, Tensor]:
-        inputs = self._rows(args, data)
+        inputs = self._rows(args, kwargs, data)
         if self.inverse is None:
             self._setup(args, kwargs, data)
+        read = (n for n, c in self.columns.items() if c[2] is None and n not in self.gathers)
+        missing = next((n for n in read if n != _ONES and n not in inputs), None)
+        if missing is not None:
+            raise ValueError(
+                f"The guide reads the input {missing!r}, which this call does not give (or not "
+                "with as many rows as the others): call it with the inputs it was built on."
+            )
         rows = len(next(iter(inputs.values())))
         nets, locs, scales = self._modules["nets"], self._modules["locs"], self._modules["scales"]
         values = dict(inputs)
@@ -576,7 +606,7 @@ class Amortized(Model):
                     for name, _, _ in site.frames:
                         stack.enter_context(plates[name])
                     opened = site.frames
-                discrete = site.kind != "normal"  # marked as config_enumerate marks it
+                discrete = site.kind != "normal" and not site.event_dim  # as config_enumerate
                 infer = {"enumerate": "parallel"} if discrete else {}
                 values[site.name] = drawn[site.name] = pyro.sample(site.name, d, infer=infer)
         return drawn
@@ -590,6 +620,24 @@ class Amortized(Model):
         spec = self.columns[previous][:3] if previous else None
         value = values[previous] if previous else None
         return chain.distribution(states[site.chain][:, site.step], value, spec)
+
+
+def _numbers(name: str, value: object) -> Tensor:
+    """A column of the rows as a tensor, refusing labels (a pandas categorical or text column,
+    text in numpy), whose codes only a fit's coding knows: read as numbers they are wrong."""
+    pd = sys.modules.get("pandas")  # data hold pandas objects only where pandas is imported
+    kind = None if isinstance(value, Tensor) else getattr(value, "dtype", None)
+    if kind is not None and pd is not None and (
+        isinstance(kind, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(kind)
+        or pd.api.types.is_string_dtype(kind)
+    ):
+        raise ValueError(
+            f"Column {name!r} holds labels (a pandas categorical or text column), which the "
+            "guide does not code: give it their codes in the fit, as ppgen.fit_svi and "
+            f"ppgen.log_prob do (by ppgen.model.coding(model)[{name!r}])."
+        )
+    return torch.as_tensor(value)
 
 
 def _views(trace: poutine.Trace, x: Tensor) -> dict[str, list[int]]:
@@ -787,10 +835,14 @@ def _key(name: str) -> str:
 
 
 def _plate_of_rows(trace: poutine.Trace, rows: int, data: Mapping | None) -> str | None:
-    """The plate of `rows` positions around every observed site of the data (`None`: none)."""
+    """The plate of `rows` positions around every observed site of the data (`None`: none): in
+    the `model(x)` convention, those with a dimension of `rows` (not a global `pyro.factor`)."""
     common: set[str] | None = None
     for site in trace.nodes.values():
-        if is_variable(site) and site["is_observed"] and (data is None or site["name"] in data):
+        if not (is_variable(site) and site["is_observed"]):
+            continue
+        of_data = rows in site["value"].shape if data is None else site["name"] in data
+        if of_data:
             names = {f.name for f in site["cond_indep_stack"] if f.size == rows}
             common = names if common is None else common & names
     return min(common) if common else None
@@ -802,8 +854,11 @@ def _unwrapped(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
-def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | None) -> _Site:
-    """How to draw a latent site of the model's trace, or a `ValueError` naming it."""
+def _site(
+    site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | None, x: list[str] | None
+) -> _Site:
+    """How to draw a latent site of the model's trace, or a `ValueError` naming it; `x`: the
+    inputs of the `model(x)` convention, which every site reads."""
     name, fn, value = site["name"], site["fn"], site["value"]
     frames = [(f.name, f.size, f.dim) for f in site["cond_indep_stack"]]
     event_dim = len(fn.event_shape)
@@ -815,10 +870,12 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
         discrete = base.support
         if discrete is constraints.boolean:
             kind = "bernoulli"
-        elif isinstance(discrete, constraints.integer_interval) and discrete.lower_bound == 0:
-            kind, cardinality = "categorical", int(discrete.upper_bound) + 1
+        elif cardinality := _interval(discrete):
+            kind = "categorical"
         if kind == "normal" or axis is None:
             where = "outside the plate of the rows" if kind != "normal" else f"{discrete}-valued"
+            if kind == "normal" and isinstance(discrete, constraints.integer_interval):
+                where = "with a bound that varies by row"
             raise ValueError(
                 f"Site {name!r} is a {type(base).__name__} latent {where}, which Amortized cannot "
                 "parameterise: it draws discrete sites only inside the rows' plate, and only "
@@ -832,12 +889,13 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
                 f"Site {name!r} has support {fn.support}, which no bijection from the real "
                 "numbers reaches, so Amortized cannot parameterise it; write a guide for it."
             ) from None
+        _check_bounds(name, fn.support, value.dim(), axis)
         unconstrained = transform.inv(value)
         support = None if _is_real(fn.support) else fn.support
     shape = unconstrained.shape if axis is None else unconstrained.movedim(axis, 0).shape[1:]
     parents = list(inverse.predecessors(name))
     observed = [p for p in parents if inverse.nodes[p]["observed"]]
-    columns = [_ROW] if data is None else [p for p in observed if p in data]
+    columns = list(x) if data is None else [p for p in observed if p in data]
     latent = [p for p in parents if p not in observed]
     return _Site(
         name, kind, frames, event_dim, tuple(shape), axis, support, cardinality,
@@ -845,15 +903,41 @@ def _site(site: dict, plate: str | None, inverse: nx.DiGraph, data: Mapping | No
     )  # fmt: skip
 
 
+def _check_bounds(name: str, support: object, dim: int, axis: int | None) -> None:
+    """Raises where a site of the rows has support bounds that vary along its rows' dimension
+    `axis` (of a value of `dim` dimensions): the guide's bijection is fixed when it is built."""
+    if axis is None:
+        return
+    for bound in vars(support).values():
+        if isinstance(bound, constraints.Constraint):
+            _check_bounds(name, bound, dim, axis)
+        elif isinstance(bound, Tensor) and bound.dim() >= dim - axis:
+            if bound.shape[axis - dim] == 1:  # one bound, broadcast over the rows
+                continue
+            raise ValueError(
+                f"Site {name!r} has a support whose bounds vary by row, which Amortized cannot "
+                "follow (its bijection is fixed when it is built); write a guide for it."
+            )
+
+
 def _categories(trace: poutine.Trace, name: str) -> int:
     """The number of categories of an observed site of codes 0..k-1 (one-hot inputs), else 0."""
     site = trace.nodes.get(name)
     if site is None or not site["fn"].support.is_discrete:
         return 0
-    support = _unwrapped(site["fn"]).support
-    if isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
-        return int(support.upper_bound) + 1
-    return 0
+    return _interval(_unwrapped(site["fn"]).support)
+
+
+def _interval(support: constraints.Constraint) -> int:
+    """The number of values of an integer interval from 0 whose upper bound is one for all rows
+    (a Categorical's, a Binomial's of one total count, where it is a tensor), else 0."""
+    if not isinstance(support, constraints.integer_interval):
+        return 0
+    bounds = (support.lower_bound, support.upper_bound)
+    lower, upper = (torch.as_tensor(b).reshape(-1) for b in bounds)
+    if not len(upper) or (lower != 0).any() or (upper != upper[0]).any():
+        return 0
+    return int(upper[0]) + 1
 
 
 def _is_real(support: constraints.Constraint) -> bool:

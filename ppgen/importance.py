@@ -119,11 +119,13 @@ def log_weights(
     kwargs: dict[str, object],
 ) -> Tensor:
     """The log-weights of `draws` draws per row, of shape (draws, rows)."""
+    args = tuple(_repeat(a, draws, rows) for a in args)  # y of model(x, y) too
+    kwargs = {k: _repeat(v, draws, rows) for k, v in kwargs.items()}
     if isinstance(data, Tensor):
-        repeated = data.repeat(draws, *[1] * (data.dim() - 1))
+        repeated = _repeat(data, draws, rows)
         args = (repeated, *args)
     else:
-        repeated = {name: v.repeat(draws, *[1] * (v.dim() - 1)) for name, v in data.items()}
+        repeated = {name: _repeat(v, draws, rows) for name, v in data.items()}
         model = poutine.condition(model, data=repeated)
         kwargs = {**kwargs, "n": draws * rows}
     rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
@@ -149,3 +151,10 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def _repeat(value: object, draws: int, rows: int) -> object:
+    """A tensor of `rows` rows repeated `draws` times (rows within draws); else `value` itself."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or len(value) != rows:
+        return value
+    return value.repeat(draws, *[1] * (value.dim() - 1))

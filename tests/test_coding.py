@@ -95,3 +95,45 @@ def test_validation_frames_use_the_training_coding():
     assert fit.history[-1]["val/weather"] == pytest.approx(
         ppgen.log_prob(model, val, per_node=True)["weather"].mean().item(), abs=1e-12
     )
+
+
+def test_numbers_at_a_column_coded_by_number_labels_are_refused_not_read_as_codes():
+    """After a fit on a categorical of ints in another order, a plain int column could hold the
+    labels or their codes; read as codes, label 2 (code 0) would count as label 1 (code 2)."""
+    model = ppgen.dag([("a", "b")], kinds={"a": "tabular", "b": "tabular"},
+                      cardinalities={"a": 3, "b": 2})  # fmt: skip
+    a, b = [2, 2, 2, 0, 1, 2, 0], [0, 1, 0, 1, 1, 0, 0]
+    frame = pd.DataFrame({"a": pd.Categorical(a, categories=[2, 0, 1]), "b": b})
+    ppgen.fit_mle(model, frame, progress=False)
+    plain = pd.DataFrame({"a": a, "b": b})
+    with pytest.raises(ValueError, match=r"^Column 'a' holds numbers, but the model codes its "
+                       r"labels \[2, 0, 1\], numbers too"):  # fmt: skip
+        ppgen.log_prob(model, plain)
+    codes = {"a": torch.tensor([0, 0, 0, 1, 2, 0, 1]), "b": torch.tensor(b)}  # as tensors: codes
+    assert torch.equal(ppgen.log_prob(model, codes), ppgen.log_prob(model, frame))
+    bools = ppgen.dag([("c", "b")], kinds={"c": "tabular", "b": "tabular"},
+                      cardinalities={"c": 2, "b": 2})  # fmt: skip
+    ppgen.fit_mle(bools, pd.DataFrame({"c": pd.Categorical([True, False, True]), "b": [0, 1, 1]}),
+                  progress=False)  # fmt: skip
+    numbers = pd.DataFrame({"c": [1, 0, 1], "b": [0, 1, 1]})  # labels False, True: codes 0, 1
+    assert torch.isfinite(ppgen.log_prob(bools, numbers)).all()
+
+
+def test_a_label_a_file_keeps_as_text_is_named_with_its_text(tmp_path):
+    """A file keeps labels that are neither numbers nor text as text: after loading, a frame of
+    the dates the fit saw was refused as if a date were no category."""
+    import datetime
+
+    model = ppgen.dag([("a", "b")], kinds={"a": "tabular", "b": "tabular"},
+                      cardinalities={"a": 3, "b": 2})  # fmt: skip
+    days = [datetime.date(2020, 1, d) for d in (1, 2, 3, 3, 2)]
+    frame = pd.DataFrame({"a": pd.Categorical(days), "b": [0, 1, 0, 1, 1]})
+    ppgen.fit_mle(model, frame, progress=False)
+    loaded = ppgen.load(ppgen.save(model, tmp_path / "days.safetensors"))
+    assert coding(loaded)["a"] == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    with pytest.raises(ValueError, match=r"^Column 'a' has label datetime.date\(2020, 1, 1\) in "
+                       r"row 0, which is not among its 3 categories: a saved model keeps labels "
+                       r"that are neither numbers nor text as text, so give '2020-01-01'\.$"):  # fmt: skip
+        ppgen.log_prob(loaded, frame)
+    text = frame.assign(a=frame["a"].astype(str))
+    assert torch.equal(ppgen.log_prob(loaded, text), ppgen.log_prob(model, frame))

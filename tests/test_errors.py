@@ -253,6 +253,30 @@ def test_labels_are_coded_by_the_fits_categories_or_refused():
     _unchanged(lambda: ppgen.log_prob(model, frame, categories={}), message, model)
 
 
+def test_numbers_where_the_model_codes_number_labels_and_labels_a_file_keeps_as_text(tmp_path):
+    model = _model()
+    ppgen.fit_mle(model, pd.DataFrame({**GOOD, "b": pd.Categorical([2, 0, 1], categories=[2, 0, 1])}),
+                  epochs=1, progress=False)  # fmt: skip
+    message = re.escape("Column 'b' holds numbers, but the model codes its labels [2, 0, 1], numbers "
+                        "too, so they could be labels or codes: give labels as a pandas categorical "
+                        "column, codes as an array (column.to_numpy()).")  # fmt: skip
+    _unchanged(lambda: ppgen.log_prob(model, pd.DataFrame(GOOD)), message, model)
+    _unchanged(_fit(model, pd.DataFrame(GOOD)), message, model)
+    days = pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"])
+    frame = pd.DataFrame({**GOOD, "b": pd.Categorical(days)})
+    loaded = ppgen.load(ppgen.save(_fitted(frame), tmp_path / "m.safetensors"))
+    message = re.escape("Column 'b' has label Timestamp('2020-01-01 00:00:00') in row 0, which is "
+                        "not among its 3 categories: a saved model keeps labels that are neither "
+                        "numbers nor text as text, so give '2020-01-01 00:00:00'.")  # fmt: skip
+    _unchanged(lambda: ppgen.log_prob(loaded, frame), message, loaded, tmp_path)
+
+
+def _fitted(frame: pd.DataFrame) -> nn.Module:
+    model = _model()
+    ppgen.fit_mle(model, frame, epochs=1, progress=False)
+    return model
+
+
 def test_latent_site_given_to_fit_mle():
     vae = ppgen.models.VAE(3, 2, hidden=(4,))
     x = torch.bernoulli(torch.full((5, 3), 0.5))
@@ -412,3 +436,45 @@ def test_pyro_style_program_errors():
     _unchanged(lambda: ppgen.fit_mle(model, x, x, val=x, progress=False), val, model)
     guide = "With a guide, a program without the keyword n takes its data tensor as its first"
     _unchanged(lambda: ppgen.log_prob(model, {"y": x}, x, guide=lambda x: None), guide, model)
+
+
+def test_labels_or_a_missing_input_given_to_an_amortized_guide():
+    def grouped(n=1):
+        with pyro.plate("groups", 3):
+            mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", n):
+            g = pyro.sample("g", dist.Categorical(logits=torch.zeros(3)))
+            pyro.sample("x", dist.Normal(mu[g], 1.0))
+
+    data = {"g": torch.tensor([0, 2, 1]), "x": torch.zeros(3)}
+    guide = ppgen.guides.Amortized(grouped, n=3, data=data)
+    labels = {**data, "g": pd.Series(pd.Categorical(["c", "a", "b"]))}
+    message = re.escape("Column 'g' holds labels (a pandas categorical or text column), which the "
+                        "guide does not code: give it their codes in the fit, as ppgen.fit_svi and "
+                        "ppgen.log_prob do (by ppgen.model.coding(model)['g']).")  # fmt: skip
+    _unchanged(lambda: guide.encode(n=3, data=labels), message, guide)
+    message = re.escape("The guide reads the input 'g', which this call does not give (or not with "
+                        "as many rows as the others): call it with the inputs it was built on.")  # fmt: skip
+    _unchanged(lambda: guide.encode(n=3, data={"x": data["x"]}), message, guide)
+
+
+def test_a_latent_whose_support_bounds_vary_by_row_given_to_an_amortized_guide():
+    def uniform(x, t):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Uniform(torch.zeros_like(t), t))
+            pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+    def binomial(x, t):
+        with pyro.plate("rows", len(x)):
+            k = pyro.sample("k", dist.Binomial(t, 0.5))
+            pyro.sample("x", dist.Normal(k, 0.1), obs=x)
+
+    t = torch.tensor([1.0, 2.0, 5.0])
+    with pytest.raises(ValueError, match=re.escape(
+        "Site 'z' has a support whose bounds vary by row, which Amortized cannot follow (its "
+        "bijection is fixed when it is built); write a guide for it."
+    )):  # fmt: skip
+        ppgen.guides.Amortized(uniform, t / 2, t)
+    with pytest.raises(ValueError, match=r"^Site 'k' is a Binomial latent with a bound that varies "
+                       r"by row, which Amortized cannot parameterise"):  # fmt: skip
+        ppgen.guides.Amortized(binomial, t / 2, t)
