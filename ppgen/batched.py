@@ -38,16 +38,20 @@ and 1.2x in one part (see docs/scaling.md)."""
 
 def _shape(module: Node, parents: int) -> tuple | None:
     """What a conditional must share with others to be evaluated with them (`None`: it runs
-    alone): its class, layers, activation, head, parent cardinalities, dtype and device."""
+    alone): its class, layers, activation, head, parent cardinalities, dtype and device. Its
+    network must alternate linear layers and one activation of torch's (whose repr shows its
+    settings; a user's may hide them), ending with a linear layer."""
     if type(module) is not Conditional or not parents:
         return None
     head, net = module.head, module.net
     linears, activations = list(net)[0::2], list(net)[1::2]
     if (
         type(net) is not nn.Sequential
+        or not len(net) % 2
         or head.event_shape
         or not all(type(m) is nn.Linear and m.bias is not None for m in linears)
         or any(list(m.parameters(recurse=True)) for m in activations)
+        or not all(type(m).__module__.startswith("torch.nn.") for m in activations)
         or len({(type(m), repr(m)) for m in activations}) > 1
         or not all(isinstance(v, Number) for v in head.fixed.values())
     ):

@@ -184,3 +184,43 @@ def test_save_load_after_a_batched_fit(tmp_path) -> None:
     before = ppgen.load(ppgen.save(initial, tmp_path / "initial.safetensors"))
     before.load_state_dict(model.state_dict())  # a file's weights go into the per-node modules
     assert torch.equal(ppgen.log_prob(before, rows), ppgen.log_prob(model, rows))
+
+
+class Scaled(torch.nn.Module):
+    """A user's activation whose repr does not show its state."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * self.factor
+
+
+def _nearly_exact(model: ppgen.builder.DAG) -> None:
+    """Each non-root conditional's draws within 1e-3 of its mean given the drawn parents (their
+    scale is 1e-4)."""
+    drawn = ppgen.sample(model, 200)
+    for name, c in zip(model.nodes, model.conditionals, strict=True):
+        if not model.parents[name]:
+            continue
+        mean = c.distribution(*(drawn[p] for p in model.parents[name])).mean
+        torch.testing.assert_close(drawn[name], mean.expand(200), rtol=0, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("net", ["custom activation", "trailing activation"])
+def test_sample_groups_no_networks_it_would_evaluate_otherwise(net: str) -> None:
+    """A user's activation whose repr hides its state, and a network ending in an activation,
+    are each their own: drawing them in a group took the first's activation for all (draws of
+    mean 0.29 for 1.47), or left the last activation out."""
+    model = ppgen.dag([("a", "b"), ("a", "c")], hidden=(4,))
+    pyro.set_rng_seed(0)
+    for i, factor in ((1, 1.0), (2, 5.0)):
+        c = Conditional(pyro.distributions.Normal, 1, hidden=(4,), scale=1e-4)
+        c.net[-1].bias.data[0] = 3.0  # a trailing Tanh bends it
+        if net == "custom activation":
+            c.net[1] = Scaled(factor)
+        else:
+            c.net = torch.nn.Sequential(*c.net, torch.nn.Tanh())
+        model.conditionals[i] = c
+    _nearly_exact(model)
