@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ppgen.nn import Conditional, Node
 
-__all__ = ["ConditionalGroup", "Stacked", "groups", "sample"]
+__all__ = ["ConditionalGroup", "Stacked", "groups", "hooked", "sample"]
 
 Factors = Mapping[str, tuple[Node, list[str]]]
 
@@ -36,12 +36,23 @@ cache): at 1,024 rows, 16 nodes of 16 hidden units or 4 of 64. Measured on one t
 and 1.2x in one part (see docs/scaling.md)."""
 
 
+def hooked(module: nn.Module) -> bool:
+    """Whether `module` or one inside it has forward hooks (a user's, `spectral_norm`'s), which
+    a call runs and a group's or a layer's evaluation would not.
+
+    Example:
+        >>> hooked(nn.utils.spectral_norm(nn.Linear(2, 2))), hooked(nn.Linear(2, 2))
+        (True, False)
+    """
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 def _shape(module: Node, parents: int) -> tuple | None:
     """What a conditional must share with others to be evaluated with them (`None`: it runs
     alone): its class, layers, activation, head, parent cardinalities, dtype and device. Its
     network must alternate linear layers and one activation of torch's (whose repr shows its
-    settings; a user's may hide them), ending with a linear layer."""
-    if type(module) is not Conditional or not parents:
+    settings; a user's may hide them), ending with a linear layer, and no hooks."""
+    if type(module) is not Conditional or not parents or hooked(module):
         return None
     head, net = module.head, module.net
     linears, activations = list(net)[0::2], list(net)[1::2]

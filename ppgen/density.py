@@ -23,7 +23,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
-from ppgen.batched import Stacked, groups
+from ppgen.batched import Stacked, groups, hooked
 from ppgen.batched import sample as sample_layers
 from ppgen.builder import DAG
 from ppgen.data import Table, is_frame, read_table
@@ -217,8 +217,9 @@ def _draw(
 def _layered(
     model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
-    """Whether `model` is :func:`ppgen.dag`'s program as it is, called outside any Pyro handler,
-    so that its draws may be made without running it (:func:`ppgen.batched.sample`)."""
+    """Whether `model` is :func:`ppgen.dag`'s program as it is, called outside any Pyro handler
+    and without forward hooks, so that its draws may be made without running it
+    (:func:`ppgen.batched.sample`)."""
     return (
         isinstance(model, DAG)
         and type(model).forward is DAG.forward
@@ -226,6 +227,7 @@ def _layered(
         and not kwargs
         and not poutine.runtime.am_i_wrapped()
         and all(type(c).forward is Node.forward for c in model.conditionals)
+        and not hooked(model)
     )
 
 

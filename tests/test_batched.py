@@ -224,3 +224,32 @@ def test_sample_groups_no_networks_it_would_evaluate_otherwise(net: str) -> None
             c.net = torch.nn.Sequential(*c.net, torch.nn.Tanh())
         model.conditionals[i] = c
     _nearly_exact(model)
+
+
+def test_sample_runs_the_hooks_of_a_model() -> None:
+    """A forward hook on a conditional (here one moving its draws by 100) is part of the
+    program: the layered draws left it out (mean 0.4 where the program's is 100.4)."""
+    model = ppgen.dag([("a", "b")], hidden=(4,))
+    model.conditionals[1] = Conditional(pyro.distributions.Normal, 1, hidden=(4,), scale=1e-4)
+    model.conditionals[1].register_forward_hook(
+        lambda module, parents, d: pyro.distributions.Normal(d.loc + 100.0, d.scale)
+    )
+    drawn = ppgen.sample(model, 200)
+    torch.testing.assert_close(drawn["b"], model.conditionals[1](drawn["a"]).loc, rtol=0, atol=1e-3)
+
+
+def test_sample_groups_no_networks_with_hooks() -> None:
+    """A layer under a hook (spectral_norm's, which computes its weight at each call) runs
+    alone: a group read the weight of its last call, here before new weights were loaded."""
+    model = ppgen.dag([("a", "b"), ("a", "c")], hidden=(4,))
+    for i in (1, 2):
+        c = Conditional(pyro.distributions.Normal, 1, hidden=(4,), scale=1e-4)
+        c.net[0] = torch.nn.utils.spectral_norm(c.net[0])
+        model.conditionals[i] = c
+    model.eval()
+    ppgen.sample(model, 2)  # the weights of this call stay on the layers
+    with torch.no_grad():
+        for i in (1, 2):
+            model.conditionals[i].net[0].weight_orig.mul_(-3.0)
+            model.conditionals[i].net[-1].bias.add_(2.0)
+    _nearly_exact(model)
