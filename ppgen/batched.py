@@ -182,8 +182,8 @@ class Stacked:
         >>> factors = dict(zip(model.nodes, zip(model.conditionals, model.parents.values())))
         >>> stacked = Stacked(factors, [["b", "c"]], ["a", "b", "c"])
         >>> rows = {"a": torch.zeros(5), "b": torch.zeros(5), "c": torch.ones(5)}
-        >>> stacked.names, stacked.singles, stacked(rows).shape
-        (['b', 'c'], ['a'], torch.Size([2, 5]))
+        >>> stacked.names, stacked.singles, [t.shape for t in stacked(rows)]
+        (['b', 'c'], ['a'], [torch.Size([2, 5])])
     """
 
     def __init__(
@@ -217,11 +217,11 @@ class Stacked:
             columns = [c.to(self.dtype) for c in columns]
         return torch.stack(columns)
 
-    def __call__(self, batch: Mapping[str, Tensor]) -> Tensor | None:
-        r"""The grouped sites' log-densities per row, :math:`(T, N)` in the order of
-        :attr:`names` (`None` where no group is left)."""
+    def __call__(self, batch: Mapping[str, Tensor]) -> list[Tensor]:
+        r"""The grouped sites' log-densities per row, one :math:`(G, N)` tensor a group in its
+        networks' dtype (as each one's own call), in the order of :attr:`names`."""
         if not self.groups:
-            return None
+            return []
         columns = self._stack(batch, self.columns)
         if self.values.device != columns.device:
             self.values = self.values.to(columns.device)
@@ -229,9 +229,10 @@ class Stacked:
         terms, start = [], 0
         for group in self.groups:
             size = len(group.modules)
-            terms.append(group.distribution(columns).log_prob(values[start : start + size]))
+            value = values[start : start + size].to(group.layers[0][0].weight.dtype)
+            terms.append(group.distribution(columns).log_prob(value))
             start += size
-        return terms[0] if len(terms) == 1 else torch.cat(terms)
+        return terms
 
     def sample(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Draws the grouped sites given their parents' `values`, each group at once, as

@@ -136,10 +136,9 @@ class ExactLogLikelihood(nn.Module):
         rows = len(next(iter(batch.values())))
         if self.factors is not None:
             plan = self._plan(sites)
-            grouped = plan(batch)
             terms = dict(zip(plan.singles, self._singles(batch, plan), strict=True))
-            if grouped is not None:
-                terms.update(zip(plan.names, grouped.unbind(0), strict=True))
+            grouped = (term for group in plan(batch) for term in group.unbind(0))
+            terms.update(zip(plan.names, grouped, strict=True))
             return {name: terms[name] for name in (self.factors if sites is None else sites)}
         conditioned = poutine.condition(self.model, data=batch)
         trace = poutine.trace(conditioned).get_trace(*self.args, n=rows, **self.kwargs)
@@ -164,7 +163,7 @@ class ExactLogLikelihood(nn.Module):
             return list(terms), torch.stack([t.sum() for t in terms.values()])
         plan = self._plan(sites)
         grouped, singles = plan(batch), self._singles(batch, plan)
-        parts = [] if grouped is None else [grouped.sum(-1)]
+        parts = [torch.cat(grouped).sum(-1)] if len(grouped) > 1 else [g.sum(-1) for g in grouped]
         if singles:
             parts.append(torch.stack([t.sum() for t in singles]))
         return plan.names + plan.singles, parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -253,3 +253,20 @@ def test_sample_groups_no_networks_with_hooks() -> None:
             model.conditionals[i].net[0].weight_orig.mul_(-3.0)
             model.conditionals[i].net[-1].bias.add_(2.0)
     _nearly_exact(model)
+
+
+def test_log_prob_of_a_model_of_mixed_dtypes_keeps_each_nodes_dtype() -> None:
+    """A float32 group beside a float64 one: its terms came back in float64 (the columns'
+    widest dtype), computed at another precision than its own call's."""
+    model = random_dag(0, widen=False).float()
+    for i in (3, 5, 7):
+        model.conditionals[i].double()
+    rows = ppgen.sample(model, 100)
+    fast, slow = ExactLogLikelihood(model, rows), ExactLogLikelihood(model, rows, batched=False)
+    assert {g.layers[0][0].weight.dtype for g in fast._plan(None).groups} == {
+        torch.float32, torch.float64
+    }
+    batched, single = fast(rows), slow(rows)
+    for name in model.nodes:
+        assert batched[name].dtype == single[name].dtype, name
+        torch.testing.assert_close(batched[name], single[name], rtol=0, atol=1e-6)
