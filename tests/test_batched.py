@@ -47,9 +47,10 @@ def factors(model: ppgen.builder.DAG) -> dict:
     return {v: (c, model.parents[v]) for v, c in zip(model.nodes, model.conditionals, strict=True)}
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the suite's, and users'
 @pytest.mark.parametrize("seed", range(4))
-def test_log_prob_per_node_equals_one_call_a_node(seed: int) -> None:
-    model = random_dag(seed)
+def test_log_prob_per_node_equals_one_call_a_node(seed: int, dtype: torch.dtype) -> None:
+    model = random_dag(seed).to(dtype)
     rows = ppgen.sample(model, 300)
     fast = ExactLogLikelihood(model, rows)
     slow = ExactLogLikelihood(model, rows, batched=False)
@@ -71,10 +72,13 @@ def _fit(model: ppgen.builder.DAG, rows: dict, val: dict) -> ppgen.FitResult:
                          progress=False)  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("seed", range(3))
-def test_fit_equals_one_call_a_node(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fit_equals_one_call_a_node(
+    seed: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Adam steps, closed forms, per-node early stopping and history: the same either way."""
-    model = random_dag(seed)
+    model = random_dag(seed).to(dtype)
     rows, val = ppgen.sample(model, 200), ppgen.sample(model, 100)
     assert ExactLogLikelihood(model, rows).groups  # the fit below takes the batched path
     batched, single = copy.deepcopy(model), copy.deepcopy(model)
