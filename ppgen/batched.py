@@ -50,8 +50,9 @@ def hooked(module: nn.Module) -> bool:
 def _shape(module: Node, parents: int) -> tuple | None:
     """What a conditional must share with others to be evaluated with them (`None`: it runs
     alone): its class, layers, activation, head, parent cardinalities, dtype and device. Its
-    network must alternate linear layers and one activation of torch's (whose repr shows its
-    settings; a user's may hide them), ending with a linear layer, and no hooks."""
+    network must alternate linear layers and one elementwise activation of torch's (whose repr
+    shows its settings, where a user's may hide them; not `Softmax` along a dimension, nor a
+    normalisation), ending with a linear layer, and no hooks."""
     if type(module) is not Conditional or not parents or hooked(module):
         return None
     head, net = module.head, module.net
@@ -62,7 +63,8 @@ def _shape(module: Node, parents: int) -> tuple | None:
         or head.event_shape
         or not all(type(m) is nn.Linear and m.bias is not None for m in linears)
         or any(list(m.parameters(recurse=True)) for m in activations)
-        or not all(type(m).__module__.startswith("torch.nn.") for m in activations)
+        or not all(type(m).__module__ == nn.Tanh.__module__ for m in activations)
+        or any(hasattr(m, "dim") for m in activations)  # Softmax(dim=1): rows in a group
         or len({(type(m), repr(m)) for m in activations}) > 1
         or not all(isinstance(v, Number) for v in head.fixed.values())
     ):

@@ -274,3 +274,23 @@ def test_log_prob_of_a_model_of_mixed_dtypes_keeps_each_nodes_dtype() -> None:
     for name in model.nodes:
         assert batched[name].dtype == single[name].dtype, name
         torch.testing.assert_close(batched[name], single[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [lambda: torch.nn.Softmax(dim=1),
+     lambda: torch.nn.BatchNorm1d(4, affine=False, track_running_stats=False)],
+)  # fmt: skip
+def test_sample_groups_no_networks_of_layers_across_rows_or_units(activation) -> None:
+    """`Softmax(dim=1)` normalises the hidden units of one node's (N, H) activations but the
+    rows of a group's (G, N, H), `BatchNorm1d` (without parameters) each unit over the rows
+    but each row over (G, H) in a group (draws 17.8 from their mean, for 1e-4): such a
+    network runs alone."""
+    model = ppgen.dag([("a", "b"), ("a", "c")], hidden=(4,))
+    pyro.set_rng_seed(0)
+    for i in (1, 2):
+        c = Conditional(pyro.distributions.Normal, 1, hidden=(4,), scale=1e-4,
+                        activation=activation)  # fmt: skip
+        c.net[-1].weight.data.mul_(10.0)
+        model.conditionals[i] = c
+    _nearly_exact(model)
