@@ -143,11 +143,16 @@ class _SiteNet(Node):
         columns: list[tuple[int | None, int, int | None]],
         features: int,
         hidden: Sequence[int],
+        rank: int = 0,
     ) -> None:
         super().__init__()
         self.site, self.columns = site, columns
+        vector = site.kind == "normal" and _event_dim(site) == 1 and site.shape[-1] > 1
+        self.rank = rank if vector else 0  # of the covariance's factor, on a vector's entries
         size = math.prod(site.shape)
-        out = {"normal": 2 * size, "bernoulli": size}.get(site.kind, size * site.cardinality)
+        out = {"normal": (2 + self.rank) * size, "bernoulli": size}.get(
+            site.kind, size * site.cardinality
+        )
         self.width = hidden[0] if hidden else 0  # the first layer's outputs for the hidden path
         self.first = nn.Linear(features, self.width + out)
         self.rest = mlp([*hidden, out], nn.ReLU) if hidden else None
@@ -170,9 +175,11 @@ class _SiteNet(Node):
         at = out.dim() - 2  # the rows' dimension, after the enumerated parents' dimensions
         shape = (*out.shape[:-1], *site.shape, *((-1,) if site.kind == "categorical" else ()))
         if site.kind == "normal":
-            loc, scale = out.chunk(2, -1)
+            size = math.prod(site.shape)
+            loc, scale, factor = out.split([size, size, size * self.rank], -1)
             loc, scale = loc.reshape(shape), F.softplus(scale.reshape(shape))
-            return _normal(_rows_at(loc, at, site.axis), _rows_at(scale, at, site.axis), site)
+            factor = _rows_at(factor.reshape(*shape, self.rank), at, site.axis) if self.rank else None
+            return _normal(_rows_at(loc, at, site.axis), _rows_at(scale, at, site.axis), site, factor)
         logits = _rows_at(out.reshape(shape), at, site.axis)
         family = dist.Bernoulli if site.kind == "bernoulli" else dist.Categorical
         return family(logits=logits).to_event(site.event_dim)
@@ -206,12 +213,13 @@ class _Chain(nn.Module):
         index: list[int] | None,
         widths: tuple[int, int],
         hidden: Sequence[int],
+        rank: int = 0,
     ) -> None:
         super().__init__()
         self.sequence, self.widths = sequence, widths
         self.register_buffer("index", torch.tensor(index or []), persistent=False)
         self.rnn = nn.GRU(widths[0], hidden[0], batch_first=True)
-        self.head = _SiteNet(site, [], hidden[0] + widths[1], hidden)
+        self.head = _SiteNet(site, [], hidden[0] + widths[1], hidden, rank)
 
     def states(self, values: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
         """The GRU's states, (rows, steps, hidden): each sums up the sequence from its step."""
@@ -269,14 +277,26 @@ def _width(value: Tensor, spec: tuple[int | None, int, int | None]) -> int:
     return value.numel() // rows * max(categories, 1)
 
 
-def _normal(loc: Tensor, scale: Tensor, site: _Site) -> dist.Distribution:
-    """A Normal on the site's unconstrained value, pushed through its bijection, whose event
-    dimensions may differ from the site's (a correlation's Cholesky factor is a vector's image)."""
+def _event_dim(site: _Site) -> int:
+    """The event dimensions of the site's unconstrained value, which may differ from the
+    site's (a correlation's Cholesky factor is a vector's image)."""
     transform = site.transform
     if transform is None:
-        return dist.Normal(loc, scale).to_event(site.event_dim)
-    event_dim = site.event_dim - transform.codomain.event_dim + transform.domain.event_dim
-    return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(event_dim), [transform])
+        return site.event_dim
+    return site.event_dim - transform.codomain.event_dim + transform.domain.event_dim
+
+
+def _normal(
+    loc: Tensor, scale: Tensor, site: _Site, factor: Tensor | None = None
+) -> dist.Distribution:
+    """A Normal on the site's unconstrained value (with `factor`, of shape `(*, size, rank)`, a
+    low-rank multivariate Normal on a vector: covariance `factor factor^T + diag(scale^2)`),
+    pushed through its bijection."""
+    if factor is None:
+        base = dist.Normal(loc, scale).to_event(_event_dim(site))
+    else:
+        base = dist.LowRankMultivariateNormal(loc, factor, scale.square())
+    return base if site.transform is None else dist.TransformedDistribution(base, [site.transform])
 
 
 class Amortized(Model):
@@ -286,8 +306,9 @@ class Amortized(Model):
     Each latent site is drawn, in the order of :func:`faithful_inverse`, from a distribution
     whose parameters are a network of the row's observed values and of the latents its
     inverse parents name (already drawn). The family follows the site's support: a Normal for
-    real sites, a Normal pushed through `torch.distributions.biject_to` of the support for
-    positive, bounded or simplex sites, and for Bernoulli and Categorical sites their own
+    real sites (with `rank`, low-rank multivariate on a vector site), a Normal pushed through
+    `torch.distributions.biject_to` of the support for positive, bounded or simplex sites,
+    and for Bernoulli and Categorical sites their own
     family with logits from the network, marked for parallel enumeration
     (`infer={"enumerate": "parallel"}`, as Pyro's `config_enumerate` marks a guide), so that
     `TraceEnum_ELBO` (:func:`ppgen.fit_svi`'s choice where `elbo` is left unset) sums over their
@@ -314,6 +335,9 @@ class Amortized(Model):
         model: A Pyro program with at least one latent site.
         args, kwargs: Inputs of a first call, to build the guide now (optional).
         hidden_features: The hidden widths of each site's network.
+        rank: For a real vector site of the rows (one event dimension), the rank of a factor
+            of its Normal's covariance, `factor factor^T + diag(scale^2)`, from its network as
+            its location is (0: a diagonal Normal; Pyro's `LowRankMultivariateNormal`).
         structure: The structure of a built guide, as its `init_arguments` hold it (what
             :func:`ppgen.load` passes), to rebuild it without `model`.
 
@@ -333,12 +357,16 @@ class Amortized(Model):
         model: Callable[..., object] | None = None,
         *args: object,
         hidden_features: Sequence[int] = (64,),
+        rank: int = 0,
         structure: Mapping[str, object] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__()
         if model is None and structure is None:
             raise ValueError("Amortized needs the model it guides (or a saved guide's structure).")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"rank must be a whole number of 0 or more, not {rank!r}.")
+        self.rank = rank
         self._program = (model,)  # not a submodule: the model's parameters stay the model's
         self.hidden_features = tuple(hidden_features)
         self.inverse: nx.DiGraph | None = None
@@ -372,7 +400,8 @@ class Amortized(Model):
                 "The Amortized guide is not built yet, so it has nothing to save: fit it (or "
                 "call it once, or give Amortized the inputs of a call) before saving it."
             )
-        return (), {"hidden_features": self.hidden_features, "structure": self._describe()}
+        return (), {"hidden_features": self.hidden_features, "rank": self.rank,
+                    "structure": self._describe()}  # fmt: skip
 
     def forward(
         self, *args: object, data: Mapping[str, Tensor] | None = None, **kwargs: object
@@ -501,8 +530,9 @@ class Amortized(Model):
                 site.chain, site.step = j, step
             sequence = [(n, columns[n][:3] if n in columns else None) for n in chain["sequence"]]
             self.chains[str(j)] = _Chain(
-                members[0], sequence, chain["index"], tuple(chain["widths"]), self.hidden_features
-            )
+                members[0], sequence, chain["index"], tuple(chain["widths"]), self.hidden_features,
+                self.rank,
+            )  # fmt: skip
         for site in sites:
             key = _key(site.name)
             if site.chain is not None:
@@ -516,7 +546,7 @@ class Amortized(Model):
                 columns[_ONES] = (0, 0, None, 1)
             spec = [columns[name][:3] for name in site.inputs]
             features = sum(columns[name][3] for name in site.inputs)
-            self.nets[key] = _SiteNet(site, spec, features, self.hidden_features)
+            self.nets[key] = _SiteNet(site, spec, features, self.hidden_features, self.rank)
         self.sites, self.columns, self.inverse, self.plate = sites, columns, inverse, plate
         self.chain_specs, self.gathers = chains, gathers
 

@@ -425,6 +425,47 @@ def test_a_global_read_beyond_the_rows_code_stays_whole():
     assert guide.gathers == {} and "mu" in guide.sites[-1].inputs
 
 
+def summed(x):  # one observation of z_1 + z_2: their posterior correlation is -0.8
+    with pyro.plate("rows", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 0.5).to_event(1), obs=x)
+
+
+def guide_covariance(guide, x):
+    fn = poutine.trace(guide).get_trace(x).nodes["z"]["fn"]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn.covariance_matrix if hasattr(fn, "cov_factor") else torch.diag_embed(fn.scale**2)
+
+
+def test_a_low_rank_guide_matches_a_correlated_exact_posterior(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(512, 2).sum(-1, keepdim=True) + 0.5 * torch.randn(512, 1)
+    ones = torch.ones(1, 2)
+    exact = torch.linalg.inv(torch.eye(2) + ones.T @ ones / 0.25)  # [[5, -4], [-4, 5]] / 9
+    errors = {}
+    for rank in (0, 1):
+        pyro.clear_param_store()
+        torch.manual_seed(1)
+        guide = Amortized(summed, hidden_features=(), rank=rank)
+        ppgen.fit_svi(summed, guide, x, epochs=800, batch_size=None, lr=0.02, progress=False)
+        with torch.no_grad():
+            errors[rank] = (guide_covariance(guide, x[:8]) - exact).abs().max().item()
+            mean = x[:8] @ ones / 0.25 @ exact
+            assert torch.allclose(guide.encode(x[:8])["z"], mean, atol=0.05)
+    assert errors[1] < 0.08 < 0.3 < errors[0]  # a diagonal Normal cannot hold the correlation
+    ppgen.save(guide, tmp_path / "low_rank.safetensors")
+    loaded = ppgen.load(tmp_path / "low_rank.safetensors")
+    assert loaded.rank == 1
+    with torch.no_grad():
+        assert torch.equal(guide_covariance(loaded, x[:8]), guide_covariance(guide, x[:8]))
+
+
+def test_rank_is_a_whole_number():
+    with pytest.raises(ValueError, match="rank must be a whole number of 0 or more, not -1"):
+        Amortized(summed, rank=-1)
+
+
 def test_a_masked_latent_site_is_drawn_in_every_row_with_a_warning():
     def model(x, seen):  # x is missing where not seen: the site x_unobserved, masked where seen
         with pyro.plate("rows", len(x)):
