@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule, PyroSample
+from pyro.ops.indexing import Vindex
+from torch.distributions import constraints
 from torch import nn
 
 import ppgen.infer
@@ -256,6 +258,35 @@ def score_function():  # a discrete latent per row, trained by TraceGraph_ELBO
     return model, guide
 
 
+@config_enumerate
+def toy_model(prior, obs, num_obs):  # examples/toy_mixture_model_discrete_enumeration, verbatim
+    p_A = pyro.sample("p_A", dist.Beta(1, 1))
+    p_B = pyro.sample("p_B", dist.Beta(torch.ones(2), torch.ones(2)).to_event(1))
+    p_C = pyro.sample("p_C", dist.Beta(torch.ones(2), torch.ones(2)).to_event(1))
+    with pyro.plate("data_plate", num_obs):
+        A = pyro.sample("A", dist.Bernoulli(p_A.expand(num_obs)), obs=obs["A"])
+        # Vindex used to ensure proper indexing into the enumerated sample sites
+        B = pyro.sample(
+            "B",
+            dist.Bernoulli(Vindex(p_B)[A.type(torch.long)]),
+            infer={"enumerate": "parallel"},
+        )
+        pyro.sample("C", dist.Bernoulli(Vindex(p_C)[B.type(torch.long)]), obs=obs["C"])
+
+
+def toy_guide(prior, obs, num_obs):
+    a = pyro.param("a", prior["A"], constraint=constraints.positive)
+    pyro.sample("p_A", dist.Beta(a[0], a[1]))
+    b = pyro.param("b", prior["B"], constraint=constraints.positive)
+    pyro.sample("p_B", dist.Beta(b[:, 0], b[:, 1]).to_event(1))
+    c = pyro.param("c", prior["C"], constraint=constraints.positive)
+    pyro.sample("p_C", dist.Beta(c[:, 0], c[:, 1]).to_event(1))
+
+
+def toy_mixture():  # a dict as the first argument (its keys name sites): SVI.step's argument
+    return toy_model, toy_guide
+
+
 class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and guide
     def __init__(self):
         super().__init__()
@@ -312,6 +343,19 @@ PROGRAMS = {
     "keyword": (keyword, (X,), {"y": Y}, None, {}),
     "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
     "vae": (vae, (PIXELS,), {}, None, {}),
+    "toy_mixture": (
+        toy_mixture,
+        (
+            {"A": torch.tensor([1.0, 10.0], dtype=torch.float64),
+             "B": torch.tensor([[10.0, 1.0], [1.0, 10.0]], dtype=torch.float64),
+             "C": torch.tensor([[10.0, 1.0], [1.0, 10.0]], dtype=torch.float64)},  # fmt: skip
+            {"A": PIXELS[:, 0], "C": PIXELS[:, 1]},
+            N,
+        ),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=1),
+        {},
+    ),
 }
 
 
