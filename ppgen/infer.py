@@ -437,9 +437,10 @@ def fit_svi(
     batch_size = objective.batch_size
     _warn_short_batches(len(data), batch_size)
     objective.prepare(data.rows(slice(0, batch_size)))
-    # Adam's eps of SVI's step on the batch's sum, the loop's loss being its mean per row
+    # Adam's eps of SVI's step on the (global) batch's sum, the loop's loss being its mean per row
+    world = (distributed.active() or (0, 1))[1]
     step = GradientStep(objective, {"all": (unique, ["elbo"])}, lr=lr, weight_decay=weight_decay,
-                        eps=1e-8 / batch_size)  # fmt: skip
+                        eps=1e-8 / (world * batch_size))  # fmt: skip
     identity = None
     if checkpoint is not None:
         settings = {"elbo": elbo, "num_particles": num_particles, "batch_size": batch_size,
