@@ -126,7 +126,7 @@ class ELBOObjective(nn.Module):
             with _plain_errors():  # its draws for initial values, as SVI's first step has
                 self._call(self.guide._setup_prototype, "model", self.model, whole)
         state, inits = _rng_state(whole), _InitDraws(whole)
-        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits:
+        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits, _kept():
             guide_trace, model_trace, params = self._traces(whole)
         set_rng_state(state)
         self._choose_elbo(guide_trace, model_trace)
@@ -170,10 +170,11 @@ class ELBOObjective(nn.Module):
             )
 
     def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
-        """`TraceEnum_ELBO` (its plate nesting from the traces) where a site is enumerated.
-        Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's site marked
-        for enumeration is drawn instead, its gradient estimated by the score function, as
-        Pyro's SVI would: a warning says so once, and the mark is taken off."""
+        """`TraceEnum_ELBO` (its plate nesting from the traces, also where it was asked for
+        and no site is enumerated: no guessing run drawing from the stream) where a site is
+        enumerated. Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's
+        site marked for enumeration is drawn instead, its gradient estimated by the score
+        function, as Pyro's SVI would: a warning says so once, and the mark is taken off."""
         enumerated = [
             name
             for trace in (guide_trace, model_trace)
@@ -181,6 +182,8 @@ class ELBOObjective(nn.Module):
             if site["type"] == "sample" and site["infer"].get("enumerate") is not None
         ]
         if not enumerated:
+            if self.elbo == "trace_enum":
+                self.loss.max_plate_nesting = _plate_nesting(guide_trace, model_trace)
             return
         if self.elbo in ("trace", "trace_graph") and all(n in guide_trace for n in enumerated):
             warnings.warn(
@@ -196,16 +199,8 @@ class ELBOObjective(nn.Module):
                 f"Site {enumerated[0]!r} is marked for enumeration, which elbo={self.elbo!r} "
                 "would sample instead; pass elbo='trace_enum' (or leave elbo unset)."
             )
-        dims = [
-            f.dim
-            for trace in (guide_trace, model_trace)
-            for site in trace.nodes.values()
-            if site["type"] == "sample" and not site_is_subsample(site)
-            for f in site["cond_indep_stack"]
-            if f.vectorized
-        ]
         self._use("trace_enum")
-        self.loss.max_plate_nesting = -min(dims) if dims else 0
+        self.loss.max_plate_nesting = _plate_nesting(guide_trace, model_trace)
 
     def _check_data(self, model_trace: poutine.Trace, whole: dict[str, Tensor]) -> None:
         """Checks each observed site holding the rows of an argument: its shape, its support."""
@@ -234,7 +229,7 @@ class ELBOObjective(nn.Module):
         """
         if self.iwae or self.plate is not None or self.elbo not in (None, "trace", "mean_field"):
             return False
-        with torch.random.fork_rng(), torch.no_grad(), _plain_errors():
+        with torch.random.fork_rng(), torch.no_grad(), _plain_errors(), _kept():
             self.plan = self._structure(probe)
             if self.plan is not None:
                 seed = int(torch.randint(2**31, ()))
@@ -505,6 +500,40 @@ _LIBRARIES = (
 class _ProgramError(Exception):
     """An error inside a user's program, in one sentence; its cause is the original. Not a
     `ValueError`, which Pyro's trace would extend with the trace's shapes."""
+
+
+def _plate_nesting(*traces: poutine.Trace) -> int:
+    """The deepest vectorised plate of the sample sites of `traces`, as `max_plate_nesting`."""
+    dims = [
+        f.dim
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site_is_subsample(site)
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+@contextmanager
+def _kept() -> Iterator[None]:
+    """Leaves the buffers of the modules that run inside as they were (a `BatchNorm`'s running
+    statistics): runs that are not `SVI.step`'s must not update them."""
+    kept: dict[nn.Module, dict[str, Tensor]] = {}
+
+    def keep(module: nn.Module, _: object) -> None:
+        if module not in kept:
+            kept[module] = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
+
+    handle = nn.modules.module.register_module_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for module, buffers in kept.items():
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
 
 
 @contextmanager

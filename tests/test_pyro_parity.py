@@ -473,6 +473,35 @@ class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
+class BatchNormVAE(PyroVAE):  # examples/scanvi's BatchNorm1d (not after a bias: its
+    def __init__(self):  # gradient is zero but for rounding, which Adam's steps enlarge)
+        super().__init__()
+        self.encoder = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 4))
+
+
+def batch_norm():  # running statistics: updated by SVI's steps alone
+    model = BatchNormVAE()
+    return model.model, model.guide
+
+
+def labelled():  # examples/scanvi's labelled rows: y observed, a factor in the guide
+    def model(x, y):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("batch", len(x)):
+            pyro.sample("y", dist.Bernoulli(logits=z * torch.ones(len(x))), obs=y)
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, y):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        with pyro.plate("batch", len(x)):
+            classification_loss = dist.Bernoulli(logits=loc * x).log_prob(y)
+            pyro.factor("classification_loss", -0.1 * classification_loss, has_rsample=False)
+        return z
+
+    return model, config_enumerate(guide, "parallel", expand=True)
+
+
 def vae():  # an amortised guide
     model = PyroVAE()
     return model.model, model.guide
@@ -523,6 +552,14 @@ PROGRAMS = {
         {},
         TraceEnum_ELBO(max_plate_nesting=2),
         {},
+    ),
+    "batch_norm": (batch_norm, (PIXELS,), {}, None, {}),
+    "labelled": (  # TraceEnum_ELBO asked for, with no site to enumerate
+        labelled,
+        (X, (X > 0).double()),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
+        {"elbo": "trace_enum"},
     ),
     "toy_mixture": (
         toy_mixture,
