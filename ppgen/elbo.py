@@ -91,6 +91,7 @@ class ELBOObjective(nn.Module):
         self.drawn = False  # the guide's enumeration marks taken off (a drawing ELBO)
         self.whole: dict[str, Tensor] | None = None  # the full batch, in the data's order
         self.stream: list[Tensor] = []  # the full batch's random state, as SVI's (or none)
+        self.inits: dict[str, list[Tensor]] = {}  # the state after each param's drawn init
         self.reads_rows = not argument and reads_rows(guide)  # an amortised guide of columns
         self._use(elbo)
 
@@ -124,8 +125,8 @@ class ELBOObjective(nn.Module):
         if isinstance(self.guide, AutoGuide) and self.guide.prototype_trace is None:
             with _plain_errors():  # its draws for initial values, as SVI's first step has
                 self._call(self.guide._setup_prototype, "model", self.model, whole)
-        state = _rng_state(whole)
-        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors():
+        state, inits = _rng_state(whole), _InitDraws(whole)
+        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits, _kept():
             guide_trace, model_trace, params = self._traces(whole)
         set_rng_state(state)
         self._choose_elbo(guide_trace, model_trace)
@@ -148,7 +149,7 @@ class ELBOObjective(nn.Module):
         if subsampled or batch_size is None or batch_size >= size or self.rows is None:
             self.batch_size = len(next(iter(whole.values())))
             if distributed.active() is None:  # else each rank takes its share of the rows
-                self.whole, self.stream = whole, state
+                self.whole, self.stream, self.inits = whole, state, inits.states
             return
         self.batch_size = batch_size
         if self.auto and plate is not None and inside:
@@ -169,10 +170,11 @@ class ELBOObjective(nn.Module):
             )
 
     def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
-        """`TraceEnum_ELBO` (its plate nesting from the traces) where a site is enumerated.
-        Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's site marked
-        for enumeration is drawn instead, its gradient estimated by the score function, as
-        Pyro's SVI would: a warning says so once, and the mark is taken off."""
+        """`TraceEnum_ELBO` (its plate nesting from the traces, also where it was asked for
+        and no site is enumerated: no guessing run drawing from the stream) where a site is
+        enumerated. Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's
+        site marked for enumeration is drawn instead, its gradient estimated by the score
+        function, as Pyro's SVI would: a warning says so once, and the mark is taken off."""
         enumerated = [
             name
             for trace in (guide_trace, model_trace)
@@ -180,6 +182,8 @@ class ELBOObjective(nn.Module):
             if site["type"] == "sample" and site["infer"].get("enumerate") is not None
         ]
         if not enumerated:
+            if self.elbo == "trace_enum":
+                self.loss.max_plate_nesting = _plate_nesting(guide_trace, model_trace)
             return
         if self.elbo in ("trace", "trace_graph") and all(n in guide_trace for n in enumerated):
             warnings.warn(
@@ -195,16 +199,8 @@ class ELBOObjective(nn.Module):
                 f"Site {enumerated[0]!r} is marked for enumeration, which elbo={self.elbo!r} "
                 "would sample instead; pass elbo='trace_enum' (or leave elbo unset)."
             )
-        dims = [
-            f.dim
-            for trace in (guide_trace, model_trace)
-            for site in trace.nodes.values()
-            if site["type"] == "sample" and not site_is_subsample(site)
-            for f in site["cond_indep_stack"]
-            if f.vectorized
-        ]
         self._use("trace_enum")
-        self.loss.max_plate_nesting = -min(dims) if dims else 0
+        self.loss.max_plate_nesting = _plate_nesting(guide_trace, model_trace)
 
     def _check_data(self, model_trace: poutine.Trace, whole: dict[str, Tensor]) -> None:
         """Checks each observed site holding the rows of an argument: its shape, its support."""
@@ -233,7 +229,7 @@ class ELBOObjective(nn.Module):
         """
         if self.iwae or self.plate is not None or self.elbo not in (None, "trace", "mean_field"):
             return False
-        with torch.random.fork_rng(), torch.no_grad(), _plain_errors():
+        with torch.random.fork_rng(), torch.no_grad(), _plain_errors(), _kept():
             self.plan = self._structure(probe)
             if self.plan is not None:
                 seed = int(torch.randint(2**31, ()))
@@ -400,12 +396,13 @@ class ELBOObjective(nn.Module):
         if whole:  # on the fit's own random stream, which the loop's permutations leave alone
             outer = _rng_state(batch)
             set_rng_state(self.stream)
+        skip = _InitDraws(batch, self.inits if whole else {})
         try:
-            with _plain_errors():
+            with _plain_errors(), skip:
                 elbo = self._batch_elbo(batch)
         finally:
             if whole:
-                self.stream = _rng_state(batch)
+                self.stream, self.inits = _rng_state(batch), {}
                 set_rng_state(outer)
         rows = len(next(iter(batch.values())))
         if torch.is_grad_enabled() and self.batch_size and rows < self.batch_size:
@@ -503,6 +500,40 @@ _LIBRARIES = (
 class _ProgramError(Exception):
     """An error inside a user's program, in one sentence; its cause is the original. Not a
     `ValueError`, which Pyro's trace would extend with the trace's shapes."""
+
+
+def _plate_nesting(*traces: poutine.Trace) -> int:
+    """The deepest vectorised plate of the sample sites of `traces`, as `max_plate_nesting`."""
+    dims = [
+        f.dim
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site_is_subsample(site)
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+@contextmanager
+def _kept() -> Iterator[None]:
+    """Leaves the buffers of the modules that run inside as they were (a `BatchNorm`'s running
+    statistics): runs that are not `SVI.step`'s must not update them."""
+    kept: dict[nn.Module, dict[str, Tensor]] = {}
+
+    def keep(module: nn.Module, _: object) -> None:
+        if module not in kept:
+            kept[module] = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
+
+    handle = nn.modules.module.register_module_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for module, buffers in kept.items():
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
 
 
 @contextmanager
@@ -612,6 +643,37 @@ def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:
                 "train on all rows at once, or index the rows in the program with a "
                 "subsample plate (pyro.plate(..., subsample_size=...))."
             )
+
+
+class _InitDraws(Messenger):
+    """Records the random state after each new `pyro.param` whose initial value drew from it
+    (`skip=None`), or sets it there (`skip`: the recorded states).
+
+    `SVI.step`'s first step initialises its parameters as it goes, between its draws; the
+    fit's first step, whose parameters :meth:`ELBOObjective.inspect` initialised on the same
+    stream, takes the same draws by skipping the stream past each initialisation.
+    """
+
+    def __init__(
+        self, batch: dict[str, Tensor], skip: dict[str, list[Tensor]] | None = None
+    ) -> None:
+        super().__init__()
+        self.batch, self.record, self.before = batch, skip is None, None
+        self.states = {} if skip is None else skip
+
+    def _pyro_param(self, msg: dict) -> None:
+        if self.record and msg["args"][0] not in pyro.get_param_store():
+            self.before = _rng_state(self.batch)
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        name = msg["args"][0]
+        if self.record and self.before is not None:
+            now = _rng_state(self.batch)
+            if not all(map(torch.equal, self.before, now)):
+                self.states[name] = now
+            self.before = None
+        elif not self.record and name in self.states:
+            set_rng_state(self.states.pop(name))
 
 
 def _rng_state(batch: dict[str, Tensor]) -> list[Tensor]:

@@ -329,8 +329,8 @@ def fit_svi(
       conditions `model(*args, n=N, **kwargs)`, and the guide is called as `guide(*args, n=N,
       **kwargs)`, plus `data=` the batch's columns where its signature names `data`
       (amortised guides, :class:`ppgen.guides.Amortized` among them);
-    - anything else is the programs' first argument, as `SVI.step(data, *args, **kwargs)`
-      calls them: every argument with rows (a tensor whose leading size is the one most tensor
+    - anything else (a dict too, where `model` takes no keyword `n`) is the programs' first
+      argument, as `SVI.step(data, *args, **kwargs)` calls them: every argument with rows (a tensor whose leading size is the one most tensor
       arguments share, at any position or keyword) is indexed with the same rows in each
       batch, and the others pass unchanged.
 
@@ -407,8 +407,9 @@ def fit_svi(
     checkpoint_file(checkpoint, resume)  # before anything changes
     device = resolve_device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
-    argument = not isinstance(data, Mapping) and not is_frame(data)
-    if argument:  # model(data, *args, **kwargs), as SVI.step calls it
+    # model(data, *args, **kwargs), as SVI.step calls it: a dict too, where no keyword n takes rows
+    argument = not takes_rows(model) or not (isinstance(data, Mapping) or is_frame(data))
+    if argument:
         args = (data, *args)
         data, val = _argument_rows(model, args, kwargs, val, device, batch_size, elbo)
     else:
@@ -436,7 +437,10 @@ def fit_svi(
     batch_size = objective.batch_size
     _warn_short_batches(len(data), batch_size)
     objective.prepare(data.rows(slice(0, batch_size)))
-    step = GradientStep(objective, {"all": (unique, ["elbo"])}, lr=lr, weight_decay=weight_decay)
+    # Adam's eps of SVI's step on the (global) batch's sum, the loop's loss being its mean per row
+    world = (distributed.active() or (0, 1))[1]
+    step = GradientStep(objective, {"all": (unique, ["elbo"])}, lr=lr, weight_decay=weight_decay,
+                        eps=1e-8 / (world * batch_size))  # fmt: skip
     identity = None
     if checkpoint is not None:
         settings = {"elbo": elbo, "num_particles": num_particles, "batch_size": batch_size,

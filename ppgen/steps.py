@@ -84,7 +84,9 @@ class GradientStep:
             way and returning the terms' names and their sums stacked, the steps and
             :meth:`evaluate` take the sums from it at once.
         groups: Named groups of parameters, each with the terms it alone enters.
-        lr, weight_decay: Adam's learning rate and L2 penalty.
+        lr, weight_decay, eps: Adam's learning rate, L2 penalty and term added to the
+            denominator (of the gradient of the mean per row: `1e-8 / rows` steps as Adam's
+            default on their sum, as `SVI.step` takes).
         constant: Terms that no step changes, summed over the training rows.
 
     Example:
@@ -106,6 +108,7 @@ class GradientStep:
         *,
         lr: float,
         weight_decay: float = 0.0,
+        eps: float = 1e-8,
         constant: Mapping[str, float] | None = None,
     ) -> None:
         self.objective, self.groups = objective, dict(groups)
@@ -121,7 +124,7 @@ class GradientStep:
                 p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in self.params
             )
             self.optimizer = torch.optim.Adam(
-                self.params, lr=lr, weight_decay=weight_decay, fused=fused or None
+                self.params, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None
             )
         # DDP under a process group, every rank stopping together where one fails
         self.lockstep = distributed.Lockstep(self._loss, objective, self.params)

@@ -262,7 +262,7 @@ def test_vae_step_averages_the_ranks_gradients(ranks):
         torch.randperm(len(x))  # each rank draws its own permutation first
         elbo = objective({"*data": x[order[rank::WORLD]]})["elbo"]
         loss = loss - elbo / len(x)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2, eps=1e-8 / len(x))  # SVI's, on the sum
     loss.backward()
     optimizer.step()
     assert _close(results[0]["vae"], vae.state_dict(), rtol=1e-9, atol=1e-10)

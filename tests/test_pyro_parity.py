@@ -5,16 +5,29 @@ A full batch takes SVI's steps: the same parameters after k Adam steps from the 
 gradient of the whole data's ELBO (deterministic guides, so the gradient is exact).
 """
 
+import argparse
+import functools
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from pyro.infer import (
+    SVI,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+    config_enumerate,
+)
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule, PyroSample
+from pyro.ops.indexing import Vindex
 from torch import nn
+from torch.distributions import constraints
+from torch.nn.functional import softplus
 
 import ppgen.infer
 from ppgen.infer import fit_svi
@@ -256,6 +269,191 @@ def score_function():  # a discrete latent per row, trained by TraceGraph_ELBO
     return model, guide
 
 
+@config_enumerate
+def toy_model(prior, obs, num_obs):  # examples/toy_mixture_model_discrete_enumeration, verbatim
+    p_A = pyro.sample("p_A", dist.Beta(1, 1))
+    p_B = pyro.sample("p_B", dist.Beta(torch.ones(2), torch.ones(2)).to_event(1))
+    p_C = pyro.sample("p_C", dist.Beta(torch.ones(2), torch.ones(2)).to_event(1))
+    with pyro.plate("data_plate", num_obs):
+        A = pyro.sample("A", dist.Bernoulli(p_A.expand(num_obs)), obs=obs["A"])
+        # Vindex used to ensure proper indexing into the enumerated sample sites
+        B = pyro.sample(
+            "B",
+            dist.Bernoulli(Vindex(p_B)[A.type(torch.long)]),
+            infer={"enumerate": "parallel"},
+        )
+        pyro.sample("C", dist.Bernoulli(Vindex(p_C)[B.type(torch.long)]), obs=obs["C"])
+
+
+def toy_guide(prior, obs, num_obs):
+    a = pyro.param("a", prior["A"], constraint=constraints.positive)
+    pyro.sample("p_A", dist.Beta(a[0], a[1]))
+    b = pyro.param("b", prior["B"], constraint=constraints.positive)
+    pyro.sample("p_B", dist.Beta(b[:, 0], b[:, 1]).to_event(1))
+    c = pyro.param("c", prior["C"], constraint=constraints.positive)
+    pyro.sample("p_C", dist.Beta(c[:, 0], c[:, 1]).to_event(1))
+
+
+def toy_mixture():  # a dict as the first argument (its keys name sites): SVI.step's argument
+    return toy_model, toy_guide
+
+
+def rand_tensor(shape, mean, sigma):
+    return mean * torch.ones(shape) + sigma * torch.randn(shape)
+
+
+class SparseGammaDEF:  # examples/sparse_gamma_def, verbatim but for the sizes
+    def __init__(self):
+        self.top_width, self.mid_width, self.bottom_width, self.image_size = 3, 2, 2, 4
+        self.alpha_z, self.beta_z = torch.tensor(0.1), torch.tensor(0.1)
+        self.alpha_w, self.beta_w = torch.tensor(0.1), torch.tensor(0.3)
+        self.alpha_init, self.mean_init, self.sigma_init = 0.5, 0.0, 0.1
+
+    def model(self, x):
+        x_size = x.size(0)
+        with pyro.plate("w_top_plate", self.top_width * self.mid_width):
+            w_top = pyro.sample("w_top", dist.Gamma(self.alpha_w, self.beta_w))
+        with pyro.plate("w_mid_plate", self.mid_width * self.bottom_width):
+            w_mid = pyro.sample("w_mid", dist.Gamma(self.alpha_w, self.beta_w))
+        with pyro.plate("w_bottom_plate", self.bottom_width * self.image_size):
+            w_bottom = pyro.sample("w_bottom", dist.Gamma(self.alpha_w, self.beta_w))
+        with pyro.plate("data", x_size):
+            z_top = pyro.sample(
+                "z_top",
+                dist.Gamma(self.alpha_z, self.beta_z).expand([self.top_width]).to_event(1),
+            )
+            w_top = (
+                w_top.reshape(self.top_width, self.mid_width)
+                if w_top.dim() == 1
+                else w_top.reshape(-1, self.top_width, self.mid_width)
+            )
+            mean_mid = torch.matmul(z_top, w_top)
+            z_mid = pyro.sample("z_mid", dist.Gamma(self.alpha_z, self.beta_z / mean_mid).to_event(1))
+            w_mid = (
+                w_mid.reshape(self.mid_width, self.bottom_width)
+                if w_mid.dim() == 1
+                else w_mid.reshape(-1, self.mid_width, self.bottom_width)
+            )
+            mean_bottom = torch.matmul(z_mid, w_mid)
+            z_bottom = pyro.sample(
+                "z_bottom", dist.Gamma(self.alpha_z, self.beta_z / mean_bottom).to_event(1)
+            )
+            w_bottom = (
+                w_bottom.reshape(self.bottom_width, self.image_size)
+                if w_bottom.dim() == 1
+                else w_bottom.reshape(-1, self.bottom_width, self.image_size)
+            )
+            mean_obs = torch.matmul(z_bottom, w_bottom)
+            pyro.sample("obs", dist.Poisson(mean_obs).to_event(1), obs=x)
+
+    def guide(self, x):
+        x_size = x.size(0)
+
+        def sample_zs(name, width):
+            alpha_z_q = pyro.param(
+                f"alpha_z_q_{name}",
+                lambda: rand_tensor((x_size, width), self.alpha_init, self.sigma_init),
+            )
+            mean_z_q = pyro.param(
+                f"mean_z_q_{name}",
+                lambda: rand_tensor((x_size, width), self.mean_init, self.sigma_init),
+            )
+            alpha_z_q, mean_z_q = softplus(alpha_z_q), softplus(mean_z_q)
+            pyro.sample(f"z_{name}", dist.Gamma(alpha_z_q, alpha_z_q / mean_z_q).to_event(1))
+
+        def sample_ws(name, width):
+            alpha_w_q = pyro.param(
+                f"alpha_w_q_{name}",
+                lambda: rand_tensor((width), self.alpha_init, self.sigma_init),
+            )
+            mean_w_q = pyro.param(
+                f"mean_w_q_{name}",
+                lambda: rand_tensor((width), self.mean_init, self.sigma_init),
+            )
+            alpha_w_q, mean_w_q = softplus(alpha_w_q), softplus(mean_w_q)
+            pyro.sample(f"w_{name}", dist.Gamma(alpha_w_q, alpha_w_q / mean_w_q))
+
+        with pyro.plate("w_top_plate", self.top_width * self.mid_width):
+            sample_ws("top", self.top_width * self.mid_width)
+        with pyro.plate("w_mid_plate", self.mid_width * self.bottom_width):
+            sample_ws("mid", self.mid_width * self.bottom_width)
+        with pyro.plate("w_bottom_plate", self.bottom_width * self.image_size):
+            sample_ws("bottom", self.bottom_width * self.image_size)
+        with pyro.plate("data", x_size):
+            sample_zs("top", self.top_width)
+            sample_zs("mid", self.mid_width)
+            sample_zs("bottom", self.bottom_width)
+
+
+def sparse_gamma_def():  # pyro.params whose initial values draw, between the guide's draws
+    gamma_def = SparseGammaDEF()
+    return gamma_def.model, gamma_def.guide
+
+
+def lda_model(data=None, args=None, batch_size=None):  # examples/lda, verbatim
+    with pyro.plate("topics", args.num_topics):
+        topic_weights = pyro.sample("topic_weights", dist.Gamma(1.0 / args.num_topics, 1.0))
+        topic_words = pyro.sample(
+            "topic_words", dist.Dirichlet(torch.ones(args.num_words) / args.num_words)
+        )
+    with pyro.plate("documents", args.num_docs) as ind:
+        if data is not None:
+            with pyro.util.ignore_jit_warnings():
+                assert data.shape == (args.num_words_per_doc, args.num_docs)
+            data = data[:, ind]
+        doc_topics = pyro.sample("doc_topics", dist.Dirichlet(topic_weights))
+        with pyro.plate("words", args.num_words_per_doc):
+            word_topics = pyro.sample(
+                "word_topics", dist.Categorical(doc_topics), infer={"enumerate": "parallel"}
+            )
+            data = pyro.sample("doc_words", dist.Categorical(topic_words[word_topics]), obs=data)
+    return topic_weights, topic_words, data
+
+
+def make_predictor(args):
+    layer_sizes = [args.num_words] + [int(s) for s in args.layer_sizes.split("-")] + [args.num_topics]
+    layers = []
+    for in_size, out_size in zip(layer_sizes, layer_sizes[1:], strict=False):
+        layer = nn.Linear(in_size, out_size)
+        layer.weight.data.normal_(0, 0.001)
+        layer.bias.data.normal_(0, 0.001)
+        layers.append(layer)
+        layers.append(nn.Sigmoid())
+    layers.append(nn.Softmax(dim=-1))
+    return nn.Sequential(*layers)
+
+
+def parametrized_guide(predictor, data, args, batch_size=None):
+    topic_weights_posterior = pyro.param(
+        "topic_weights_posterior",
+        lambda: torch.ones(args.num_topics),
+        constraint=constraints.positive,
+    )
+    topic_words_posterior = pyro.param(
+        "topic_words_posterior",
+        lambda: torch.ones(args.num_topics, args.num_words),
+        constraint=constraints.greater_than(0.5),
+    )
+    with pyro.plate("topics", args.num_topics):
+        pyro.sample("topic_weights", dist.Gamma(topic_weights_posterior, 1.0))
+        pyro.sample("topic_words", dist.Dirichlet(topic_words_posterior))
+    pyro.module("predictor", predictor)
+    with pyro.plate("documents", args.num_docs, batch_size) as ind:
+        data = data[:, ind]
+        counts = torch.zeros(args.num_words, ind.size(0)).scatter_add(
+            0, data, torch.ones(data.shape)
+        )
+        doc_topics = predictor(counts.transpose(0, 1))
+        pyro.sample("doc_topics", dist.Delta(doc_topics, event_dim=1))
+
+
+LDA = argparse.Namespace(num_topics=2, num_words=5, num_docs=6, num_words_per_doc=4, layer_sizes="3")
+
+
+def lda():  # gradients far below Adam's eps of 1e-8 times the rows
+    return lda_model, functools.partial(parametrized_guide, make_predictor(LDA))
+
+
 class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and guide
     def __init__(self):
         super().__init__()
@@ -273,6 +471,35 @@ class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and
         with pyro.plate("data", x.shape[0]):
             loc, log_scale = self.encoder(x).chunk(2, -1)
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+class BatchNormVAE(PyroVAE):  # examples/scanvi's BatchNorm1d (not after a bias: its
+    def __init__(self):  # gradient is zero but for rounding, which Adam's steps enlarge)
+        super().__init__()
+        self.encoder = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 4))
+
+
+def batch_norm():  # running statistics: updated by SVI's steps alone
+    model = BatchNormVAE()
+    return model.model, model.guide
+
+
+def labelled():  # examples/scanvi's labelled rows: y observed, a factor in the guide
+    def model(x, y):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("batch", len(x)):
+            pyro.sample("y", dist.Bernoulli(logits=z * torch.ones(len(x))), obs=y)
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, y):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        with pyro.plate("batch", len(x)):
+            classification_loss = dist.Bernoulli(logits=loc * x).log_prob(y)
+            pyro.factor("classification_loss", -0.1 * classification_loss, has_rsample=False)
+        return z
+
+    return model, config_enumerate(guide, "parallel", expand=True)
 
 
 def vae():  # an amortised guide
@@ -312,6 +539,41 @@ PROGRAMS = {
     "keyword": (keyword, (X,), {"y": Y}, None, {}),
     "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
     "vae": (vae, (PIXELS,), {}, None, {}),
+    "sparse_gamma_def": (
+        sparse_gamma_def,
+        (torch.poisson(torch.full((5, 4), 2.0, dtype=torch.float64), generator=RNG),),
+        {},
+        TraceMeanField_ELBO(),
+        {"elbo": "mean_field"},
+    ),
+    "lda": (
+        lda,
+        (torch.randint(5, (4, 6), generator=RNG), LDA),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=2),
+        {},
+    ),
+    "batch_norm": (batch_norm, (PIXELS,), {}, None, {}),
+    "labelled": (  # TraceEnum_ELBO asked for, with no site to enumerate
+        labelled,
+        (X, (X > 0).double()),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
+        {"elbo": "trace_enum"},
+    ),
+    "toy_mixture": (
+        toy_mixture,
+        (
+            {"A": torch.tensor([1.0, 10.0], dtype=torch.float64),
+             "B": torch.tensor([[10.0, 1.0], [1.0, 10.0]], dtype=torch.float64),
+             "C": torch.tensor([[10.0, 1.0], [1.0, 10.0]], dtype=torch.float64)},  # fmt: skip
+            {"A": PIXELS[:, 0], "C": PIXELS[:, 1]},
+            N,
+        ),
+        {},
+        TraceEnum_ELBO(max_plate_nesting=1),
+        {},
+    ),
 }
 
 
