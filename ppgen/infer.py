@@ -330,9 +330,9 @@ def fit_svi(
       **kwargs)`, plus `data=` the batch's columns where its signature names `data`
       (amortised guides, :class:`ppgen.guides.Amortized` among them);
     - anything else (a dict too, where `model` takes no keyword `n`) is the programs' first
-      argument, as `SVI.step(data, *args, **kwargs)` calls them: every argument with rows (a tensor whose leading size is the one most tensor
-      arguments share, at any position or keyword) is indexed with the same rows in each
-      batch, and the others pass unchanged.
+      argument, as `SVI.step(data, *args, **kwargs)` calls them: every argument with rows (a
+      tensor whose leading size is the one most tensor arguments share, at any position or
+      keyword) is indexed with the same rows in each batch, and the others pass unchanged.
 
     With `batch_size=None` (or at least the rows), where the program subsamples itself (a
     plate with `subsample_size`) or no argument has rows, one batch holds the data in its
