@@ -7,6 +7,7 @@ gradient of the whole data's ELBO (deterministic guides, so the gradient is exac
 
 import argparse
 import functools
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -580,7 +581,25 @@ PROGRAMS = {
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_a_full_batch_takes_svis_steps(name):
     make, args, kwargs, elbo, options = PROGRAMS[name]
+    if name == "lda":  # examples/lda's programs name batch_size, which fit_svi takes: it says so
+        with pytest.warns(UserWarning, match="^lda_model and parametrized_guide take a parameter 'b"):
+            _parity(make, args, kwargs, svi_elbo=elbo, **options)
+        return
     _parity(make, args, kwargs, svi_elbo=elbo, **options)
+
+
+def test_a_programs_parameter_named_as_a_fit_option_is_said_to_get_its_default():
+    def model(x, lr=0.5):  # fit_svi's lr is Adam's: the program's keeps its default
+        m = pyro.param("m", torch.tensor(lr))
+        pyro.sample("x", dist.Normal(m, 1.0).expand([len(x)]).to_event(1), obs=x)
+
+    with pytest.warns(UserWarning, match=r"^model takes a parameter 'lr', which fit_svi takes as "
+                      r"its own option, so it gets its default; to give it a value, bind it "
+                      r"first: functools.partial\(model, lr=...\)\.$"):  # fmt: skip
+        fit_svi(model, lambda x: None, X, epochs=1, progress=False)
+    with warnings.catch_warnings():  # bound, as the sentence says: no word
+        warnings.simplefilter("error")
+        fit_svi(functools.partial(model, lr=0.1), lambda x: None, X, epochs=1, progress=False)
 
 
 def test_the_enumerating_elbo_is_chosen_or_asked_for():
