@@ -32,7 +32,7 @@ from ppgen.elbo import ARGUMENT, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
-from ppgen.tracing import is_factor, is_unweighted, is_variable, trace_calls
+from ppgen.tracing import is_factor, is_unweighted, is_variable, program_name, trace_calls
 
 __all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
 
@@ -271,10 +271,6 @@ def takes_rows(model: Callable[..., object]) -> bool:
     )
 
 
-def _name(model: object) -> str:
-    return getattr(model, "__name__", type(model).__name__)
-
-
 class ProgramLogLikelihood(nn.Module):
     r"""The log-density of a program in Pyro's style on all of its data, one term per site.
 
@@ -333,7 +329,7 @@ class ProgramLogLikelihood(nn.Module):
             site = sites.get(name)
             if site is None:
                 raise ValueError(
-                    f"{name!r} is not a sample site of the program {_name(self.model)} (its "
+                    f"{name!r} is not a sample site of the program {program_name(self.model)} (its "
                     f"sites: {', '.join(map(repr, sites))})."
                 )
             value = _as_tensor(name, given)
@@ -365,7 +361,7 @@ class ProgramLogLikelihood(nn.Module):
                     else "pass its values in data, or give a guide"
                 )
                 raise ValueError(
-                    f"Site {name!r} of the program {_name(self.model)} is latent (neither "
+                    f"Site {name!r} of the program {program_name(self.model)} is latent (neither "
                     f"observed with obs= nor in the data), so {self.purpose} has no exact "
                     f"log-likelihood: {fix}."
                 )
@@ -385,7 +381,7 @@ class ProgramLogLikelihood(nn.Module):
             return step()
         except (RuntimeError, TypeError, IndexError, AssertionError, ValueError) as error:
             raise ValueError(
-                f"The program {_name(self.model)} fails on its data: {type(error).__name__}: "
+                f"The program {program_name(self.model)} fails on its data: {type(error).__name__}: "
                 f"{error}"
             ) from error
 

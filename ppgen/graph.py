@@ -8,7 +8,7 @@ import networkx as nx
 import torch
 from pyro.infer.inspect import get_model_relations
 
-from ppgen.tracing import Call, is_factor, is_variable, trace_calls, unwrapped
+from ppgen.tracing import Call, is_factor, is_variable, program_name, trace_calls, unwrapped
 
 __all__ = ["check_dag", "factorization", "family", "graph"]
 
@@ -88,8 +88,9 @@ def graph(
         if is_variable(site) or (deterministic and _is_deterministic(site))
     }
     if not any(is_variable(site) for site in sites.values()):
-        name = getattr(model, "__name__", type(model).__name__)
-        raise ValueError(f"The program {name} has no pyro.sample site, so it has no graph.")
+        raise ValueError(
+            f"The program {program_name(model)} has no pyro.sample site, so it has no graph."
+        )
     parents = None if deterministic else _parents_from_calls(sites, calls)
     if parents is None:  # some site is not a ppgen conditional of its parents' values
         with torch.random.fork_rng(), torch.no_grad():

@@ -41,7 +41,7 @@ from torch.distributions import biject_to
 from ppgen.graph import graph
 from ppgen.model import Model
 from ppgen.nn import Node, mlp
-from ppgen.tracing import is_variable
+from ppgen.tracing import is_variable, program_name
 
 __all__ = ["Amortized", "faithful_inverse"]
 
@@ -467,9 +467,8 @@ class Amortized(Model):
             g = graph(program, *args, **kwargs)
         latent = [v for v in g if not g.nodes[v]["observed"]]
         if not latent:
-            name = getattr(model, "__name__", type(model).__name__)
             raise ValueError(
-                f"The program {name} has no latent site (every site is observed), so it needs "
+                f"The program {program_name(model)} has no latent site (every site is observed), so it needs "
                 "no guide: fit it with ppgen.fit_mle."
             )
         masked = [v for v in latent if trace.nodes[v]["mask"] is not None]

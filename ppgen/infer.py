@@ -33,7 +33,7 @@ from ppgen.loop import check_budget, checkpoint_file, train
 from ppgen.model import set_coding
 from ppgen.result import FitResult
 from ppgen.steps import EVALUATION_ROWS, GradientStep, Group
-from ppgen.tracing import fitted_parameters, program_parameters
+from ppgen.tracing import fitted_parameters, program_name, program_parameters
 
 __all__ = ["FitResult", "fit_gan", "fit_mle", "fit_svi"]
 
@@ -479,7 +479,7 @@ def _warn_shadowed(*programs: object) -> None:
         bound = getattr(program, "keywords", {})  # a functools.partial's
         found = next((o for o in _OPTIONS if o in parameters and o not in bound), None)
         if found is not None and shadowed in (None, found):
-            names.append(_name(program))
+            names.append(program_name(program))
             shadowed = found
     if shadowed is not None:
         who = " and ".join(names)
@@ -491,11 +491,6 @@ def _warn_shadowed(*programs: object) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _name(program: object) -> str:
-    program = getattr(program, "func", program)  # a functools.partial's function
-    return getattr(program, "__name__", type(program).__name__)
 
 
 def _warn_short_batches(rows: int, batch_size: int) -> None:

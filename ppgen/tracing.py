@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 __all__ = [
+    "program_name",
     "Call",
     "fitted_parameters",
     "is_factor",
@@ -205,3 +206,16 @@ def fitted_parameters(run: Callable[[], object], *programs: object) -> list[Tens
     found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
     found += [p for program in programs for p in program_parameters(program)]
     return list({id(p): p for p in found if p.requires_grad}.values())
+
+
+def program_name(program: object) -> str:
+    """A program's name for messages: a function's (a `functools.partial`'s function's), else
+    its class's.
+
+    Example:
+        >>> import functools
+        >>> program_name(functools.partial(print, end=""))
+        'print'
+    """
+    program = getattr(program, "func", program)
+    return getattr(program, "__name__", type(program).__name__)
