@@ -149,7 +149,7 @@ class _SiteNet(Node):
         self.site, self.columns = site, columns
         vector = site.kind == "normal" and _event_dim(site) == 1 and site.shape[-1] > 1
         self.rank = rank if vector else 0  # of the covariance's factor, on a vector's entries
-        size = math.prod(site.shape)
+        self.size = size = math.prod(site.shape)
         out = {"normal": (2 + self.rank) * size, "bernoulli": size}.get(
             site.kind, size * site.cardinality
         )
@@ -175,7 +175,7 @@ class _SiteNet(Node):
         at = out.dim() - 2  # the rows' dimension, after the enumerated parents' dimensions
         shape = (*out.shape[:-1], *site.shape, *((-1,) if site.kind == "categorical" else ()))
         if site.kind == "normal":
-            size = math.prod(site.shape)
+            size = self.size
             loc, scale, factor = out.split([size, size, size * self.rank], -1)
             loc, scale = loc.reshape(shape), F.softplus(scale.reshape(shape))
             factor = _rows_at(factor.reshape(*shape, self.rank), at, site.axis) if self.rank else None
