@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import inspect
 import io
 import json
 import re
@@ -17,6 +18,7 @@ import networkx as nx
 
 import ppgen
 from ppgen.io import _replace
+from ppgen.tracing import error_place
 
 __all__ = ["main"]
 
@@ -169,6 +171,7 @@ def _fit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_fit_folder(out, args.force)
     model = load_object(args.target)
+    _check_savable(model, args.target)
     data, kwargs = read_data(args.data), parse_args(args.arg)
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     options = {k: v for k, v in given.items() if v is not None}  # else the fit's own defaults
@@ -196,6 +199,19 @@ def _fit(args: argparse.Namespace) -> None:
     last = fit.history[-1] if fit.history else {}
     print(f"fitted in {fit.seconds:.1f} s; train {last.get('train', float('nan')):.4f} nats/row; "
           f"closed form: {', '.join(fit.closed_form) or 'none'}; wrote {out}")  # fmt: skip
+
+
+def _check_savable(model: object, target: str) -> None:
+    """Refuses, before any fit, a target that `ppgen.save` cannot write: not a `ppgen.Model`."""
+    if isinstance(model, ppgen.Model):
+        return
+    path, _, name = target.rpartition(":")
+    what = "a function, not" if inspect.isfunction(model) else "not"
+    raise UsageError(
+        f"{path}: {name} is {what} a ppgen.Model; `ppgen fit` saves a ppgen.Model, which records its "
+        "constructor's arguments, so derive it from ppgen.Model (or fit it in Python with "
+        "ppgen.fit_mle or ppgen.fit_svi)."
+    )
 
 
 _FIT_WRITES = {"model.safetensors", "source.json", "history.png"}
@@ -402,6 +418,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ppgen: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # raised in a user's file (or a bug): one line, then --debug
+        if args.debug:
+            raise
+        place = error_place(error)
+        text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+        where = f" at {place}" if place else ""
+        print(f"ppgen: error: {type(error).__name__}{where}: {text} (--debug shows the "
+              "traceback)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import sysconfig
-import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,7 +31,13 @@ from ppgen.data import Table, check_support, is_frame, place, read_table, varies
 from ppgen.importance import log_weights, reads_rows
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
-from ppgen.tracing import is_unweighted, is_variable, program_parameters, trace_calls
+from ppgen.tracing import (
+    error_place,
+    is_unweighted,
+    is_variable,
+    program_parameters,
+    trace_calls,
+)
 
 __all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "per_row", "set_rng_state", "svi_table"]
 
@@ -480,21 +483,12 @@ class _ScaleOutside(Messenger):
 def _program_error(role: str, program: object, rows: str, error: Exception) -> str:
     """One sentence for an error raised inside a user's program: which, where, what."""
     name = getattr(program, "__qualname__", None) or type(program).__name__
-    place = ""
-    for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if not frame.filename.startswith(_LIBRARIES):
-            place = f" at {os.path.basename(frame.filename)}:{frame.lineno}"
-            break
+    place = error_place(error)
+    place = f" at {place}" if place else ""
     text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
     return (
         f"The {role} {name!r} raised {type(error).__name__}{place}{rows}: {text}"
     )
-
-
-_LIBRARIES = (
-    *{sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")},
-    __file__,  # the calls into the programs
-)
 
 
 class _ProgramError(Exception):

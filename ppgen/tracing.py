@@ -9,6 +9,9 @@ data tensor itself.
 
 from __future__ import annotations
 
+import os
+import sysconfig
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,12 +28,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 __all__ = [
-    "program_name",
     "Call",
+    "error_place",
     "fitted_parameters",
     "is_factor",
     "is_unweighted",
     "is_variable",
+    "program_name",
     "program_parameters",
     "record_call",
     "recording_calls",
@@ -219,3 +223,26 @@ def program_name(program: object) -> str:
     """
     program = getattr(program, "func", program)
     return getattr(program, "__name__", type(program).__name__)
+
+
+_LIBRARIES = (
+    *{sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")},
+    os.path.dirname(__file__) + os.sep,  # ppgen's own calls into the programs
+)
+
+
+def error_place(error: BaseException) -> str:
+    """Where a user's code raised `error`: `file.py:line` of the innermost frame outside
+    Python's libraries and ppgen, or `""` where every frame is theirs.
+
+    Example:
+        >>> try:
+        ...     int("x")
+        ... except ValueError as error:
+        ...     error_place(error).startswith("<doctest")
+        True
+    """
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if not frame.filename.startswith(_LIBRARIES):
+            return f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    return ""

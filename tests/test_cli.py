@@ -99,12 +99,27 @@ def test_demo_force_touches_no_folder_but_an_earlier_run(tmp_path, capsys):
 
 
 LATENT = """
-import pyro, pyro.distributions as dist
+import pyro, pyro.distributions as dist, torch
+import ppgen
+
+class Latent(ppgen.Model):
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0))
 
 def model(n=1):
     with pyro.plate("rows", n):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.sample("x", dist.Normal(z, 1.0))
+        pyro.sample("x", dist.Normal(pyro.param("loc", torch.zeros(())), 1.0))
+
+class Plain(pyro.nn.PyroModule):
+    def forward(self, n=1):
+        model(n)
+
+class ReadsRows(ppgen.Model):
+    def forward(self, x=None):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
 """
 
 
@@ -148,8 +163,12 @@ def test_fit_sample_info_round_trip(tmp_path, chain_files, stem):
         ("fit {src}:Chain --data {tmp}/no.csv --out {tmp}/o", "no.csv: no such file"),
         ("fit {src}:Nope --data {data} --out {tmp}/o", "defines no object named 'Nope'"),
         ("fit {src}:Chain --data {tmp}/bad.csv --out {tmp}/o", "Column 'c' is not a sample site"),
-        ("fit {tmp}/latent.py:model --data {tmp}/x.csv --out {tmp}/o",
+        ("fit {tmp}/latent.py:Latent --data {tmp}/x.csv --out {tmp}/o",
          "Site 'z' is not in the data: it is latent"),
+        ("fit {tmp}/latent.py:model --data {tmp}/x.csv --out {tmp}/o",
+         "latent.py: model is a function, not a ppgen.Model; `ppgen fit` saves a ppgen.Model"),
+        ("fit {tmp}/latent.py:Plain --data {tmp}/x.csv --out {tmp}/o",
+         "latent.py: Plain is not a ppgen.Model; `ppgen fit` saves a ppgen.Model"),
         ("sample {tmp}", "holds no model written by `ppgen fit`"),
         ("fit {src}:Chain --data {data} --out {tmp}/o --device gpu",
          "device must be 'cpu', 'cuda', 'cuda:N' or 'auto', not 'gpu'"),
@@ -164,6 +183,17 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, chain_files, command, m
     assert run.returncode == 2
     err = run.stderr
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_error_raised_in_the_users_program_is_one_line_naming_its_line(tmp_path):
+    (tmp_path / "latent.py").write_text(LATENT)
+    (tmp_path / "x.csv").write_text("x\n0.5\n1.5\n")
+    run = ppgen_command("fit", f"{tmp_path}/latent.py:ReadsRows", "--data", f"{tmp_path}/x.csv",
+                        "--out", f"{tmp_path}/o")  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr == ("ppgen: error: TypeError at latent.py:21: object of type 'NoneType' "
+                          "has no len() (--debug shows the traceback)\n")  # fmt: skip
     assert not (tmp_path / "o").exists()
 
 
