@@ -227,13 +227,15 @@ def program_name(program: object) -> str:
 
 _LIBRARIES = (
     *{sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")},
-    os.path.dirname(__file__) + os.sep,  # ppgen's own calls into the programs
+    os.path.dirname(__file__) + os.sep,  # ppgen, whether installed or not
 )
+_PROGRAMS = os.path.join(os.path.dirname(__file__), "models") + os.sep  # ppgen's own programs
 
 
 def error_place(error: BaseException) -> str:
-    """Where a user's code raised `error`: `file.py:line` of the innermost frame outside
-    Python's libraries and ppgen, or `""` where every frame is theirs.
+    """Where a program raised `error`: `file.py:line` of the innermost frame in a user's code
+    or in a program of :mod:`ppgen.models`, not in Python's libraries nor ppgen's machinery;
+    `""` where there is none.
 
     Example:
         >>> try:
@@ -243,6 +245,6 @@ def error_place(error: BaseException) -> str:
         True
     """
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if not frame.filename.startswith(_LIBRARIES):
+        if frame.filename.startswith(_PROGRAMS) or not frame.filename.startswith(_LIBRARIES):
             return f"{os.path.basename(frame.filename)}:{frame.lineno}"
     return ""
