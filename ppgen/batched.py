@@ -195,7 +195,7 @@ class Stacked:
         parts = [[n for n in names if n in wanted] for names in groups]
         self.parts = [names for names in parts if len(names) > 1]
         self.names = [n for names in self.parts for n in names]  # the rows of the result
-        grouped = set(self.names)
+        self.grouped = grouped = set(self.names)
         self.singles = [s for s in sites if s not in grouped]
         parents = {p for n in self.names for p in factors[n][1]}
         self.inputs = [c for c in factors if c in parents]  # the parents' columns, then the sites'

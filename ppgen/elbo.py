@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, constraints, kl_divergence
 
 from ppgen import distributed
+from ppgen.batched import Stacked, groups
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
 from ppgen.importance import log_weights, reads_rows
 from ppgen.nn import Node
@@ -91,6 +92,7 @@ class ELBOObjective(nn.Module):
             guide = (AutoNormal if guide == "auto_normal" else AutoDelta)(prototype)
         self.guide = guide
         self.plan, self.batch_size, self.floats = None, None, set()
+        self.stacked: Stacked | None = None  # the fast path's same-shaped model terms at once
         self.drawn = False  # the guide's enumeration marks taken off (a drawing ELBO)
         self.whole: dict[str, Tensor] | None = None  # the full batch, in the data's order
         self.stream: list[Tensor] = []  # the full batch's random state, as SVI's (or none)
@@ -233,7 +235,7 @@ class ELBOObjective(nn.Module):
         if self.iwae or self.plate is not None or self.elbo not in (None, "trace", "mean_field"):
             return False
         with torch.random.fork_rng(), torch.no_grad(), _plain_errors(), _kept():
-            self.plan = self._structure(probe)
+            self.plan, self.stacked = self._structure(probe), None
             if self.plan is not None:
                 seed = int(torch.randint(2**31, ()))
                 torch.manual_seed(seed)
@@ -321,7 +323,13 @@ class ELBOObjective(nn.Module):
             for name, module, parents in guide:
                 q[name] = module(*(values[p] for p in parents))
                 values[name] = q[name].rsample()
+            if self.stacked is None:
+                self.stacked = self._grouped(values, len(next(iter(batch.values()))))
+            for terms in self.stacked(values):
+                total = _add(total, terms.sum(), 1)
             for name, module, parents, analytic in model:
+                if name in self.stacked.grouped:
+                    continue
                 p = module(*(values[k] for k in parents))
                 if analytic:
                     total = _add(total, kl_divergence(q.pop(name), p).sum(), -1)
@@ -330,6 +338,17 @@ class ELBOObjective(nn.Module):
             for name, d in q.items():
                 total = _add(total, _log_prob_sum(d, values[name]), -1)
         return total if self.num_particles == 1 else total / self.num_particles
+
+    def _grouped(self, values: dict[str, Tensor], rows: int) -> Stacked:
+        """The model's terms that :mod:`ppgen.batched` evaluates together, given one particle's
+        `values` on a batch of `rows`: same-shaped conditionals of sites whose values, and
+        their parents', are one number a row (once the guide has drawn, every parent is known,
+        as in a fully observed graph)."""
+        _, model = self.plan
+        factors = {name: (module, parents) for name, module, parents, analytic in model
+                   if not analytic}  # fmt: skip
+        scalar = {k: k in factors and v.shape == (rows,) for k, v in values.items()}
+        return Stacked(factors, groups(factors, scalar), list(factors))
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[tuple[object, ...], dict[str, object]]:
         """The programs' inputs for a batch: its rows in place of the arguments that have rows

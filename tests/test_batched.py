@@ -5,12 +5,15 @@ import random
 
 import networkx as nx
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
 
 import ppgen
 import ppgen.density
+import ppgen.elbo
+import ppgen.guides
 from ppgen.batched import Stacked, groups
 from ppgen.density import ExactLogLikelihood
 from ppgen.nn import Conditional, LinearGaussian, Root
@@ -96,6 +99,51 @@ def test_fit_equals_one_call_a_node(
     for mine, theirs in zip(fit.history, reference.history, strict=True):
         for key in mine.keys() - {"seconds"}:
             assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def _fit_svi(model: ppgen.builder.DAG, rows: dict) -> tuple[ppgen.FitResult, torch.nn.Module]:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(2)  # the same guide, draws and batches
+    guide = ppgen.guides.Amortized(model)
+    fit = ppgen.fit_svi(model, guide, rows, epochs=3, batch_size=40, lr=0.02, progress=False)
+    return fit, guide
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(3))
+def test_svi_on_a_dag_with_latents_equals_one_call_a_node(
+    seed: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ELBO's model terms, same-shaped conditionals at once once the guide has drawn the
+    latent sites: the same ELBOs and the same parameters after Adam steps as one call a node."""
+    model = random_dag(seed).to(dtype)
+    rows = ppgen.sample(model, 120)
+    normal = [v for v, c in zip(model.nodes, model.conditionals, strict=True)
+              if type(c) is Conditional and c.head.family is dist.Normal]  # fmt: skip
+    latent = normal[1::3]
+    rows = {k: v for k, v in rows.items() if k not in latent}
+    found = []
+
+    def recorded(factors, scalar):
+        found.append(groups(factors, scalar))
+        return found[-1]
+
+    calls = []
+    evaluate = Stacked.__call__
+    monkeypatch.setattr(ppgen.elbo, "groups", recorded)
+    monkeypatch.setattr(Stacked, "__call__", lambda self, b: calls.append(1) or evaluate(self, b))
+    batched, single = copy.deepcopy(model), copy.deepcopy(model)
+    fit, guide = _fit_svi(batched, rows)
+    assert found and found[-1] and any(set(g) & set(latent) for g in found[-1])
+    assert len(calls) > 3 * 3  # the steps of 3 epochs of 3 batches took the batched fast path
+    monkeypatch.setattr(ppgen.elbo, "groups", lambda factors, scalar: [])
+    reference, reference_guide = _fit_svi(single, rows)
+    for mine, theirs in zip(fit.history, reference.history, strict=True):
+        assert mine["train"] == pytest.approx(theirs["train"], rel=1e-6)
+    pairs = [*zip(batched.named_parameters(), single.parameters(), strict=True),
+             *zip(guide.named_parameters(), reference_guide.parameters(), strict=True)]  # fmt: skip
+    for (name, a), b in pairs:
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
 
 def test_frozen_nodes_stay_and_the_others_step_as_one_call_a_node() -> None:
