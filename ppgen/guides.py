@@ -605,7 +605,8 @@ class Amortized(Model):
                 "with as many rows as the others): call it with the inputs it was built on."
             )
         rows = len(next(iter(inputs.values())))
-        nets, locs, scales = self._modules["nets"], self._modules["locs"], self._modules["scales"]
+        nets, locs, scales = self.nets, self.locs, self.scales  # in Pyro's param store, as
+        # a PyroModule's attributes are, so that Pyro's own SVI trains them too
         values = dict(inputs)
         if any(_ONES in site.inputs for site in self.sites):
             values[_ONES] = next(iter(self.parameters())).new_ones(rows, 1)
@@ -642,7 +643,7 @@ class Amortized(Model):
 
     def _link(self, site: _Site, values: dict[str, Tensor], states: dict) -> dist.Distribution:
         """The distribution of a site of a chain; its first site runs the chain's GRU."""
-        chain = self._modules["chains"][str(site.chain)]
+        chain = self.chains[str(site.chain)]
         if site.chain not in states:
             states[site.chain] = chain.states(values, next(chain.parameters()).dtype)
         previous = self.chain_specs[site.chain]["members"][site.step - 1] if site.step else None

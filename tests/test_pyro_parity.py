@@ -30,7 +30,9 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn.functional import softplus
 
+import ppgen.guides
 import ppgen.infer
+import ppgen.models
 from ppgen.infer import fit_svi
 
 STEPS, LR = 8, 0.05
@@ -508,6 +510,20 @@ def vae():  # an amortised guide
     return model.model, model.guide
 
 
+def ppgen_vae():  # ppgen's own VAE, its guide a method of the module: SVI trains the encoder
+    model = ppgen.models.VAE(PIXELS.shape[1], 2, hidden=(5,))
+    return model, model.guide
+
+
+def amortized():  # ppgen's automatic guide, built on its first inputs: SVI trains its networks
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    return model, ppgen.guides.Amortized(model, X, hidden_features=(4,))
+
+
 RNG = torch.Generator().manual_seed(0)
 X = torch.randn(N, generator=RNG, dtype=torch.float64)
 Y = 1.0 + 2.0 * X + 0.5 * torch.randn(N, generator=RNG, dtype=torch.float64)
@@ -555,6 +571,8 @@ PROGRAMS = {
         {},
     ),
     "batch_norm": (batch_norm, (PIXELS,), {}, None, {}),
+    "ppgen_vae": (ppgen_vae, (PIXELS,), {}, None, {}),
+    "amortized": (amortized, (X,), {}, None, {}),
     "labelled": (  # TraceEnum_ELBO asked for, with no site to enumerate
         labelled,
         (X, (X > 0).double()),

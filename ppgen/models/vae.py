@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
+from pyro.nn import pyro_method
 import torch
 from torch import Tensor, nn
 
@@ -75,6 +76,7 @@ class VAE(Model):
             z = pyro.sample("z", self.prior(rows))
             return pyro.sample("x", self.decoder(z), obs=x)
 
+    @pyro_method  # its modules' parameters in Pyro's param store, as forward's: SVI trains them
     def guide(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The encoder :math:`q(z \mid x)`, a guide for :meth:`forward` (`n` is ignored)."""
         with pyro.plate("data", len(x)):
