@@ -6,11 +6,13 @@ gradient of the whole data's ELBO (deterministic guides, so the gradient is exac
 """
 
 import argparse
+import copy
 import functools
 import warnings
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import pytest
 import torch
 from hypothesis import given, settings
@@ -744,3 +746,38 @@ def test_random_programs_of_the_idioms_take_svis_steps(features, constant_at, ma
     loss = Trace_ELBO().differentiable_loss(model, guide, *args, **kwargs)
     (p,) = [pyro.get_param_store()[name].unconstrained() for name in pyro.get_param_store()]
     assert torch.allclose(ours[id(p)], torch.autograd.grad(loss, p)[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ppgen.models.FVSBN(4),
+        lambda: ppgen.models.NADE(4),
+        lambda: ppgen.models.MADE(4),
+        lambda: ppgen.models.PixelCNN((2, 2)),
+        lambda: ppgen.models.RNADE(4),
+    ],
+    ids=["FVSBN", "NADE", "MADE", "PixelCNN", "RNADE"],
+)
+def test_pyros_svi_trains_the_autoregressive_models_as_adam_on_their_log_likelihood(make):
+    """Their joint's log_prob reads the weights after the program returns: they are put in
+    Pyro's param store all the same, so SVI with an empty guide is maximum likelihood."""
+    torch.manual_seed(0)
+    model = make()
+    reference = copy.deepcopy(model)
+    rows = PIXELS if type(model).__name__ != "RNADE" else SEQS
+    conditioned = poutine.condition(model, data={"x": rows})
+    svi = SVI(conditioned, lambda n: None, pyro.optim.Adam({"lr": LR}), Trace_ELBO())
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(STEPS):
+        svi.step(n=N)
+    adam = torch.optim.Adam(reference.parameters(), lr=LR)
+    for _ in range(STEPS):
+        program = poutine.condition(reference, data={"x": rows})
+        loss = -poutine.trace(program).get_trace(n=N).log_prob_sum()
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+    for a, b, initial in zip(model.parameters(), reference.parameters(), before, strict=True):
+        assert not torch.equal(a, initial)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

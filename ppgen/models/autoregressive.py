@@ -17,6 +17,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.nn import PyroModule
 from pyro.nn.auto_reg_nn import AutoRegressiveNN, MaskedLinear, create_mask
 from torch import Size, Tensor, nn
 from torch.distributions import constraints
@@ -93,6 +94,16 @@ class Autoregressive(TorchDistribution):
         return x
 
 
+def _in_param_store(module: PyroModule) -> None:
+    """Puts a PyroModule's parameters in Pyro's param store, as reading them inside its call
+    does, for a distribution that reads them later (its `log_prob`, run by Pyro's ELBO after
+    the program returns), so that Pyro's own SVI trains them."""
+    for name in [*module._parameters, *module._modules]:
+        child = getattr(module, name)  # PyroModule's attribute: pyro.param / pyro.module
+        if isinstance(child, PyroModule):
+            _in_param_store(child)
+
+
 class _Autoregressive(Model):
     """The program shared by the models; subclasses define the conditionals and `connectivity`."""
 
@@ -123,6 +134,7 @@ class _Autoregressive(Model):
         return Autoregressive(self.conditionals, self.order, (n,), template, self.support)
 
     def forward(self, n: int = 1) -> Tensor:
+        _in_param_store(self)  # the joint's log_prob reads the weights after this call returns
         with pyro.plate("data", n):
             if self.sites == "joint":
                 return pyro.sample("x", self.distribution(n))
