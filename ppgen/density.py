@@ -28,7 +28,7 @@ from ppgen.batched import sample as sample_layers
 from ppgen.builder import DAG
 from ppgen.data import Table, is_frame, read_table
 from ppgen.device import resolve_device
-from ppgen.elbo import ARGUMENT, svi_table
+from ppgen.elbo import ARGUMENT, check_observed, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
@@ -351,6 +351,8 @@ class ProgramLogLikelihood(nn.Module):
             trace = self._run(
                 lambda: poutine.trace(self.program).get_trace(*self.args, **self.kwargs)
             )
+        rows = [*self.args, *self.kwargs.values()]  # a site reading them gets no broadcast
+        check_observed(trace, [a for a in rows if isinstance(a, Tensor) and a.dim()])
         for name, site in trace.nodes.items():
             if not is_variable(site):
                 continue

@@ -36,7 +36,9 @@ from ppgen.nn import Node
 from ppgen.result import NONFINITE
 from ppgen.tracing import is_unweighted, is_variable, program_parameters, trace_calls
 
-__all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "per_row", "set_rng_state", "svi_table"]
+__all__ = [
+    "ARGUMENT", "ELBOS", "ELBOObjective", "check_observed", "per_row", "set_rng_state", "svi_table"
+]
 
 ARGUMENT = "*data"  # the column of the programs' first argument, where it has rows
 ELBOS = {
@@ -205,7 +207,7 @@ class ELBOObjective(nn.Module):
     def _check_data(self, model_trace: poutine.Trace, whole: dict[str, Tensor]) -> None:
         """Checks each observed site holding the rows of an argument: its shape, its support."""
         if self.argument:
-            _check_observed(model_trace, list(whole.values()))
+            check_observed(model_trace, list(whole.values()))
 
     def _traces(
         self, batch: dict[str, Tensor]
@@ -729,10 +731,10 @@ def _check_argument(
         raise ValueError(_program_error("model", model, f" on all {len(data)} rows", error)) from (
             error.__cause__ or error  # Pyro's trace re-raises it with the trace's shapes
         )
-    _check_observed(trace, [data])
+    check_observed(trace, [data])
 
 
-def _check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
+def check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
     """Checks each observed site that reads the rows of one of `columns` in place: the shape
     of its rows, and every row against its support."""
     for name, site in trace.nodes.items():

@@ -438,6 +438,17 @@ def test_pyro_style_program_errors():
     _unchanged(lambda: ppgen.log_prob(model, {"y": x}, x, guide=lambda x: None), guide, model)
 
 
+def test_a_pyro_style_data_column_the_distribution_broadcasts_is_refused():
+    # x of shape (5, 1) under a plate of 5 rows: Normal(0, 1).log_prob(x) broadcasts to (5, 5),
+    # 25 terms for 5 rows; fit_svi refused it, log_prob and fit_mle summed them without a word
+    model, x = _Regression(), torch.randn(5)
+    shape = "The data tensor's rows have shape (1,), but site 'y' of the model has rows of shape ()."
+    _unchanged(lambda: ppgen.log_prob(model, x, x[:, None]), re.escape(shape), model)
+    _unchanged(lambda: ppgen.fit_mle(model, x, x[:, None], progress=False), re.escape(shape), model)
+    total = dist.Normal(model.linear(x[:, None]).squeeze(-1), 1.0).log_prob(x).sum()
+    assert ppgen.log_prob(model, x, x).item() == pytest.approx(total.item(), abs=1e-5)
+
+
 def test_labels_or_a_missing_input_given_to_an_amortized_guide():
     def grouped(n=1):
         with pyro.plate("groups", 3):
