@@ -44,7 +44,8 @@ def importance_log_prob(
     columns as it, in the dict convention (see :func:`reads_rows`). The rows are repeated once
     per draw, so the programs run unchanged, `chunk_size` draws at a time; every sample site
     must be inside the data plate. A latent site the guide leaves out is drawn from its prior in the model, which is then its
-    proposal (its density ratio is 1).
+    proposal (its density ratio is 1). A guide that keeps a parameter per row (`AutoNormal` of a
+    latent site per row) cannot follow the rows repeated: it runs once per draw.
 
     Arguments:
         model: A Pyro program whose rows are its outermost plate.
@@ -118,7 +119,10 @@ def log_weights(
     args: tuple[object, ...],
     kwargs: dict[str, object],
 ) -> Tensor:
-    """The log-weights of `draws` draws per row, of shape (draws, rows)."""
+    """The log-weights of `draws` draws per row, of shape (draws, rows): the rows repeated once
+    per draw, or one draw a pass for a guide that keeps a parameter per row (as `AutoNormal`
+    of a latent site per row does), which cannot follow the rows repeated."""
+    given = model, guide, data, 1, rows, args, kwargs
     args = tuple(_repeat(a, draws, rows) for a in args)  # y of model(x, y) too
     kwargs = {k: _repeat(v, draws, rows) for k, v in kwargs.items()}
     if isinstance(data, Tensor):
@@ -130,6 +134,8 @@ def log_weights(
         kwargs = {**kwargs, "n": draws * rows}
     rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
+    if draws > 1 and _draws_per_row(guide_trace, rows):
+        return torch.cat([log_weights(*given) for _ in range(draws)])
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         *args, **kwargs
     )
@@ -151,6 +157,16 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def _draws_per_row(trace: poutine.Trace, rows: int) -> bool:
+    """Whether a guide's trace on the rows repeated draws one value per row (not per repeat)."""
+    for site in trace.nodes.values():
+        if is_variable(site) and not site["is_observed"]:
+            shape = site["fn"].batch_shape
+            if shape and shape[0] == rows:
+                return True
+    return False
 
 
 def _repeat(value: object, draws: int, rows: int) -> object:

@@ -111,6 +111,27 @@ def test_a_latent_site_the_guide_leaves_out_is_proposed_by_its_prior():
     torch.testing.assert_close(estimate, dist.Normal(0.0, 3**0.5).log_prob(x), atol=0.03, rtol=0)
 
 
+def _pyro_normal_normal(x):
+    with pyro.plate("rows", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_a_guide_with_a_parameter_per_row_draws_once_a_pass():
+    # AutoNormal of a latent per row holds N locations: it cannot follow rows repeated K times,
+    # so each draw is a pass of its own. At the exact posterior N(x/2, 1/2) every weight is p(x)
+    x = torch.tensor([0.0, 1.0, -2.0])
+    exact = dist.Normal(0.0, 2**0.5).log_prob(x)
+    init = pyro.infer.autoguide.init_to_value(values={"z": x / 2})
+    guide = pyro.infer.autoguide.AutoNormal(_pyro_normal_normal, init_loc_fn=init, init_scale=0.5**0.5)
+    guide(x)  # built on the rows, as a fit builds it
+    estimate = ppgen.log_prob(_pyro_normal_normal, x, guide=guide, num_samples=10)
+    torch.testing.assert_close(estimate, exact, atol=1e-5, rtol=0)
+    fit = fit_svi(_pyro_normal_normal, guide, x, elbo="iwae", num_particles=4, epochs=1,
+                  batch_size=None, progress=False)  # fmt: skip
+    assert fit.history[0]["train"] == pytest.approx(exact.mean().item(), abs=1e-5)
+
+
 def test_mean_field_and_sampled_kl_agree_in_expectation():
     lg = LinearGaussian()
     x = lg.marginal().sample((4,))
