@@ -15,11 +15,13 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.infer.autoguide import AutoDelta, AutoGuideList
 from torch import Tensor, nn
 
-from ppgen.tracing import is_variable
+from ppgen.tracing import is_variable, unwrapped
 
 __all__ = ["importance_log_prob", "reads_rows"]
 
@@ -45,7 +47,9 @@ def importance_log_prob(
     per draw, so the programs run unchanged, `chunk_size` draws at a time; every sample site
     must be inside the data plate. A latent site the guide leaves out is drawn from its prior in the model, which is then its
     proposal (its density ratio is 1). A guide that keeps a parameter per row (`AutoNormal` of a
-    latent site per row) cannot follow the rows repeated: it runs once per draw.
+    latent site per row) cannot follow the rows repeated: it runs once per draw. A guide that
+    draws a site as a point (a `Delta`, as `AutoDelta` does) is refused: its weight is
+    :math:`p(x, z)` at that point, no estimate of :math:`p(x)`.
 
     Arguments:
         model: A Pyro program whose rows are its outermost plate.
@@ -140,12 +144,19 @@ def log_weights(
         *args, **kwargs
     )
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
+    points = _points(guide, guide_trace)
     terms = []
     for sign, trace in ((1, model_trace), (-1, guide_trace)):
         trace.compute_log_prob()
         for name, site in trace.nodes.items():
             if not is_variable(site) or (sign < 0 and site["is_observed"]):
                 continue
+            if sign < 0 and name in points:
+                raise ValueError(
+                    f"Site {name!r} of the guide is a Delta (a point), which has no importance "
+                    "weights: p(x, z) at one point estimates no p(x); give a guide with a density "
+                    "(AutoNormal, say)."
+                )
             log_prob = site["log_prob"]
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:
                 raise ValueError(
@@ -157,6 +168,27 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def _points(guide: Callable[..., object], trace: poutine.Trace) -> set[str]:
+    """The latent sites that a guide's trace draws as points, without a density: its Delta
+    sites, unless they transform auxiliary draws (as `AutoNormal`'s do), and those of an
+    `AutoDelta` part of an `AutoGuideList`."""
+    deltas = {
+        name
+        for name in trace.stochastic_nodes
+        if isinstance(unwrapped(trace.nodes[name]["fn"]), dist.Delta)
+    }
+    if not any(trace.nodes[name]["infer"].get("is_auxiliary") for name in trace.stochastic_nodes):
+        return deltas
+    parts = guide if isinstance(guide, AutoGuideList) else []
+    return {
+        name
+        for part in parts
+        if isinstance(part, AutoDelta)
+        for name in part.prototype_trace.nodes
+        if name in deltas
+    }
 
 
 def _draws_per_row(trace: poutine.Trace, rows: int) -> bool:

@@ -359,7 +359,8 @@ def fit_svi(
             importance-weighted bound with `num_particles` draws, per row: the value of
             `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data plate, computed
             differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no differentiable
-            loss; every site in the data plate, reparameterised guides only, the rows in the
+            loss; every site in the data plate, reparameterised guides with a density only (no
+            `AutoDelta`), the rows in the
             first argument alone). `None`: `"trace_enum"` where a site is marked for
             enumeration, else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
             site marked for enumeration is drawn, its gradient estimated by the score

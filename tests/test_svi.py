@@ -132,6 +132,29 @@ def test_a_guide_with_a_parameter_per_row_draws_once_a_pass():
     assert fit.history[0]["train"] == pytest.approx(exact.mean().item(), abs=1e-5)
 
 
+def test_a_delta_guide_has_no_importance_weights():
+    # q = Delta(z*) gives log p(x, z*) whatever K: a density at a point, no estimate of log p(x)
+    x = torch.tensor([0.0, 1.0, -2.0])
+    guide = pyro.infer.autoguide.AutoDelta(_pyro_normal_normal)
+    guide(x)
+    message = "Site 'z' of the guide is a Delta (a point), which has no importance weights"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ppgen.log_prob(_pyro_normal_normal, x, guide=guide, num_samples=10)
+
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + w, 1.0), obs=x)
+
+    guide = pyro.infer.autoguide.AutoGuideList(model)  # AutoNormal's Deltas are draws, AutoDelta's not
+    guide.append(pyro.infer.autoguide.AutoNormal(pyro.poutine.block(model, expose=["z"])))
+    guide.append(pyro.infer.autoguide.AutoDelta(pyro.poutine.block(model, expose=["w"])))
+    guide(x)
+    with pytest.raises(ValueError, match=re.escape(message.replace("'z'", "'w'"))):
+        ppgen.log_prob(model, x, guide=guide, num_samples=10)
+
+
 def test_mean_field_and_sampled_kl_agree_in_expectation():
     lg = LinearGaussian()
     x = lg.marginal().sample((4,))
