@@ -531,6 +531,9 @@ def sample(
     keyword `n`, is run `n` times, as by `pyro.infer.Predictive(model, num_samples=n)`: each
     site's `n` draws are stacked, of shape :math:`(n, *)` where :math:`*` is the site's shape
     in one run (pass `None` for the data arguments to draw them rather than observe them).
+    `Predictive` differs in shapes alone: it pads a site outside some of the program's plates
+    with a dimension of size 1 for each (a global scalar under one plate: :math:`(n, 1)`,
+    sequential or `parallel=True` alike), and returns `pyro.deterministic` sites too.
 
     Arguments:
         model: A Pyro program.
