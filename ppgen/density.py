@@ -14,7 +14,6 @@ all of them, its log-density is the sum over its sites of Pyro's trace, `trace.l
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -32,7 +31,14 @@ from ppgen.elbo import ARGUMENT, check_observed, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
-from ppgen.tracing import is_factor, is_unweighted, is_variable, program_name, trace_calls
+from ppgen.tracing import (
+    is_factor,
+    is_unweighted,
+    is_variable,
+    program_name,
+    signature,
+    trace_calls,
+)
 
 __all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
 
@@ -260,9 +266,8 @@ def takes_rows(model: Callable[..., object]) -> bool:
         >>> takes_rows(lambda n=1: None), takes_rows(lambda x, y: None)
         (True, False)
     """
-    program = model.forward if isinstance(model, nn.Module) else model
     try:
-        parameters = inspect.signature(program).parameters.values()
+        parameters = signature(model).parameters.values()
     except (TypeError, ValueError):
         return True
     return any(

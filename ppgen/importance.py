@@ -11,7 +11,6 @@ draws, inside the data plate, never over the rows.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping
 
@@ -19,9 +18,9 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoDelta, AutoGuideList
-from torch import Tensor, nn
+from torch import Tensor
 
-from ppgen.tracing import is_variable, unwrapped
+from ppgen.tracing import is_variable, signature, unwrapped
 
 __all__ = ["importance_log_prob", "reads_rows"]
 
@@ -103,9 +102,8 @@ def reads_rows(guide: Callable[..., object]) -> bool:
         >>> reads_rows(lambda n, data: None), reads_rows(lambda n: None)
         (True, False)
     """
-    target = guide.forward if isinstance(guide, nn.Module) else guide
     try:
-        parameter = inspect.signature(target).parameters.get("data")
+        parameter = signature(guide).parameters.get("data")
     except (TypeError, ValueError):  # a builtin, or a callable without a signature
         return False
     return parameter is not None and parameter.kind in (

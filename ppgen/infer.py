@@ -10,7 +10,6 @@ learned about the data's labels on the model, and returns a :class:`~ppgen.resul
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import time
 import warnings
@@ -33,7 +32,7 @@ from ppgen.loop import check_budget, checkpoint_file, train
 from ppgen.model import set_coding
 from ppgen.result import FitResult
 from ppgen.steps import EVALUATION_ROWS, GradientStep, Group
-from ppgen.tracing import fitted_parameters, program_name, program_parameters
+from ppgen.tracing import fitted_parameters, program_name, program_parameters, signature
 
 __all__ = ["FitResult", "fit_gan", "fit_mle", "fit_svi"]
 
@@ -474,7 +473,7 @@ def _warn_shadowed(*programs: object) -> None:
     names, shadowed = [], None
     for program in programs:
         try:
-            parameters = inspect.signature(program).parameters
+            parameters = signature(program).parameters
         except (TypeError, ValueError):  # a string (an auto guide), or a builtin
             continue
         bound = getattr(program, "keywords", {})  # a functools.partial's

@@ -9,6 +9,7 @@ data tensor itself.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,6 +34,7 @@ __all__ = [
     "is_variable",
     "program_parameters",
     "record_call",
+    "signature",
     "recording_calls",
     "trace_calls",
     "unwrapped",
@@ -206,6 +208,24 @@ def fitted_parameters(run: Callable[[], object], *programs: object) -> list[Tens
     found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
     found += [p for program in programs for p in program_parameters(program)]
     return list({id(p): p for p in found if p.requires_grad}.values())
+
+
+def signature(program: object) -> inspect.Signature:
+    """The signature a program is called with: a module's `forward`, read through decorators
+    (a Pyro handler such as `config_enumerate` binds a method as a partial of `(*args,
+    **kwargs)`), without `self`. Raises as `inspect.signature` does.
+
+    Example:
+        >>> class Model(nn.Module):
+        ...     @pyro.infer.config_enumerate
+        ...     def forward(self, x, y=None): ...
+        >>> signature(Model())
+        <Signature (x, y=None)>
+    """
+    if not isinstance(program, nn.Module) or "forward" in vars(program):
+        return inspect.signature(program.forward if isinstance(program, nn.Module) else program)
+    parameters = list(inspect.signature(type(program).forward).parameters.values())
+    return inspect.Signature(parameters[1:])
 
 
 def program_name(program: object) -> str:

@@ -243,6 +243,21 @@ def test_sample_of_a_pyro_style_program_against_predictive():
     assert torch.equal(ppgen.sample(model, 2, x)["x"], x.expand(2, 3))
 
 
+def test_a_forward_decorated_by_a_pyro_handler_keeps_its_signature():
+    # config_enumerate binds forward as a partial of (*args, **kwargs): read through to (x)
+    class Regression(pyro.nn.PyroModule):
+        @pyro.infer.config_enumerate
+        def forward(self, x):
+            with pyro.plate("rows", len(x)):
+                pyro.sample("y", dist.Normal(0.5 * x, 1.0), obs=x)
+
+    model, x = Regression(), torch.tensor([0.5, -1.0, 2.0])
+    assert not ppgen.density.takes_rows(model)
+    expected = poutine.trace(model).get_trace(x).log_prob_sum()
+    assert ppgen.log_prob(model, x).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert ppgen.sample(model, 2, x)["y"].shape == (2, 3)
+
+
 def test_subsampling_plate_scales_as_in_pyros_trace():
     def model(x):
         loc = pyro.param("loc", torch.tensor(0.3))
