@@ -14,6 +14,7 @@ all of them, its log-density is the sum over its sites of Pyro's trace, `trace.l
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -483,10 +484,8 @@ def log_prob(
         )
     if guide is not None and per_node:
         raise ValueError("per_node needs a fully observed model; with a guide it is undefined.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be a positive number of draws, not {num_samples}.")
+    _check_count("batch_size", batch_size, "rows")
+    _check_count("num_samples", num_samples, "draws")
     device = resolve_device(model, device)
     if not takes_rows(model):  # Pyro's style: the data are the program's arguments
         if guide is None:
@@ -559,10 +558,8 @@ def sample(
         >>> sorted(rows), rows["b"].shape
         (['a', 'b'], torch.Size([5]))
     """
-    if n < 1:
-        raise ValueError(f"n must be a positive number of rows, not {n}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
+    n = _check_count("n", n, "rows")
+    batch_size = _check_count("batch_size", batch_size, "rows")
     resolve_device(model, device)
     if not takes_rows(model):
         values = _predictive(model, n, args, kwargs)
@@ -601,6 +598,18 @@ def sample(
             pd.Categorical.from_codes(column.astype("int64"), labels) if labels else column
         )
     return pd.DataFrame(columns)
+
+
+def _check_count(name: str, value: object, what: str) -> int:
+    """`value` as an int, or one sentence for anything but a positive whole number (a float, a
+    bool), which torch would take or fail on deep inside."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else 0
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{name} must be a positive number of {what}, not {value!r}.")
+    return count
 
 
 def _predictive(

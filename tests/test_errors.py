@@ -221,6 +221,12 @@ def test_site_outside_the_data_plate_and_a_single_value():
         ),
         (lambda m: ppgen.sample(m, 0), "n must be a positive number of rows, not 0."),
         (lambda m: ppgen.sample(m, -1), "n must be a positive number of rows, not -1."),
+        (lambda m: ppgen.sample(m, 5.0), "n must be a positive number of rows, not 5.0."),
+        (lambda m: ppgen.sample(m, True), "n must be a positive number of rows, not True."),
+        (
+            lambda m: ppgen.log_prob(m, GOOD, batch_size=2.5),
+            "batch_size must be a positive number of rows, not 2.5.",
+        ),
         (
             lambda m: ppgen.fit_mle(m, GOOD, epochs=0, progress=False),
             "epochs must be a positive number, not 0.",
@@ -230,7 +236,8 @@ def test_site_outside_the_data_plate_and_a_single_value():
             "batch_size must be a positive number of rows, not 0.",
         ),
     ],
-    ids=["batch_size", "num_samples", "n=0", "n=-1", "epochs", "svi batch_size"],
+    ids=["batch_size", "num_samples", "n=0", "n=-1", "n=5.0", "n=True", "batch_size=2.5", "epochs",
+         "svi batch_size"],  # fmt: skip
 )
 def test_sizes_below_one(query, message):
     model = _model()
