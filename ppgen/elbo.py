@@ -31,7 +31,7 @@ from torch.distributions import Independent, constraints, kl_divergence
 
 from ppgen import distributed
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
-from ppgen.importance import log_weights, reads_rows
+from ppgen.importance import check_guided, log_weights, reads_rows
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
 from ppgen.tracing import is_unweighted, is_variable, program_parameters, trace_calls
@@ -131,6 +131,7 @@ class ELBOObjective(nn.Module):
         with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits, _kept():
             guide_trace, model_trace, params = self._traces(whole)
         set_rng_state(state)
+        check_guided(guide_trace, model_trace)
         self._choose_elbo(guide_trace, model_trace)
         self._check_data(model_trace, whole)
         self.floats = _float_columns(model_trace, whole)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ppgen.tracing import is_variable, signature, unwrapped
 
-__all__ = ["importance_log_prob", "reads_rows"]
+__all__ = ["check_guided", "importance_log_prob", "reads_rows"]
 
 Data = Mapping[str, Tensor] | Tensor
 
@@ -141,6 +141,7 @@ def log_weights(
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         *args, **kwargs
     )
+    check_guided(guide_trace, model_trace)
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
     points = _points(guide, guide_trace)
     terms = []
@@ -166,6 +167,33 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def check_guided(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
+    """One sentence for a site that the guide draws and the model observes: the model never
+    uses that draw, yet its :math:`-\\log q` would count (Pyro's validation only warns).
+
+    Example:
+        >>> def model():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+        >>> def guide():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> guided = pyro.poutine.trace(guide).get_trace()
+        >>> check_guided(guided, pyro.poutine.trace(model).get_trace())
+        Traceback (most recent call last):
+        ...
+        ValueError: Site 'z' is observed by the model (by obs= or in the data), yet the guide draws it: ...
+    """
+    for name, site in guide_trace.nodes.items():
+        if not is_variable(site) or site["is_observed"] or site["infer"].get("is_auxiliary"):
+            continue
+        modelled = model_trace.nodes.get(name)
+        if modelled is not None and modelled["type"] == "sample" and modelled["is_observed"]:
+            raise ValueError(
+                f"Site {name!r} is observed by the model (by obs= or in the data), yet the guide "
+                "draws it: the model never uses that draw, but its log q would count; leave it "
+                "out of the guide (or out of the data, to keep it latent)."
+            )
 
 
 def _points(guide: Callable[..., object], trace: poutine.Trace) -> set[str]:

@@ -155,6 +155,38 @@ def test_a_delta_guide_has_no_importance_weights():
         ppgen.log_prob(model, x, guide=guide, num_samples=10)
 
 
+def test_a_guide_drawing_a_site_the_model_observes_is_refused():
+    # z in the data (or obs= in the program) is observed, yet the guide draws it: its draw is
+    # never used and its -log q(z) counts, so the figure is neither log p(x, z) nor log p(x)
+    x, z = torch.tensor([0.0, 1.0]), torch.tensor([0.5, -0.5])
+
+    def guide(n=1):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("rows", n):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    message = "Site 'z' is observed by the model (by obs= or in the data), yet the guide draws it"
+    for query in (
+        lambda: ppgen.log_prob(normal_normal, {"x": x, "z": z}, guide=guide, num_samples=5),
+        lambda: fit_svi(normal_normal, guide, {"x": x, "z": z}, epochs=1, progress=False),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            query()
+
+    def observing(x):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, 1.0), obs=z), 1.0), obs=x)
+
+    def guide_of(x):
+        guide(len(x))
+
+    for elbo in ("trace", "iwae"):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fit_svi(observing, guide_of, x, elbo=elbo, epochs=1, progress=False)
+    exact = dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+    assert torch.allclose(ppgen.log_prob(normal_normal, {"x": x, "z": z}), exact, atol=1e-6)
+
+
 def test_mean_field_and_sampled_kl_agree_in_expectation():
     lg = LinearGaussian()
     x = lg.marginal().sample((4,))
