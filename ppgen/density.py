@@ -213,11 +213,26 @@ def _draw(
             return sample_layers(factors, n)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
-    return {
-        name: site["value"]
-        for name, site in trace.nodes.items()
-        if is_variable(site) and not is_factor(site)
-    }
+    sites = {k: s for k, s in trace.nodes.items() if is_variable(s) and not is_factor(s)}
+    for name, site in sites.items():
+        if site["is_observed"]:
+            _check_observed_rows(name, site, n)
+    return {name: site["value"] for name, site in sites.items()}
+
+
+def _check_observed_rows(name: str, site: dict, n: int) -> None:
+    """One sentence for a site observed with another number of values than the `n` rows
+    drawn, along a plate of `n` (the rows would not pair)."""
+    value = site["value"]
+    batch = value.shape[: value.dim() - len(site["fn"].event_shape)]
+    for frame in site["cond_indep_stack"]:
+        if frame.size == n and frame.dim is not None and -frame.dim <= len(batch):
+            if batch[frame.dim] != n:
+                raise ValueError(
+                    f"Site {name!r} is observed with {batch[frame.dim]} values along the plate "
+                    f"{frame.name!r}, but sample draws {n} rows: draw as many rows as it has "
+                    "values, or leave it unobserved."
+                )
 
 
 def _layered(
@@ -240,11 +255,13 @@ def _layered(
 def _rows_independent(
     model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
-    """Whether every site of `model` is inside a plate of the rows, along its first dimension
-    (a run on 2 rows, the random state kept)."""
+    """Whether every site of `model` is inside a plate of the rows, along its first dimension,
+    and drawn (observed values are the data's, whole): a run on 2 rows, the random state kept."""
     with torch.random.fork_rng(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
     for site in trace.nodes.values():
+        if is_variable(site) and site["is_observed"] and not is_factor(site):
+            return False
         if is_variable(site):
             first = len(site["fn"].event_shape) - site["value"].dim()  # as a plate's dim
             if not any(f.size == 2 and f.dim == first for f in site["cond_indep_stack"]):
@@ -524,11 +541,12 @@ def sample(
 
     Seeded by `pyro.set_rng_seed`. Sites that the program observes (`obs=`) are returned as
     they are; `pyro.deterministic` sites and `pyro.factor` terms are left out. Where every site
-    is inside a plate of the rows, the rows are independent and are drawn `batch_size` at a
-    time, so that memory holds the result and one batch's work; the rows have the same
-    distribution whatever `batch_size` is, and with a fixed seed the first `batch_size` rows of
-    a larger draw are those of `sample(model, batch_size)`. Otherwise (a site outside the plate,
-    shared by the rows) all `n` rows are drawn at once. A :func:`ppgen.dag` model is drawn one
+    is inside a plate of the rows and drawn (none observed), the rows are independent and are
+    drawn `batch_size` at a time, so that memory holds the result and one batch's work; the
+    rows have the same distribution whatever `batch_size` is, and with a fixed seed the first
+    `batch_size` rows of a larger draw are those of `sample(model, batch_size)`. Otherwise (a
+    site outside the plate, shared by the rows; observed rows, which must number `n`) all `n`
+    rows are drawn at once. A :func:`ppgen.dag` model is drawn one
     topological layer at a time, its same-shaped conditionals together
     (:func:`ppgen.batched.sample`): the distribution of its program's run, but other values
     under a seed unless each layer holds one site. A program in Pyro's style, without the

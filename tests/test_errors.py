@@ -244,6 +244,22 @@ def test_sizes_below_one(query, message):
     _unchanged(lambda: query(model), message, model)
 
 
+def test_sample_of_a_program_conditioned_on_rows():
+    def model(n=1):
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, 1.0)), 1.0))
+
+    x = torch.arange(5.0)
+    conditioned = pyro.condition(model, data={"x": x})
+    # the observed rows are the data's, whole: drawn at once, not batch by batch
+    rows = ppgen.sample(conditioned, 5, batch_size=2)
+    assert torch.equal(rows["x"], x) and rows["z"].shape == (5,)
+    message = "Site 'x' is observed with 5 values along the plate 'rows', but sample draws 3 rows"
+    for n in (3, 1):  # z would get n rows beside the 5 of x
+        _unchanged(lambda n=n: ppgen.sample(conditioned, n), re.escape(message.replace("3", str(n))),
+                   nn.Linear(1, 1))  # fmt: skip
+
+
 def test_labels_are_coded_by_the_fits_categories_or_refused():
     model, categories = _model(), {"b": ["x", "y", "z"]}
     frame = pd.DataFrame({**GOOD, "b": ["z", "purple", "x"]})
