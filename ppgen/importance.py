@@ -45,8 +45,9 @@ def importance_log_prob(
     columns as it, in the dict convention (see :func:`reads_rows`). The rows are repeated once
     per draw, so the programs run unchanged, `chunk_size` draws at a time; every sample site
     must be inside the data plate. A latent site the guide leaves out is drawn from its prior in the model, which is then its
-    proposal (its density ratio is 1). A guide that keeps a parameter per row (`AutoNormal` of a
-    latent site per row) cannot follow the rows repeated: it runs once per draw. A guide that
+    proposal (its density ratio is 1). Programs that cannot follow the rows repeated (a guide
+    with a parameter per row, as `AutoNormal` of a latent site per row; a tensor per row read
+    from outside the arguments, such as a mask) run once per draw. A guide that
     draws a site as a point (a `Delta`, as `AutoDelta` does) is refused: its weight is
     :math:`p(x, z)` at that point, no estimate of :math:`p(x)`.
 
@@ -122,31 +123,25 @@ def log_weights(
     kwargs: dict[str, object],
 ) -> Tensor:
     """The log-weights of `draws` draws per row, of shape (draws, rows): the rows repeated once
-    per draw, or one draw a pass for a guide that keeps a parameter per row (as `AutoNormal`
-    of a latent site per row does), which cannot follow the rows repeated."""
-    given = model, guide, data, 1, rows, args, kwargs
-    args = tuple(_repeat(a, draws, rows) for a in args)  # y of model(x, y) too
-    kwargs = {k: _repeat(v, draws, rows) for k, v in kwargs.items()}
-    if isinstance(data, Tensor):
-        repeated = _repeat(data, draws, rows)
-        args = (repeated, *args)
-    else:
-        repeated = {name: _repeat(v, draws, rows) for name, v in data.items()}
-        model = poutine.condition(model, data=repeated)
-        kwargs = {**kwargs, "n": draws * rows}
-    rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
-    if draws > 1 and _draws_per_row(guide_trace, rows):
-        return torch.cat([log_weights(*given) for _ in range(draws)])
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        *args, **kwargs
-    )
+    per draw, or one draw a pass for programs that cannot follow the rows repeated (a guide
+    with a parameter per row, as `AutoNormal` of a latent site per row; a tensor per row that
+    the programs read from outside their arguments)."""
+    try:
+        traces = _traces(model, guide, data, draws, rows, args, kwargs)
+    except (RuntimeError, ValueError, IndexError):  # shapes of the rows repeated: once a pass
+        if draws == 1:
+            raise
+        traces = None
+    if traces is None:
+        return torch.cat(
+            [log_weights(model, guide, data, 1, rows, args, kwargs) for _ in range(draws)]
+        )
+    guide_trace, model_trace = traces
     check_guided(guide_trace, model_trace)
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
     points = _points(guide, guide_trace)
     terms = []
     for sign, trace in ((1, model_trace), (-1, guide_trace)):
-        trace.compute_log_prob()
         for name, site in trace.nodes.items():
             if not is_variable(site) or (sign < 0 and site["is_observed"]):
                 continue
@@ -167,6 +162,38 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def _traces(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: Data,
+    draws: int,
+    rows: int,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+) -> tuple[poutine.Trace, poutine.Trace] | None:
+    """The guide's trace on the rows repeated `draws` times and the model's replayed on it,
+    their log-densities computed; `None` where the guide draws a value per row, not per repeat."""
+    args = tuple(_repeat(a, draws, rows) for a in args)  # y of model(x, y) too
+    kwargs = {k: _repeat(v, draws, rows) for k, v in kwargs.items()}
+    if isinstance(data, Tensor):
+        repeated = _repeat(data, draws, rows)
+        args = (repeated, *args)
+    else:
+        repeated = {name: _repeat(v, draws, rows) for name, v in data.items()}
+        model = poutine.condition(model, data=repeated)
+        kwargs = {**kwargs, "n": draws * rows}
+    rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
+    if draws > 1 and _draws_per_row(guide_trace, rows):
+        return None
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return guide_trace, model_trace
 
 
 def check_guided(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:

@@ -132,6 +132,25 @@ def test_a_guide_with_a_parameter_per_row_draws_once_a_pass():
     assert fit.history[0]["train"] == pytest.approx(exact.mean().item(), abs=1e-5)
 
 
+def test_a_program_reading_a_tensor_per_row_from_outside_its_arguments_draws_once_a_pass():
+    # x_i | z_i ~ N(z_i, s_i^2) with s read from the closure: it cannot follow the rows repeated
+    # K times. At the exact posterior N(x / (1 + s^2), s^2 / (1 + s^2)) every weight is p(x)
+    x, s = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 2.0, 0.5])
+
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, s), obs=x)
+
+    def guide(x):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z", dist.Normal(x / (1 + s**2), s / (1 + s**2).sqrt()))
+
+    estimate = ppgen.log_prob(model, x, guide=guide, num_samples=10)
+    exact = dist.Normal(0.0, (1 + s**2).sqrt()).log_prob(x)
+    torch.testing.assert_close(estimate, exact, atol=1e-5, rtol=0)
+
+
 def test_a_delta_guide_has_no_importance_weights():
     # q = Delta(z*) gives log p(x, z*) whatever K: a density at a point, no estimate of log p(x)
     x = torch.tensor([0.0, 1.0, -2.0])
