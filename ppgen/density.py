@@ -404,7 +404,9 @@ class ProgramLogLikelihood(nn.Module):
         """`step()`, an error inside the program made one sentence naming it (chained)."""
         try:
             return step()
-        except (RuntimeError, TypeError, IndexError, AssertionError, ValueError) as error:
+        except (
+            RuntimeError, TypeError, IndexError, AssertionError, ValueError, ZeroDivisionError
+        ) as error:
             raise ValueError(
                 f"The program {program_name(self.model)} fails on its data: {type(error).__name__}: "
                 f"{error}"
@@ -498,6 +500,10 @@ def log_prob(
             f"{type(model).__name__} has no density: some site is implicit (a deterministic "
             "function of latent draws), so log p(x) is undefined; compare samples instead, e.g. "
             "with ppgen.metrics.mmd."
+        )
+    if isinstance(guide, str):
+        raise ValueError(
+            f"guide must be a program (fit.guide, the guide fit_svi fitted), not {guide!r}."
         )
     if guide is not None and per_node:
         raise ValueError("per_node needs a fully observed model; with a guide it is undefined.")

@@ -472,6 +472,15 @@ def test_a_pyro_style_data_column_the_distribution_broadcasts_is_refused():
     assert ppgen.log_prob(model, x, x).item() == pytest.approx(total.item(), abs=1e-5)
 
 
+def test_log_prob_with_an_auto_guide_by_name_or_no_rows():
+    # fit_svi builds "auto_normal" on the model; log_prob takes the guide it fitted, fit.guide
+    model, x = _Regression(), torch.randn(5)
+    guide = "guide must be a program (fit.guide, the guide fit_svi fitted), not 'auto_normal'."
+    _unchanged(lambda: ppgen.log_prob(model, x, guide="auto_normal"), re.escape(guide), model)
+    empty = "The program _Regression fails on its data: ZeroDivisionError: "  # a plate of no rows
+    _unchanged(lambda: ppgen.log_prob(model, x[:0], x[:0]), re.escape(empty), model)
+
+
 def test_labels_or_a_missing_input_given_to_an_amortized_guide():
     def grouped(n=1):
         with pyro.plate("groups", 3):
