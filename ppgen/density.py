@@ -36,6 +36,7 @@ from ppgen.tracing import (
     is_factor,
     is_unweighted,
     is_variable,
+    plate_of_rows,
     program_name,
     signature,
     trace_calls,
@@ -152,8 +153,9 @@ class ExactLogLikelihood(nn.Module):
         with warnings.catch_warnings():  # a non-finite term gets train's own error, naming it
             warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
             trace.compute_log_prob()
+        plate = plate_of_rows(trace, rows, batch)
         terms = {
-            name: self._site_per_row(site, rows)
+            name: self._site_per_row(site, rows, plate)
             for name, site in trace.nodes.items()
             if is_variable(site)
         }
@@ -175,16 +177,19 @@ class ExactLogLikelihood(nn.Module):
             parts.append(torch.stack([t.sum() for t in singles]))
         return plan.names + plan.singles, parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _site_per_row(self, site: dict, rows: int) -> Tensor:
-        """A traced site's log-density per row, summed inside the plate of the rows (the
-        outermost of their size); a term outside it counts by each row's share of the data."""
+    def _site_per_row(self, site: dict, rows: int, plate: str | None) -> Tensor:
+        """A traced site's log-density per row, summed inside the plate of the rows (`plate`,
+        the one around every data site; else the outermost of their size); a term outside it
+        (in another plate, of the same size or not) counts by each row's share of the data."""
         log_prob = site["log_prob"]
         for frame in site["cond_indep_stack"]:
             dim = frame.dim
             if frame.size == rows and dim is not None and -dim <= log_prob.dim():
-                if log_prob.shape[dim] == rows:
+                if log_prob.shape[dim] == rows and plate in (None, frame.name):
                     return log_prob.movedim(dim, 0).reshape(rows, -1).sum(-1)
-        if log_prob.dim() and log_prob.shape[0] == rows:  # rows first, without a plate
+        first = -log_prob.dim()  # the leading dimension, as a plate's
+        plated = any(f.dim == first for f in site["cond_indep_stack"])
+        if log_prob.dim() and log_prob.shape[0] == rows and not plated:  # rows first, unplated
             return log_prob.reshape(rows, -1).sum(-1)
         return log_prob.sum().expand(rows) / (self.rows or rows)
 

@@ -10,7 +10,7 @@ data tensor itself.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -33,6 +33,7 @@ __all__ = [
     "is_unweighted",
     "is_variable",
     "program_parameters",
+    "plate_of_rows",
     "record_call",
     "signature",
     "recording_calls",
@@ -226,6 +227,20 @@ def signature(program: object) -> inspect.Signature:
         return inspect.signature(program.forward if isinstance(program, nn.Module) else program)
     parameters = list(inspect.signature(type(program).forward).parameters.values())
     return inspect.Signature(parameters[1:])
+
+
+def plate_of_rows(trace: Trace, rows: int, data: Mapping | None) -> str | None:
+    """The plate of `rows` positions around every observed site of the data (`None`: none): in
+    the `model(x)` convention, those with a dimension of `rows` (not a global `pyro.factor`)."""
+    common: set[str] | None = None
+    for site in trace.nodes.values():
+        if not (is_variable(site) and site["is_observed"]):
+            continue
+        of_data = rows in site["value"].shape if data is None else site["name"] in data
+        if of_data:
+            names = {f.name for f in site["cond_indep_stack"] if f.size == rows}
+            common = names if common is None else common & names
+    return min(common) if common else None
 
 
 def program_name(program: object) -> str:

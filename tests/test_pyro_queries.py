@@ -157,6 +157,24 @@ def test_condition_and_factor_count_in_log_prob_as_in_pyros_trace():
         assert terms["row_penalty"] == pytest.approx(-0.1 * x.abs(), abs=1e-12)
 
 
+def test_a_global_plate_the_size_of_a_batch_is_not_the_plate_of_the_rows():
+    # w in a plate of 3, outside the rows': a batch of 3 rows took w's 3 terms for its rows,
+    # so each batch counted all of w's prior again (-28.03 for 6 rows, not Pyro's -22.65)
+    def model(n=1):
+        with pyro.plate("features", 3):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(w.sum(), 1.0))
+
+    conditioned = pyro.condition(model, data={"w": torch.tensor([0.5, -1.0, 2.0])})
+    x = torch.arange(6.0)
+    trace = poutine.trace(pyro.condition(conditioned, data={"x": x})).get_trace(n=6)
+    for batch_size in (6, 3):
+        terms = ppgen.log_prob(conditioned, {"x": x}, per_node=True, batch_size=batch_size)
+        assert sum(terms.values()).sum().item() == pytest.approx(trace.log_prob_sum().item(), abs=1e-5)
+        assert torch.allclose(terms["w"], terms["w"][0].expand(6))  # a share of w in each row
+
+
 def test_fit_mle_maximises_the_terms_pyro_counts():
     """log p = log N(0.5 | m, 1) - (m - 2)² + const in m: the maximum is m = 1.5, exactly."""
     pyro.clear_param_store()
