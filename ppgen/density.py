@@ -260,16 +260,22 @@ def _layered(
 def _rows_independent(
     model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
-    """Whether every site of `model` is inside a plate of the rows, along its first dimension,
-    and drawn (observed values are the data's, whole): a run on 2 rows, the random state kept."""
-    with torch.random.fork_rng(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
-    for site in trace.nodes.values():
-        if is_variable(site) and site["is_observed"] and not is_factor(site):
-            return False
-        if is_variable(site):
+    """Whether every site of `model` is inside the plate of the rows, along its first
+    dimension, and drawn (observed values are the data's, whole): runs on 2 and 3 rows, the
+    random state kept, so that a plate of a fixed size is not taken for the rows'."""
+    plates: set[str] | None = None
+    for n in (2, 3):
+        with torch.random.fork_rng(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
+        for site in trace.nodes.values():
+            if not is_variable(site):
+                continue
+            if site["is_observed"] and not is_factor(site):
+                return False
             first = len(site["fn"].event_shape) - site["value"].dim()  # as a plate's dim
-            if not any(f.size == 2 and f.dim == first for f in site["cond_indep_stack"]):
+            names = {f.name for f in site["cond_indep_stack"] if f.size == n and f.dim == first}
+            plates = names if plates is None else plates & names
+            if not plates:
                 return False
     return True
 

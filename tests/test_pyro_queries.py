@@ -173,6 +173,20 @@ def test_a_global_plate_the_size_of_a_batch_is_not_the_plate_of_the_rows():
         terms = ppgen.log_prob(conditioned, {"x": x}, per_node=True, batch_size=batch_size)
         assert sum(terms.values()).sum().item() == pytest.approx(trace.log_prob_sum().item(), abs=1e-5)
         assert torch.allclose(terms["w"], terms["w"][0].expand(6))  # a share of w in each row
+    # sample: w in its plate of 2 is global too, drawn once for all rows, not once a batch
+    pyro.set_rng_seed(0)
+    rows = ppgen.sample(model, 10, batch_size=2)
+    assert rows["w"].shape == (3,) and rows["x"].shape == (10,)
+
+    def pair(n=1):
+        with pyro.plate("features", 2):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(w.sum(), 1e-3))
+
+    rows = ppgen.sample(pair, 10, batch_size=4)  # a batch of 2 rows took the plate of 2 for theirs
+    assert rows["w"].shape == (2,)
+    torch.testing.assert_close(rows["x"], rows["w"].sum().expand(10), atol=0.01, rtol=0)
 
 
 def test_fit_mle_maximises_the_terms_pyro_counts():
