@@ -423,8 +423,9 @@ class Amortized(Model):
         Returns:
             A dict of site name to tensor (a row's values along the rows' plate dimension).
         """
-        with torch.no_grad():
-            return self._draw(args, kwargs, data, sample=False)
+        with torch.no_grad():  # values, never the guide's own parameters (a global's location)
+            drawn = self._draw(args, kwargs, data, sample=False)
+            return {name: value.clone() for name, value in drawn.items()}
 
     def load_state_dict(
         self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
