@@ -14,7 +14,7 @@ all of them, its log-density is the sum over its sites of Pyro's trace, `trace.l
 
 from __future__ import annotations
 
-import inspect
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -28,11 +28,19 @@ from ppgen.batched import sample as sample_layers
 from ppgen.builder import DAG
 from ppgen.data import Table, is_frame, read_table
 from ppgen.device import resolve_device
-from ppgen.elbo import ARGUMENT, svi_table
+from ppgen.elbo import ARGUMENT, check_observed, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
-from ppgen.tracing import is_factor, is_unweighted, is_variable, program_name, trace_calls
+from ppgen.tracing import (
+    is_factor,
+    is_unweighted,
+    is_variable,
+    plate_of_rows,
+    program_name,
+    signature,
+    trace_calls,
+)
 
 __all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
 
@@ -145,8 +153,9 @@ class ExactLogLikelihood(nn.Module):
         with warnings.catch_warnings():  # a non-finite term gets train's own error, naming it
             warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
             trace.compute_log_prob()
+        plate = plate_of_rows(trace, rows, batch)
         terms = {
-            name: self._site_per_row(site, rows)
+            name: self._site_per_row(site, rows, plate)
             for name, site in trace.nodes.items()
             if is_variable(site)
         }
@@ -168,16 +177,19 @@ class ExactLogLikelihood(nn.Module):
             parts.append(torch.stack([t.sum() for t in singles]))
         return plan.names + plan.singles, parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _site_per_row(self, site: dict, rows: int) -> Tensor:
-        """A traced site's log-density per row, summed inside the plate of the rows (the
-        outermost of their size); a term outside it counts by each row's share of the data."""
+    def _site_per_row(self, site: dict, rows: int, plate: str | None) -> Tensor:
+        """A traced site's log-density per row, summed inside the plate of the rows (`plate`,
+        the one around every data site; else the outermost of their size); a term outside it
+        (in another plate, of the same size or not) counts by each row's share of the data."""
         log_prob = site["log_prob"]
         for frame in site["cond_indep_stack"]:
             dim = frame.dim
             if frame.size == rows and dim is not None and -dim <= log_prob.dim():
-                if log_prob.shape[dim] == rows:
+                if log_prob.shape[dim] == rows and plate in (None, frame.name):
                     return log_prob.movedim(dim, 0).reshape(rows, -1).sum(-1)
-        if log_prob.dim() and log_prob.shape[0] == rows:  # rows first, without a plate
+        first = -log_prob.dim()  # the leading dimension, as a plate's
+        plated = any(f.dim == first for f in site["cond_indep_stack"])
+        if log_prob.dim() and log_prob.shape[0] == rows and not plated:  # rows first, unplated
             return log_prob.reshape(rows, -1).sum(-1)
         return log_prob.sum().expand(rows) / (self.rows or rows)
 
@@ -206,11 +218,26 @@ def _draw(
             return sample_layers(factors, n)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
-    return {
-        name: site["value"]
-        for name, site in trace.nodes.items()
-        if is_variable(site) and not is_factor(site)
-    }
+    sites = {k: s for k, s in trace.nodes.items() if is_variable(s) and not is_factor(s)}
+    for name, site in sites.items():
+        if site["is_observed"]:
+            _check_observed_rows(name, site, n)
+    return {name: site["value"] for name, site in sites.items()}
+
+
+def _check_observed_rows(name: str, site: dict, n: int) -> None:
+    """One sentence for a site observed with another number of values than the `n` rows
+    drawn, along a plate of `n` (the rows would not pair)."""
+    value = site["value"]
+    batch = value.shape[: value.dim() - len(site["fn"].event_shape)]
+    for frame in site["cond_indep_stack"]:
+        if frame.size == n and frame.dim is not None and -frame.dim <= len(batch):
+            if batch[frame.dim] != n:
+                raise ValueError(
+                    f"Site {name!r} is observed with {batch[frame.dim]} values along the plate "
+                    f"{frame.name!r}, but sample draws {n} rows: draw as many rows as it has "
+                    "values, or leave it unobserved."
+                )
 
 
 def _layered(
@@ -233,14 +260,22 @@ def _layered(
 def _rows_independent(
     model: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
 ) -> bool:
-    """Whether every site of `model` is inside a plate of the rows, along its first dimension
-    (a run on 2 rows, the random state kept)."""
-    with torch.random.fork_rng(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(*args, n=2, **kwargs)
-    for site in trace.nodes.values():
-        if is_variable(site):
+    """Whether every site of `model` is inside the plate of the rows, along its first
+    dimension, and drawn (observed values are the data's, whole): runs on 2 and 3 rows, the
+    random state kept, so that a plate of a fixed size is not taken for the rows'."""
+    plates: set[str] | None = None
+    for n in (2, 3):
+        with torch.random.fork_rng(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args, n=n, **kwargs)
+        for site in trace.nodes.values():
+            if not is_variable(site):
+                continue
+            if site["is_observed"] and not is_factor(site):
+                return False
             first = len(site["fn"].event_shape) - site["value"].dim()  # as a plate's dim
-            if not any(f.size == 2 and f.dim == first for f in site["cond_indep_stack"]):
+            names = {f.name for f in site["cond_indep_stack"] if f.size == n and f.dim == first}
+            plates = names if plates is None else plates & names
+            if not plates:
                 return False
     return True
 
@@ -260,9 +295,8 @@ def takes_rows(model: Callable[..., object]) -> bool:
         >>> takes_rows(lambda n=1: None), takes_rows(lambda x, y: None)
         (True, False)
     """
-    program = model.forward if isinstance(model, nn.Module) else model
     try:
-        parameters = inspect.signature(program).parameters.values()
+        parameters = signature(model).parameters.values()
     except (TypeError, ValueError):
         return True
     return any(
@@ -351,6 +385,8 @@ class ProgramLogLikelihood(nn.Module):
             trace = self._run(
                 lambda: poutine.trace(self.program).get_trace(*self.args, **self.kwargs)
             )
+        rows = [*self.args, *self.kwargs.values()]  # a site reading them gets no broadcast
+        check_observed(trace, [a for a in rows if isinstance(a, Tensor) and a.dim()])
         for name, site in trace.nodes.items():
             if not is_variable(site):
                 continue
@@ -379,7 +415,9 @@ class ProgramLogLikelihood(nn.Module):
         """`step()`, an error inside the program made one sentence naming it (chained)."""
         try:
             return step()
-        except (RuntimeError, TypeError, IndexError, AssertionError, ValueError) as error:
+        except (
+            RuntimeError, TypeError, IndexError, AssertionError, ValueError, ZeroDivisionError
+        ) as error:
             raise ValueError(
                 f"The program {program_name(self.model)} fails on its data: {type(error).__name__}: "
                 f"{error}"
@@ -474,12 +512,14 @@ def log_prob(
             "function of latent draws), so log p(x) is undefined; compare samples instead, e.g. "
             "with ppgen.metrics.mmd."
         )
+    if isinstance(guide, str):
+        raise ValueError(
+            f"guide must be a program (fit.guide, the guide fit_svi fitted), not {guide!r}."
+        )
     if guide is not None and per_node:
         raise ValueError("per_node needs a fully observed model; with a guide it is undefined.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be a positive number of draws, not {num_samples}.")
+    _check_count("batch_size", batch_size, "rows")
+    _check_count("num_samples", num_samples, "draws")
     device = resolve_device(model, device)
     if not takes_rows(model):  # Pyro's style: the data are the program's arguments
         if guide is None:
@@ -518,17 +558,21 @@ def sample(
 
     Seeded by `pyro.set_rng_seed`. Sites that the program observes (`obs=`) are returned as
     they are; `pyro.deterministic` sites and `pyro.factor` terms are left out. Where every site
-    is inside a plate of the rows, the rows are independent and are drawn `batch_size` at a
-    time, so that memory holds the result and one batch's work; the rows have the same
-    distribution whatever `batch_size` is, and with a fixed seed the first `batch_size` rows of
-    a larger draw are those of `sample(model, batch_size)`. Otherwise (a site outside the plate,
-    shared by the rows) all `n` rows are drawn at once. A :func:`ppgen.dag` model is drawn one
+    is inside a plate of the rows and drawn (none observed), the rows are independent and are
+    drawn `batch_size` at a time, so that memory holds the result and one batch's work; the
+    rows have the same distribution whatever `batch_size` is, and with a fixed seed the first
+    `batch_size` rows of a larger draw are those of `sample(model, batch_size)`. Otherwise (a
+    site outside the plate, shared by the rows; observed rows, which must number `n`) all `n`
+    rows are drawn at once. A :func:`ppgen.dag` model is drawn one
     topological layer at a time, its same-shaped conditionals together
     (:func:`ppgen.batched.sample`): the distribution of its program's run, but other values
     under a seed unless each layer holds one site. A program in Pyro's style, without the
     keyword `n`, is run `n` times, as by `pyro.infer.Predictive(model, num_samples=n)`: each
     site's `n` draws are stacked, of shape :math:`(n, *)` where :math:`*` is the site's shape
     in one run (pass `None` for the data arguments to draw them rather than observe them).
+    `Predictive` differs in shapes alone: it pads a site outside some of the program's plates
+    with a dimension of size 1 for each (a global scalar under one plate: :math:`(n, 1)`,
+    sequential or `parallel=True` alike), and returns `pyro.deterministic` sites too.
 
     Arguments:
         model: A Pyro program.
@@ -549,10 +593,8 @@ def sample(
         >>> sorted(rows), rows["b"].shape
         (['a', 'b'], torch.Size([5]))
     """
-    if n < 1:
-        raise ValueError(f"n must be a positive number of rows, not {n}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of rows, not {batch_size}.")
+    n = _check_count("n", n, "rows")
+    batch_size = _check_count("batch_size", batch_size, "rows")
     resolve_device(model, device)
     if not takes_rows(model):
         values = _predictive(model, n, args, kwargs)
@@ -591,6 +633,18 @@ def sample(
             pd.Categorical.from_codes(column.astype("int64"), labels) if labels else column
         )
     return pd.DataFrame(columns)
+
+
+def _check_count(name: str, value: object, what: str) -> int:
+    """`value` as an int, or one sentence for anything but a positive whole number (a float, a
+    bool), which torch would take or fail on deep inside."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else 0
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{name} must be a positive number of {what}, not {value!r}.")
+    return count
 
 
 def _predictive(

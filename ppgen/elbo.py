@@ -29,7 +29,7 @@ from torch.distributions import Independent, constraints, kl_divergence
 from ppgen import distributed
 from ppgen.batched import Stacked, groups
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
-from ppgen.importance import log_weights, reads_rows
+from ppgen.importance import check_guided, log_weights, reads_rows
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
 from ppgen.tracing import (
@@ -40,7 +40,9 @@ from ppgen.tracing import (
     trace_calls,
 )
 
-__all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "per_row", "set_rng_state", "svi_table"]
+__all__ = [
+    "ARGUMENT", "ELBOS", "ELBOObjective", "check_observed", "per_row", "set_rng_state", "svi_table"
+]
 
 ARGUMENT = "*data"  # the column of the programs' first argument, where it has rows
 ELBOS = {
@@ -134,6 +136,7 @@ class ELBOObjective(nn.Module):
         with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits, _kept():
             guide_trace, model_trace, params = self._traces(whole)
         set_rng_state(state)
+        check_guided(guide_trace, model_trace)
         self._choose_elbo(guide_trace, model_trace)
         self._check_data(model_trace, whole)
         self.floats = _float_columns(model_trace, whole)
@@ -210,7 +213,7 @@ class ELBOObjective(nn.Module):
     def _check_data(self, model_trace: poutine.Trace, whole: dict[str, Tensor]) -> None:
         """Checks each observed site holding the rows of an argument: its shape, its support."""
         if self.argument:
-            _check_observed(model_trace, list(whole.values()))
+            check_observed(model_trace, list(whole.values()))
 
     def _traces(
         self, batch: dict[str, Tensor]
@@ -742,10 +745,10 @@ def _check_argument(
         raise ValueError(_program_error("model", model, f" on all {len(data)} rows", error)) from (
             error.__cause__ or error  # Pyro's trace re-raises it with the trace's shapes
         )
-    _check_observed(trace, [data])
+    check_observed(trace, [data])
 
 
-def _check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
+def check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
     """Checks each observed site that reads the rows of one of `columns` in place: the shape
     of its rows, and every row against its support."""
     for name, site in trace.nodes.items():

@@ -41,7 +41,7 @@ from torch.distributions import biject_to
 from ppgen.graph import graph
 from ppgen.model import Model
 from ppgen.nn import Node, mlp
-from ppgen.tracing import is_variable, program_name
+from ppgen.tracing import is_variable, plate_of_rows, program_name
 
 __all__ = ["Amortized", "faithful_inverse"]
 
@@ -423,8 +423,9 @@ class Amortized(Model):
         Returns:
             A dict of site name to tensor (a row's values along the rows' plate dimension).
         """
-        with torch.no_grad():
-            return self._draw(args, kwargs, data, sample=False)
+        with torch.no_grad():  # values, never the guide's own parameters (a global's location)
+            drawn = self._draw(args, kwargs, data, sample=False)
+            return {name: value.clone() for name, value in drawn.items()}
 
     def load_state_dict(
         self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False
@@ -482,7 +483,7 @@ class Amortized(Model):
         inputs = self._rows(args, kwargs, data)
         first = next(iter(inputs.values()))
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-        plate = _plate_of_rows(trace, len(first), data)
+        plate = plate_of_rows(trace, len(first), data)
         inverse = faithful_inverse(g)
         position = {v: i for i, v in enumerate(g)}
         order = nx.lexicographical_topological_sort(inverse, key=position.__getitem__)
@@ -862,20 +863,6 @@ def _decode_constraint(value: object) -> constraints.Constraint | None:
 def _key(name: str) -> str:
     """A site name as a module key (which cannot hold a dot)."""
     return name.replace(".", "\N{MIDDLE DOT}")
-
-
-def _plate_of_rows(trace: poutine.Trace, rows: int, data: Mapping | None) -> str | None:
-    """The plate of `rows` positions around every observed site of the data (`None`: none): in
-    the `model(x)` convention, those with a dimension of `rows` (not a global `pyro.factor`)."""
-    common: set[str] | None = None
-    for site in trace.nodes.values():
-        if not (is_variable(site) and site["is_observed"]):
-            continue
-        of_data = rows in site["value"].shape if data is None else site["name"] in data
-        if of_data:
-            names = {f.name for f in site["cond_indep_stack"] if f.size == rows}
-            common = names if common is None else common & names
-    return min(common) if common else None
 
 
 def _unwrapped(fn: dist.Distribution) -> dist.Distribution:

@@ -11,17 +11,18 @@ draws, inside the data plate, never over the rows.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping
 
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from torch import Tensor, nn
+from pyro.infer.autoguide import AutoDelta, AutoGuideList
+from torch import Tensor
 
-from ppgen.tracing import is_variable
+from ppgen.tracing import is_variable, signature, unwrapped
 
-__all__ = ["importance_log_prob", "reads_rows"]
+__all__ = ["check_guided", "importance_log_prob", "reads_rows"]
 
 Data = Mapping[str, Tensor] | Tensor
 
@@ -44,7 +45,11 @@ def importance_log_prob(
     columns as it, in the dict convention (see :func:`reads_rows`). The rows are repeated once
     per draw, so the programs run unchanged, `chunk_size` draws at a time; every sample site
     must be inside the data plate. A latent site the guide leaves out is drawn from its prior in the model, which is then its
-    proposal (its density ratio is 1).
+    proposal (its density ratio is 1). Programs that cannot follow the rows repeated (a guide
+    with a parameter per row, as `AutoNormal` of a latent site per row; a tensor per row read
+    from outside the arguments, such as a mask) run once per draw. A guide that
+    draws a site as a point (a `Delta`, as `AutoDelta` does) is refused: its weight is
+    :math:`p(x, z)` at that point, no estimate of :math:`p(x)`.
 
     Arguments:
         model: A Pyro program whose rows are its outermost plate.
@@ -98,9 +103,8 @@ def reads_rows(guide: Callable[..., object]) -> bool:
         >>> reads_rows(lambda n, data: None), reads_rows(lambda n: None)
         (True, False)
     """
-    target = guide.forward if isinstance(guide, nn.Module) else guide
     try:
-        parameter = inspect.signature(target).parameters.get("data")
+        parameter = signature(guide).parameters.get("data")
     except (TypeError, ValueError):  # a builtin, or a callable without a signature
         return False
     return parameter is not None and parameter.kind in (
@@ -118,28 +122,35 @@ def log_weights(
     args: tuple[object, ...],
     kwargs: dict[str, object],
 ) -> Tensor:
-    """The log-weights of `draws` draws per row, of shape (draws, rows)."""
-    args = tuple(_repeat(a, draws, rows) for a in args)  # y of model(x, y) too
-    kwargs = {k: _repeat(v, draws, rows) for k, v in kwargs.items()}
-    if isinstance(data, Tensor):
-        repeated = _repeat(data, draws, rows)
-        args = (repeated, *args)
-    else:
-        repeated = {name: _repeat(v, draws, rows) for name, v in data.items()}
-        model = poutine.condition(model, data=repeated)
-        kwargs = {**kwargs, "n": draws * rows}
-    rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        *args, **kwargs
-    )
+    """The log-weights of `draws` draws per row, of shape (draws, rows): the rows repeated once
+    per draw, or one draw a pass for programs that cannot follow the rows repeated (a guide
+    with a parameter per row, as `AutoNormal` of a latent site per row; a tensor per row that
+    the programs read from outside their arguments)."""
+    try:
+        traces = _traces(model, guide, data, draws, rows, args, kwargs)
+    except (RuntimeError, ValueError, IndexError):  # shapes of the rows repeated: once a pass
+        if draws == 1:
+            raise
+        traces = None
+    if traces is None:
+        return torch.cat(
+            [log_weights(model, guide, data, 1, rows, args, kwargs) for _ in range(draws)]
+        )
+    guide_trace, model_trace = traces
+    check_guided(guide_trace, model_trace)
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
+    points = _points(guide, guide_trace)
     terms = []
     for sign, trace in ((1, model_trace), (-1, guide_trace)):
-        trace.compute_log_prob()
         for name, site in trace.nodes.items():
             if not is_variable(site) or (sign < 0 and site["is_observed"]):
                 continue
+            if sign < 0 and name in points:
+                raise ValueError(
+                    f"Site {name!r} of the guide is a Delta (a point), which has no importance "
+                    "weights: p(x, z) at one point estimates no p(x); give a guide with a density "
+                    "(AutoNormal, say)."
+                )
             log_prob = site["log_prob"]
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:
                 raise ValueError(
@@ -151,6 +162,96 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def _traces(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: Data,
+    draws: int,
+    rows: int,
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+) -> tuple[poutine.Trace, poutine.Trace] | None:
+    """The guide's trace on the rows repeated `draws` times and the model's replayed on it,
+    their log-densities computed; `None` where the guide draws a value per row, not per repeat."""
+    args = tuple(_repeat(a, draws, rows) for a in args)  # y of model(x, y) too
+    kwargs = {k: _repeat(v, draws, rows) for k, v in kwargs.items()}
+    if isinstance(data, Tensor):
+        repeated = _repeat(data, draws, rows)
+        args = (repeated, *args)
+    else:
+        repeated = {name: _repeat(v, draws, rows) for name, v in data.items()}
+        model = poutine.condition(model, data=repeated)
+        kwargs = {**kwargs, "n": draws * rows}
+    rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
+    if draws > 1 and _draws_per_row(guide_trace, rows):
+        return None
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return guide_trace, model_trace
+
+
+def check_guided(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
+    """One sentence for a site that the guide draws and the model observes: the model never
+    uses that draw, yet its :math:`-\\log q` would count (Pyro's validation only warns).
+
+    Example:
+        >>> def model():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+        >>> def guide():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> guided = pyro.poutine.trace(guide).get_trace()
+        >>> check_guided(guided, pyro.poutine.trace(model).get_trace())
+        Traceback (most recent call last):
+        ...
+        ValueError: Site 'z' is observed by the model (by obs= or in the data), yet the guide draws it: ...
+    """
+    for name, site in guide_trace.nodes.items():
+        if not is_variable(site) or site["is_observed"] or site["infer"].get("is_auxiliary"):
+            continue
+        modelled = model_trace.nodes.get(name)
+        if modelled is not None and modelled["type"] == "sample" and modelled["is_observed"]:
+            raise ValueError(
+                f"Site {name!r} is observed by the model (by obs= or in the data), yet the guide "
+                "draws it: the model never uses that draw, but its log q would count; leave it "
+                "out of the guide (or out of the data, to keep it latent)."
+            )
+
+
+def _points(guide: Callable[..., object], trace: poutine.Trace) -> set[str]:
+    """The latent sites that a guide's trace draws as points, without a density: its Delta
+    sites, unless they transform auxiliary draws (as `AutoNormal`'s do), and those of an
+    `AutoDelta` part of an `AutoGuideList`."""
+    deltas = {
+        name
+        for name in trace.stochastic_nodes
+        if isinstance(unwrapped(trace.nodes[name]["fn"]), dist.Delta)
+    }
+    if not any(trace.nodes[name]["infer"].get("is_auxiliary") for name in trace.stochastic_nodes):
+        return deltas
+    parts = guide if isinstance(guide, AutoGuideList) else []
+    return {
+        name
+        for part in parts
+        if isinstance(part, AutoDelta)
+        for name in part.prototype_trace.nodes
+        if name in deltas
+    }
+
+
+def _draws_per_row(trace: poutine.Trace, rows: int) -> bool:
+    """Whether a guide's trace on the rows repeated draws one value per row (not per repeat)."""
+    for site in trace.nodes.values():
+        if is_variable(site) and not site["is_observed"]:
+            shape = site["fn"].batch_shape
+            if shape and shape[0] == rows:
+                return True
+    return False
 
 
 def _repeat(value: object, draws: int, rows: int) -> object:

@@ -10,7 +10,6 @@ learned about the data's labels on the model, and returns a :class:`~ppgen.resul
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import time
 import warnings
@@ -33,7 +32,7 @@ from ppgen.loop import check_budget, checkpoint_file, train
 from ppgen.model import set_coding
 from ppgen.result import FitResult
 from ppgen.steps import EVALUATION_ROWS, GradientStep, Group
-from ppgen.tracing import fitted_parameters, program_name, program_parameters
+from ppgen.tracing import fitted_parameters, program_name, program_parameters, signature
 
 __all__ = ["FitResult", "fit_gan", "fit_mle", "fit_svi"]
 
@@ -359,7 +358,8 @@ def fit_svi(
             importance-weighted bound with `num_particles` draws, per row: the value of
             `RenyiELBO(alpha=0)`, whose log-sum-exp runs inside the data plate, computed
             differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no differentiable
-            loss; every site in the data plate, reparameterised guides only, the rows in the
+            loss; every site in the data plate, reparameterised guides with a density only (no
+            `AutoDelta`), the rows in the
             first argument alone). `None`: `"trace_enum"` where a site is marked for
             enumeration, else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
             site marked for enumeration is drawn, its gradient estimated by the score
@@ -473,7 +473,7 @@ def _warn_shadowed(*programs: object) -> None:
     names, shadowed = [], None
     for program in programs:
         try:
-            parameters = inspect.signature(program).parameters
+            parameters = signature(program).parameters
         except (TypeError, ValueError):  # a string (an auto guide), or a builtin
             continue
         bound = getattr(program, "keywords", {})  # a functools.partial's

@@ -9,10 +9,11 @@ data tensor itself.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sysconfig
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -36,7 +37,9 @@ __all__ = [
     "is_variable",
     "program_name",
     "program_parameters",
+    "plate_of_rows",
     "record_call",
+    "signature",
     "recording_calls",
     "trace_calls",
     "unwrapped",
@@ -210,6 +213,38 @@ def fitted_parameters(run: Callable[[], object], *programs: object) -> list[Tens
     found = [site["value"].unconstrained() for site in params.trace.nodes.values()]
     found += [p for program in programs for p in program_parameters(program)]
     return list({id(p): p for p in found if p.requires_grad}.values())
+
+
+def signature(program: object) -> inspect.Signature:
+    """The signature a program is called with: a module's `forward`, read through decorators
+    (a Pyro handler such as `config_enumerate` binds a method as a partial of `(*args,
+    **kwargs)`), without `self`. Raises as `inspect.signature` does.
+
+    Example:
+        >>> class Model(nn.Module):
+        ...     @pyro.infer.config_enumerate
+        ...     def forward(self, x, y=None): ...
+        >>> signature(Model())
+        <Signature (x, y=None)>
+    """
+    if not isinstance(program, nn.Module) or "forward" in vars(program):
+        return inspect.signature(program.forward if isinstance(program, nn.Module) else program)
+    parameters = list(inspect.signature(type(program).forward).parameters.values())
+    return inspect.Signature(parameters[1:])
+
+
+def plate_of_rows(trace: Trace, rows: int, data: Mapping | None) -> str | None:
+    """The plate of `rows` positions around every observed site of the data (`None`: none): in
+    the `model(x)` convention, those with a dimension of `rows` (not a global `pyro.factor`)."""
+    common: set[str] | None = None
+    for site in trace.nodes.values():
+        if not (is_variable(site) and site["is_observed"]):
+            continue
+        of_data = rows in site["value"].shape if data is None else site["name"] in data
+        if of_data:
+            names = {f.name for f in site["cond_indep_stack"] if f.size == rows}
+            common = names if common is None else common & names
+    return min(common) if common else None
 
 
 def program_name(program: object) -> str:

@@ -221,6 +221,12 @@ def test_site_outside_the_data_plate_and_a_single_value():
         ),
         (lambda m: ppgen.sample(m, 0), "n must be a positive number of rows, not 0."),
         (lambda m: ppgen.sample(m, -1), "n must be a positive number of rows, not -1."),
+        (lambda m: ppgen.sample(m, 5.0), "n must be a positive number of rows, not 5.0."),
+        (lambda m: ppgen.sample(m, True), "n must be a positive number of rows, not True."),
+        (
+            lambda m: ppgen.log_prob(m, GOOD, batch_size=2.5),
+            "batch_size must be a positive number of rows, not 2.5.",
+        ),
         (
             lambda m: ppgen.fit_mle(m, GOOD, epochs=0, progress=False),
             "epochs must be a positive number, not 0.",
@@ -230,11 +236,28 @@ def test_site_outside_the_data_plate_and_a_single_value():
             "batch_size must be a positive number of rows, not 0.",
         ),
     ],
-    ids=["batch_size", "num_samples", "n=0", "n=-1", "epochs", "svi batch_size"],
+    ids=["batch_size", "num_samples", "n=0", "n=-1", "n=5.0", "n=True", "batch_size=2.5", "epochs",
+         "svi batch_size"],  # fmt: skip
 )
 def test_sizes_below_one(query, message):
     model = _model()
     _unchanged(lambda: query(model), message, model)
+
+
+def test_sample_of_a_program_conditioned_on_rows():
+    def model(n=1):
+        with pyro.plate("rows", n):
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, 1.0)), 1.0))
+
+    x = torch.arange(5.0)
+    conditioned = pyro.condition(model, data={"x": x})
+    # the observed rows are the data's, whole: drawn at once, not batch by batch
+    rows = ppgen.sample(conditioned, 5, batch_size=2)
+    assert torch.equal(rows["x"], x) and rows["z"].shape == (5,)
+    message = "Site 'x' is observed with 5 values along the plate 'rows', but sample draws 3 rows"
+    for n in (3, 1):  # z would get n rows beside the 5 of x
+        _unchanged(lambda n=n: ppgen.sample(conditioned, n), re.escape(message.replace("3", str(n))),
+                   nn.Linear(1, 1))  # fmt: skip
 
 
 def test_labels_are_coded_by_the_fits_categories_or_refused():
@@ -436,6 +459,26 @@ def test_pyro_style_program_errors():
     _unchanged(lambda: ppgen.fit_mle(model, x, x, val=x, progress=False), val, model)
     guide = "With a guide, a program without the keyword n takes its data tensor as its first"
     _unchanged(lambda: ppgen.log_prob(model, {"y": x}, x, guide=lambda x: None), guide, model)
+
+
+def test_a_pyro_style_data_column_the_distribution_broadcasts_is_refused():
+    # x of shape (5, 1) under a plate of 5 rows: Normal(0, 1).log_prob(x) broadcasts to (5, 5),
+    # 25 terms for 5 rows; fit_svi refused it, log_prob and fit_mle summed them without a word
+    model, x = _Regression(), torch.randn(5)
+    shape = "The data tensor's rows have shape (1,), but site 'y' of the model has rows of shape ()."
+    _unchanged(lambda: ppgen.log_prob(model, x, x[:, None]), re.escape(shape), model)
+    _unchanged(lambda: ppgen.fit_mle(model, x, x[:, None], progress=False), re.escape(shape), model)
+    total = dist.Normal(model.linear(x[:, None]).squeeze(-1), 1.0).log_prob(x).sum()
+    assert ppgen.log_prob(model, x, x).item() == pytest.approx(total.item(), abs=1e-5)
+
+
+def test_log_prob_with_an_auto_guide_by_name_or_no_rows():
+    # fit_svi builds "auto_normal" on the model; log_prob takes the guide it fitted, fit.guide
+    model, x = _Regression(), torch.randn(5)
+    guide = "guide must be a program (fit.guide, the guide fit_svi fitted), not 'auto_normal'."
+    _unchanged(lambda: ppgen.log_prob(model, x, guide="auto_normal"), re.escape(guide), model)
+    empty = "The program _Regression fails on its data: ZeroDivisionError: "  # a plate of no rows
+    _unchanged(lambda: ppgen.log_prob(model, x[:0], x[:0]), re.escape(empty), model)
 
 
 def test_labels_or_a_missing_input_given_to_an_amortized_guide():

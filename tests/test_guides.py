@@ -280,6 +280,11 @@ def test_global_latents_get_their_own_normal():
     assert [s.name for s in guide.sites] == ["mu", "z"]
     assert list(guide.locs) == ["mu"] and list(guide.nets) == ["z"]
     assert guide.sites[1].inputs == ["*x", "mu"]  # the row of x, and mu's draw
+    # encode gives mu's location as a value, not the guide's own parameter (it aliased it)
+    encoded = guide.encode(torch.zeros(3))["mu"]
+    assert not isinstance(encoded, nn.Parameter) and not encoded.requires_grad
+    encoded += 1.0
+    assert guide.locs["mu"].item() != encoded.item()
 
 
 class Mixture(Model):

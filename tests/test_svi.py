@@ -111,6 +111,101 @@ def test_a_latent_site_the_guide_leaves_out_is_proposed_by_its_prior():
     torch.testing.assert_close(estimate, dist.Normal(0.0, 3**0.5).log_prob(x), atol=0.03, rtol=0)
 
 
+def _pyro_normal_normal(x):
+    with pyro.plate("rows", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_a_guide_with_a_parameter_per_row_draws_once_a_pass():
+    # AutoNormal of a latent per row holds N locations: it cannot follow rows repeated K times,
+    # so each draw is a pass of its own. At the exact posterior N(x/2, 1/2) every weight is p(x)
+    x = torch.tensor([0.0, 1.0, -2.0])
+    exact = dist.Normal(0.0, 2**0.5).log_prob(x)
+    init = pyro.infer.autoguide.init_to_value(values={"z": x / 2})
+    guide = pyro.infer.autoguide.AutoNormal(_pyro_normal_normal, init_loc_fn=init, init_scale=0.5**0.5)
+    guide(x)  # built on the rows, as a fit builds it
+    estimate = ppgen.log_prob(_pyro_normal_normal, x, guide=guide, num_samples=10)
+    torch.testing.assert_close(estimate, exact, atol=1e-5, rtol=0)
+    fit = fit_svi(_pyro_normal_normal, guide, x, elbo="iwae", num_particles=4, epochs=1,
+                  batch_size=None, progress=False)  # fmt: skip
+    assert fit.history[0]["train"] == pytest.approx(exact.mean().item(), abs=1e-5)
+
+
+def test_a_program_reading_a_tensor_per_row_from_outside_its_arguments_draws_once_a_pass():
+    # x_i | z_i ~ N(z_i, s_i^2) with s read from the closure: it cannot follow the rows repeated
+    # K times. At the exact posterior N(x / (1 + s^2), s^2 / (1 + s^2)) every weight is p(x)
+    x, s = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 2.0, 0.5])
+
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, s), obs=x)
+
+    def guide(x):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z", dist.Normal(x / (1 + s**2), s / (1 + s**2).sqrt()))
+
+    estimate = ppgen.log_prob(model, x, guide=guide, num_samples=10)
+    exact = dist.Normal(0.0, (1 + s**2).sqrt()).log_prob(x)
+    torch.testing.assert_close(estimate, exact, atol=1e-5, rtol=0)
+
+
+def test_a_delta_guide_has_no_importance_weights():
+    # q = Delta(z*) gives log p(x, z*) whatever K: a density at a point, no estimate of log p(x)
+    x = torch.tensor([0.0, 1.0, -2.0])
+    guide = pyro.infer.autoguide.AutoDelta(_pyro_normal_normal)
+    guide(x)
+    message = "Site 'z' of the guide is a Delta (a point), which has no importance weights"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ppgen.log_prob(_pyro_normal_normal, x, guide=guide, num_samples=10)
+
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + w, 1.0), obs=x)
+
+    guide = pyro.infer.autoguide.AutoGuideList(model)  # AutoNormal's Deltas are draws, AutoDelta's not
+    guide.append(pyro.infer.autoguide.AutoNormal(pyro.poutine.block(model, expose=["z"])))
+    guide.append(pyro.infer.autoguide.AutoDelta(pyro.poutine.block(model, expose=["w"])))
+    guide(x)
+    with pytest.raises(ValueError, match=re.escape(message.replace("'z'", "'w'"))):
+        ppgen.log_prob(model, x, guide=guide, num_samples=10)
+
+
+def test_a_guide_drawing_a_site_the_model_observes_is_refused():
+    # z in the data (or obs= in the program) is observed, yet the guide draws it: its draw is
+    # never used and its -log q(z) counts, so the figure is neither log p(x, z) nor log p(x)
+    x, z = torch.tensor([0.0, 1.0]), torch.tensor([0.5, -0.5])
+
+    def guide(n=1):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("rows", n):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    message = "Site 'z' is observed by the model (by obs= or in the data), yet the guide draws it"
+    for query in (
+        lambda: ppgen.log_prob(normal_normal, {"x": x, "z": z}, guide=guide, num_samples=5),
+        lambda: fit_svi(normal_normal, guide, {"x": x, "z": z}, epochs=1, progress=False),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            query()
+
+    def observing(x):
+        with pyro.plate("rows", len(x)):
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, 1.0), obs=z), 1.0), obs=x)
+
+    def guide_of(x):
+        guide(len(x))
+
+    for elbo in ("trace", "iwae"):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fit_svi(observing, guide_of, x, elbo=elbo, epochs=1, progress=False)
+    exact = dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+    assert torch.allclose(ppgen.log_prob(normal_normal, {"x": x, "z": z}), exact, atol=1e-6)
+
+
 def test_mean_field_and_sampled_kl_agree_in_expectation():
     lg = LinearGaussian()
     x = lg.marginal().sample((4,))

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
-from pyro.nn import pyro_method
 import torch
+from pyro.nn import pyro_method
 from torch import Tensor, nn
 
 from ppgen.elbo import svi_table
