@@ -12,6 +12,7 @@ draws, inside the data plate, never over the rows.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 
 import pyro.distributions as dist
@@ -137,7 +138,6 @@ def log_weights(
             [log_weights(model, guide, data, 1, rows, args, kwargs) for _ in range(draws)]
         )
     guide_trace, model_trace = traces
-    check_guided(guide_trace, model_trace)
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
     points = _points(guide, guide_trace)
     terms = []
@@ -161,6 +161,7 @@ def log_weights(
             if sign > 0 and not site["is_observed"] and name not in guided:
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
+    check_guided(guide_trace, model_trace)
     return torch.stack(terms).sum(0)
 
 
@@ -198,7 +199,8 @@ def _traces(
 
 def check_guided(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
     """One sentence for a site that the guide draws and the model observes: the model never
-    uses that draw, yet its :math:`-\\log q` would count (Pyro's validation only warns).
+    uses that draw, yet its :math:`-\\log q` would count (Pyro's validation only warns); and a
+    warning for a latent site of the model that the guide does not draw (nor enumerates).
 
     Example:
         >>> def model():
@@ -221,6 +223,20 @@ def check_guided(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None
                 "draws it: the model never uses that draw, but its log q would count; leave it "
                 "out of the guide (or out of the data, to keep it latent)."
             )
+    unguided = [
+        name
+        for name, site in model_trace.nodes.items()
+        if is_variable(site) and not site["is_observed"] and not site["infer"].get("enumerate")
+        and (name not in guide_trace.nodes or not is_variable(guide_trace.nodes[name]))
+    ]  # fmt: skip
+    if unguided:
+        warnings.warn(
+            f"Site {unguided[0]!r} is latent in the model, but neither the data give it nor the "
+            "guide draws it, so it is drawn from the model's prior (as Pyro does, whose "
+            "validation warns 'Found vars in model but not guide'); if it is a column, give it "
+            "in the data.",
+            stacklevel=3,
+        )
 
 
 def _points(guide: Callable[..., object], trace: poutine.Trace) -> set[str]:

@@ -107,8 +107,16 @@ def test_a_latent_site_the_guide_leaves_out_is_proposed_by_its_prior():
 
     x = torch.tensor([0.0, 1.5])
     pyro.set_rng_seed(0)
-    estimate = importance_log_prob(model, guide, x, num_samples=20000)
+    with pytest.warns(UserWarning, match="^Site 'z2' is latent in the model, but neither the data "
+                      "give it nor the guide draws it, so it is drawn from the model's prior"):  # fmt: skip
+        estimate = importance_log_prob(model, guide, x, num_samples=20000)
     torch.testing.assert_close(estimate, dist.Normal(0.0, 3**0.5).log_prob(x), atol=0.03, rtol=0)
+    def fitted(x):  # fit_svi says it too
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z1", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    with pytest.warns(UserWarning, match="^Site 'z2' is latent in the model"):
+        ppgen.infer.fit_svi(model, fitted, x, epochs=1, progress=False)
 
 
 def _pyro_normal_normal(x):
