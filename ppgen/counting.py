@@ -34,7 +34,8 @@ def count_parameters(
     Given a module instead (a `ppgen.Model`, a conditional, any `torch.nn.Module`), it counts
     the parameters the module actually learns: each :class:`~ppgen.nn.Node` counts its own
     `n_params`; elsewhere a weight with a `mask` buffer of its shape (a masked layer) counts
-    its unmasked entries, and any other trainable tensor all its entries.
+    its unmasked entries, and any other trainable tensor all its entries. A module or a tensor
+    reached twice (a shared submodule, a tied weight) counts once.
 
     Arguments:
         cardinalities: The number of values of each variable: a sequence (variables are then
@@ -89,14 +90,22 @@ def count_parameters(
     return sum((k - 1) * math.prod(cards[p] for p in g.predecessors(v)) for v, k in cards.items())
 
 
-def _count_module(module: nn.Module) -> int:
+def _count_module(module: nn.Module, seen: set[int] | None = None) -> int:
+    """The count of `module`, where a module or a tensor reached a second time (a shared
+    submodule, a tied weight) counts once: `seen` holds the ids of those already counted."""
+    seen = set() if seen is None else seen
+    if id(module) in seen:
+        return 0
+    seen.add(id(module))
     if isinstance(module, Node):
+        seen.update(id(p) for p in module.parameters())
         return module.n_params
     total = 0
     for name, p in module.named_parameters(recurse=False):
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
+        seen.add(id(p))
         mask = getattr(module, "mask", None)
         masked = name == "weight" and mask is not None and tuple(mask.shape) == tuple(p.shape)
         total += int(mask.count_nonzero()) if masked else p.numel()
-    return total + sum(_count_module(child) for child in module.children())
+    return total + sum(_count_module(child, seen) for child in module.children())

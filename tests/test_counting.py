@@ -59,3 +59,15 @@ def test_numpy_cardinalities_count_as_ints():
     assert count_parameters([np.int64(2), 3], "joint") == 5
     with pytest.raises(ValueError, match="Cardinalities must be positive ints"):
         count_parameters([True, 2], "joint")
+
+
+def test_a_shared_module_or_tied_weight_counts_once():
+    encoder = torch.nn.Linear(3, 4)  # 16 parameters, reached twice
+    shared = torch.nn.ModuleDict({"encoder": encoder, "decoder": torch.nn.Sequential(encoder)})
+    assert count_parameters(shared) == 16 == sum(p.numel() for p in shared.parameters())
+    tied = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+    tied["b"].weight = tied["a"].weight  # one 3x3 weight, two biases
+    assert count_parameters(tied) == 9 + 3 + 3 == sum(p.numel() for p in tied.parameters())
+    node = Conditional(dist.Normal, in_features=1, hidden=(3,))
+    twice = torch.nn.ModuleDict({"x": node, "y": torch.nn.ModuleList([node])})
+    assert count_parameters(twice) == node.n_params == (3 + 3) + (3 * 2 + 2)
