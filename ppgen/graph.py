@@ -16,19 +16,26 @@ __all__ = ["check_dag", "factorization", "family", "graph"]
 def _parents_from_calls(
     sites: dict[str, dict], calls: dict[str, Call]
 ) -> dict[str, list[str]] | None:
-    """Each site's parents, where every site's distribution is a ppgen conditional called on
-    the values other sites returned; `None` where any is not (then provenance decides)."""
+    """Each site's parents, where every site's distribution is one of ppgen's own conditionals
+    called on the values other sites returned; `None` where any is not (then provenance
+    decides: a conditional whose `distribution` the user wrote may read more than its inputs)."""
     names = {id(site["value"]): name for name, site in sites.items()}
     if len(names) < len(sites):  # two sites hold one tensor (conditioned on it): ambiguous
         return None
     parents = {}
     for name in sites:
-        if name not in calls:
+        if name not in calls or not _reads_only_its_inputs(calls[name][0]):
             return None
         parents[name] = [names.get(id(value)) for value in calls[name][1]]
         if None in parents[name]:
             return None
     return parents
+
+
+def _reads_only_its_inputs(module: object) -> bool:
+    """Whether a conditional's distribution is ppgen's, a function of its inputs and its own
+    parameters alone."""
+    return getattr(type(module).distribution, "__module__", "").startswith("ppgen.")
 
 
 def family(fn: object) -> str:
@@ -49,8 +56,9 @@ def graph(
 ) -> nx.DiGraph:
     r"""Returns the DAG of the sample sites of a Pyro program.
 
-    Where every site's distribution is a ppgen conditional called directly on the values other
-    sites returned, the edges are those calls' inputs, read from one trace. Otherwise they come
+    Where every site's distribution is one of ppgen's conditionals (not a subclass with a
+    `distribution` of its own) called directly on the values other sites returned, the edges
+    are those calls' inputs, read from one trace. Otherwise they come
     from Pyro's provenance tracking (`pyro.infer.inspect.get_model_relations`), which follows
     values through any torch computation, `pyro.deterministic` sites included; those sites are
     not random variables and are left out of the graph, their dependences kept.

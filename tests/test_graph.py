@@ -202,3 +202,27 @@ def test_factorization_and_draw_of_a_graph_check_it_and_take_any_node_names():
         for query in (ppgen.factorization, ppgen.draw):
             with pytest.raises(ValueError, match=message):
                 query(bad)
+
+
+def test_a_conditional_of_ones_own_that_reads_more_than_its_inputs_keeps_every_edge():
+    from ppgen.nn import Node
+
+    class Shifted(Node):  # reads a global latent through an attribute, not an input
+        shift = torch.tensor(0.0)
+
+        def distribution(self, x):
+            return dist.Normal(x + self.shift, 1.0)
+
+    class Model(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.g, self.a, self.b = Root(dist.Normal), Root(dist.Normal), Shifted()
+
+        def forward(self, n=1):
+            self.b.shift = pyro.sample("g", self.g())
+            with pyro.plate("rows", n):
+                pyro.sample("b", self.b(pyro.sample("a", self.a())))
+
+    relations = pyro.infer.inspect.get_model_relations(Model(), model_kwargs={"n": 3})
+    assert relations["sample_sample"]["b"] == ["g", "a"]
+    assert edges(ppgen.graph(Model(), n=3)) == {("g", "b"), ("a", "b")}
