@@ -47,6 +47,7 @@ def test_dag_accepts_networkx_with_isolated_nodes_and_int_names():
          "Node 'a' has cardinality 2.5"),
         ([("a", "b")], {"kinds": {"a": "bernoulli"}, "cardinalities": {"a": 3}},
          "Node 'a' is bernoulli, so its cardinality is 2, not 3"),
+        ([("data", "b")], {}, "Node 'data' has the name of the plate of the rows"),
     ],
 )  # fmt: skip
 def test_dag_bad_input(edges, kwargs, message):
