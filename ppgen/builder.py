@@ -107,7 +107,7 @@ def dag(
         >>> ppgen.factorization(model)
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
     """
-    g = check_dag(nx.DiGraph(edges))
+    g = check_dag(_digraph(edges))
     kinds = {**dict.fromkeys(g.nodes, default), **(kinds or {})}
     cardinalities = dict(cardinalities or {})
     for name, mapping in (("kinds", kinds), ("cardinalities", cardinalities)):
@@ -150,6 +150,22 @@ def dag(
         cardinalities={names[v]: k for v, k in cardinalities.items()},
         hidden=hidden,
     )
+
+
+def _digraph(edges: object) -> nx.DiGraph:
+    """The directed graph of an edge list or a networkx graph, or one `ValueError` saying why not."""
+    if isinstance(edges, nx.Graph) and not edges.is_directed():
+        raise ValueError(
+            f"Expected a directed graph (a networkx.DiGraph), not {type(edges).__name__}."
+        )
+    try:
+        return nx.DiGraph(edges)
+    except (nx.NetworkXError, TypeError, ValueError):
+        shown = repr(edges)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(
+            f"Expected edges as (parent, child) pairs or a networkx.DiGraph, not {shown}."
+        ) from None
 
 
 def _site_names(g: nx.DiGraph) -> dict[object, str]:
