@@ -108,6 +108,8 @@ def dag(
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
     """
     g = check_dag(_digraph(edges))
+    if not isinstance(hidden, Iterable) or isinstance(hidden, str):  # (its entries: mlp's)
+        raise ValueError(f"hidden must be a sequence of layer widths, e.g. (64, 64), not {hidden!r}.")
     kinds = {**dict.fromkeys(g.nodes, default), **(kinds or {})}
     cardinalities = dict(cardinalities or {})
     for name, mapping in (("kinds", kinds), ("cardinalities", cardinalities)):
