@@ -109,7 +109,7 @@ def dag(
     """
     g = check_dag(_digraph(edges))
     if not isinstance(hidden, Iterable) or isinstance(hidden, str):  # (its entries: mlp's)
-        raise ValueError(f"hidden must be a sequence of layer widths, e.g. (64, 64), not {hidden!r}.")
+        raise ValueError(f"hidden must be a sequence of layer widths, e.g. (64,), not {hidden}.")
     kinds = {**dict.fromkeys(g.nodes, default), **(kinds or {})}
     cardinalities = dict(cardinalities or {})
     for name, mapping in (("kinds", kinds), ("cardinalities", cardinalities)):
@@ -155,7 +155,7 @@ def dag(
 
 
 def _digraph(edges: object) -> nx.DiGraph:
-    """The directed graph of an edge list or a networkx graph, or one `ValueError` saying why not."""
+    """The directed graph of an edge list or a networkx graph, else one `ValueError`."""
     if isinstance(edges, nx.Graph) and not edges.is_directed():
         raise ValueError(
             f"Expected a directed graph (a networkx.DiGraph), not {type(edges).__name__}."
