@@ -57,6 +57,11 @@ def count_parameters(
     """
     if isinstance(cardinalities, nn.Module):
         return _count_module(cardinalities)
+    if not isinstance(cardinalities, Iterable):
+        raise ValueError(
+            "Expected cardinalities (a sequence or a mapping of ints) or a module, "
+            f"not {type(cardinalities).__name__}."
+        )
     cards = dict(
         cardinalities.items() if isinstance(cardinalities, Mapping) else enumerate(cardinalities)
     )

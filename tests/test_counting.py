@@ -1,3 +1,5 @@
+import re
+
 import networkx as nx
 import pyro.distributions as dist
 import pytest
@@ -71,3 +73,10 @@ def test_a_shared_module_or_tied_weight_counts_once():
     node = Conditional(dist.Normal, in_features=1, hidden=(3,))
     twice = torch.nn.ModuleDict({"x": node, "y": torch.nn.ModuleList([node])})
     assert count_parameters(twice) == node.n_params == (3 + 3) + (3 * 2 + 2)
+
+
+@pytest.mark.parametrize("given,name", [(lambda: None, "function"), (3, "int"), (None, "NoneType")])
+def test_a_program_or_a_number_is_not_cardinalities(given, name):
+    message = f"Expected cardinalities (a sequence or a mapping of ints) or a module, not {name}."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        count_parameters(given)
