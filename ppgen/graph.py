@@ -8,7 +8,15 @@ import networkx as nx
 import torch
 from pyro.infer.inspect import get_model_relations
 
-from ppgen.tracing import Call, is_factor, is_variable, program_name, trace_calls, unwrapped
+from ppgen.tracing import (
+    Call,
+    is_factor,
+    is_variable,
+    program_name,
+    trace_calls,
+    unwrapped,
+    warn_shadowed,
+)
 
 __all__ = ["check_dag", "factorization", "family", "graph"]
 
@@ -70,7 +78,8 @@ def graph(
         deterministic: Whether to keep the `pyro.deterministic` sites as nodes (attribute
             `deterministic=True`), with the edges into and out of them, as
             `pyro.render_model(render_deterministic=True)` does; by default they are left out
-            and their dependences kept.
+            and their dependences kept. A program's own parameter of that name never gets it
+            (a warning says so): bind it first with `functools.partial`.
 
     Returns:
         A graph whose nodes are site names in program order, with attributes `observed`,
@@ -88,6 +97,15 @@ def graph(
         >>> list(graph(relay).edges)
         [('t0', 't1')]
     """
+    warn_shadowed("graph", ["deterministic"], model)
+    return _graph(model, args, kwargs, deterministic=deterministic)
+
+
+def _graph(
+    model: Callable[..., object], args: tuple, kwargs: dict, *, deterministic: bool = False
+) -> nx.DiGraph:
+    """:func:`graph`, for callers with options of their own, which have said where the program
+    names one of those."""
     with torch.random.fork_rng(), torch.no_grad():
         trace, calls = trace_calls(model, *args, **kwargs)
     sites = {

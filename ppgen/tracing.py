@@ -9,7 +9,9 @@ data tensor itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -36,6 +38,7 @@ __all__ = [
     "recording_calls",
     "trace_calls",
     "unwrapped",
+    "warn_shadowed",
 ]
 
 Call = tuple[nn.Module, tuple[Tensor, ...], Distribution]
@@ -219,3 +222,39 @@ def program_name(program: object) -> str:
     """
     program = getattr(program, "func", program)
     return getattr(program, "__name__", type(program).__name__)
+
+
+def warn_shadowed(function: str, options: Iterable[str], *programs: object) -> None:
+    """Says where the programs name a parameter as one of `function`'s own keyword `options`,
+    unbound (Pyro's examples take `batch_size` to subsample themselves): `function` takes that
+    keyword, and the programs get their default.
+
+    Example:
+        >>> def model(n, lr=0.1): ...
+        >>> with warnings.catch_warnings(record=True) as said:
+        ...     warnings.simplefilter("always")
+        ...     warn_shadowed("fit_svi", ["lr"], model)
+        >>> str(said[0].message)[:50]
+        "model takes a parameter 'lr', which fit_svi takes "
+    """
+    options, names, shadowed = list(options), [], None
+    for program in programs:
+        try:
+            parameters = inspect.signature(program).parameters
+        except (TypeError, ValueError):  # a string (an auto guide), or a builtin
+            continue
+        bound = getattr(program, "keywords", {})  # a functools.partial's
+        found = next((o for o in options if o in parameters and o not in bound), None)
+        if found is not None and shadowed in (None, found):
+            names.append(program_name(program))
+            shadowed = found
+    if shadowed is not None:
+        who = " and ".join(names)
+        warnings.warn(
+            f"{who} take{'s' if len(names) == 1 else ''} a parameter {shadowed!r}, which "
+            f"{function} takes as its own option, so "
+            f"{'it gets its' if len(names) == 1 else 'they get their'} default; to give it a "
+            f"value, bind it first: functools.partial({names[0]}, {shadowed}=...).",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -11,8 +11,9 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from ppgen.graph import check_dag, factorization, graph
+from ppgen.graph import _graph, check_dag, factorization
 from ppgen.layout import Layout, sugiyama
+from ppgen.tracing import warn_shadowed
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -186,7 +187,9 @@ def draw(
         annotate: Whether to write each node's distribution and parameter count (where ppgen's
             conditional made it) under its name.
         deterministic: Whether to draw the program's `pyro.deterministic` sites, dashed, with
-            the edges into and out of them (see :func:`ppgen.graph`).
+            the edges into and out of them (see :func:`ppgen.graph`). A program's own parameter
+            named as one of these options never gets it (a warning says so): bind it first
+            with `functools.partial`.
 
     Returns:
         The `Axes`, whose patches have gids `"node:NAME"`, `"edge:U->V"` and `"plate:NAME"`.
@@ -201,7 +204,8 @@ def draw(
     if isinstance(model, nx.Graph):
         g = check_dag(model)
     else:
-        g = graph(model, *args, deterministic=deterministic, **kwargs)
+        warn_shadowed("draw", ["ax", "title", "names", "annotate", "deterministic"], model)
+        g = _graph(model, args, kwargs, deterministic=deterministic)
     names = names and len(g) <= _LABELLED
     captions = _captions(g, names, annotate)
     lay = _lay_out(g, captions)

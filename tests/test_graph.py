@@ -226,3 +226,21 @@ def test_a_conditional_of_ones_own_that_reads_more_than_its_inputs_keeps_every_e
     relations = pyro.infer.inspect.get_model_relations(Model(), model_kwargs={"n": 3})
     assert relations["sample_sample"]["b"] == ["g", "a"]
     assert edges(ppgen.graph(Model(), n=3)) == {("g", "b"), ("a", "b")}
+
+
+def test_a_program_parameter_named_as_an_option_of_graph_or_draw_is_said():
+    import functools
+
+    import matplotlib.pyplot as plt
+
+    def noisy(n, deterministic=False):  # graph's option `deterministic` never reaches it
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        if not deterministic:
+            pyro.sample("b", dist.Normal(a, 1.0))
+
+    said = "noisy takes a parameter 'deterministic', which {} takes as its own option"
+    with pytest.warns(UserWarning, match=said.format("graph")):
+        assert list(ppgen.graph(noisy, 3, deterministic=True)) == ["a", "b"]
+    with pytest.warns(UserWarning, match=said.format("draw")):
+        plt.close(ppgen.draw(noisy, 3).figure)
+    assert list(ppgen.graph(functools.partial(noisy, deterministic=True), 3)) == ["a"]
