@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -93,6 +93,16 @@ def _lay_out(g: nx.DiGraph, captions: dict) -> Layout:
     )
 
 
+def _checked(g: object) -> nx.DiGraph:
+    """`g` where it is a DAG whose nodes' `plates` are sequences of names, else a `ValueError`."""
+    for v, plates in check_dag(g).nodes(data="plates", default=()):
+        if isinstance(plates, str | bytes) or not isinstance(plates, Iterable):
+            raise ValueError(
+                f"Node {v!r} has plates {plates!r}; give a tuple of plate names, e.g. ('rows',)."
+            )
+    return g
+
+
 def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
     r"""The centres of the nodes of a DAG as :func:`draw` places them, in node heights.
 
@@ -102,7 +112,7 @@ def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
         >>> top > bottom
         True
     """
-    return _lay_out(check_dag(g), _captions(g, True, False)).pos
+    return _lay_out(_checked(g), _captions(g, True, False)).pos
 
 
 def _edge_path(lay: Layout, edge: tuple) -> Path:
@@ -202,7 +212,7 @@ def draw(
     from matplotlib.transforms import TransformedPatchPath
 
     if isinstance(model, nx.Graph):
-        g = check_dag(model)
+        g = _checked(model)
     else:
         warn_shadowed("draw", ["ax", "title", "names", "annotate", "deterministic"], model)
         g = _graph(model, args, kwargs, deterministic=deterministic)

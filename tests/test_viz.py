@@ -1,5 +1,6 @@
 import importlib.util
 import itertools
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -295,3 +296,13 @@ def test_deterministic_sites_are_drawn_dashed_on_request():
     nodes = {p.get_gid(): p for p in ax.patches if p.get_gid().startswith("node:")}
     assert nodes["node:d"].get_linestyle() == "--" and nodes["node:a"].get_linestyle() == "-"
     assert "node:d" not in {p.get_gid() for p in ppgen.draw(program).patches}
+
+
+@pytest.mark.parametrize("plates", ["rows", None, 3])
+def test_a_nodes_plates_that_are_not_a_sequence_of_names_are_refused(plates):
+    g = nx.DiGraph([("a", "b")])
+    g.nodes["b"]["plates"] = plates  # "rows" was drawn as four plates r, o, w and s
+    message = f"Node 'b' has plates {plates!r}; give a tuple of plate names, e.g. ('rows',)."
+    for query in (ppgen.draw, ppgen.viz.layout):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            query(g)
