@@ -69,7 +69,9 @@ def graph(
     are those calls' inputs, read from one trace. Otherwise they come
     from Pyro's provenance tracking (`pyro.infer.inspect.get_model_relations`), which follows
     values through any torch computation, `pyro.deterministic` sites included; those sites are
-    not random variables and are left out of the graph, their dependences kept.
+    not random variables and are left out of the graph, their dependences kept. Neither sees
+    through Python control flow: a site chosen by `if z > 0:` or shaped by `z.item()` has no
+    edge from `z` (compute with tensors: `torch.where`, indexing).
 
     Arguments:
         model: A Pyro program (a `ppgen.Model`, any `PyroModule` or a function); it is run
