@@ -9,6 +9,7 @@ data tensor itself.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -212,15 +213,20 @@ def fitted_parameters(run: Callable[[], object], *programs: object) -> list[Tens
 
 
 def program_name(program: object) -> str:
-    """A program's name for messages: a function's (a `functools.partial`'s function's), else
-    its class's.
+    """A program's name for messages: a function's (a `functools.partial`'s function's, the
+    program a Pyro handler wraps), else its class's.
 
     Example:
         >>> import functools
         >>> program_name(functools.partial(print, end=""))
         'print'
+        >>> program_name(pyro.condition(print, data={}))
+        'print'
     """
-    program = getattr(program, "func", program)
+    while isinstance(program, functools.partial):
+        wrapped = program.func  # a handler's program is `partial(_context_wrap, handler, fn)`
+        handler = getattr(wrapped, "__name__", "") == "_context_wrap" and len(program.args) == 2
+        program = program.args[1] if handler else wrapped
     return getattr(program, "__name__", type(program).__name__)
 
 

@@ -117,6 +117,8 @@ def test_program_without_sites_is_an_error():
 
     with pytest.raises(ValueError, match="The program empty has no pyro.sample site"):
         ppgen.graph(empty)
+    with pytest.raises(ValueError, match="The program empty has no pyro.sample site"):
+        ppgen.graph(pyro.poutine.seed(pyro.poutine.block(empty), 0))  # not "partial"
 
 
 class Mixed(ppgen.Model):
