@@ -3,7 +3,6 @@ r"""Drawings with matplotlib alone: a program's DAG in the textbook convention, 
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
@@ -163,9 +162,24 @@ def _figure(extent: tuple, title: str | None) -> tuple[Axes, float]:
 
 
 def _wrap(text: str, inches: float, font: float) -> list[str]:
-    """`text` wrapped to lines no wider than `inches` at `font` points."""
-    per_char = _text_width(text, font) * _UNIT / len(text)
-    return textwrap.wrap(text, width=max(10, int(0.95 * inches / per_char)))
+    """`text` wrapped to lines no wider than `inches` at `font` points, each line measured (a
+    word wider than a line is cut)."""
+    limit = 0.95 * inches / _UNIT  # in node heights, as _text_width measures
+    lines, line = [], ""
+    for word in text.split():
+        while _text_width(word, font) > limit and len(word) > 1:  # cut where it still fits
+            cut = next(k for k in range(len(word) - 1, 0, -1)
+                       if k == 1 or _text_width(word[:k], font) <= limit)  # fmt: skip
+            if line:
+                lines.append(line)
+            lines.append(word[:cut])
+            line, word = "", word[cut:]
+        joined = f"{line} {word}" if line else word
+        if line and _text_width(joined, font) > limit:
+            lines.append(line)
+            joined = word
+        line = joined
+    return [*lines, line] if line else lines
 
 
 def draw(

@@ -306,3 +306,15 @@ def test_a_nodes_plates_that_are_not_a_sequence_of_names_are_refused(plates):
     for query in (ppgen.draw, ppgen.viz.layout):
         with pytest.raises(ValueError, match=re.escape(message)):
             query(g)
+
+
+def test_a_title_of_wide_and_narrow_names_stays_inside_the_figure():
+    # the wrap once counted characters at the title's mean width: lines of wide letters overran
+    names = [f"i{k}" for k in range(30)] + ["WWWWWWWW", "MMMMMMMM", "WMWMWMWM", "MWMWMWMW"]
+    g = nx.DiGraph(list(itertools.pairwise(names)))  # a chain: a narrow figure
+    ax = ppgen.draw(g, title=True)
+    try:
+        figure, title = ax.figure.bbox, ax.title.get_window_extent(ax.figure.canvas.get_renderer())
+        assert figure.x0 <= title.x0 and title.x1 <= figure.x1
+    finally:
+        plt.close(ax.figure)
