@@ -35,7 +35,9 @@ def count_parameters(
     the parameters the module actually learns: each :class:`~ppgen.nn.Node` counts its own
     `n_params`; elsewhere a weight with a `mask` buffer of its shape (a masked layer) counts
     its unmasked entries, and any other trainable tensor all its entries. A module or a tensor
-    reached twice (a shared submodule, a tied weight) counts once.
+    reached twice (a shared submodule, a tied weight) counts once. It runs nothing: a
+    `pyro.param` that the program creates when it runs is not the module's and is not
+    counted (declare it as a `pyro.nn.PyroParam` attribute to have it counted).
 
     Arguments:
         cardinalities: The number of values of each variable: a sequence (variables are then
