@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppgen.graph import check_dag
+from ppgen.graph import check_dag, digraph
 from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular, check_table
 
 __all__ = ["DAG", "KINDS", "dag"]
@@ -107,7 +107,7 @@ def dag(
         >>> ppgen.factorization(model)
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
     """
-    g = check_dag(_digraph(edges))
+    g = check_dag(digraph(edges))
     if not isinstance(hidden, Iterable) or isinstance(hidden, str):  # (its entries: mlp's)
         raise ValueError(f"hidden must be a sequence of layer widths, e.g. (64,), not {hidden}.")
     kinds = {**dict.fromkeys(g.nodes, default), **(kinds or {})}
@@ -152,22 +152,6 @@ def dag(
         cardinalities={names[v]: k for v, k in cardinalities.items()},
         hidden=hidden,
     )
-
-
-def _digraph(edges: object) -> nx.DiGraph:
-    """The directed graph of an edge list or a networkx graph, else one `ValueError`."""
-    if isinstance(edges, nx.Graph) and not edges.is_directed():
-        raise ValueError(
-            f"Expected a directed graph (a networkx.DiGraph), not {type(edges).__name__}."
-        )
-    try:
-        return nx.DiGraph(edges)
-    except (nx.NetworkXError, TypeError, ValueError):
-        shown = repr(edges)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise ValueError(
-            f"Expected edges as (parent, child) pairs or a networkx.DiGraph, not {shown}."
-        ) from None
 
 
 def _site_names(g: nx.DiGraph) -> dict[object, str]:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import networkx as nx
 from torch import nn
 
+from ppgen.graph import digraph
 from ppgen.nn import Node
 
 __all__ = ["count_parameters"]
@@ -85,7 +86,7 @@ def count_parameters(
         raise ValueError(
             f"Unknown structure '{structure}': use 'joint', 'independent', 'chain' or a DAG."
         )
-    g = nx.DiGraph(structure)
+    g = digraph(structure)
     unknown = set(g.nodes) - set(cards)
     if unknown:
         raise ValueError(

@@ -18,7 +18,7 @@ from ppgen.tracing import (
     warn_shadowed,
 )
 
-__all__ = ["check_dag", "factorization", "family", "graph"]
+__all__ = ["check_dag", "digraph", "factorization", "family", "graph"]
 
 
 def _parents_from_calls(
@@ -173,6 +173,28 @@ def check_dag(g: object) -> nx.DiGraph:
         path = " -> ".join(repr(v) for v in [*cycle, cycle[0]])
         raise ValueError(f"The graph has a cycle: {path}; a DAG has none.")
     return g
+
+
+def digraph(edges: object) -> nx.DiGraph:
+    """The directed graph of an edge list or a `networkx.DiGraph`, else one `ValueError` (an
+    undirected graph is refused, not read as edges both ways).
+
+    Example:
+        >>> list(digraph([("a", "b")]).edges)
+        [('a', 'b')]
+    """
+    if isinstance(edges, nx.Graph) and not edges.is_directed():
+        raise ValueError(
+            f"Expected a directed graph (a networkx.DiGraph), not {type(edges).__name__}."
+        )
+    try:
+        return nx.DiGraph(edges)
+    except (nx.NetworkXError, TypeError, ValueError):
+        shown = repr(edges)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(
+            f"Expected edges as (parent, child) pairs or a networkx.DiGraph, not {shown}."
+        ) from None
 
 
 def factorization(

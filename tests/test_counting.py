@@ -37,8 +37,10 @@ def test_named_variables_and_mixed_cardinalities():
 
 @pytest.mark.parametrize(
     "structure,message",
-    [("full", "Unknown structure"), ([(0, 1), (1, 0)], "cycle"), ([(0, 9)], "cardinality")],
-)
+    [("full", "Unknown structure"), ([(0, 1), (1, 0)], "cycle"), ([(0, 9)], "cardinality"),
+     (nx.Graph([(0, 1)]), "Expected a directed graph"),  # not "a cycle": 0 -> 1 -> 0
+     ([(0, 1, 2)], "Expected edges as \\(parent, child\\) pairs")],
+)  # fmt: skip
 def test_bad_structures(structure, message):
     with pytest.raises(ValueError, match=message):
         count_parameters([2, 2], structure)
