@@ -93,8 +93,10 @@ def _lay_out(g: nx.DiGraph, captions: dict) -> Layout:
 
 
 def _checked(g: object) -> nx.DiGraph:
-    """`g` where it is a DAG whose nodes' `plates` are sequences of names, else a `ValueError`."""
-    for v, plates in check_dag(g).nodes(data="plates", default=()):
+    """`g` where it is a DAG whose nodes' `plates` are sequences of names (a multigraph's
+    repeated edges made one), else a `ValueError`."""
+    g = nx.DiGraph(g) if check_dag(g).is_multigraph() else g
+    for v, plates in g.nodes(data="plates", default=()):
         if isinstance(plates, str | bytes) or not isinstance(plates, Iterable):
             raise ValueError(
                 f"Node {v!r} has plates {plates!r}; give a tuple of plate names, e.g. ('rows',)."

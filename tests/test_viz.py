@@ -318,3 +318,11 @@ def test_a_title_of_wide_and_narrow_names_stays_inside_the_figure():
         assert figure.x0 <= title.x0 and title.x1 <= figure.x1
     finally:
         plt.close(ax.figure)
+
+
+def test_a_multigraphs_repeated_edge_is_drawn_once():
+    g = nx.MultiDiGraph([("a", "b"), ("a", "b"), ("b", "c")])  # a raw ValueError before
+    ax = ppgen.draw(g)
+    assert gids(ax, "edge") == ["a->b", "b->c"]
+    assert ppgen.viz.layout(g).keys() == {"a", "b", "c"}
+    plt.close(ax.figure)
