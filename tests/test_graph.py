@@ -245,4 +245,6 @@ def test_a_program_parameter_named_as_an_option_of_graph_or_draw_is_said():
         assert list(ppgen.graph(noisy, 3, deterministic=True)) == ["a", "b"]
     with pytest.warns(UserWarning, match=said.format("draw")):
         plt.close(ppgen.draw(noisy, 3).figure)
+    with pytest.warns(UserWarning, match=said.format("graph")):  # through Pyro's handlers too
+        ppgen.graph(pyro.condition(noisy, data={"a": torch.tensor(0.0)}), 3, deterministic=True)
     assert list(ppgen.graph(functools.partial(noisy, deterministic=True), 3)) == ["a"]
