@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppgen.graph import check_dag
+from ppgen.graph import check_dag, digraph
 from ppgen.nn import Conditional, LinearGaussian, Model, Node, Root, Tabular, check_table
 
 __all__ = ["DAG", "KINDS", "dag"]
@@ -19,6 +19,7 @@ __all__ = ["DAG", "KINDS", "dag"]
 KINDS = ("normal", "bernoulli", "categorical", "tabular", "linear_gaussian")
 _DISCRETE = ("bernoulli", "categorical", "tabular")
 _MULTI = ("categorical", "tabular")
+_PLATE = "data"  # the plate of the rows
 _FAMILIES = {"normal": dist.Normal, "bernoulli": dist.Bernoulli, "categorical": dist.Categorical}
 
 
@@ -67,7 +68,7 @@ class DAG(Model):
 
     def forward(self, n: int = 1) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = {}
-        with pyro.plate("data", n):
+        with pyro.plate(_PLATE, n):
             for node, conditional in zip(self.nodes, self.conditionals, strict=True):
                 parents = (values[p] for p in self.parents[node])
                 values[node] = pyro.sample(node, conditional(*parents))
@@ -106,7 +107,9 @@ def dag(
         >>> ppgen.factorization(model)
         'p(t0, t1, t2) = p(t0) p(t1 | t0) p(t2 | t1)'
     """
-    g = check_dag(nx.DiGraph(edges))
+    g = check_dag(digraph(edges))
+    if not isinstance(hidden, Iterable) or isinstance(hidden, str):  # (its entries: mlp's)
+        raise ValueError(f"hidden must be a sequence of layer widths, e.g. (64,), not {hidden}.")
     kinds = {**dict.fromkeys(g.nodes, default), **(kinds or {})}
     cardinalities = dict(cardinalities or {})
     for name, mapping in (("kinds", kinds), ("cardinalities", cardinalities)):
@@ -139,9 +142,7 @@ def dag(
                         "a table needs discrete parents."
                     )
     _check_tables(g, kinds, cardinalities)
-    names = {v: str(v) for v in g}
-    if len(set(names.values())) < len(names):
-        raise ValueError("Two nodes have the same name as text; site names must be unique.")
+    names = _site_names(g)
     position = {v: i for i, v in enumerate(g.nodes)}
     order = [names[v] for v in nx.lexicographical_topological_sort(g, key=position.__getitem__)]
     return DAG(
@@ -151,6 +152,16 @@ def dag(
         cardinalities={names[v]: k for v, k in cardinalities.items()},
         hidden=hidden,
     )
+
+
+def _site_names(g: nx.DiGraph) -> dict[object, str]:
+    """Each node's site name, its text, where those are unique and none is the plate's."""
+    names = {v: str(v) for v in g}
+    if len(set(names.values())) < len(names):
+        raise ValueError("Two nodes have the same name as text; site names must be unique.")
+    if _PLATE in names.values():
+        raise ValueError(f"Node '{_PLATE}' has the name of the plate of the rows; rename it.")
+    return names
 
 
 def _check_tables(g: nx.DiGraph, kinds: Mapping[object, str], cards: Mapping[object, int]) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import networkx as nx
 from torch import nn
 
+from ppgen.graph import digraph
 from ppgen.nn import Node
 
 __all__ = ["count_parameters"]
@@ -34,7 +35,10 @@ def count_parameters(
     Given a module instead (a `ppgen.Model`, a conditional, any `torch.nn.Module`), it counts
     the parameters the module actually learns: each :class:`~ppgen.nn.Node` counts its own
     `n_params`; elsewhere a weight with a `mask` buffer of its shape (a masked layer) counts
-    its unmasked entries, and any other trainable tensor all its entries.
+    its unmasked entries, and any other trainable tensor all its entries. A module or a tensor
+    reached twice (a shared submodule, a tied weight) counts once. It runs nothing: a
+    `pyro.param` that the program creates when it runs is not the module's and is not
+    counted (declare it as a `pyro.nn.PyroParam` attribute to have it counted).
 
     Arguments:
         cardinalities: The number of values of each variable: a sequence (variables are then
@@ -56,6 +60,11 @@ def count_parameters(
     """
     if isinstance(cardinalities, nn.Module):
         return _count_module(cardinalities)
+    if not isinstance(cardinalities, Iterable):
+        raise ValueError(
+            "Expected cardinalities (a sequence or a mapping of ints) or a module, "
+            f"not {type(cardinalities).__name__}."
+        )
     cards = dict(
         cardinalities.items() if isinstance(cardinalities, Mapping) else enumerate(cardinalities)
     )
@@ -77,7 +86,7 @@ def count_parameters(
         raise ValueError(
             f"Unknown structure '{structure}': use 'joint', 'independent', 'chain' or a DAG."
         )
-    g = nx.DiGraph(structure)
+    g = digraph(structure)
     unknown = set(g.nodes) - set(cards)
     if unknown:
         raise ValueError(
@@ -89,14 +98,22 @@ def count_parameters(
     return sum((k - 1) * math.prod(cards[p] for p in g.predecessors(v)) for v, k in cards.items())
 
 
-def _count_module(module: nn.Module) -> int:
+def _count_module(module: nn.Module, seen: set[int] | None = None) -> int:
+    """The count of `module`, where a module or a tensor reached a second time (a shared
+    submodule, a tied weight) counts once: `seen` holds the ids of those already counted."""
+    seen = set() if seen is None else seen
+    if id(module) in seen:
+        return 0
+    seen.add(id(module))
     if isinstance(module, Node):
+        seen.update(id(p) for p in module.parameters())
         return module.n_params
     total = 0
     for name, p in module.named_parameters(recurse=False):
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
+        seen.add(id(p))
         mask = getattr(module, "mask", None)
         masked = name == "weight" and mask is not None and tuple(mask.shape) == tuple(p.shape)
         total += int(mask.count_nonzero()) if masked else p.numel()
-    return total + sum(_count_module(child) for child in module.children())
+    return total + sum(_count_module(child, seen) for child in module.children())

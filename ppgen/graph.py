@@ -8,27 +8,42 @@ import networkx as nx
 import torch
 from pyro.infer.inspect import get_model_relations
 
-from ppgen.tracing import Call, is_factor, is_variable, program_name, trace_calls, unwrapped
+from ppgen.tracing import (
+    Call,
+    is_factor,
+    is_variable,
+    program_name,
+    trace_calls,
+    unwrapped,
+    warn_shadowed,
+)
 
-__all__ = ["check_dag", "factorization", "family", "graph"]
+__all__ = ["check_dag", "digraph", "factorization", "family", "graph"]
 
 
 def _parents_from_calls(
     sites: dict[str, dict], calls: dict[str, Call]
 ) -> dict[str, list[str]] | None:
-    """Each site's parents, where every site's distribution is a ppgen conditional called on
-    the values other sites returned; `None` where any is not (then provenance decides)."""
+    """Each site's parents, where every site's distribution is one of ppgen's own conditionals
+    called on the values other sites returned; `None` where any is not (then provenance
+    decides: a conditional whose `distribution` the user wrote may read more than its inputs)."""
     names = {id(site["value"]): name for name, site in sites.items()}
     if len(names) < len(sites):  # two sites hold one tensor (conditioned on it): ambiguous
         return None
     parents = {}
     for name in sites:
-        if name not in calls:
+        if name not in calls or not _reads_only_its_inputs(calls[name][0]):
             return None
         parents[name] = [names.get(id(value)) for value in calls[name][1]]
         if None in parents[name]:
             return None
     return parents
+
+
+def _reads_only_its_inputs(module: object) -> bool:
+    """Whether a conditional's distribution is ppgen's, a function of its inputs and its own
+    parameters alone."""
+    return getattr(type(module).distribution, "__module__", "").startswith("ppgen.")
 
 
 def family(fn: object) -> str:
@@ -49,11 +64,14 @@ def graph(
 ) -> nx.DiGraph:
     r"""Returns the DAG of the sample sites of a Pyro program.
 
-    Where every site's distribution is a ppgen conditional called directly on the values other
-    sites returned, the edges are those calls' inputs, read from one trace. Otherwise they come
+    Where every site's distribution is one of ppgen's conditionals (not a subclass with a
+    `distribution` of its own) called directly on the values other sites returned, the edges
+    are those calls' inputs, read from one trace. Otherwise they come
     from Pyro's provenance tracking (`pyro.infer.inspect.get_model_relations`), which follows
     values through any torch computation, `pyro.deterministic` sites included; those sites are
-    not random variables and are left out of the graph, their dependences kept.
+    not random variables and are left out of the graph, their dependences kept. Neither sees
+    through Python control flow: a site chosen by `if z > 0:` or shaped by `z.item()` has no
+    edge from `z` (compute with tensors: `torch.where`, indexing).
 
     Arguments:
         model: A Pyro program (a `ppgen.Model`, any `PyroModule` or a function); it is run
@@ -62,7 +80,8 @@ def graph(
         deterministic: Whether to keep the `pyro.deterministic` sites as nodes (attribute
             `deterministic=True`), with the edges into and out of them, as
             `pyro.render_model(render_deterministic=True)` does; by default they are left out
-            and their dependences kept.
+            and their dependences kept. A program's own parameter of that name never gets it
+            (a warning says so): bind it first with `functools.partial`.
 
     Returns:
         A graph whose nodes are site names in program order, with attributes `observed`,
@@ -80,6 +99,15 @@ def graph(
         >>> list(graph(relay).edges)
         [('t0', 't1')]
     """
+    warn_shadowed("graph", ["deterministic"], model)
+    return _graph(model, args, kwargs, deterministic=deterministic)
+
+
+def _graph(
+    model: Callable[..., object], args: tuple, kwargs: dict, *, deterministic: bool = False
+) -> nx.DiGraph:
+    """:func:`graph`, for callers with options of their own, which have said where the program
+    names one of those."""
     with torch.random.fork_rng(), torch.no_grad():
         trace, calls = trace_calls(model, *args, **kwargs)
     sites = {
@@ -145,6 +173,28 @@ def check_dag(g: object) -> nx.DiGraph:
         path = " -> ".join(repr(v) for v in [*cycle, cycle[0]])
         raise ValueError(f"The graph has a cycle: {path}; a DAG has none.")
     return g
+
+
+def digraph(edges: object) -> nx.DiGraph:
+    """The directed graph of an edge list or a `networkx.DiGraph`, else one `ValueError` (an
+    undirected graph is refused, not read as edges both ways).
+
+    Example:
+        >>> list(digraph([("a", "b")]).edges)
+        [('a', 'b')]
+    """
+    if isinstance(edges, nx.Graph) and not edges.is_directed():
+        raise ValueError(
+            f"Expected a directed graph (a networkx.DiGraph), not {type(edges).__name__}."
+        )
+    try:
+        return nx.DiGraph(edges)
+    except (nx.NetworkXError, TypeError, ValueError):
+        shown = repr(edges)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(
+            f"Expected edges as (parent, child) pairs or a networkx.DiGraph, not {shown}."
+        ) from None
 
 
 def factorization(

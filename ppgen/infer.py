@@ -32,7 +32,11 @@ from ppgen.loop import check_budget, checkpoint_file, train
 from ppgen.model import set_coding
 from ppgen.result import FitResult
 from ppgen.steps import EVALUATION_ROWS, GradientStep, Group
-from ppgen.tracing import fitted_parameters, program_name, program_parameters, signature
+from ppgen.tracing import (
+    fitted_parameters,
+    program_parameters,
+    warn_shadowed,
+)
 
 __all__ = ["FitResult", "fit_gan", "fit_mle", "fit_svi"]
 
@@ -405,7 +409,7 @@ def fit_svi(
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
     check_budget(epochs, 1 if batch_size is None else batch_size)
-    _warn_shadowed(model, guide)
+    warn_shadowed("fit_svi", _OPTIONS, model, guide)
     checkpoint_file(checkpoint, resume)  # before anything changes
     device = resolve_device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
@@ -464,33 +468,6 @@ def fit_svi(
 # fit_svi's own keywords, which a program's parameter of the same name never receives
 _OPTIONS = ("elbo", "num_particles", "epochs", "batch_size", "lr", "weight_decay", "val",
             "patience", "device", "progress", "checkpoint", "checkpoint_every", "resume")  # fmt: skip
-
-
-def _warn_shadowed(*programs: object) -> None:
-    """Says where the programs name a parameter as one of :func:`fit_svi`'s own keywords (Pyro's
-    examples take `batch_size` to subsample themselves), unbound: fit_svi takes that keyword,
-    and the programs get their default."""
-    names, shadowed = [], None
-    for program in programs:
-        try:
-            parameters = signature(program).parameters
-        except (TypeError, ValueError):  # a string (an auto guide), or a builtin
-            continue
-        bound = getattr(program, "keywords", {})  # a functools.partial's
-        found = next((o for o in _OPTIONS if o in parameters and o not in bound), None)
-        if found is not None and shadowed in (None, found):
-            names.append(program_name(program))
-            shadowed = found
-    if shadowed is not None:
-        who = " and ".join(names)
-        warnings.warn(
-            f"{who} take{'s' if len(names) == 1 else ''} a parameter {shadowed!r}, which fit_svi "
-            f"takes as its own option, so {'it gets its' if len(names) == 1 else 'they get their'} "
-            f"default; to give it a value, bind it first: functools.partial({names[0]}, "
-            f"{shadowed}=...).",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def _warn_short_batches(rows: int, batch_size: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 
@@ -269,6 +270,9 @@ def mlp(widths: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh) ->
           (2): Linear(in_features=8, out_features=2, bias=True)
         )
     """
+    widths = list(widths)
+    if any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 for w in widths):
+        raise ValueError(f"Layer widths must be positive whole numbers, not {widths}.")
     layers: list[nn.Module] = []
     for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), activation()]

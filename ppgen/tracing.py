@@ -9,11 +9,13 @@ data tensor itself.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sysconfig
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -43,6 +45,7 @@ __all__ = [
     "recording_calls",
     "trace_calls",
     "unwrapped",
+    "warn_shadowed",
 ]
 
 Call = tuple[nn.Module, tuple[Tensor, ...], Distribution]
@@ -248,15 +251,20 @@ def plate_of_rows(trace: Trace, rows: int, data: Mapping | None) -> str | None:
 
 
 def program_name(program: object) -> str:
-    """A program's name for messages: a function's (a `functools.partial`'s function's), else
-    its class's.
+    """A program's name for messages: a function's (a `functools.partial`'s function's, the
+    program a Pyro handler wraps), else its class's.
 
     Example:
         >>> import functools
         >>> program_name(functools.partial(print, end=""))
         'print'
+        >>> program_name(pyro.condition(print, data={}))
+        'print'
     """
-    program = getattr(program, "func", program)
+    while isinstance(program, functools.partial):
+        wrapped = program.func  # a handler's program is `partial(_context_wrap, handler, fn)`
+        handler = getattr(wrapped, "__name__", "") == "_context_wrap" and len(program.args) == 2
+        program = program.args[1] if handler else wrapped
     return getattr(program, "__name__", type(program).__name__)
 
 
@@ -283,3 +291,39 @@ def error_place(error: BaseException) -> str:
         if frame.filename.startswith(_PROGRAMS) or not frame.filename.startswith(_LIBRARIES):
             return f"{os.path.basename(frame.filename)}:{frame.lineno}"
     return ""
+
+
+def warn_shadowed(function: str, options: Iterable[str], *programs: object) -> None:
+    """Says where the programs name a parameter as one of `function`'s own keyword `options`,
+    unbound (Pyro's examples take `batch_size` to subsample themselves): `function` takes that
+    keyword, and the programs get their default.
+
+    Example:
+        >>> def model(n, lr=0.1): ...
+        >>> with warnings.catch_warnings(record=True) as said:
+        ...     warnings.simplefilter("always")
+        ...     warn_shadowed("fit_svi", ["lr"], model)
+        >>> str(said[0].message)[:50]
+        "model takes a parameter 'lr', which fit_svi takes "
+    """
+    options, names, shadowed = list(options), [], None
+    for program in programs:
+        try:
+            parameters = signature(program).parameters
+        except (TypeError, ValueError):  # a string (an auto guide), or a builtin
+            continue
+        bound = getattr(program, "keywords", {})  # a functools.partial's
+        found = next((o for o in options if o in parameters and o not in bound), None)
+        if found is not None and shadowed in (None, found):
+            names.append(program_name(program))
+            shadowed = found
+    if shadowed is not None:
+        who = " and ".join(names)
+        warnings.warn(
+            f"{who} take{'s' if len(names) == 1 else ''} a parameter {shadowed!r}, which "
+            f"{function} takes as its own option, so "
+            f"{'it gets its' if len(names) == 1 else 'they get their'} default; to give it a "
+            f"value, bind it first: functools.partial({names[0]}, {shadowed}=...).",
+            UserWarning,
+            stacklevel=3,
+        )

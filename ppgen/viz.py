@@ -3,16 +3,16 @@ r"""Drawings with matplotlib alone: a program's DAG in the textbook convention, 
 from __future__ import annotations
 
 import math
-import textwrap
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
 import networkx as nx
 import torch
 from torch import Tensor
 
-from ppgen.graph import check_dag, factorization, graph
+from ppgen.graph import _graph, check_dag, factorization
 from ppgen.layout import Layout, sugiyama
+from ppgen.tracing import warn_shadowed
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -92,6 +92,18 @@ def _lay_out(g: nx.DiGraph, captions: dict) -> Layout:
     )
 
 
+def _checked(g: object) -> nx.DiGraph:
+    """`g` where it is a DAG whose nodes' `plates` are sequences of names (a multigraph's
+    repeated edges made one), else a `ValueError`."""
+    g = nx.DiGraph(g) if check_dag(g).is_multigraph() else g
+    for v, plates in g.nodes(data="plates", default=()):
+        if isinstance(plates, str | bytes) or not isinstance(plates, Iterable):
+            raise ValueError(
+                f"Node {v!r} has plates {plates!r}; give a tuple of plate names, e.g. ('rows',)."
+            )
+    return g
+
+
 def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
     r"""The centres of the nodes of a DAG as :func:`draw` places them, in node heights.
 
@@ -101,7 +113,7 @@ def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
         >>> top > bottom
         True
     """
-    return _lay_out(check_dag(g), _captions(g, True, False)).pos
+    return _lay_out(_checked(g), _captions(g, True, False)).pos
 
 
 def _edge_path(lay: Layout, edge: tuple) -> Path:
@@ -152,9 +164,24 @@ def _figure(extent: tuple, title: str | None) -> tuple[Axes, float]:
 
 
 def _wrap(text: str, inches: float, font: float) -> list[str]:
-    """`text` wrapped to lines no wider than `inches` at `font` points."""
-    per_char = _text_width(text, font) * _UNIT / len(text)
-    return textwrap.wrap(text, width=max(10, int(0.95 * inches / per_char)))
+    """`text` wrapped to lines no wider than `inches` at `font` points, each line measured (a
+    word wider than a line is cut)."""
+    limit = 0.95 * inches / _UNIT  # in node heights, as _text_width measures
+    lines, line = [], ""
+    for word in text.split():
+        while _text_width(word, font) > limit and len(word) > 1:  # cut where it still fits
+            cut = next(k for k in range(len(word) - 1, 0, -1)
+                       if k == 1 or _text_width(word[:k], font) <= limit)  # fmt: skip
+            if line:
+                lines.append(line)
+            lines.append(word[:cut])
+            line, word = "", word[cut:]
+        joined = f"{line} {word}" if line else word
+        if line and _text_width(joined, font) > limit:
+            lines.append(line)
+            joined = word
+        line = joined
+    return [*lines, line] if line else lines
 
 
 def draw(
@@ -186,7 +213,9 @@ def draw(
         annotate: Whether to write each node's distribution and parameter count (where ppgen's
             conditional made it) under its name.
         deterministic: Whether to draw the program's `pyro.deterministic` sites, dashed, with
-            the edges into and out of them (see :func:`ppgen.graph`).
+            the edges into and out of them (see :func:`ppgen.graph`). A program's own parameter
+            named as one of these options never gets it (a warning says so): bind it first
+            with `functools.partial`.
 
     Returns:
         The `Axes`, whose patches have gids `"node:NAME"`, `"edge:U->V"` and `"plate:NAME"`.
@@ -199,9 +228,10 @@ def draw(
     from matplotlib.transforms import TransformedPatchPath
 
     if isinstance(model, nx.Graph):
-        g = check_dag(model)
+        g = _checked(model)
     else:
-        g = graph(model, *args, deterministic=deterministic, **kwargs)
+        warn_shadowed("draw", ["ax", "title", "names", "annotate", "deterministic"], model)
+        g = _graph(model, args, kwargs, deterministic=deterministic)
     names = names and len(g) <= _LABELLED
     captions = _captions(g, names, annotate)
     lay = _lay_out(g, captions)

@@ -1,3 +1,5 @@
+import re
+
 import networkx as nx
 import pytest
 import torch
@@ -47,10 +49,16 @@ def test_dag_accepts_networkx_with_isolated_nodes_and_int_names():
          "Node 'a' has cardinality 2.5"),
         ([("a", "b")], {"kinds": {"a": "bernoulli"}, "cardinalities": {"a": 3}},
          "Node 'a' is bernoulli, so its cardinality is 2, not 3"),
+        ([("data", "b")], {}, "Node 'data' has the name of the plate of the rows"),
+        (nx.Graph([("a", "b")]), {}, "Expected a directed graph (a networkx.DiGraph), not Graph"),
+        ([("a", "b", "c")], {}, "Expected edges as (parent, child) pairs or a networkx.DiGraph"),
+        ([(None, "a")], {}, "Expected edges as (parent, child) pairs or a networkx.DiGraph"),
+        ([("a", "b")], {"hidden": 8}, "hidden must be a sequence of layer widths"),
+        ([("a", "b")], {"hidden": (0,)}, "Layer widths must be positive whole numbers, not [1, 0"),
     ],
 )  # fmt: skip
 def test_dag_bad_input(edges, kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ppgen.dag(edges, **kwargs)
 
 

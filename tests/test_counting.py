@@ -1,3 +1,5 @@
+import re
+
 import networkx as nx
 import pyro.distributions as dist
 import pytest
@@ -35,8 +37,10 @@ def test_named_variables_and_mixed_cardinalities():
 
 @pytest.mark.parametrize(
     "structure,message",
-    [("full", "Unknown structure"), ([(0, 1), (1, 0)], "cycle"), ([(0, 9)], "cardinality")],
-)
+    [("full", "Unknown structure"), ([(0, 1), (1, 0)], "cycle"), ([(0, 9)], "cardinality"),
+     (nx.Graph([(0, 1)]), "Expected a directed graph"),  # not "a cycle": 0 -> 1 -> 0
+     ([(0, 1, 2)], "Expected edges as \\(parent, child\\) pairs")],
+)  # fmt: skip
 def test_bad_structures(structure, message):
     with pytest.raises(ValueError, match=message):
         count_parameters([2, 2], structure)
@@ -59,3 +63,22 @@ def test_numpy_cardinalities_count_as_ints():
     assert count_parameters([np.int64(2), 3], "joint") == 5
     with pytest.raises(ValueError, match="Cardinalities must be positive ints"):
         count_parameters([True, 2], "joint")
+
+
+def test_a_shared_module_or_tied_weight_counts_once():
+    encoder = torch.nn.Linear(3, 4)  # 16 parameters, reached twice
+    shared = torch.nn.ModuleDict({"encoder": encoder, "decoder": torch.nn.Sequential(encoder)})
+    assert count_parameters(shared) == 16 == sum(p.numel() for p in shared.parameters())
+    tied = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+    tied["b"].weight = tied["a"].weight  # one 3x3 weight, two biases
+    assert count_parameters(tied) == 9 + 3 + 3 == sum(p.numel() for p in tied.parameters())
+    node = Conditional(dist.Normal, in_features=1, hidden=(3,))
+    twice = torch.nn.ModuleDict({"x": node, "y": torch.nn.ModuleList([node])})
+    assert count_parameters(twice) == node.n_params == (3 + 3) + (3 * 2 + 2)
+
+
+@pytest.mark.parametrize("given,name", [(lambda: None, "function"), (3, "int"), (None, "NoneType")])
+def test_a_program_or_a_number_is_not_cardinalities(given, name):
+    message = f"Expected cardinalities (a sequence or a mapping of ints) or a module, not {name}."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        count_parameters(given)

@@ -117,6 +117,8 @@ def test_program_without_sites_is_an_error():
 
     with pytest.raises(ValueError, match="The program empty has no pyro.sample site"):
         ppgen.graph(empty)
+    with pytest.raises(ValueError, match="The program empty has no pyro.sample site"):
+        ppgen.graph(pyro.poutine.seed(pyro.poutine.block(empty), 0))  # not "partial"
 
 
 class Mixed(ppgen.Model):
@@ -202,3 +204,47 @@ def test_factorization_and_draw_of_a_graph_check_it_and_take_any_node_names():
         for query in (ppgen.factorization, ppgen.draw):
             with pytest.raises(ValueError, match=message):
                 query(bad)
+
+
+def test_a_conditional_of_ones_own_that_reads_more_than_its_inputs_keeps_every_edge():
+    from ppgen.nn import Node
+
+    class Shifted(Node):  # reads a global latent through an attribute, not an input
+        shift = torch.tensor(0.0)
+
+        def distribution(self, x):
+            return dist.Normal(x + self.shift, 1.0)
+
+    class Model(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.g, self.a, self.b = Root(dist.Normal), Root(dist.Normal), Shifted()
+
+        def forward(self, n=1):
+            self.b.shift = pyro.sample("g", self.g())
+            with pyro.plate("rows", n):
+                pyro.sample("b", self.b(pyro.sample("a", self.a())))
+
+    relations = pyro.infer.inspect.get_model_relations(Model(), model_kwargs={"n": 3})
+    assert relations["sample_sample"]["b"] == ["g", "a"]
+    assert edges(ppgen.graph(Model(), n=3)) == {("g", "b"), ("a", "b")}
+
+
+def test_a_program_parameter_named_as_an_option_of_graph_or_draw_is_said():
+    import functools
+
+    import matplotlib.pyplot as plt
+
+    def noisy(n, deterministic=False):  # graph's option `deterministic` never reaches it
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        if not deterministic:
+            pyro.sample("b", dist.Normal(a, 1.0))
+
+    said = "noisy takes a parameter 'deterministic', which {} takes as its own option"
+    with pytest.warns(UserWarning, match=said.format("graph")):
+        assert list(ppgen.graph(noisy, 3, deterministic=True)) == ["a", "b"]
+    with pytest.warns(UserWarning, match=said.format("draw")):
+        plt.close(ppgen.draw(noisy, 3).figure)
+    with pytest.warns(UserWarning, match=said.format("graph")):  # through Pyro's handlers too
+        ppgen.graph(pyro.condition(noisy, data={"a": torch.tensor(0.0)}), 3, deterministic=True)
+    assert list(ppgen.graph(functools.partial(noisy, deterministic=True), 3)) == ["a"]

@@ -1,5 +1,6 @@
 import importlib.util
 import itertools
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -295,3 +296,33 @@ def test_deterministic_sites_are_drawn_dashed_on_request():
     nodes = {p.get_gid(): p for p in ax.patches if p.get_gid().startswith("node:")}
     assert nodes["node:d"].get_linestyle() == "--" and nodes["node:a"].get_linestyle() == "-"
     assert "node:d" not in {p.get_gid() for p in ppgen.draw(program).patches}
+
+
+@pytest.mark.parametrize("plates", ["rows", None, 3])
+def test_a_nodes_plates_that_are_not_a_sequence_of_names_are_refused(plates):
+    g = nx.DiGraph([("a", "b")])
+    g.nodes["b"]["plates"] = plates  # "rows" was drawn as four plates r, o, w and s
+    message = f"Node 'b' has plates {plates!r}; give a tuple of plate names, e.g. ('rows',)."
+    for query in (ppgen.draw, ppgen.viz.layout):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            query(g)
+
+
+def test_a_title_of_wide_and_narrow_names_stays_inside_the_figure():
+    # the wrap once counted characters at the title's mean width: lines of wide letters overran
+    names = [f"i{k}" for k in range(30)] + ["WWWWWWWW", "MMMMMMMM", "WMWMWMWM", "MWMWMWMW"]
+    g = nx.DiGraph(list(itertools.pairwise(names)))  # a chain: a narrow figure
+    ax = ppgen.draw(g, title=True)
+    try:
+        figure, title = ax.figure.bbox, ax.title.get_window_extent(ax.figure.canvas.get_renderer())
+        assert figure.x0 <= title.x0 and title.x1 <= figure.x1
+    finally:
+        plt.close(ax.figure)
+
+
+def test_a_multigraphs_repeated_edge_is_drawn_once():
+    g = nx.MultiDiGraph([("a", "b"), ("a", "b"), ("b", "c")])  # a raw ValueError before
+    ax = ppgen.draw(g)
+    assert gids(ax, "edge") == ["a->b", "b->c"]
+    assert ppgen.viz.layout(g).keys() == {"a", "b", "c"}
+    plt.close(ax.figure)
