@@ -73,7 +73,7 @@ class VAE(Model):
         rows = len(x) if x is not None else n
         with pyro.plate("data", rows):
             z = pyro.sample("z", self.prior(rows))
-            return pyro.sample("x", self.decoder(z), obs=x)
+            return pyro.sample("x", self.decode(z), obs=x)
 
     def guide(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The encoder :math:`q(z \mid x)`, a guide for :meth:`forward` (`n` is ignored)."""
@@ -86,7 +86,7 @@ class VAE(Model):
 
     def posterior(self, x: Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x)` for rows `x` of shape :math:`(N, *)`."""
-        return self.encoder(x)  # the Conditional flattens each row
+        return self.encoder(_vector(x.reshape(len(x), -1)))
 
     def encode(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The posterior mean of :math:`z`, shape :math:`(N, Z)`, or `n` draws, shape
@@ -98,7 +98,7 @@ class VAE(Model):
     def decode(self, z: Tensor) -> dist.Distribution:
         r"""The decoder's :math:`p(x \mid z)` for codes `z` of shape :math:`(N, Z)`; its `mean`
         is the reconstruction."""
-        return self.decoder(z)
+        return self.decoder(_vector(z))
 
     def sample(self, n: int) -> Tensor:
         r"""Draws `n` rows :math:`x \sim p(x)`, of shape :math:`(n, *)`."""
@@ -117,3 +117,9 @@ class VAE(Model):
         return importance_log_prob(
             self, self.guide, x, num_samples=num_samples, chunk_size=chunk_size
         )
+
+
+def _vector(v: Tensor) -> Tensor:
+    r"""Vectors :math:`(*, F)` as a :class:`~ppgen.nn.Conditional` takes them: of one entry,
+    :math:`(*)`, since it reads a last dimension of 1 as a batch dimension, one value each."""
+    return v[..., 0] if v.shape[-1] == 1 else v

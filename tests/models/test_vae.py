@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pyro
@@ -86,3 +87,22 @@ def test_fit_svi_improves_the_bound_on_digits():
 def test_unknown_likelihood_is_an_error():
     with pytest.raises(ValueError, match="likelihood"):
         VAE(4, 2, likelihood="poisson")
+
+
+@pytest.mark.parametrize("x_dim", [1, 3])
+def test_codes_and_rows_of_one_entry_stay_vectors_and_the_bound_meets_the_exact_log_p(x_dim):
+    # z_dim = 1: the decoder once read codes (N, 1) as N x 1 scalars, drawing (N, N, D) rows;
+    # x_dim = 1: the encoder did so with the rows, and q(z | x) had N x N draws
+    vae = VAE(x_dim, 1, hidden=(6,))
+    x = torch.tensor(list(itertools.product([0.0, 1.0], repeat=x_dim)))
+    assert vae.sample(5).shape == (5, x_dim) and vae.encode(x).shape == (len(x), 1)
+    assert vae.posterior(x).batch_shape == vae.decode(vae.encode(x)).batch_shape == (len(x),)
+    # the exact log p(x) by quadrature over the one-dimensional code: a normalised density
+    z = torch.linspace(-12.0, 12.0, 24001)
+    with torch.no_grad():
+        joint = vae.decode(z[:, None]).log_prob(x[:, None, :]) + vae.prior(1).log_prob(z[:, None])
+    exact = joint.logsumexp(1) + math.log(z[1] - z[0])
+    assert exact.logsumexp(0).item() == pytest.approx(0.0, abs=1e-9)
+    # the rows' mean gap of the K = 4000 bound is 0.00 +- 0.03 over seeds 0-5; 0.1 is > 3 sd
+    gap = exact - vae.log_prob(x, num_samples=4000)
+    assert gap.mean().abs().item() < 0.1
