@@ -362,6 +362,11 @@ class MaskedConv2d(nn.Conv2d):
         kh, kw = self.kernel_size
         if kh % 2 == 0 or kw % 2 == 0:
             raise ValueError(f"The kernel must have odd sides, not {kh}x{kw}.")
+        if self.padding_mode != "zeros":  # the others copy pixels below or right into the border
+            raise ValueError(
+                f"A masked convolution pads with zeros only: padding_mode={self.padding_mode!r} "
+                "would let a pixel read itself or the pixels after it."
+            )
         mask = torch.ones(kh, kw)
         mask[kh // 2, kw // 2 + (mask_type == "B") :] = 0
         mask[kh // 2 + 1 :] = 0

@@ -163,6 +163,18 @@ def test_masked_conv_masks():
         MaskedConv2d("C", 1, 1, 3)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_masked_conv_pads_with_zeros_only(mode):
+    # at the border, these modes copy pixels below, to the right or the pixel itself: a type-A
+    # output at (0, 0) of a 3x4 image read pixels 1, 4, 5 (reflect), 0, 1 (replicate) or
+    # 3, 8, 9, 11 (circular), and none before it
+    with pytest.raises(ValueError, match=f"pads with zeros only: padding_mode='{mode}'"):
+        MaskedConv2d("A", 1, 1, 3, padding=1, padding_mode=mode)
+    conv = randomized(MaskedConv2d("B", 1, 1, (3, 5), padding=(2, 4), dilation=2))
+    jacobian = torch.autograd.functional.jacobian(lambda x: conv(x.reshape(1, 1, 3, 4)), torch.rand(12))
+    assert not jacobian.reshape(12, 12).triu(1).any()  # zeros, dilated, non-square: no pixel after
+
+
 def test_made_resample_keeps_a_normalised_autoregressive_model():
     model = randomized(MADE(D, hidden_features=(12,)))
     model.resample([5, 4, 3, 2, 1, 0])
