@@ -70,7 +70,7 @@ class Autoregressive(TorchDistribution):
     ) -> None:
         self.conditionals, self.order, self._support = conditionals, order, support
         self.template = torch.zeros(()) if template is None else template
-        super().__init__(Size(batch_shape), Size([len(order)]), validate_args=False)
+        super().__init__(Size(batch_shape), Size([len(order)]))  # validated as Pyro's are
 
     @property
     def support(self) -> constraints.Constraint:
@@ -82,6 +82,8 @@ class Autoregressive(TorchDistribution):
         )
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:  # a shape or a value off the support: an error, not a number
+            self._validate_sample(value)
         value = value.to(self.template.dtype)
         return self.conditionals(value).log_prob(value).sum(-1)
 
