@@ -551,6 +551,11 @@ def gaussian_mixture(eta: Tensor) -> dist.MixtureSameFamily:
         >>> gaussian_mixture(torch.zeros(5, 6)).batch_shape
         torch.Size([5])
     """
+    if not eta.shape[-1] or eta.shape[-1] % 3:
+        raise ValueError(
+            f"gaussian_mixture takes 3K numbers a mixture (K logits, means and scales), not "
+            f"{eta.shape[-1]}."
+        )
     logits, loc, scale = eta.chunk(3, dim=-1)
     return dist.MixtureSameFamily(
         dist.Categorical(logits=logits, validate_args=False),
@@ -592,6 +597,8 @@ class MixtureOfGaussians(Node):
         parent_cardinalities: Sequence[int | None] | None = None,
     ) -> None:
         super().__init__()
+        if components < 1:
+            raise ValueError(f"A MixtureOfGaussians needs components >= 1, not {components}.")
         self.in_features, self.components = in_features, components
         self.parent_cardinalities = parent_cardinalities
         if in_features == 0:
