@@ -25,6 +25,10 @@ MODELS = {
     "pixelcnn-position": lambda **kw: PixelCNN(
         (2, 3), channels=4, layers=1, kernel_size=3, position=True, **kw
     ),
+    "pixelcnn-rectangle": lambda **kw: PixelCNN((3, 2), channels=3, layers=2, kernel_size=(3, 5), **kw),
+    "made-deep": lambda **kw: MADE(
+        D, hidden_features=(6, 9, 7), order=[4, 0, 5, 2, 1, 3], skip_connections=False, **kw
+    ),
 }
 
 
@@ -204,6 +208,31 @@ def test_made_resample_keeps_a_normalised_autoregressive_model():
 def test_bad_sites():
     with pytest.raises(ValueError, match="sites"):
         FVSBN(3, sites="rows")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: NADE(0), "NADE needs features >= 1, not 0"),  # was a ZeroDivisionError
+        (lambda: FVSBN(-1), "FVSBN needs features >= 1, not -1"),  # was torch's RuntimeError
+        (lambda: PixelCNN((3,)), r"an image shape \(H, W\) .* not shape=\(3,\)"),
+        (lambda: PixelCNN((2, 2), channels=0), "channels=0"),  # built, with constant logits
+        (lambda: PixelCNN((2, 2), layers=-1), "layers=-1"),  # built with no type-B layer
+        (lambda: MADE(5, hidden_features=(8, 3)), r"at least D = 5 units each .* not \[8, 3\]"),
+    ],
+)
+def test_sizes_that_make_no_model_are_refused_in_one_sentence(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_one_pixel_models_are_normalised_and_quiet():
+    # D = 1, a 1x1 image: MADE once passed on Pyro's warning about flows of one dimension
+    x = torch.tensor([[0.0], [1.0]])
+    for model in [FVSBN(1), NADE(1), MADE(1, hidden_features=(3,)), PixelCNN((1, 1), channels=2)]:
+        log_p = randomized(model).distribution(2).log_prob(x)
+        assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-12)
+        assert model.connectivity().equal(torch.zeros(1, 1, dtype=torch.bool))
 
 
 def known_rows(n):
