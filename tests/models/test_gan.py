@@ -283,3 +283,15 @@ def test_players_with_one_layer_or_none():
     assert d(torch.randn(4, 3)).shape == (4,) and d.features(torch.randn(4, 3)).shape == (4, 5)
     with pytest.raises(ValueError, match="needs at least one hidden layer"):
         MLPDiscriminator(3, hidden_features=())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": 1}, "needs channels >= 2, not 1"),  # was torch's RuntimeError at a call
+        ({"shape": (0, 8)}, r"multiples of 4, not \(0, 8\)"),  # was a reshape's RuntimeError
+    ],
+)
+def test_conv_generator_sizes_that_make_no_images(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvGenerator(2, **kwargs)
