@@ -74,6 +74,30 @@ def test_log_prob_sums_to_one(name):
     assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
 
 
+def test_samples_match_the_density_by_chi_square(name):
+    """The D sequential draws (the joint site, and ppgen.sample of the pixel sites) have the
+    frequencies of the exact p(x) over all 2^D images."""
+    joint = randomized(MODELS[name]())
+    pixels = MODELS[name](sites="pixels")
+    pixels.load_state_dict(joint.state_dict())
+    with torch.no_grad():
+        p = joint.distribution(2**D).log_prob(all_images()).exp()
+        drawn = ppgen.sample(pixels, 20000)
+        rows = [joint.distribution(20000).sample(), torch.stack([drawn[f"x_{i}"] for i in range(D)], -1)]
+    expected = 20000 * p
+    rare = expected < 5  # pooled into one cell, as the chi-square approximation asks
+    pool = [expected[rare].sum()[None]] if rare.any() else []
+    expected = torch.cat([expected[~rare], *pool])
+    df = len(expected) - 1
+    # the 0.9999 quantile of chi-square with df degrees of freedom (Wilson and Hilferty)
+    bound = df * (1 - 2 / (9 * df) + 3.719 * (2 / (9 * df)) ** 0.5) ** 3
+    for x in rows:
+        cells = (x * 2 ** torch.arange(D - 1, -1, -1)).sum(-1).long()
+        counts = torch.bincount(cells, minlength=2**D).double()
+        counts = torch.cat([counts[~rare], *([counts[rare].sum()[None]] if pool else [])])
+        assert ((counts - expected) ** 2 / expected).sum().item() < bound
+
+
 def test_autoregressive_jacobian(name):
     model = randomized(MODELS[name]())
     x = torch.rand(D, requires_grad=True)
