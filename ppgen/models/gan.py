@@ -288,6 +288,8 @@ class GAN(Model):
 
     def sample(self, n: int) -> Tensor:
         r"""Draws `n` rows :math:`x = G(z)`, of shape :math:`(n, *)`."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of rows, not {n}.")
         with torch.no_grad():
             return self(n=n)
 

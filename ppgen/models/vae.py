@@ -9,6 +9,7 @@ Pyro's tutorials, so that `ppgen.fit_svi(vae, vae.guide, x)` fits them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -57,7 +58,7 @@ class VAE(Model):
             raise ValueError(f"likelihood must be 'bernoulli' or 'normal', not {likelihood!r}.")
         self.x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
         self.z_dim = z_dim
-        x_dim = int(torch.Size(self.x_shape).numel())
+        x_dim = math.prod(self.x_shape)
         self.z_prior = Root(dist.Normal, event_shape=(z_dim,), loc=0.0, scale=1.0)
         self.encoder = Conditional(
             dist.Normal, x_dim, hidden=hidden, activation=nn.ReLU, event_shape=(z_dim,)
@@ -86,7 +87,7 @@ class VAE(Model):
 
     def posterior(self, x: Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x)` for rows `x` of shape :math:`(N, *)`."""
-        return self.encoder(_vector(x.reshape(len(x), -1)))
+        return self.encoder(_vector(x.reshape(len(x), math.prod(self.x_shape))))
 
     def encode(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The posterior mean of :math:`z`, shape :math:`(N, Z)`, or `n` draws, shape
@@ -102,6 +103,8 @@ class VAE(Model):
 
     def sample(self, n: int) -> Tensor:
         r"""Draws `n` rows :math:`x \sim p(x)`, of shape :math:`(n, *)`."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of rows, not {n}.")
         with torch.no_grad():
             return self(n=n)
 

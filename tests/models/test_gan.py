@@ -175,6 +175,11 @@ def test_straight_through_bernoulli_is_binary_with_the_gradient_of_the_mean():
     torch.testing.assert_close(logits.grad, (p * (1 - p)).expand(20000, 3))
 
 
+def test_no_rows_to_draw_is_an_error():
+    with pytest.raises(ValueError, match="n must be a positive number of rows, not 0"):
+        small_gan().sample(0)  # was Pyro's ZeroDivisionError from an empty plate
+
+
 def test_gan_has_no_density():
     gan = small_gan()
     assert gan.has_density is False

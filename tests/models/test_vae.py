@@ -84,6 +84,13 @@ def test_fit_svi_improves_the_bound_on_digits():
     assert after > before + 5 and fit.history[-1]["val"] > fit.history[0]["val"]
 
 
+def test_no_rows_to_draw_is_an_error_and_no_rows_to_encode_are_none():
+    vae = VAE(3, 2, hidden=(4,))
+    with pytest.raises(ValueError, match="n must be a positive number of rows, not 0"):
+        vae.sample(0)  # was Pyro's ZeroDivisionError from an empty plate
+    assert vae.encode(torch.ones(0, 3)).shape == (0, 2)
+
+
 def test_unknown_likelihood_is_an_error():
     with pytest.raises(ValueError, match="likelihood"):
         VAE(4, 2, likelihood="poisson")
