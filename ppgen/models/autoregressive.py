@@ -155,7 +155,7 @@ class _Binary(_Autoregressive):
         return dist.Bernoulli(logits=self.logits(x), validate_args=False)
 
     def conditional(self, x: Tensor, i: int) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits(x)[..., i], validate_args=False)
+        return dist.Bernoulli(logits=self.logits(x)[..., i])  # a pixel site's: validated
 
 
 def _nade_hidden(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

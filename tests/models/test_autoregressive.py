@@ -124,6 +124,10 @@ def test_log_prob_is_validated_as_pyros_distributions_are(name):
     assert torch.equal(d.log_prob(ones.bool()), expected)
     with pyro.validation_enabled(False):  # as for Pyro's: no check, the plain formula
         assert torch.isfinite(d.log_prob(torch.full((2, D), 0.5))).all()
+    grey = {f"x_{i}": torch.full((2,), 0.5) for i in range(D)}  # the pixel sites' Bernoullis
+    trace = poutine.trace(pyro.condition(MODELS[name](sites="pixels"), data=grey)).get_trace(n=2)
+    with pytest.raises(ValueError, match="within the support"):
+        trace.log_prob_sum()
 
 
 def pixel_log_prob(model, x):
