@@ -87,7 +87,9 @@ class VAE(Model):
 
     def posterior(self, x: Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x)` for rows `x` of shape :math:`(N, *)`."""
-        return self.encoder(_vector(x.reshape(len(x), math.prod(self.x_shape))))
+        # rows of one entry as scalars (see _vector); others as they are, the objects the
+        # fast ELBO recognises as the program's input
+        return self.encoder(x if math.prod(self.x_shape) > 1 else x.reshape(len(x)))
 
     def encode(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The posterior mean of :math:`z`, shape :math:`(N, Z)`, or `n` draws, shape
