@@ -547,9 +547,19 @@ def _as_floats(
 
 def _check_gan_rows(gan: nn.Module, data: Table, val: Table | None) -> None:
     """Checks, before any step, that the generator's rows, the data and `val` agree in shape
-    and that `val` has the two rows an MMD² needs."""
+    and that `val` has the two rows an MMD² needs; rows of other floats take the generator's."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        made = tuple(gan.generator(gan.prior(2).sample()).shape[1:])
+        try:
+            fake = gan.generator(gan.prior(2).sample())
+        except RuntimeError as error:
+            raise ValueError(
+                f"The generator cannot take the GAN's codes of z_dim={gan.z_dim}: {error}"
+            ) from None
+    made = tuple(fake.shape[1:])
+    for table in (data, val) if val is not None else (data,):
+        for key, column in table.columns.items():
+            if column.is_floating_point() and fake.is_floating_point():
+                table.columns[key] = column.to(fake.dtype)
     shapes = {
         name: next(iter(t.columns.values())).shape
         for name, t in [("data", data), ("val", val)]

@@ -555,6 +555,11 @@ def gaussian_mixture(eta: Tensor) -> dist.MixtureSameFamily:
         >>> gaussian_mixture(torch.zeros(5, 6)).batch_shape
         torch.Size([5])
     """
+    if not eta.shape[-1] or eta.shape[-1] % 3:
+        raise ValueError(
+            f"gaussian_mixture takes 3K numbers a mixture (K logits, means and scales), not "
+            f"{eta.shape[-1]}."
+        )
     logits, loc, scale = eta.chunk(3, dim=-1)
     return dist.MixtureSameFamily(
         dist.Categorical(logits=logits, validate_args=False),
@@ -567,7 +572,9 @@ class MixtureOfGaussians(Node):
     r"""A real node with :math:`p(x \mid \mathrm{Pa}(x)) = \sum_k \pi_k \mathcal{N}(x \mid \mu_k, \sigma_k^2)`.
 
     The weights, means and scales are an MLP of the parents (:func:`mlp`), or learned
-    directly when the node has no parents. Log-density and sampling are exact.
+    directly when the node has no parents. Log-density and sampling are exact. Of the
+    :math:`K` logits one is redundant (the weights are their softmax), so a root has
+    :math:`3K - 1` free parameters, and a network one output fewer than it computes.
 
     Arguments:
         in_features: The width of the concatenated parent features; 0 for a root node.
@@ -577,8 +584,9 @@ class MixtureOfGaussians(Node):
         parent_cardinalities: One entry per parent: an int one-hot encodes that parent.
 
     Example:
-        >>> MixtureOfGaussians(components=3)().sample((4,)).shape
-        torch.Size([4])
+        >>> root = MixtureOfGaussians(components=3)
+        >>> root().sample((4,)).shape, root.n_params
+        (torch.Size([4]), 8)
         >>> MixtureOfGaussians(2, components=3, hidden=(8,))(torch.randn(5, 2)).batch_shape
         torch.Size([5])
     """
@@ -593,6 +601,8 @@ class MixtureOfGaussians(Node):
         parent_cardinalities: Sequence[int | None] | None = None,
     ) -> None:
         super().__init__()
+        if components < 1:
+            raise ValueError(f"A MixtureOfGaussians needs components >= 1, not {components}.")
         self.in_features, self.components = in_features, components
         self.parent_cardinalities = parent_cardinalities
         if in_features == 0:
@@ -613,6 +623,13 @@ class MixtureOfGaussians(Node):
             layer = int(old.match(key).group(1))
             state_dict[old.sub(f"{prefix}net.{2 * layer}.", key)] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def n_params(self) -> int:
+        """The free parameters: one logit's output (a row of the last layer) is redundant."""
+        last = self.net[-1] if self.in_features else None
+        redundant = [(self.eta, 1)] if last is None else [(last.weight, last.in_features), (last.bias, 1)]
+        return super().n_params - sum(n for p, n in redundant if p.requires_grad)
 
     def distribution(self, *parents: Tensor) -> dist.MixtureSameFamily:
         if self.in_features == 0:

@@ -172,7 +172,7 @@ def test_broadcast_mixture_root_is_still_its_module():
     model = Mix()
     g = ppgen.graph(model, n=5)
     assert edges(g) == {("a", "b")}
-    assert g.nodes["a"]["n_params"] == model.a.n_params == 9
+    assert g.nodes["a"]["n_params"] == model.a.n_params == 8  # 3 means, 3 scales, 2 free logits
     assert g.nodes["b"]["n_params"] == model.b.n_params
 
 

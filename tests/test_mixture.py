@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ppgen
-from ppgen.nn import MixtureOfGaussians
+from ppgen.nn import MixtureOfGaussians, gaussian_mixture
 
 
 @pytest.mark.parametrize("in_features", [0, 2])
@@ -58,8 +58,23 @@ def test_node_in_a_program():
     model = Pair()
     g = ppgen.graph(model, n=3)
     assert list(g.edges) == [("x0", "x1")]
-    assert model.x1.n_params == (1 * 8 + 8) + (8 * 6 + 6)
+    # one of the 2 logits is redundant: its row of the last layer (8 weights and a bias) is free
+    assert model.x1.n_params == (1 * 8 + 8) + (8 * 6 + 6) - (8 + 1)
+    assert model.x0.n_params == ppgen.count_parameters(model.x0) == 3 * 2 - 1
     assert g.nodes["x0"]["distribution"] == "MixtureSameFamily"
+
+
+def test_free_parameters_and_bad_sizes():
+    # K - 1 weights, K means, K scales (the notes' count of a categorical: k - 1)
+    assert [MixtureOfGaussians(components=k).n_params for k in (1, 2, 5)] == [2, 5, 14]
+    linear = MixtureOfGaussians(2, components=3, hidden=())
+    assert ppgen.count_parameters(linear) == (2 * 9 + 9) - (2 + 1)
+    linear.net[0].weight.requires_grad_(False)
+    assert linear.n_params == 9 - 1  # the biases alone, one of the 3 logits' redundant
+    with pytest.raises(ValueError, match="needs components >= 1, not 0"):
+        MixtureOfGaussians(components=0)  # a mixture of none: log p = -inf everywhere, before
+    with pytest.raises(ValueError, match="takes 3K numbers a mixture .* not 7"):
+        gaussian_mixture(torch.zeros(5, 7))  # chunked as 3 + 3 + 1, a shared scale, before
 
 
 def test_no_hidden_layer_and_files_of_pyros_densenn_load():

@@ -9,7 +9,9 @@ exactly the pixels its conditional depends on, so that :func:`ppgen.graph` shows
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from typing import ClassVar
 
 import pyro
@@ -21,6 +23,7 @@ from pyro.nn import PyroModule
 from pyro.nn.auto_reg_nn import AutoRegressiveNN, MaskedLinear, create_mask
 from torch import Size, Tensor, nn
 from torch.distributions import constraints
+from torch.nn.modules.utils import _pair
 
 from ppgen.nn import Model, gaussian_mixture
 
@@ -71,7 +74,7 @@ class Autoregressive(TorchDistribution):
     ) -> None:
         self.conditionals, self.order, self._support = conditionals, order, support
         self.template = torch.zeros(()) if template is None else template
-        super().__init__(Size(batch_shape), Size([len(order)]), validate_args=False)
+        super().__init__(Size(batch_shape), Size([len(order)]))  # validated as Pyro's are
 
     @property
     def support(self) -> constraints.Constraint:
@@ -83,6 +86,8 @@ class Autoregressive(TorchDistribution):
         )
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:  # a shape or a value off the support: an error, not a number
+            self._validate_sample(value)
         value = value.to(self.template.dtype)
         return self.conditionals(value).log_prob(value).sum(-1)
 
@@ -113,6 +118,8 @@ class _Autoregressive(Model):
         super().__init__()
         if sites not in ("joint", "pixels"):
             raise ValueError(f"sites must be 'joint' or 'pixels', got '{sites}'.")
+        if isinstance(features, bool) or not isinstance(features, Integral) or features < 1:
+            raise ValueError(f"{type(self).__name__} needs features >= 1, not {features!r}.")
         self.features, self.sites = features, sites
         self.register_buffer("order", torch.arange(features))
 
@@ -160,7 +167,7 @@ class _Binary(_Autoregressive):
         return dist.Bernoulli(logits=self.logits(x), validate_args=False)
 
     def conditional(self, x: Tensor, i: int) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits(x)[..., i], validate_args=False)
+        return dist.Bernoulli(logits=self.logits(x)[..., i])  # a pixel site's: validated
 
 
 def _nade_hidden(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -313,15 +320,22 @@ class MADE(_Binary):
         super().__init__(features, sites)
         if not hidden_features:
             raise ValueError("MADE needs at least one hidden layer (hidden_features).")
+        if min(hidden_features) < features:
+            raise ValueError(
+                f"MADE's hidden layers need at least D = {features} units each (Pyro's "
+                f"AutoRegressiveNN), not {list(hidden_features)}."
+            )
         if order is not None:
             self.order = _permutation(order, features)
-        self.net = AutoRegressiveNN(
-            features,
-            list(hidden_features),
-            param_dims=[1],
-            permutation=self.order,
-            skip_connections=skip_connections,
-        )
+        with warnings.catch_warnings():  # Pyro's advice for flows of one dimension
+            warnings.filterwarnings("ignore", "ConditionalAutoRegressiveNN input_dim = 1")
+            self.net = AutoRegressiveNN(
+                features,
+                list(hidden_features),
+                param_dims=[1],
+                permutation=self.order,
+                skip_connections=skip_connections,
+            )
 
     def logits(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -374,6 +388,11 @@ class MaskedConv2d(nn.Conv2d):
         kh, kw = self.kernel_size
         if kh % 2 == 0 or kw % 2 == 0:
             raise ValueError(f"The kernel must have odd sides, not {kh}x{kw}.")
+        if self.padding_mode != "zeros":  # the others copy pixels below or right into the border
+            raise ValueError(
+                f"A masked convolution pads with zeros only: padding_mode={self.padding_mode!r} "
+                "would let a pixel read itself or the pixels after it."
+            )
         mask = torch.ones(kh, kw)
         mask[kh // 2, kw // 2 + (mask_type == "B") :] = 0
         mask[kh // 2 + 1 :] = 0
@@ -423,7 +442,7 @@ class PixelCNN(_Binary):
         shape: The image shape :math:`(H, W)`; rows have :math:`D = H W` entries.
         channels: The number of feature maps.
         layers: The number of type-B layers.
-        kernel_size: The side of the type-A kernel (type-B kernels are 3).
+        kernel_size: The side of the type-A kernel, or its (height, width) (type-B kernels are 3).
         residual: Whether each type-B layer is a residual block, :math:`h + \mathrm{conv}(\mathrm{ReLU}(h))`.
         dropout: The dropout rate after each :math:`3 \times 3` type-B convolution. It acts only in
             training steps (training mode with gradients recorded): scoring and sampling, under
@@ -445,16 +464,22 @@ class PixelCNN(_Binary):
         *,
         channels: int = 64,
         layers: int = 4,
-        kernel_size: int = 7,
+        kernel_size: int | tuple[int, int] = 7,
         residual: bool = False,
         dropout: float = 0.0,
         position: bool = False,
         sites: str = "joint",
     ) -> None:
+        if len(shape) != 2 or min(shape) < 1 or channels < 1 or layers < 0:
+            raise ValueError(
+                f"PixelCNN needs an image shape (H, W) of sides >= 1, channels >= 1 and layers "
+                f">= 0, not shape={tuple(shape)}, channels={channels}, layers={layers}."
+            )
         super().__init__(shape[0] * shape[1], sites)
         self.shape, self.position = tuple(shape), position
+        padding = tuple(side // 2 for side in _pair(kernel_size))
         convs: list[nn.Module] = [
-            MaskedConv2d("A", 1 + position, channels, kernel_size, padding=kernel_size // 2)
+            MaskedConv2d("A", 1 + position, channels, kernel_size, padding=padding)
         ]
         for _ in range(layers):
             block = _PixelBlock(channels, dropout)

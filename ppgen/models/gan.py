@@ -178,8 +178,10 @@ class ConvGenerator(Rebuildable, nn.Module):
         output: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if shape[0] % 4 or shape[1] % 4:
+        if shape[0] % 4 or shape[1] % 4 or min(shape) < 4:
             raise ValueError(f"The image shape must be multiples of 4, not {shape}.")
+        if channels < 2:  # halved once: a map of none
+            raise ValueError(f"A ConvGenerator needs channels >= 2, not {channels}.")
         self.shape, self.channels = tuple(shape), channels
         self.linear = nn.Linear(z_dim, channels * (shape[0] // 4) * (shape[1] // 4))
         self.net = nn.Sequential(
@@ -286,6 +288,8 @@ class GAN(Model):
 
     def sample(self, n: int) -> Tensor:
         r"""Draws `n` rows :math:`x = G(z)`, of shape :math:`(n, *)`."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of rows, not {n}.")
         with torch.no_grad():
             return self(n=n)
 

@@ -9,6 +9,7 @@ Pyro's tutorials, so that `ppgen.fit_svi(vae, vae.guide, x)` fits them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -58,7 +59,7 @@ class VAE(Model):
             raise ValueError(f"likelihood must be 'bernoulli' or 'normal', not {likelihood!r}.")
         self.x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
         self.z_dim = z_dim
-        x_dim = int(torch.Size(self.x_shape).numel())
+        x_dim = math.prod(self.x_shape)
         self.z_prior = Root(dist.Normal, event_shape=(z_dim,), loc=0.0, scale=1.0)
         self.encoder = Conditional(
             dist.Normal, x_dim, hidden=hidden, activation=nn.ReLU, event_shape=(z_dim,)
@@ -74,7 +75,7 @@ class VAE(Model):
         rows = len(x) if x is not None else n
         with pyro.plate("data", rows):
             z = pyro.sample("z", self.prior(rows))
-            return pyro.sample("x", self.decoder(z), obs=x)
+            return pyro.sample("x", self.decode(z), obs=x)
 
     @pyro_method  # its modules' parameters in Pyro's param store, as forward's: SVI trains them
     def guide(self, x: Tensor, *, n: int | None = None) -> Tensor:
@@ -88,7 +89,9 @@ class VAE(Model):
 
     def posterior(self, x: Tensor) -> dist.Distribution:
         r"""The encoder's :math:`q(z \mid x)` for rows `x` of shape :math:`(N, *)`."""
-        return self.encoder(x)  # the Conditional flattens each row
+        # rows of one entry as scalars (see _vector); others as they are, the objects the
+        # fast ELBO recognises as the program's input
+        return self.encoder(x if math.prod(self.x_shape) > 1 else x.reshape(len(x)))
 
     def encode(self, x: Tensor, *, n: int | None = None) -> Tensor:
         r"""The posterior mean of :math:`z`, shape :math:`(N, Z)`, or `n` draws, shape
@@ -100,10 +103,12 @@ class VAE(Model):
     def decode(self, z: Tensor) -> dist.Distribution:
         r"""The decoder's :math:`p(x \mid z)` for codes `z` of shape :math:`(N, Z)`; its `mean`
         is the reconstruction."""
-        return self.decoder(z)
+        return self.decoder(_vector(z))
 
     def sample(self, n: int) -> Tensor:
         r"""Draws `n` rows :math:`x \sim p(x)`, of shape :math:`(n, *)`."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of rows, not {n}.")
         with torch.no_grad():
             return self(n=n)
 
@@ -119,3 +124,9 @@ class VAE(Model):
         return importance_log_prob(
             self, self.guide, x, num_samples=num_samples, chunk_size=chunk_size
         )
+
+
+def _vector(v: Tensor) -> Tensor:
+    r"""Vectors :math:`(*, F)` as a :class:`~ppgen.nn.Conditional` takes them: of one entry,
+    :math:`(*)`, since it reads a last dimension of 1 as a batch dimension, one value each."""
+    return v[..., 0] if v.shape[-1] == 1 else v

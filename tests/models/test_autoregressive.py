@@ -25,6 +25,10 @@ MODELS = {
     "pixelcnn-position": lambda **kw: PixelCNN(
         (2, 3), channels=4, layers=1, kernel_size=3, position=True, **kw
     ),
+    "pixelcnn-rectangle": lambda **kw: PixelCNN((3, 2), channels=3, layers=2, kernel_size=(3, 5), **kw),
+    "made-deep": lambda **kw: MADE(
+        D, hidden_features=(6, 9, 7), order=[4, 0, 5, 2, 1, 3], skip_connections=False, **kw
+    ),
 }
 
 
@@ -70,6 +74,30 @@ def test_log_prob_sums_to_one(name):
     assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
 
 
+def test_samples_match_the_density_by_chi_square(name):
+    """The D sequential draws (the joint site, and ppgen.sample of the pixel sites) have the
+    frequencies of the exact p(x) over all 2^D images."""
+    joint = randomized(MODELS[name]())
+    pixels = MODELS[name](sites="pixels")
+    pixels.load_state_dict(joint.state_dict())
+    with torch.no_grad():
+        p = joint.distribution(2**D).log_prob(all_images()).exp()
+        drawn = ppgen.sample(pixels, 20000)
+        rows = [joint.distribution(20000).sample(), torch.stack([drawn[f"x_{i}"] for i in range(D)], -1)]
+    expected = 20000 * p
+    rare = expected < 5  # pooled into one cell, as the chi-square approximation asks
+    pool = [expected[rare].sum()[None]] if rare.any() else []
+    expected = torch.cat([expected[~rare], *pool])
+    df = len(expected) - 1
+    # the 0.9999 quantile of chi-square with df degrees of freedom (Wilson and Hilferty)
+    bound = df * (1 - 2 / (9 * df) + 3.719 * (2 / (9 * df)) ** 0.5) ** 3
+    for x in rows:
+        cells = (x * 2 ** torch.arange(D - 1, -1, -1)).sum(-1).long()
+        counts = torch.bincount(cells, minlength=2**D).double()
+        counts = torch.cat([counts[~rare], *([counts[rare].sum()[None]] if pool else [])])
+        assert ((counts - expected) ** 2 / expected).sum().item() < bound
+
+
 def test_autoregressive_jacobian(name):
     model = randomized(MODELS[name]())
     x = torch.rand(D, requires_grad=True)
@@ -80,6 +108,26 @@ def test_autoregressive_jacobian(name):
     assert (jacobian[later] == 0).all()
     assert (jacobian[~model.connectivity()] == 0).all()
     assert not (model.connectivity() & later).any()
+
+
+def test_log_prob_is_validated_as_pyros_distributions_are(name):
+    # Pyro's Bernoulli refuses a grey level; the joint once scored it, and a row of D + 1
+    # pixels failed deep inside the network
+    d = MODELS[name]().distribution(2)
+    with pytest.raises(ValueError, match="within the support"):
+        d.log_prob(torch.full((2, D), 0.5))
+    with pytest.raises(ValueError, match=r"must match event_shape: torch.Size\(\[2, 7\]\)"):
+        d.log_prob(torch.ones(2, D + 1))
+    ones = torch.ones(2, D)
+    expected = d.log_prob(ones)
+    assert torch.equal(d.log_prob(ones.long()), expected)
+    assert torch.equal(d.log_prob(ones.bool()), expected)
+    with pyro.validation_enabled(False):  # as for Pyro's: no check, the plain formula
+        assert torch.isfinite(d.log_prob(torch.full((2, D), 0.5))).all()
+    grey = {f"x_{i}": torch.full((2,), 0.5) for i in range(D)}  # the pixel sites' Bernoullis
+    trace = poutine.trace(pyro.condition(MODELS[name](sites="pixels"), data=grey)).get_trace(n=2)
+    with pytest.raises(ValueError, match="within the support"):
+        trace.log_prob_sum()
 
 
 def pixel_log_prob(model, x):
@@ -163,6 +211,18 @@ def test_masked_conv_masks():
         MaskedConv2d("C", 1, 1, 3)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_masked_conv_pads_with_zeros_only(mode):
+    # at the border, these modes copy pixels below, to the right or the pixel itself: a type-A
+    # output at (0, 0) of a 3x4 image read pixels 1, 4, 5 (reflect), 0, 1 (replicate) or
+    # 3, 8, 9, 11 (circular), and none before it
+    with pytest.raises(ValueError, match=f"pads with zeros only: padding_mode='{mode}'"):
+        MaskedConv2d("A", 1, 1, 3, padding=1, padding_mode=mode)
+    conv = randomized(MaskedConv2d("B", 1, 1, (3, 5), padding=(2, 4), dilation=2))
+    jacobian = torch.autograd.functional.jacobian(lambda x: conv(x.reshape(1, 1, 3, 4)), torch.rand(12))
+    assert not jacobian.reshape(12, 12).triu(1).any()  # zeros, dilated, non-square: no pixel after
+
+
 def test_made_resample_keeps_a_normalised_autoregressive_model():
     model = randomized(MADE(D, hidden_features=(12,)))
     model.resample([5, 4, 3, 2, 1, 0])
@@ -176,6 +236,31 @@ def test_made_resample_keeps_a_normalised_autoregressive_model():
 def test_bad_sites():
     with pytest.raises(ValueError, match="sites"):
         FVSBN(3, sites="rows")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: NADE(0), "NADE needs features >= 1, not 0"),  # was a ZeroDivisionError
+        (lambda: FVSBN(-1), "FVSBN needs features >= 1, not -1"),  # was torch's RuntimeError
+        (lambda: PixelCNN((3,)), r"an image shape \(H, W\) .* not shape=\(3,\)"),
+        (lambda: PixelCNN((2, 2), channels=0), "channels=0"),  # built, with constant logits
+        (lambda: PixelCNN((2, 2), layers=-1), "layers=-1"),  # built with no type-B layer
+        (lambda: MADE(5, hidden_features=(8, 3)), r"at least D = 5 units each .* not \[8, 3\]"),
+    ],
+)
+def test_sizes_that_make_no_model_are_refused_in_one_sentence(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_one_pixel_models_are_normalised_and_quiet():
+    # D = 1, a 1x1 image: MADE once passed on Pyro's warning about flows of one dimension
+    x = torch.tensor([[0.0], [1.0]])
+    for model in [FVSBN(1), NADE(1), MADE(1, hidden_features=(3,)), PixelCNN((1, 1), channels=2)]:
+        log_p = randomized(model).distribution(2).log_prob(x)
+        assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-12)
+        assert model.connectivity().equal(torch.zeros(1, 1, dtype=torch.bool))
 
 
 def known_rows(n):

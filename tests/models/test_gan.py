@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -173,6 +175,11 @@ def test_straight_through_bernoulli_is_binary_with_the_gradient_of_the_mean():
     torch.testing.assert_close(logits.grad, (p * (1 - p)).expand(20000, 3))
 
 
+def test_no_rows_to_draw_is_an_error():
+    with pytest.raises(ValueError, match="n must be a positive number of rows, not 0"):
+        small_gan().sample(0)  # was Pyro's ZeroDivisionError from an empty plate
+
+
 def test_gan_has_no_density():
     gan = small_gan()
     assert gan.has_density is False
@@ -212,6 +219,56 @@ def test_rows_of_the_wrong_shape_and_a_one_row_val_are_refused_before_any_step()
             fit_gan(gan, data, val=val, epochs=1, batch_size=4, progress=False)
     for p, q in zip(gan.parameters(), before, strict=True):
         assert torch.equal(p, q)
+    wide = GAN(gan.generator, gan.discriminator, 5)  # codes the generator cannot take
+    with pytest.raises(ValueError, match=r"cannot take the GAN's codes of z_dim=5: mat1"):
+        fit_gan(wide, torch.randn(8, 1), epochs=1, progress=False)  # was torch's RuntimeError
+
+
+class Shift(torch.nn.Module):
+    """x = z + b: with b = 1, p_g = N(1, 1)."""
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.tensor(b))
+
+    def forward(self, z):
+        return z + self.b
+
+
+class Logistic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.linear(x).squeeze(-1)
+
+
+@pytest.mark.parametrize("loss", ["minimax", "non_saturating"])
+def test_the_discriminator_learns_the_optimal_one_and_rows_take_the_generators_floats(loss):
+    # the generator fixed (lr_g = 0) at p_g = N(1, 1), p_data = N(0, 1): the optimal
+    # D*(x) = p_data / (p_data + p_g) has the logit log p_data(x) - log p_g(x) = 1/2 - x
+    gan = GAN(Shift(1.0), Logistic(), 1, loss=loss).float()  # float64 data: once a RuntimeError
+    fit_gan(gan, torch.randn(4000, 1), epochs=30, batch_size=200, lr_g=0.0, lr_d=0.02,
+            progress=False)  # fmt: skip
+    # sd of the logistic regression's slope with 8000 rows is about 0.02; 0.1 is > 4 sd
+    assert gan.discriminator.linear.weight.item() == pytest.approx(-1.0, abs=0.1)
+    assert gan.discriminator.linear.bias.item() == pytest.approx(0.5, abs=0.1)
+    assert gan.generator.b.item() == 1.0
+    fit = fit_gan(gan, torch.randn(8, 1), val=torch.randn(4, 1), epochs=1, progress=False)
+    assert math.isfinite(fit.history[-1]["val/mmd"])  # held-out rows of float64 too
+
+
+def test_at_p_g_equal_p_data_and_d_one_half_the_minimax_value_is_minus_log_4():
+    gan = GAN(Shift(0.0), Logistic(), 1, loss="minimax")
+    torch.nn.init.zeros_(gan.discriminator.linear.weight)
+    torch.nn.init.zeros_(gan.discriminator.linear.bias)
+    fit = fit_gan(gan, torch.randn(64, 1), epochs=1, batch_size=64, lr_g=0.0, lr_d=0.0,
+                  progress=False)  # fmt: skip
+    last = fit.history[-1]  # V(D, G) = E log D(x) + E log(1 - D(G(z))) = -loss_d
+    assert -last["train/loss_d"] == pytest.approx(-math.log(4), abs=1e-12)
+    assert last["train/loss_g"] == pytest.approx(math.log(0.5), abs=1e-12)
+    assert last["train/d_real"] == last["train/d_fake"] == 0.5
 
 
 def test_ppgen_log_prob_of_a_gan_says_it_has_no_density():
@@ -231,3 +288,15 @@ def test_players_with_one_layer_or_none():
     assert d(torch.randn(4, 3)).shape == (4,) and d.features(torch.randn(4, 3)).shape == (4, 5)
     with pytest.raises(ValueError, match="needs at least one hidden layer"):
         MLPDiscriminator(3, hidden_features=())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": 1}, "needs channels >= 2, not 1"),  # was torch's RuntimeError at a call
+        ({"shape": (0, 8)}, r"multiples of 4, not \(0, 8\)"),  # was a reshape's RuntimeError
+    ],
+)
+def test_conv_generator_sizes_that_make_no_images(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvGenerator(2, **kwargs)
