@@ -296,7 +296,7 @@ def _keep_coding(model: Callable[..., object], data: Table, result: FitResult) -
 def fit_svi(
     model: Callable[..., object],
     guide: Callable[..., object] | str,
-    data: Mapping[str, object] | Tensor,
+    data: Mapping[str, object] | Tensor | None = None,
     *args: object,
     elbo: str | None = None,
     num_particles: int = 1,
@@ -351,7 +351,9 @@ def fit_svi(
         model: A Pyro program.
         guide: A Pyro program sampling the latent sites of `model`, or `"auto_normal"` /
             `"auto_delta"` for Pyro's `AutoNormal` / `AutoDelta` built on `model`.
-        data: The observed rows as a dict or a DataFrame, or the programs' first argument.
+        data: The observed rows as a dict or a DataFrame, the programs' first argument, or
+            `None` for programs whose data are inside them (`SVI.step(*args)`, as in Pyro's
+            tensor-shapes tutorial).
         args, kwargs: Other inputs of `model` and `guide`.
         elbo: `"trace"` (`Trace_ELBO`), `"mean_field"` (`TraceMeanField_ELBO`, analytic KL
             where known), `"trace_enum"` (`TraceEnum_ELBO`, its `max_plate_nesting` read from
@@ -412,7 +414,7 @@ def fit_svi(
     # model(data, *args, **kwargs), as SVI.step calls it: a dict too, where no keyword n takes rows
     argument = not takes_rows(model) or not (isinstance(data, Mapping) or is_frame(data))
     if argument:
-        args = (data, *args)
+        args = args if data is None else (data, *args)  # None: programs without data
         data, val = _argument_rows(model, args, kwargs, val, device, batch_size, elbo)
     else:
         data = svi_table(model, data, args, kwargs, device)

@@ -503,6 +503,22 @@ def labelled():  # examples/scanvi's labelled rows: y observed, a factor in the 
     return model, config_enumerate(guide, "parallel", expand=True)
 
 
+def no_arguments():  # the tensor-shapes tutorial's model3, its own guide: SVI.step() alone
+    def model3():
+        p = pyro.param("p", torch.arange(6.0) / 6)
+        locs = pyro.param("locs", torch.tensor([-1.0, 1.0]))
+        a = pyro.sample("a", dist.Categorical(torch.ones(6) / 6))
+        pyro.sample("b", dist.Bernoulli(p[a]))
+        with pyro.plate("c_plate", 4):
+            pyro.sample("c", dist.Bernoulli(0.3))
+            with pyro.plate("d_plate", 5):
+                d = pyro.sample("d", dist.Bernoulli(0.4))
+                e_loc = locs[d.long()].unsqueeze(-1)
+                pyro.sample("e", dist.Normal(e_loc, torch.arange(1.0, 8.0)).to_event(1))
+
+    return config_enumerate(model3, "parallel"), config_enumerate(model3, "parallel")
+
+
 def vae():  # an amortised guide
     model = PyroVAE()
     return model.model, model.guide
@@ -540,6 +556,7 @@ PROGRAMS = {
     "keyword": (keyword, (X,), {"y": Y}, None, {}),
     "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
     "vae": (vae, (PIXELS,), {}, None, {}),
+    "no_arguments": (no_arguments, (), {}, TraceEnum_ELBO(max_plate_nesting=2), {}),
     "sparse_gamma_def": (
         sparse_gamma_def,
         (torch.poisson(torch.full((5, 4), 2.0, dtype=torch.float64), generator=RNG),),
