@@ -17,7 +17,7 @@ from torch.distributions import Distribution, constraints
 
 from ppgen.graph import family
 from ppgen.model import coding
-from ppgen.tracing import is_variable
+from ppgen.tracing import is_variable, validates
 
 __all__ = ["Table", "fits", "place", "read_table", "table"]
 
@@ -203,9 +203,10 @@ def read_table(
             _check_labels(name, site, found)
             labels[name] = found
         _check_rows(name, site, value, columns)
-        if varies(site["fn"].support):
+        checked = validates(site["fn"])  # one built not to validate takes any value, as in Pyro
+        if checked and varies(site["fn"].support):
             varying.append(name)
-        else:  # on the values as given: a cast may round them into the support
+        elif checked:  # on the values as given: a cast may round them into the support
             check_support(name, site["fn"], value, site["value"].device)
         dtype = site["value"].dtype
         if _is_integer(value) and _is_integer(site["value"]) and value.dtype.itemsize <= dtype.itemsize:

@@ -32,7 +32,14 @@ from ppgen.elbo import ARGUMENT, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
-from ppgen.tracing import is_factor, is_unweighted, is_variable, program_name, trace_calls
+from ppgen.tracing import (
+    is_factor,
+    is_unweighted,
+    is_variable,
+    program_name,
+    trace_calls,
+    validates,
+)
 
 __all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
 
@@ -368,7 +375,8 @@ class ProgramLogLikelihood(nn.Module):
             value = site["value"]
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValueError(f"Site {name!r} holds NaN or inf.")
-            if not is_factor(site) and not bool(site["fn"].support.check(value).all()):
+            fn = site["fn"]
+            if not is_factor(site) and validates(fn) and not bool(fn.support.check(value).all()):
                 raise ValueError(
                     f"Site {name!r} has a value outside the support of its distribution."
                 )

@@ -34,7 +34,13 @@ from ppgen.data import Table, check_support, is_frame, place, read_table, varies
 from ppgen.importance import log_weights, reads_rows
 from ppgen.nn import Node
 from ppgen.result import NONFINITE
-from ppgen.tracing import is_unweighted, is_variable, program_parameters, trace_calls
+from ppgen.tracing import (
+    is_unweighted,
+    is_variable,
+    program_parameters,
+    trace_calls,
+    validates,
+)
 
 __all__ = ["ARGUMENT", "ELBOS", "ELBOObjective", "per_row", "set_rng_state", "svi_table"]
 
@@ -126,7 +132,7 @@ class ELBOObjective(nn.Module):
             with _plain_errors():  # its draws for initial values, as SVI's first step has
                 self._call(self.guide._setup_prototype, "model", self.model, whole)
         state, inits = _rng_state(whole), _InitDraws(whole)
-        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits, _kept():
+        with torch.no_grad(), _plain_errors(), inits, _kept():  # validation as the user has it
             guide_trace, model_trace, params = self._traces(whole)
         set_rng_state(state)
         self._choose_elbo(guide_trace, model_trace)
@@ -753,7 +759,7 @@ def _check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
                 else f"The data tensor has {len(value)} rows at site {name!r}, but the "
                 f"model's distribution there has shape {shape}."
             )
-        if not varies(fn.support):
+        if validates(fn) and not varies(fn.support):
             check_support(name, fn, value, value.device)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 __all__ = [
+    "LEAN",
     "program_name",
     "Call",
     "fitted_parameters",
@@ -36,6 +37,7 @@ __all__ = [
     "recording_calls",
     "trace_calls",
     "unwrapped",
+    "validates",
 ]
 
 Call = tuple[nn.Module, tuple[Tensor, ...], Distribution]
@@ -161,6 +163,34 @@ def unwrapped(fn: Distribution) -> Distribution:
     while isinstance(fn, _WRAPPERS):
         fn = fn.base_dist
     return fn
+
+
+class _Lean:
+    """The `validate_args` of ppgen's own distributions: falsy, so that torch skips its checks
+    in the steps, ppgen checking the data instead; a program's `validate_args=False` means
+    that the site takes any value. It survives `expand`, which copies `_validate_args`."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "LEAN"
+
+
+LEAN = _Lean()
+
+
+def validates(fn: Distribution) -> bool:
+    """Whether a distribution checks its values against its support, as its `log_prob` would:
+    not one a program built with `validate_args=False` (`examples/vae` scores grey pixels under
+    a Bernoulli so), nor any under `pyro.enable_validation(False)`; ppgen's own (:data:`LEAN`) do.
+
+    Example:
+        >>> grey = dist.Bernoulli(0.5, validate_args=False)
+        >>> validates(dist.Bernoulli(0.5).expand([3])), validates(grey.expand([3]).to_event(1))
+        (True, False)
+    """
+    return unwrapped(fn)._validate_args is not False
 
 
 def is_factor(site: dict) -> bool:

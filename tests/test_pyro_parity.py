@@ -474,6 +474,20 @@ class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
+class GreyVAE(PyroVAE):  # examples/vae: grey pixels under a Bernoulli built not to validate
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            probs = torch.sigmoid(self.decoder(z))
+            pyro.sample("x", dist.Bernoulli(probs, validate_args=False).to_event(1), obs=x)
+
+
+def grey():
+    model = GreyVAE()
+    return model.model, model.guide
+
+
 class BatchNormVAE(PyroVAE):  # examples/scanvi's BatchNorm1d (not after a bias: its
     def __init__(self):  # gradient is zero but for rounding, which Adam's steps enlarge)
         super().__init__()
@@ -572,6 +586,7 @@ PROGRAMS = {
         {},
     ),
     "batch_norm": (batch_norm, (PIXELS,), {}, None, {}),
+    "grey": (grey, (PIXELS / 3 + 0.25,), {}, None, {}),
     "labelled": (  # TraceEnum_ELBO asked for, with no site to enumerate
         labelled,
         (X, (X > 0).double()),
@@ -743,3 +758,4 @@ def test_random_programs_of_the_idioms_take_svis_steps(features, constant_at, ma
     loss = Trace_ELBO().differentiable_loss(model, guide, *args, **kwargs)
     (p,) = [pyro.get_param_store()[name].unconstrained() for name in pyro.get_param_store()]
     assert torch.allclose(ours[id(p)], torch.autograd.grad(loss, p)[0], rtol=1e-10, atol=1e-10)
+

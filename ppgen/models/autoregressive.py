@@ -22,6 +22,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import constraints
 
 from ppgen.nn import Model, gaussian_mixture
+from ppgen.tracing import LEAN
 
 BINARY = constraints.independent(constraints.boolean, 1)
 
@@ -70,7 +71,7 @@ class Autoregressive(TorchDistribution):
     ) -> None:
         self.conditionals, self.order, self._support = conditionals, order, support
         self.template = torch.zeros(()) if template is None else template
-        super().__init__(Size(batch_shape), Size([len(order)]), validate_args=False)
+        super().__init__(Size(batch_shape), Size([len(order)]), validate_args=LEAN)
 
     @property
     def support(self) -> constraints.Constraint:
@@ -145,10 +146,10 @@ class _Binary(_Autoregressive):
         raise NotImplementedError
 
     def conditionals(self, x: Tensor) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits(x), validate_args=False)
+        return dist.Bernoulli(logits=self.logits(x), validate_args=LEAN)
 
     def conditional(self, x: Tensor, i: int) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits(x)[..., i], validate_args=False)
+        return dist.Bernoulli(logits=self.logits(x)[..., i], validate_args=LEAN)
 
 
 def _nade_hidden(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
