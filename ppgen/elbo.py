@@ -166,7 +166,7 @@ class ELBOObjective(nn.Module):
                 "to its site (amortised, as VAE.guide does)."
             )
         _refuse_rows_in(params, size)
-        unplated = [n for n, s in latent.items() if n not in inside]
+        unplated = [n for n, s in latent.items() if n not in inside and not _has_rows(s, size)]
         if plate is None and unplated:
             warnings.warn(
                 f"Latent site {unplated[0]!r} seems global, but no plate indexes the rows of "
@@ -637,6 +637,16 @@ def _plate_of_rows(trace: poutine.Trace, whole: dict[str, Tensor]) -> str | None
         names = {f.name for f in site["cond_indep_stack"] if f.vectorized and f.dim == dim}
         found = names if found is None else found & names
     return found.pop() if found is not None and len(found) == 1 else None
+
+
+def _has_rows(site: dict, rows: int) -> bool:
+    """Whether a site is inside a vectorised plate as long as the rows, with or without a size
+    (`examples/cvae`'s `pyro.plate("data")`): a local latent, one value per row."""
+    shape = site["fn"].batch_shape
+    return any(
+        f.vectorized and -f.dim <= len(shape) and shape[f.dim] == rows
+        for f in site["cond_indep_stack"]
+    )
 
 
 def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:

@@ -759,3 +759,48 @@ def test_random_programs_of_the_idioms_take_svis_steps(features, constant_at, ma
     (p,) = [pyro.get_param_store()[name].unconstrained() for name in pyro.get_param_store()]
     assert torch.allclose(ours[id(p)], torch.autograd.grad(loss, p)[0], rtol=1e-10, atol=1e-10)
 
+
+class CVAE(nn.Module):  # examples/cvae: a plate without a size, y observed where x is masked
+    def __init__(self):
+        super().__init__()
+        self.prior_net, self.recognition_net = nn.Linear(4, 2), nn.Linear(4, 2)
+        self.generation_net = nn.Linear(1, 4)
+
+    def model(self, xs, ys):
+        pyro.module("generation_net", self)
+        with pyro.plate("data"):
+            z = pyro.sample("z", dist.Normal(self.prior_net(xs), 1.0).to_event(1))
+            loc = torch.sigmoid(self.generation_net(z[..., :1]))
+            mask_loc = loc[xs == -1].view(len(xs), -1)
+            mask_ys = ys[xs == -1].view(len(xs), -1)
+            pyro.sample("y", dist.Bernoulli(mask_loc, validate_args=False).to_event(1),
+                        obs=mask_ys)  # fmt: skip
+
+    def guide(self, xs, ys):
+        with pyro.plate("data"):
+            loc = self.recognition_net(torch.where(xs == -1, ys, xs))
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+
+def test_minibatches_of_latents_per_row_take_svis_steps_without_a_word():
+    # every latent site is in the plate of the rows' size (no global one): no scaling, and no
+    # warning that the fit depends on batch_size (pytest turns warnings into errors)
+    xs = torch.rand(N, 4, generator=RNG).round()
+    xs[:, :2] = -1
+    ys = torch.where(xs == -1, torch.rand(N, 4, generator=RNG), -1.0)
+    fits = []
+    for run in ("svi", "ppgen"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        cvae = CVAE()
+        if run == "svi":
+            svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": LR}), Trace_ELBO())
+            for _ in range(2):
+                order = torch.randperm(N)
+                for start in range(0, N, 8):
+                    svi.step(xs[order[start : start + 8]], ys[order[start : start + 8]])
+        else:
+            fit_svi(cvae.model, cvae.guide, xs, ys, epochs=2, batch_size=8, lr=LR, progress=False)
+        fits.append(cvae.state_dict())
+    for name, value in fits[0].items():
+        assert torch.allclose(fits[1][name], value, rtol=0, atol=1e-6), name
