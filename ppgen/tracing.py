@@ -239,13 +239,16 @@ def fitted_parameters(run: Callable[[], object], *programs: object) -> list[Tens
 
 
 def program_name(program: object) -> str:
-    """A program's name for messages: a function's (a `functools.partial`'s function's), else
-    its class's.
+    """A program's name for messages: a function's (that of a `functools.partial` or of a
+    Pyro handler's wrapper, `config_enumerate(model)`), else its class's.
 
     Example:
         >>> import functools
         >>> program_name(functools.partial(print, end=""))
         'print'
     """
-    program = getattr(program, "func", program)
-    return getattr(program, "__name__", type(program).__name__)
+    name = getattr(program, "__name__", None)  # a Pyro handler's wrapper has its function's
+    if name is None:
+        program = getattr(program, "func", program)
+        name = getattr(program, "__name__", type(program).__name__)
+    return name
