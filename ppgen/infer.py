@@ -407,12 +407,12 @@ def fit_svi(
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
     check_budget(epochs, 1 if batch_size is None else batch_size)
-    _warn_shadowed(model, guide)
+    # model(data, *args, **kwargs), as SVI.step calls it: a dict too, where no keyword n takes rows
+    argument = not takes_rows(model) or not (isinstance(data, Mapping) or is_frame(data))
+    _warn_shadowed((data, *args) if argument and data is not None else args, model, guide)
     checkpoint_file(checkpoint, resume)  # before anything changes
     device = resolve_device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
-    # model(data, *args, **kwargs), as SVI.step calls it: a dict too, where no keyword n takes rows
-    argument = not takes_rows(model) or not (isinstance(data, Mapping) or is_frame(data))
     if argument:
         args = args if data is None else (data, *args)  # None: programs without data
         data, val = _argument_rows(model, args, kwargs, val, device, batch_size, elbo)
@@ -468,17 +468,22 @@ _OPTIONS = ("elbo", "num_particles", "epochs", "batch_size", "lr", "weight_decay
             "patience", "device", "progress", "checkpoint", "checkpoint_every", "resume")  # fmt: skip
 
 
-def _warn_shadowed(*programs: object) -> None:
+def _warn_shadowed(positional: tuple[object, ...], *programs: object) -> None:
     """Says where the programs name a parameter as one of :func:`fit_svi`'s own keywords (Pyro's
-    examples take `batch_size` to subsample themselves), unbound: fit_svi takes that keyword,
-    and the programs get their default."""
+    examples take `batch_size` to subsample themselves), neither bound (by a `functools.partial`)
+    nor given by position: fit_svi takes that keyword, and the programs get their default."""
     names, shadowed = [], None
     for program in programs:
         try:
-            parameters = inspect.signature(program).parameters
+            signature = inspect.signature(program)
         except (TypeError, ValueError):  # a string (an auto guide), or a builtin
             continue
-        bound = getattr(program, "keywords", {})  # a functools.partial's
+        parameters = signature.parameters
+        bound = set(getattr(program, "keywords", {}))  # a functools.partial's
+        try:  # examples/air's model(data, batch_size), given by position
+            bound |= set(signature.bind_partial(*positional).arguments)
+        except TypeError:  # more than it takes: SVI.step would fail, and the first run says so
+            pass
         found = next((o for o in _OPTIONS if o in parameters and o not in bound), None)
         if found is not None and shadowed in (None, found):
             names.append(program_name(program))

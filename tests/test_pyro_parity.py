@@ -632,6 +632,10 @@ def test_a_programs_parameter_named_as_a_fit_option_is_said_to_get_its_default()
     with warnings.catch_warnings():  # bound, as the sentence says: no word
         warnings.simplefilter("error")
         fit_svi(functools.partial(model, lr=0.1), lambda x: None, X, epochs=1, progress=False)
+        # given by position (examples/air: model(data, batch_size)): it has the value given
+        pyro.clear_param_store()
+        fit_svi(model, lambda x, lr: None, X, 0.1, epochs=1, progress=False)
+    assert pyro.param("m").item() == pytest.approx(0.1, abs=2e-3)  # one step of lr 1e-3
 
 
 def test_the_enumerating_elbo_is_chosen_or_asked_for():
