@@ -178,7 +178,7 @@ class ELBOObjective(nn.Module):
     def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
         """`TraceEnum_ELBO` (its plate nesting from the traces, also where it was asked for
         and no site is enumerated: no guessing run drawing from the stream) where a site is
-        enumerated. Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's
+        enumerated; left to choose, `TraceGraph_ELBO` where a guide's site asks for a baseline. Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's
         site marked for enumeration is drawn instead, its gradient estimated by the score
         function, as Pyro's SVI would: a warning says so once, and the mark is taken off."""
         enumerated = [
@@ -188,6 +188,8 @@ class ELBOObjective(nn.Module):
             if site["type"] == "sample" and site["infer"].get("enumerate") is not None
         ]
         if not enumerated:
+            if self.elbo is None and _asks_for_baseline(guide_trace):
+                self._use("trace_graph")  # the one ELBO that reads a baseline
             if self.elbo == "trace_enum":
                 self.loss.max_plate_nesting = _plate_nesting(guide_trace, model_trace)
             return
@@ -506,6 +508,15 @@ _LIBRARIES = (
 class _ProgramError(Exception):
     """An error inside a user's program, in one sentence; its cause is the original. Not a
     `ValueError`, which Pyro's trace would extend with the trace's shapes."""
+
+
+def _asks_for_baseline(guide_trace: poutine.Trace) -> bool:
+    """Whether a guide's site asks for a baseline (`infer={"baseline": ...}`, as the SVI
+    tutorial part III's does), which only `TraceGraph_ELBO` reads."""
+    return any(
+        site["type"] == "sample" and site["infer"].get("baseline") is not None
+        for site in guide_trace.nodes.values()
+    )
 
 
 def _plate_nesting(*traces: poutine.Trace) -> int:

@@ -363,7 +363,8 @@ def fit_svi(
             differentiably by :mod:`ppgen.importance` since `RenyiELBO` has no differentiable
             loss; every site in the data plate, reparameterised guides only, the rows in the
             first argument alone). `None`: `"trace_enum"` where a site is marked for
-            enumeration, else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
+            enumeration, `"trace_graph"` where a guide's site asks for a baseline
+            (`infer={"baseline": ...}`), else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
             site marked for enumeration is drawn, its gradient estimated by the score
             function, as Pyro's SVI would, with a warning.
         num_particles: The draws per row of the ELBO's estimate.

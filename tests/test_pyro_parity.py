@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyro.distributions.testing.fakes import NonreparameterizedBeta
 from pyro.infer import (
     SVI,
     Trace_ELBO,
@@ -533,6 +534,33 @@ def no_arguments():  # the tensor-shapes tutorial's model3, its own guide: SVI.s
     return config_enumerate(model3, "parallel"), config_enumerate(model3, "parallel")
 
 
+class BernoulliBetaExample:  # the SVI tutorial part III, verbatim but for the steps
+    def __init__(self):
+        self.alpha0, self.beta0 = 10.0, 10.0
+        self.data = torch.zeros(10)
+        self.data[0:6] = torch.ones(6)
+        self.alpha_q_0, self.beta_q_0 = 15.0, 15.0
+
+    def model(self, use_decaying_avg_baseline):
+        f = pyro.sample("latent_fairness", dist.Beta(self.alpha0, self.beta0))
+        with pyro.plate("data_plate"):
+            pyro.sample("obs", dist.Bernoulli(f), obs=self.data)
+
+    def guide(self, use_decaying_avg_baseline):
+        alpha_q = pyro.param("alpha_q", torch.tensor(self.alpha_q_0),
+                             constraint=constraints.positive)  # fmt: skip
+        beta_q = pyro.param("beta_q", torch.tensor(self.beta_q_0), constraint=constraints.positive)
+        baseline_dict = {"use_decaying_avg_baseline": use_decaying_avg_baseline,
+                         "baseline_beta": 0.90}  # fmt: skip
+        pyro.sample("latent_fairness", NonreparameterizedBeta(alpha_q, beta_q),
+                    infer=dict(baseline=baseline_dict))  # fmt: skip
+
+
+def baseline():  # a baseline asked for: TraceGraph_ELBO, the one ELBO that reads it, is chosen
+    example = BernoulliBetaExample()
+    return example.model, example.guide
+
+
 def vae():  # an amortised guide
     model = PyroVAE()
     return model.model, model.guide
@@ -570,6 +598,7 @@ PROGRAMS = {
     "keyword": (keyword, (X,), {"y": Y}, None, {}),
     "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
     "vae": (vae, (PIXELS,), {}, None, {}),
+    "baseline": (baseline, (True,), {}, TraceGraph_ELBO(), {}),
     "no_arguments": (no_arguments, (), {}, TraceEnum_ELBO(max_plate_nesting=2), {}),
     "sparse_gamma_def": (
         sparse_gamma_def,
