@@ -28,7 +28,7 @@ from ppgen.batched import sample as sample_layers
 from ppgen.builder import DAG
 from ppgen.data import Table, is_frame, read_table
 from ppgen.device import resolve_device
-from ppgen.elbo import ARGUMENT, svi_table
+from ppgen.elbo import ARGUMENT, per_row, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
@@ -500,6 +500,13 @@ def log_prob(
                 "first argument: log_prob(model, x, ..., guide=guide)."
             )
     if guide is not None:
+        hidden = per_row((data, *args), kwargs)[2] if isinstance(data, Tensor) else None
+        if hidden is not None and num_samples > 1:  # examples/dmm's packed sequences
+            raise ValueError(
+                f"Argument {hidden[1:]!r} holds tensors with rows inside a container that "
+                "log_prob cannot repeat once per draw of the guide (a list, a PackedSequence); "
+                "pass them as tensors, or num_samples=1."
+            )
         resolve_device(guide, device)
         rows = svi_table(model, data, args, kwargs, device, categories=categories, known=True)
         batch = rows.rows(slice(None))

@@ -28,6 +28,7 @@ from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import Independent, constraints, kl_divergence
+from torch.nn.utils.rnn import PackedSequence
 
 from ppgen import distributed
 from ppgen.data import Table, check_support, is_frame, place, read_table, varies
@@ -593,19 +594,19 @@ def per_row(
     sizes = [len(v) for _, v in tensors]
     rows = max(sizes, key=sizes.count)  # the most common leading size; the first's on a tie
     columns = {k: v for k, v in tensors if len(v) == rows}
-    hidden = next(
-        (
-            k
-            for k, v in named
-            if isinstance(v, tuple | list | dict)
-            and any(
-                isinstance(t, Tensor) and t.dim() > 0 and len(t) == rows
-                for t in (v.values() if isinstance(v, dict) else v)
-            )
-        ),
-        None,
-    )
+    hidden = next((k for k, v in named if _holds_rows(v, rows)), None)
     return rows, columns, hidden
+
+
+def _holds_rows(value: object, rows: int) -> bool:
+    """Whether a list, tuple or dict holds a tensor of `rows` rows, or a `PackedSequence` packs
+    `rows` sequences (`examples/dmm`'s reversed batch)."""
+    if isinstance(value, PackedSequence):
+        return int(value.batch_sizes[0]) == rows
+    return isinstance(value, tuple | list | dict) and any(
+        isinstance(t, Tensor) and t.dim() > 0 and len(t) == rows
+        for t in (value.values() if isinstance(value, dict) else value)
+    )
 
 
 def _is_row_view(value: object, x: Tensor) -> bool:

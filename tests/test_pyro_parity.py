@@ -714,6 +714,30 @@ def test_a_program_that_cannot_take_a_batch_says_what_to_do():
         fit_svi(model, guide, X, batch_size=5, epochs=1, progress=False)
 
 
+def test_rows_packed_in_a_sequence_are_refused_where_they_would_be_batched_or_repeated():
+    # examples/dmm: the reversed sequences come packed (pack_padded_sequence) for the guide's RNN
+    def model(x, packed):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(x)), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, 0])
+
+    def guide(x, packed):
+        first = nn.utils.rnn.pad_packed_sequence(packed, batch_first=True)[0][:, 0, 0]
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(pyro.param("w", torch.tensor(0.5)) * first, 1.0))
+
+    x = torch.randn(6, 3)
+    packed = nn.utils.rnn.pack_padded_sequence(x[..., None], torch.tensor([3, 3, 2, 2, 1, 1]),
+                                               batch_first=True)  # fmt: skip
+    message = r"^Argument 'args\[1\]' holds tensors with rows inside a container that "
+    with pytest.raises(ValueError, match=message + "no minibatch can index; pass batch_size=None"):
+        fit_svi(model, guide, x, packed, batch_size=2, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=message + "log_prob cannot repeat once per draw"):
+        ppgen.log_prob(model, x, packed, guide=guide, num_samples=10)
+    one = ppgen.log_prob(model, x, packed, guide=guide, num_samples=1)  # one draw: no repeat
+    assert one.shape == (6,)
+
+
 def _epoch_gradient(make, args, kwargs, batch_size):
     """The gradient of one epoch's summed batch losses, as the loop weighs them, times the
     batch size: the gradient of minus the whole data's ELBO where each batch weighs by its
