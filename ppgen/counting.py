@@ -56,6 +56,12 @@ def count_parameters(
     """
     if isinstance(cardinalities, nn.Module):
         return _count_module(cardinalities)
+    if callable(cardinalities) or not isinstance(cardinalities, Iterable):  # a program
+        raise ValueError(
+            "count_parameters takes cardinalities (a sequence or mapping of ints) or a module, "
+            f"not a {type(cardinalities).__name__}; for a program's parameters, pass the "
+            "nn.Module that holds them."
+        )
     cards = dict(
         cardinalities.items() if isinstance(cardinalities, Mapping) else enumerate(cardinalities)
     )

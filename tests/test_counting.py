@@ -59,3 +59,14 @@ def test_numpy_cardinalities_count_as_ints():
     assert count_parameters([np.int64(2), 3], "joint") == 5
     with pytest.raises(ValueError, match="Cardinalities must be positive ints"):
         count_parameters([True, 2], "joint")
+
+
+def test_a_program_is_refused_naming_the_module_to_count():
+    class VAE(torch.nn.Module):  # examples/vae, ported as count_parameters(vae.model)
+        def model(self, x):
+            pass
+
+    vae = VAE()
+    with pytest.raises(ValueError, match=r"^count_parameters takes cardinalities .* or a module, "
+                       r"not a method; for a program's parameters, pass the nn.Module"):  # fmt: skip
+        count_parameters(vae.model)
