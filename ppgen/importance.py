@@ -144,8 +144,8 @@ def log_weights(
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:
                 raise ValueError(
                     f"Site {name!r} is not inside the data plate (its log-probability has shape "
-                    f"{tuple(log_prob.shape)}, not {draws * rows} rows first), so it has no "
-                    "importance weight per row."
+                    f"{tuple(log_prob.shape)}, not one value per row first: {rows} rows, "
+                    f"repeated for {draws} draws), so it has no importance weight per row."
                 )
             if sign > 0 and not site["is_observed"] and name not in guided:
                 continue  # drawn from its prior, its own proposal: p / q = 1

@@ -444,7 +444,9 @@ def test_an_unguided_global_latent_has_no_weight_per_row():
         with pyro.plate("rows", len(x)):
             pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
 
-    with pytest.raises(ValueError, match="Site 'mu' is not inside the data plate"):
+    message = (r"^Site 'mu' is not inside the data plate \(its log-probability has shape \(\), "
+               r"not one value per row first: 2 rows, repeated for 10 draws\), so")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
         importance_log_prob(model, lambda x: None, torch.tensor([0.3, -1.0]), num_samples=10)
 
 
