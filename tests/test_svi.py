@@ -419,6 +419,11 @@ def test_a_data_tensor_is_checked_against_the_model():
     x[2, 1] = 0.5
     with pytest.raises(ValueError, match="in row 2, outside the support of its Bernoulli"):
         vae.log_prob(x)
+    images = torch.ones(3, 12)  # a long row: the first value outside, not all of them
+    images[1, 5:] = 0.5
+    wide = VAE(12, 2, hidden=(3,))
+    with pytest.raises(ValueError, match=r"^Column 'x' has value 0.5 at position \(5,\) in row 1, "):
+        fit_svi(wide, wide.guide, images, epochs=1, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
 
 
