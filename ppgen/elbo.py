@@ -167,6 +167,8 @@ class ELBOObjective(nn.Module):
                 "to its site (amortised, as VAE.guide does)."
             )
         _refuse_rows_in(params, size)
+        if plate is not None and self._scales_itself(whole, batch_size):
+            self.plate = None  # it weighs a batch's rows by the data's size itself, as Pyro's
         unplated = [n for n, s in latent.items() if n not in inside and not _has_rows(s, size)]
         if plate is None and unplated:
             warnings.warn(
@@ -175,6 +177,23 @@ class ELBOObjective(nn.Module):
                 "once a batch: the fit depends on batch_size.",
                 stacklevel=4,
             )
+
+    def _scales_itself(self, whole: dict[str, Tensor], batch_size: int) -> bool:
+        """Whether the model, run on a batch, tells the plate of the rows the data's size
+        (`examples/svi_torch`'s `pyro.plate("data", size, len(covariates))`), so that Pyro
+        scales the batch's sites to the whole data and the globals need no share."""
+        batch = {k: v[:batch_size] for k, v in whole.items()}
+        try:
+            with torch.random.fork_rng(), torch.no_grad(), _kept():
+                _, trace, _ = self._traces(batch)
+        except (_ProgramError, RuntimeError, ValueError):  # the steps say what fails, and why
+            return False
+        return any(
+            f.name == self.plate and f.full_size is not None and f.full_size > f.size
+            for site in trace.nodes.values()
+            if is_variable(site)
+            for f in site["cond_indep_stack"]
+        )
 
     def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
         """`TraceEnum_ELBO` (its plate nesting from the traces, also where it was asked for

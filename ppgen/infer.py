@@ -345,7 +345,10 @@ def fit_svi(
     mean) and their guide sites count in each batch by the batch's share of the rows, as
     Pyro's subsampling plates scale the local ones, and a short last batch weighs by its rows:
     an epoch sums the ELBO of the whole data once, and the fit does not depend on
-    `batch_size`. (The validation ELBO per row counts them per training row.)
+    `batch_size`. (The validation ELBO per row counts them per training row.) A program
+    whose plate of the rows is told the data's size (`pyro.plate("data", size,
+    len(covariates))`, as in Pyro's `examples/svi_torch`) scales each batch itself: its
+    ELBO is taken as it is.
 
     Arguments:
         model: A Pyro program.

@@ -861,3 +861,37 @@ def test_minibatches_of_latents_per_row_take_svis_steps_without_a_word():
         fits.append(cvae.state_dict())
     for name, value in fits[0].items():
         assert torch.allclose(fits[1][name], value, rtol=0, atol=1e-6), name
+
+
+class SelfScaled(PyroModule):  # examples/svi_torch, verbatim: its plate scales a batch itself
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+        self.register_buffer("zero", torch.tensor(0.0, dtype=torch.float64))
+
+    def forward(self, covariates, data=None):
+        coeff = pyro.sample("coeff", dist.Normal(self.zero, 1))
+        bias = pyro.sample("bias", dist.Normal(self.zero, 1))
+        scale = pyro.sample("scale", dist.LogNormal(self.zero, 1))
+        with pyro.plate("data", self.size, len(covariates)):
+            loc = bias + coeff * covariates
+            return pyro.sample("obs", dist.Normal(loc, scale), obs=data)
+
+
+def test_a_program_that_scales_its_batches_itself_is_not_scaled_again():
+    # pyro.plate("data", size, len(batch)) weighs the batch's rows by size / len(batch): each
+    # batch's ELBO is then the program's own, as SVI.step takes it from a DataLoader
+    model = SelfScaled(N)
+    guide = AutoDelta(model)
+    captured = {}
+
+    def spy(step, data, *rest, **options):
+        captured.update(objective=step.objective)
+        return ppgen.FitResult()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppgen.infer, "train", spy)
+        fit_svi(model, guide, X, Y, batch_size=6, progress=False)
+    batch = {"*data": X[:6], "*args[1]": Y[:6]}
+    expected = -Trace_ELBO().loss(model, guide, X[:6], Y[:6])
+    assert captured["objective"](batch)["elbo"].item() == pytest.approx(expected, rel=1e-12)
