@@ -693,11 +693,14 @@ def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:
 
 
 class _InitDraws(Messenger):
-    """Records the random state after each new `pyro.param` whose initial value drew from it
+    """Records the random state after each new `pyro.param`'s initialisation, where the stream
+    moved since the last sample site or record, by draws outside sample statements
     (`skip=None`), or sets it there (`skip`: the recorded states).
 
-    `SVI.step`'s first step initialises its parameters as it goes, between its draws; the
-    fit's first step, whose parameters :meth:`ELBOObjective.inspect` initialised on the same
+    `SVI.step`'s first step initialises its parameters as it goes, between its draws: a
+    param's initial value may draw, and so may a module built lazily before its params are
+    read (an `AutoNormalizingFlow`'s transform, built by the guide's first call). The fit's
+    first step, whose parameters :meth:`ELBOObjective.inspect` initialised on the same
     stream, takes the same draws by skipping the stream past each initialisation.
     """
 
@@ -705,20 +708,24 @@ class _InitDraws(Messenger):
         self, batch: dict[str, Tensor], skip: dict[str, list[Tensor]] | None = None
     ) -> None:
         super().__init__()
-        self.batch, self.record, self.before = batch, skip is None, None
+        self.batch, self.record, self.new = batch, skip is None, False
         self.states = {} if skip is None else skip
+        self.last = _rng_state(batch) if self.record else None  # the stream at the start
 
     def _pyro_param(self, msg: dict) -> None:
-        if self.record and msg["args"][0] not in pyro.get_param_store():
-            self.before = _rng_state(self.batch)
+        self.new = self.record and msg["args"][0] not in pyro.get_param_store()
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if self.record:  # a site's own draw (none where the ELBO enumerates it) is no init's
+            self.last = _rng_state(self.batch)
 
     def _pyro_post_param(self, msg: dict) -> None:
         name = msg["args"][0]
-        if self.record and self.before is not None:
+        if self.new:
             now = _rng_state(self.batch)
-            if not all(map(torch.equal, self.before, now)):
-                self.states[name] = now
-            self.before = None
+            if not all(map(torch.equal, self.last, now)):
+                self.states[name], self.last = now, now
+            self.new = False
         elif not self.record and name in self.states:
             set_rng_state(self.states.pop(name))
 

@@ -24,7 +24,7 @@ from pyro.infer import (
     TraceMeanField_ELBO,
     config_enumerate,
 )
-from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoIAFNormal, AutoNormal
 from pyro.nn import PyroModule, PyroSample
 from pyro.ops.indexing import Vindex
 from torch import nn
@@ -561,6 +561,14 @@ def baseline():  # a baseline asked for: TraceGraph_ELBO, the one ELBO that read
     return example.model, example.guide
 
 
+def flow():  # examples/neutra's guide: its transform is built, drawing, by its first call
+    def model(a, b):
+        x = pyro.sample("x", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+        pyro.sample("y", dist.Normal(a * x[0] + b * x[1] ** 2, 1.0), obs=torch.tensor(1.0))
+
+    return model, AutoIAFNormal(model, hidden_dim=[4], num_transforms=2)
+
+
 def vae():  # an amortised guide
     model = PyroVAE()
     return model.model, model.guide
@@ -599,6 +607,7 @@ PROGRAMS = {
     "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
     "vae": (vae, (PIXELS,), {}, None, {}),
     "baseline": (baseline, (True,), {}, TraceGraph_ELBO(), {}),
+    "flow": (flow, (1.15, 1.0), {}, None, {}),
     "no_arguments": (no_arguments, (), {}, TraceEnum_ELBO(max_plate_nesting=2), {}),
     "sparse_gamma_def": (
         sparse_gamma_def,
