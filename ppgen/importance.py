@@ -19,7 +19,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
-from ppgen.tracing import is_variable
+from ppgen.tracing import is_variable, program_name
 
 __all__ = ["importance_log_prob", "reads_rows"]
 
@@ -129,10 +129,12 @@ def log_weights(
         model = poutine.condition(model, data=repeated)
         kwargs = {**kwargs, "n": draws * rows}
     rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        *args, **kwargs
-    )
+    where = f" on {rows} rows, repeated for {draws} draws"
+    guide_trace = _traced("guide", guide, where, lambda: poutine.trace(guide).get_trace(
+        *args, **kwargs, **rows_of))  # fmt: skip
+    replayed = poutine.replay(model, trace=guide_trace)
+    model_trace = _traced("model", model, where, lambda: poutine.trace(replayed).get_trace(
+        *args, **kwargs))  # fmt: skip
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
     terms = []
     for sign, trace in ((1, model_trace), (-1, guide_trace)):
@@ -151,6 +153,20 @@ def log_weights(
                 continue  # drawn from its prior, its own proposal: p / q = 1
             terms.append(sign * log_prob.reshape(draws, rows, -1).sum(-1))
     return torch.stack(terms).sum(0)
+
+
+def _traced(
+    role: str, program: object, where: str, run: Callable[[], poutine.Trace]
+) -> poutine.Trace:
+    """`run()`, an error of torch's or Python's inside the program made one sentence naming
+    it (the original chained, without the trace's shapes that Pyro appends)."""
+    try:
+        return run()
+    except (RuntimeError, TypeError, IndexError, KeyError, AssertionError) as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+        raise ValueError(
+            f"The {role} {program_name(program)} raised {type(error).__name__}{where}: {text}"
+        ) from error
 
 
 def _repeat(value: object, draws: int, rows: int) -> object:

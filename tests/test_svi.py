@@ -455,6 +455,22 @@ def test_an_unguided_global_latent_has_no_weight_per_row():
         importance_log_prob(model, lambda x: None, torch.tensor([0.3, -1.0]), num_samples=10)
 
 
+def test_an_error_inside_a_program_of_log_prob_with_a_guide_is_one_sentence():
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):  # a weight of the wrong size, as in a port with a typo
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z", dist.Normal((torch.ones(3, 3) @ x[:, None]).squeeze(-1), 1.0))
+
+    message = (r"^The guide guide raised RuntimeError on 5 rows, repeated for 4 draws: mat1 and "
+               r"mat2 shapes cannot be multiplied \(3x3 and 20x1\)$")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        ppgen.log_prob(model, torch.randn(5), guide=guide, num_samples=4)
+
+
 def test_svi_validation_columns_and_parameters_are_checked():
     def model(n=1):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
