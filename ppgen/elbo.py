@@ -167,7 +167,7 @@ class ELBOObjective(nn.Module):
                 "to its site (amortised, as VAE.guide does)."
             )
         _refuse_rows_in(params, size)
-        if plate is not None and self._scales_itself(whole, batch_size):
+        if self.plate is not None and self._scales_itself(whole, batch_size):
             self.plate = None  # it weighs a batch's rows by the data's size itself, as Pyro's
         unplated = [n for n, s in latent.items() if n not in inside and not _has_rows(s, size)]
         if plate is None and unplated:
