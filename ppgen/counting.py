@@ -60,10 +60,11 @@ def count_parameters(
     """
     if isinstance(cardinalities, nn.Module):
         return _count_module(cardinalities)
-    if not isinstance(cardinalities, Iterable):
+    if callable(cardinalities) or not isinstance(cardinalities, Iterable):  # a program
         raise ValueError(
-            "Expected cardinalities (a sequence or a mapping of ints) or a module, "
-            f"not {type(cardinalities).__name__}."
+            "count_parameters takes cardinalities (a sequence or mapping of ints) or a module, "
+            f"not a value of type {type(cardinalities).__name__}; for a program's parameters, "
+            "pass the nn.Module that holds them."
         )
     cards = dict(
         cardinalities.items() if isinstance(cardinalities, Mapping) else enumerate(cardinalities)

@@ -17,7 +17,7 @@ from torch.distributions import Distribution, constraints
 
 from ppgen.graph import family
 from ppgen.model import coding
-from ppgen.tracing import is_variable
+from ppgen.tracing import is_variable, validates
 
 __all__ = ["Table", "fits", "place", "read_table", "table"]
 
@@ -203,9 +203,10 @@ def read_table(
             _check_labels(name, site, found)
             labels[name] = found
         _check_rows(name, site, value, columns)
-        if varies(site["fn"].support):
+        checked = validates(site["fn"])  # one built not to validate takes any value, as in Pyro
+        if checked and varies(site["fn"].support):
             varying.append(name)
-        else:  # on the values as given: a cast may round them into the support
+        elif checked:  # on the values as given: a cast may round them into the support
             check_support(name, site["fn"], value, site["value"].device)
         dtype = site["value"].dtype
         if _is_integer(value) and _is_integer(site["value"]) and value.dtype.itemsize <= dtype.itemsize:
@@ -606,9 +607,26 @@ def _check_varying(
 
 
 def _outside(name: str, fn: Distribution, value: Tensor, row: int) -> NoReturn:
-    """Raises the error of a value outside the support, naming the column, row and family."""
-    bad = value[row].reshape(-1)[0].item() if value[row].numel() == 1 else value[row].tolist()
+    """Raises the error of a value outside the support, naming the column, row and family: the
+    row's values, or in a long row (an image's) the first outside, with its position."""
+    entries = value[row]
+    bad, where = entries.tolist(), ""
+    if entries.numel() == 1:
+        bad = entries.reshape(-1)[0].item()
+    elif entries.numel() > _SHOWN:
+        support = fn.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        inside = support.check(entries)
+        if inside.shape == entries.shape and not inside.all():
+            at = tuple(int(i) for i in (~inside).nonzero()[0])
+            bad, where = entries[at].item(), f" at position {at}"
+        else:
+            bad = f"[{', '.join(map(str, entries.reshape(-1)[:_SHOWN].tolist()))}, ...]"
     raise ValueError(
-        f"Column {name!r} has value {bad} in row {row}, outside the support of its "
+        f"Column {name!r} has value {bad}{where} in row {row}, outside the support of its "
         f"{family(fn)} distribution."
     )
+
+
+_SHOWN = 8  # the most values of a row that an error shows

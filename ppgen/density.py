@@ -28,7 +28,7 @@ from ppgen.batched import sample as sample_layers
 from ppgen.builder import DAG
 from ppgen.data import Table, is_frame, read_table
 from ppgen.device import resolve_device
-from ppgen.elbo import ARGUMENT, check_observed, svi_table
+from ppgen.elbo import ARGUMENT, check_observed, per_row, svi_table
 from ppgen.importance import importance_log_prob
 from ppgen.model import coding
 from ppgen.nn import Node, Tabular
@@ -40,6 +40,7 @@ from ppgen.tracing import (
     program_name,
     signature,
     trace_calls,
+    validates,
 )
 
 __all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
@@ -404,7 +405,8 @@ class ProgramLogLikelihood(nn.Module):
             value = site["value"]
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValueError(f"Site {name!r} holds NaN or inf.")
-            if not is_factor(site) and not bool(site["fn"].support.check(value).all()):
+            fn = site["fn"]
+            if not is_factor(site) and validates(fn) and not bool(fn.support.check(value).all()):
                 raise ValueError(
                     f"Site {name!r} has a value outside the support of its distribution."
                 )
@@ -532,6 +534,13 @@ def log_prob(
                 "first argument: log_prob(model, x, ..., guide=guide)."
             )
     if guide is not None:
+        hidden = per_row((data, *args), kwargs)[2] if isinstance(data, Tensor) else None
+        if hidden is not None and num_samples > 1:  # examples/dmm's packed sequences
+            raise ValueError(
+                f"Argument {hidden[1:]!r} holds tensors with rows inside a container that "
+                "log_prob cannot repeat once per draw of the guide (a list, a PackedSequence); "
+                "pass them as tensors, or num_samples=1."
+            )
         resolve_device(guide, device)
         rows = svi_table(model, data, args, kwargs, device, categories=categories, known=True)
         batch = rows.rows(slice(None))

@@ -25,6 +25,7 @@ from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import Independent, constraints, kl_divergence
+from torch.nn.utils.rnn import PackedSequence
 
 from ppgen import distributed
 from ppgen.batched import Stacked, groups
@@ -38,6 +39,7 @@ from ppgen.tracing import (
     is_variable,
     program_parameters,
     trace_calls,
+    validates,
 )
 
 __all__ = [
@@ -133,7 +135,7 @@ class ELBOObjective(nn.Module):
             with _plain_errors():  # its draws for initial values, as SVI's first step has
                 self._call(self.guide._setup_prototype, "model", self.model, whole)
         state, inits = _rng_state(whole), _InitDraws(whole)
-        with torch.no_grad(), pyro.validation_enabled(False), _plain_errors(), inits, _kept():
+        with torch.no_grad(), _plain_errors(), inits, _kept():  # validation as the user has it
             guide_trace, model_trace, params = self._traces(whole)
         set_rng_state(state)
         check_guided(guide_trace, model_trace)
@@ -168,7 +170,9 @@ class ELBOObjective(nn.Module):
                 "to its site (amortised, as VAE.guide does)."
             )
         _refuse_rows_in(params, size)
-        unplated = [n for n, s in latent.items() if n not in inside]
+        if self.plate is not None and self._scales_itself(whole, batch_size):
+            self.plate = None  # it weighs a batch's rows by the data's size itself, as Pyro's
+        unplated = [n for n, s in latent.items() if n not in inside and not _has_rows(s, size)]
         if plate is None and unplated:
             warnings.warn(
                 f"Latent site {unplated[0]!r} seems global, but no plate indexes the rows of "
@@ -177,10 +181,27 @@ class ELBOObjective(nn.Module):
                 stacklevel=4,
             )
 
+    def _scales_itself(self, whole: dict[str, Tensor], batch_size: int) -> bool:
+        """Whether the model, run on a batch, tells the plate of the rows the data's size
+        (`examples/svi_torch`'s `pyro.plate("data", size, len(covariates))`), so that Pyro
+        scales the batch's sites to the whole data and the globals need no share."""
+        batch = {k: v[:batch_size] for k, v in whole.items()}
+        try:
+            with torch.random.fork_rng(), torch.no_grad(), _kept():
+                _, trace, _ = self._traces(batch)
+        except (_ProgramError, RuntimeError, ValueError):  # the steps say what fails, and why
+            return False
+        return any(
+            f.name == self.plate and f.full_size is not None and f.full_size > f.size
+            for site in trace.nodes.values()
+            if is_variable(site)
+            for f in site["cond_indep_stack"]
+        )
+
     def _choose_elbo(self, guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
         """`TraceEnum_ELBO` (its plate nesting from the traces, also where it was asked for
         and no site is enumerated: no guessing run drawing from the stream) where a site is
-        enumerated. Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's
+        enumerated; left to choose, `TraceGraph_ELBO` where a guide's site asks for a baseline. Under an ELBO that draws its sites (`"trace"`, `"trace_graph"`), a guide's
         site marked for enumeration is drawn instead, its gradient estimated by the score
         function, as Pyro's SVI would: a warning says so once, and the mark is taken off."""
         enumerated = [
@@ -190,6 +211,8 @@ class ELBOObjective(nn.Module):
             if site["type"] == "sample" and site["infer"].get("enumerate") is not None
         ]
         if not enumerated:
+            if self.elbo is None and _asks_for_baseline(guide_trace):
+                self._use("trace_graph")  # the one ELBO that reads a baseline
             if self.elbo == "trace_enum":
                 self.loss.max_plate_nesting = _plate_nesting(guide_trace, model_trace)
             return
@@ -518,6 +541,15 @@ class _ProgramError(Exception):
     `ValueError`, which Pyro's trace would extend with the trace's shapes."""
 
 
+def _asks_for_baseline(guide_trace: poutine.Trace) -> bool:
+    """Whether a guide's site asks for a baseline (`infer={"baseline": ...}`, as the SVI
+    tutorial part III's does), which only `TraceGraph_ELBO` reads."""
+    return any(
+        site["type"] == "sample" and site["infer"].get("baseline") is not None
+        for site in guide_trace.nodes.values()
+    )
+
+
 def _plate_nesting(*traces: poutine.Trace) -> int:
     """The deepest vectorised plate of the sample sites of `traces`, as `max_plate_nesting`."""
     dims = [
@@ -592,19 +624,19 @@ def per_row(
     sizes = [len(v) for _, v in tensors]
     rows = max(sizes, key=sizes.count)  # the most common leading size; the first's on a tie
     columns = {k: v for k, v in tensors if len(v) == rows}
-    hidden = next(
-        (
-            k
-            for k, v in named
-            if isinstance(v, tuple | list | dict)
-            and any(
-                isinstance(t, Tensor) and t.dim() > 0 and len(t) == rows
-                for t in (v.values() if isinstance(v, dict) else v)
-            )
-        ),
-        None,
-    )
+    hidden = next((k for k, v in named if _holds_rows(v, rows)), None)
     return rows, columns, hidden
+
+
+def _holds_rows(value: object, rows: int) -> bool:
+    """Whether a list, tuple or dict holds a tensor of `rows` rows, or a `PackedSequence` packs
+    `rows` sequences (`examples/dmm`'s reversed batch)."""
+    if isinstance(value, PackedSequence):
+        return int(value.batch_sizes[0]) == rows
+    return isinstance(value, tuple | list | dict) and any(
+        isinstance(t, Tensor) and t.dim() > 0 and len(t) == rows
+        for t in (value.values() if isinstance(value, dict) else value)
+    )
 
 
 def _is_row_view(value: object, x: Tensor) -> bool:
@@ -649,6 +681,16 @@ def _plate_of_rows(trace: poutine.Trace, whole: dict[str, Tensor]) -> str | None
     return found.pop() if found is not None and len(found) == 1 else None
 
 
+def _has_rows(site: dict, rows: int) -> bool:
+    """Whether a site is inside a vectorised plate as long as the rows, with or without a size
+    (`examples/cvae`'s `pyro.plate("data")`): a local latent, one value per row."""
+    shape = site["fn"].batch_shape
+    return any(
+        f.vectorized and -f.dim <= len(shape) and shape[f.dim] == rows
+        for f in site["cond_indep_stack"]
+    )
+
+
 def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:
     """Raises for a `pyro.param` with one value per row, which minibatches cannot index."""
     for name, value in params.items():
@@ -662,11 +704,14 @@ def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:
 
 
 class _InitDraws(Messenger):
-    """Records the random state after each new `pyro.param` whose initial value drew from it
+    """Records the random state after each new `pyro.param`'s initialisation, where the stream
+    moved since the last sample site or record, by draws outside sample statements
     (`skip=None`), or sets it there (`skip`: the recorded states).
 
-    `SVI.step`'s first step initialises its parameters as it goes, between its draws; the
-    fit's first step, whose parameters :meth:`ELBOObjective.inspect` initialised on the same
+    `SVI.step`'s first step initialises its parameters as it goes, between its draws: a
+    param's initial value may draw, and so may a module built lazily before its params are
+    read (an `AutoNormalizingFlow`'s transform, built by the guide's first call). The fit's
+    first step, whose parameters :meth:`ELBOObjective.inspect` initialised on the same
     stream, takes the same draws by skipping the stream past each initialisation.
     """
 
@@ -674,20 +719,24 @@ class _InitDraws(Messenger):
         self, batch: dict[str, Tensor], skip: dict[str, list[Tensor]] | None = None
     ) -> None:
         super().__init__()
-        self.batch, self.record, self.before = batch, skip is None, None
+        self.batch, self.record, self.new = batch, skip is None, False
         self.states = {} if skip is None else skip
+        self.last = _rng_state(batch) if self.record else None  # the stream at the start
 
     def _pyro_param(self, msg: dict) -> None:
-        if self.record and msg["args"][0] not in pyro.get_param_store():
-            self.before = _rng_state(self.batch)
+        self.new = self.record and msg["args"][0] not in pyro.get_param_store()
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if self.record:  # a site's own draw (none where the ELBO enumerates it) is no init's
+            self.last = _rng_state(self.batch)
 
     def _pyro_post_param(self, msg: dict) -> None:
         name = msg["args"][0]
-        if self.record and self.before is not None:
+        if self.new:
             now = _rng_state(self.batch)
-            if not all(map(torch.equal, self.before, now)):
-                self.states[name] = now
-            self.before = None
+            if not all(map(torch.equal, self.last, now)):
+                self.states[name], self.last = now, now
+            self.new = False
         elif not self.record and name in self.states:
             set_rng_state(self.states.pop(name))
 
@@ -769,7 +818,7 @@ def check_observed(trace: poutine.Trace, columns: Sequence[Tensor]) -> None:
                 else f"The data tensor has {len(value)} rows at site {name!r}, but the "
                 f"model's distribution there has shape {shape}."
             )
-        if not varies(fn.support):
+        if validates(fn) and not varies(fn.support):
             check_support(name, fn, value, value.device)
 
 

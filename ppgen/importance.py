@@ -21,7 +21,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta, AutoGuideList
 from torch import Tensor
 
-from ppgen.tracing import is_variable, signature, unwrapped
+from ppgen.tracing import is_variable, program_name, signature, unwrapped
 
 __all__ = ["check_guided", "importance_log_prob", "reads_rows"]
 
@@ -129,10 +129,17 @@ def log_weights(
     the programs read from outside their arguments)."""
     try:
         traces = _traces(model, guide, data, draws, rows, args, kwargs)
-    except (RuntimeError, ValueError, IndexError):  # shapes of the rows repeated: once a pass
+    except ValueError as error:  # the rows repeated, or the programs' own error: once a pass
         if draws == 1:
             raise
-        traces = None
+        try:
+            first = log_weights(model, guide, data, 1, rows, args, kwargs)
+        except ValueError:  # the programs' own error: said as it came
+            raise error from error.__cause__
+        return torch.cat(
+            [first, *(log_weights(model, guide, data, 1, rows, args, kwargs)
+                      for _ in range(draws - 1))]
+        )  # fmt: skip
     if traces is None:
         return torch.cat(
             [log_weights(model, guide, data, 1, rows, args, kwargs) for _ in range(draws)]
@@ -155,8 +162,8 @@ def log_weights(
             if log_prob.dim() == 0 or log_prob.shape[0] != draws * rows:
                 raise ValueError(
                     f"Site {name!r} is not inside the data plate (its log-probability has shape "
-                    f"{tuple(log_prob.shape)}, not {draws * rows} rows first), so it has no "
-                    "importance weight per row."
+                    f"{tuple(log_prob.shape)}, not one value per row first: {rows} rows, "
+                    f"repeated for {draws} draws), so it has no importance weight per row."
                 )
             if sign > 0 and not site["is_observed"] and name not in guided:
                 continue  # drawn from its prior, its own proposal: p / q = 1
@@ -186,15 +193,31 @@ def _traces(
         model = poutine.condition(model, data=repeated)
         kwargs = {**kwargs, "n": draws * rows}
     rows_of = {"data": repeated} if reads_rows(guide) and not isinstance(data, Tensor) else {}
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs, **rows_of)
+    where = f" on {rows} rows, repeated for {draws} draws"
+    guide_trace = _traced("guide", guide, where, lambda: poutine.trace(guide).get_trace(
+        *args, **kwargs, **rows_of))  # fmt: skip
     if draws > 1 and _draws_per_row(guide_trace, rows):
         return None
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        *args, **kwargs
-    )
+    replayed = poutine.replay(model, trace=guide_trace)
+    model_trace = _traced("model", model, where, lambda: poutine.trace(replayed).get_trace(
+        *args, **kwargs))  # fmt: skip
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     return guide_trace, model_trace
+
+
+def _traced(
+    role: str, program: object, where: str, run: Callable[[], poutine.Trace]
+) -> poutine.Trace:
+    """`run()`, an error of torch's or Python's inside the program made one sentence naming
+    it (the original chained, without the trace's shapes that Pyro appends)."""
+    try:
+        return run()
+    except (RuntimeError, TypeError, IndexError, KeyError, AssertionError) as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+        raise ValueError(
+            f"The {role} {program_name(program)} raised {type(error).__name__}{where}: {text}"
+        ) from error
 
 
 def check_guided(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:

@@ -299,7 +299,7 @@ def _keep_coding(model: Callable[..., object], data: Table, result: FitResult) -
 def fit_svi(
     model: Callable[..., object],
     guide: Callable[..., object] | str,
-    data: Mapping[str, object] | Tensor,
+    data: Mapping[str, object] | Tensor | None = None,
     *args: object,
     elbo: str | None = None,
     num_particles: int = 1,
@@ -348,13 +348,18 @@ def fit_svi(
     mean) and their guide sites count in each batch by the batch's share of the rows, as
     Pyro's subsampling plates scale the local ones, and a short last batch weighs by its rows:
     an epoch sums the ELBO of the whole data once, and the fit does not depend on
-    `batch_size`. (The validation ELBO per row counts them per training row.)
+    `batch_size`. (The validation ELBO per row counts them per training row.) A program
+    whose plate of the rows is told the data's size (`pyro.plate("data", size,
+    len(covariates))`, as in Pyro's `examples/svi_torch`) scales each batch itself: its
+    ELBO is taken as it is.
 
     Arguments:
         model: A Pyro program.
         guide: A Pyro program sampling the latent sites of `model`, or `"auto_normal"` /
             `"auto_delta"` for Pyro's `AutoNormal` / `AutoDelta` built on `model`.
-        data: The observed rows as a dict or a DataFrame, or the programs' first argument.
+        data: The observed rows as a dict or a DataFrame, the programs' first argument, or
+            `None` for programs whose data are inside them (`SVI.step(*args)`, as in Pyro's
+            tensor-shapes tutorial).
         args, kwargs: Other inputs of `model` and `guide`.
         elbo: `"trace"` (`Trace_ELBO`), `"mean_field"` (`TraceMeanField_ELBO`, analytic KL
             where known), `"trace_enum"` (`TraceEnum_ELBO`, its `max_plate_nesting` read from
@@ -365,7 +370,8 @@ def fit_svi(
             loss; every site in the data plate, reparameterised guides with a density only (no
             `AutoDelta`), the rows in the
             first argument alone). `None`: `"trace_enum"` where a site is marked for
-            enumeration, else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
+            enumeration, `"trace_graph"` where a guide's site asks for a baseline
+            (`infer={"baseline": ...}`), else `"trace"`. Under `"trace"` or `"trace_graph"`, a guide's
             site marked for enumeration is drawn, its gradient estimated by the score
             function, as Pyro's SVI would, with a warning.
         num_particles: The draws per row of the ELBO's estimate.
@@ -409,14 +415,15 @@ def fit_svi(
     if isinstance(guide, str) and guide not in ("auto_normal", "auto_delta"):
         raise ValueError(f"guide must be a program, 'auto_normal' or 'auto_delta', not {guide!r}.")
     check_budget(epochs, 1 if batch_size is None else batch_size)
-    warn_shadowed("fit_svi", _OPTIONS, model, guide)
+    # model(data, *args, **kwargs), as SVI.step calls it: a dict too, where no keyword n takes rows
+    argument = not takes_rows(model) or not (isinstance(data, Mapping) or is_frame(data))
+    positional = (data, *args) if argument and data is not None else args
+    warn_shadowed("fit_svi", _OPTIONS, model, guide, positional=positional)
     checkpoint_file(checkpoint, resume)  # before anything changes
     device = resolve_device(None, device)  # where to go, once the data have passed their checks
     distributed.init_from_env(device)
-    # model(data, *args, **kwargs), as SVI.step calls it: a dict too, where no keyword n takes rows
-    argument = not takes_rows(model) or not (isinstance(data, Mapping) or is_frame(data))
     if argument:
-        args = (data, *args)
+        args = args if data is None else (data, *args)  # None: programs without data
         data, val = _argument_rows(model, args, kwargs, val, device, batch_size, elbo)
     else:
         data = svi_table(model, data, args, kwargs, device)

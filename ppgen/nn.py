@@ -29,7 +29,7 @@ from torch.distributions.transforms import (
 from torch.distributions.utils import lazy_property
 
 from ppgen.model import Model, Rebuildable  # their home; imported from here before
-from ppgen.tracing import record_call, recording_calls
+from ppgen.tracing import LEAN, record_call, recording_calls
 
 __all__ = [
     "Conditional",
@@ -138,7 +138,7 @@ class _Head:
             key = (eta.dtype, eta.device, batch)
             d = self._cache.get(key)
             if d is None:
-                d = self.family(**self._fixed(eta), validate_args=False)
+                d = self.family(**self._fixed(eta), validate_args=LEAN)
                 d = d.expand(batch + self.event_shape)
                 d = d.to_event(len(self.event_shape)) if self.event_shape else d
                 if self._constant and not torch.is_inference_mode_enabled():
@@ -158,7 +158,7 @@ class _Head:
             if vector and self.reference:  # the last category's logit is fixed at 0
                 value = F.pad(value, (0, 1))
             kwargs[name] = value
-        d = self.family(**kwargs, validate_args=False)
+        d = self.family(**kwargs, validate_args=LEAN)
         return d.to_event(len(self.event_shape)) if self.event_shape else d
 
     def _fixed(self, eta: Tensor) -> dict[str, object]:
@@ -477,7 +477,7 @@ class _TableCategorical(dist.Categorical):
         self._num_events = log_table.shape[-1]
         if batch_shape is None:
             batch_shape = torch.broadcast_shapes(*(i.shape for i in index))
-        torch.distributions.Distribution.__init__(self, batch_shape, validate_args=False)
+        torch.distributions.Distribution.__init__(self, batch_shape, validate_args=LEAN)
 
     def _rows(self, table: Tensor) -> Tensor:
         """The rows of `table` (of the table's shape) at `index`, of shape batch + (k,)."""
@@ -539,7 +539,7 @@ class LinearGaussian(Node):
         cards = self.parent_cardinalities or [None] * len(parents)
         width = self.linear.in_features
         loc = self.linear(features(parents, cards, self.scale.dtype, width)).squeeze(-1)
-        return dist.Normal(loc, F.softplus(self.scale), validate_args=False)
+        return dist.Normal(loc, F.softplus(self.scale), validate_args=LEAN)
 
     def extra_repr(self) -> str:
         return f"in_features={self.linear.in_features}"
@@ -562,9 +562,9 @@ def gaussian_mixture(eta: Tensor) -> dist.MixtureSameFamily:
         )
     logits, loc, scale = eta.chunk(3, dim=-1)
     return dist.MixtureSameFamily(
-        dist.Categorical(logits=logits, validate_args=False),
-        dist.Normal(loc, F.softplus(scale), validate_args=False),
-        validate_args=False,
+        dist.Categorical(logits=logits, validate_args=LEAN),
+        dist.Normal(loc, F.softplus(scale), validate_args=LEAN),
+        validate_args=LEAN,
     )
 
 

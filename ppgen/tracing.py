@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 __all__ = [
+    "LEAN",
     "Call",
     "error_place",
     "fitted_parameters",
@@ -46,6 +47,7 @@ __all__ = [
     "trace_calls",
     "unwrapped",
     "warn_shadowed",
+    "validates",
 ]
 
 Call = tuple[nn.Module, tuple[Tensor, ...], Distribution]
@@ -173,6 +175,34 @@ def unwrapped(fn: Distribution) -> Distribution:
     return fn
 
 
+class _Lean:
+    """The `validate_args` of ppgen's own distributions: falsy, so that torch skips its checks
+    in the steps, ppgen checking the data instead; a program's `validate_args=False` means
+    that the site takes any value. It survives `expand`, which copies `_validate_args`."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "LEAN"
+
+
+LEAN = _Lean()
+
+
+def validates(fn: Distribution) -> bool:
+    """Whether a distribution checks its values against its support, as its `log_prob` would:
+    not one a program built with `validate_args=False` (`examples/vae` scores grey pixels under
+    a Bernoulli so), nor any under `pyro.enable_validation(False)`; ppgen's own (:data:`LEAN`) do.
+
+    Example:
+        >>> grey = dist.Bernoulli(0.5, validate_args=False)
+        >>> validates(dist.Bernoulli(0.5).expand([3])), validates(grey.expand([3]).to_event(1))
+        (True, False)
+    """
+    return unwrapped(fn)._validate_args is not False
+
+
 def is_factor(site: dict) -> bool:
     """Whether a trace site is a `pyro.factor` term: an observed `Unit` that adds its
     log-factor to the program's log-density, not a random variable of its own.
@@ -293,10 +323,13 @@ def error_place(error: BaseException) -> str:
     return ""
 
 
-def warn_shadowed(function: str, options: Iterable[str], *programs: object) -> None:
+def warn_shadowed(
+    function: str, options: Iterable[str], *programs: object, positional: tuple = ()
+) -> None:
     """Says where the programs name a parameter as one of `function`'s own keyword `options`,
-    unbound (Pyro's examples take `batch_size` to subsample themselves): `function` takes that
-    keyword, and the programs get their default.
+    neither bound (by a `functools.partial`) nor given by position in `positional` (Pyro's
+    examples take `batch_size` to subsample themselves): `function` takes that keyword, and the
+    programs get their default.
 
     Example:
         >>> def model(n, lr=0.1): ...
@@ -312,7 +345,11 @@ def warn_shadowed(function: str, options: Iterable[str], *programs: object) -> N
             parameters = signature(program).parameters
         except (TypeError, ValueError):  # a string (an auto guide), or a builtin
             continue
-        bound = getattr(program, "keywords", {})  # a functools.partial's
+        bound = set(getattr(program, "keywords", {}))  # a functools.partial's
+        try:  # examples/air's model(data, batch_size), given by position
+            bound |= set(signature(program).bind_partial(*positional).arguments)
+        except TypeError:  # more than it takes: the program's first run says so
+            pass
         found = next((o for o in options if o in parameters and o not in bound), None)
         if found is not None and shadowed in (None, found):
             names.append(program_name(program))

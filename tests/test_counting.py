@@ -79,6 +79,18 @@ def test_a_shared_module_or_tied_weight_counts_once():
 
 @pytest.mark.parametrize("given,name", [(lambda: None, "function"), (3, "int"), (None, "NoneType")])
 def test_a_program_or_a_number_is_not_cardinalities(given, name):
-    message = f"Expected cardinalities (a sequence or a mapping of ints) or a module, not {name}."
+    message = ("count_parameters takes cardinalities (a sequence or mapping of ints) or a module, "
+               f"not a value of type {name}; for a program's parameters, pass the nn.Module")
     with pytest.raises(ValueError, match=re.escape(message)):
         count_parameters(given)
+
+
+def test_a_program_is_refused_naming_the_module_to_count():
+    class VAE(torch.nn.Module):  # examples/vae, ported as count_parameters(vae.model)
+        def model(self, x):
+            pass
+
+    vae = VAE()
+    with pytest.raises(ValueError, match=r"^count_parameters takes cardinalities .* or a module, "
+                       r"not a value of type method; for a program's parameters, pass the nn.Module"):  # fmt: skip
+        count_parameters(vae.model)

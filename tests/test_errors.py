@@ -10,6 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import config_enumerate
 from torch import nn
 
 import ppgen
@@ -479,6 +480,19 @@ def test_log_prob_with_an_auto_guide_by_name_or_no_rows():
     _unchanged(lambda: ppgen.log_prob(model, x, guide="auto_normal"), re.escape(guide), model)
     empty = "The program _Regression fails on its data: ZeroDivisionError: "  # a plate of no rows
     _unchanged(lambda: ppgen.log_prob(model, x[:0], x[:0]), re.escape(empty), model)
+
+
+def test_a_program_wrapped_by_pyros_handlers_is_named_by_its_function():
+    @config_enumerate  # the GMM tutorial's model: Pyro's handlers wrap it in a partial
+    def mixture(data):
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2))
+            pyro.sample("x", dist.Normal(z.double(), 1.0), obs=data)
+
+    latent = "Site 'z' of the program mixture is latent (neither observed with obs= nor in"
+    for program in (mixture, pyro.poutine.block(mixture, hide=["w"])):
+        with pytest.raises(ValueError, match=re.escape(latent)):
+            ppgen.log_prob(program, torch.zeros(3, dtype=torch.float64))
 
 
 def test_labels_or_a_missing_input_given_to_an_amortized_guide():

@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyro.distributions.testing.fakes import NonreparameterizedBeta
 from pyro.infer import (
     SVI,
     Trace_ELBO,
@@ -25,7 +26,7 @@ from pyro.infer import (
     TraceMeanField_ELBO,
     config_enumerate,
 )
-from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoIAFNormal, AutoNormal
 from pyro.nn import PyroModule, PyroSample
 from pyro.ops.indexing import Vindex
 from torch import nn
@@ -478,6 +479,20 @@ class PyroVAE(nn.Module):  # Pyro's examples/vae idiom: pyro.module in model and
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
+class GreyVAE(PyroVAE):  # examples/vae: grey pixels under a Bernoulli built not to validate
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            probs = torch.sigmoid(self.decoder(z))
+            pyro.sample("x", dist.Bernoulli(probs, validate_args=False).to_event(1), obs=x)
+
+
+def grey():
+    model = GreyVAE()
+    return model.model, model.guide
+
+
 class BatchNormVAE(PyroVAE):  # examples/scanvi's BatchNorm1d (not after a bias: its
     def __init__(self):  # gradient is zero but for rounding, which Adam's steps enlarge)
         super().__init__()
@@ -505,6 +520,57 @@ def labelled():  # examples/scanvi's labelled rows: y observed, a factor in the 
         return z
 
     return model, config_enumerate(guide, "parallel", expand=True)
+
+
+def no_arguments():  # the tensor-shapes tutorial's model3, its own guide: SVI.step() alone
+    def model3():
+        p = pyro.param("p", torch.arange(6.0) / 6)
+        locs = pyro.param("locs", torch.tensor([-1.0, 1.0]))
+        a = pyro.sample("a", dist.Categorical(torch.ones(6) / 6))
+        pyro.sample("b", dist.Bernoulli(p[a]))
+        with pyro.plate("c_plate", 4):
+            pyro.sample("c", dist.Bernoulli(0.3))
+            with pyro.plate("d_plate", 5):
+                d = pyro.sample("d", dist.Bernoulli(0.4))
+                e_loc = locs[d.long()].unsqueeze(-1)
+                pyro.sample("e", dist.Normal(e_loc, torch.arange(1.0, 8.0)).to_event(1))
+
+    return config_enumerate(model3, "parallel"), config_enumerate(model3, "parallel")
+
+
+class BernoulliBetaExample:  # the SVI tutorial part III, verbatim but for the steps
+    def __init__(self):
+        self.alpha0, self.beta0 = 10.0, 10.0
+        self.data = torch.zeros(10)
+        self.data[0:6] = torch.ones(6)
+        self.alpha_q_0, self.beta_q_0 = 15.0, 15.0
+
+    def model(self, use_decaying_avg_baseline):
+        f = pyro.sample("latent_fairness", dist.Beta(self.alpha0, self.beta0))
+        with pyro.plate("data_plate"):
+            pyro.sample("obs", dist.Bernoulli(f), obs=self.data)
+
+    def guide(self, use_decaying_avg_baseline):
+        alpha_q = pyro.param("alpha_q", torch.tensor(self.alpha_q_0),
+                             constraint=constraints.positive)  # fmt: skip
+        beta_q = pyro.param("beta_q", torch.tensor(self.beta_q_0), constraint=constraints.positive)
+        baseline_dict = {"use_decaying_avg_baseline": use_decaying_avg_baseline,
+                         "baseline_beta": 0.90}  # fmt: skip
+        pyro.sample("latent_fairness", NonreparameterizedBeta(alpha_q, beta_q),
+                    infer=dict(baseline=baseline_dict))  # fmt: skip
+
+
+def baseline():  # a baseline asked for: TraceGraph_ELBO, the one ELBO that reads it, is chosen
+    example = BernoulliBetaExample()
+    return example.model, example.guide
+
+
+def flow():  # examples/neutra's guide: its transform is built, drawing, by its first call
+    def model(a, b):
+        x = pyro.sample("x", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+        pyro.sample("y", dist.Normal(a * x[0] + b * x[1] ** 2, 1.0), obs=torch.tensor(1.0))
+
+    return model, AutoIAFNormal(model, hidden_dim=[4], num_transforms=2)
 
 
 def vae():  # an amortised guide
@@ -558,6 +624,9 @@ PROGRAMS = {
     "keyword": (keyword, (X,), {"y": Y}, None, {}),
     "score_function": (score_function, (X,), {}, TraceGraph_ELBO(), {"elbo": "trace_graph"}),
     "vae": (vae, (PIXELS,), {}, None, {}),
+    "baseline": (baseline, (True,), {}, TraceGraph_ELBO(), {}),
+    "flow": (flow, (1.15, 1.0), {}, None, {}),
+    "no_arguments": (no_arguments, (), {}, TraceEnum_ELBO(max_plate_nesting=2), {}),
     "sparse_gamma_def": (
         sparse_gamma_def,
         (torch.poisson(torch.full((5, 4), 2.0, dtype=torch.float64), generator=RNG),),
@@ -575,6 +644,7 @@ PROGRAMS = {
     "batch_norm": (batch_norm, (PIXELS,), {}, None, {}),
     "ppgen_vae": (ppgen_vae, (PIXELS,), {}, None, {}),
     "amortized": (amortized, (X,), {}, None, {}),
+    "grey": (grey, (PIXELS / 3 + 0.25,), {}, None, {}),
     "labelled": (  # TraceEnum_ELBO asked for, with no site to enumerate
         labelled,
         (X, (X > 0).double()),
@@ -620,6 +690,10 @@ def test_a_programs_parameter_named_as_a_fit_option_is_said_to_get_its_default()
     with warnings.catch_warnings():  # bound, as the sentence says: no word
         warnings.simplefilter("error")
         fit_svi(functools.partial(model, lr=0.1), lambda x: None, X, epochs=1, progress=False)
+        # given by position (examples/air: model(data, batch_size)): it has the value given
+        pyro.clear_param_store()
+        fit_svi(model, lambda x, lr: None, X, 0.1, epochs=1, progress=False)
+    assert pyro.param("m").item() == pytest.approx(0.1, abs=2e-3)  # one step of lr 1e-3
 
 
 def test_the_enumerating_elbo_is_chosen_or_asked_for():
@@ -667,6 +741,30 @@ def test_a_program_that_cannot_take_a_batch_says_what_to_do():
     )
     with pytest.raises(ValueError, match=message):
         fit_svi(model, guide, X, batch_size=5, epochs=1, progress=False)
+
+
+def test_rows_packed_in_a_sequence_are_refused_where_they_would_be_batched_or_repeated():
+    # examples/dmm: the reversed sequences come packed (pack_padded_sequence) for the guide's RNN
+    def model(x, packed):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(x)), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, 0])
+
+    def guide(x, packed):
+        first = nn.utils.rnn.pad_packed_sequence(packed, batch_first=True)[0][:, 0, 0]
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(pyro.param("w", torch.tensor(0.5)) * first, 1.0))
+
+    x = torch.randn(6, 3)
+    packed = nn.utils.rnn.pack_padded_sequence(x[..., None], torch.tensor([3, 3, 2, 2, 1, 1]),
+                                               batch_first=True)  # fmt: skip
+    message = r"^Argument 'args\[1\]' holds tensors with rows inside a container that "
+    with pytest.raises(ValueError, match=message + "no minibatch can index; pass batch_size=None"):
+        fit_svi(model, guide, x, packed, batch_size=2, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=message + "log_prob cannot repeat once per draw"):
+        ppgen.log_prob(model, x, packed, guide=guide, num_samples=10)
+    one = ppgen.log_prob(model, x, packed, guide=guide, num_samples=1)  # one draw: no repeat
+    assert one.shape == (6,)
 
 
 def _epoch_gradient(make, args, kwargs, batch_size):
@@ -781,3 +879,83 @@ def test_pyros_svi_trains_the_autoregressive_models_as_adam_on_their_log_likelih
     for a, b, initial in zip(model.parameters(), reference.parameters(), before, strict=True):
         assert not torch.equal(a, initial)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+class CVAE(nn.Module):  # examples/cvae: a plate without a size, y observed where x is masked
+    def __init__(self):
+        super().__init__()
+        self.prior_net, self.recognition_net = nn.Linear(4, 2), nn.Linear(4, 2)
+        self.generation_net = nn.Linear(1, 4)
+
+    def model(self, xs, ys):
+        pyro.module("generation_net", self)
+        with pyro.plate("data"):
+            z = pyro.sample("z", dist.Normal(self.prior_net(xs), 1.0).to_event(1))
+            loc = torch.sigmoid(self.generation_net(z[..., :1]))
+            mask_loc = loc[xs == -1].view(len(xs), -1)
+            mask_ys = ys[xs == -1].view(len(xs), -1)
+            pyro.sample("y", dist.Bernoulli(mask_loc, validate_args=False).to_event(1),
+                        obs=mask_ys)  # fmt: skip
+
+    def guide(self, xs, ys):
+        with pyro.plate("data"):
+            loc = self.recognition_net(torch.where(xs == -1, ys, xs))
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+
+def test_minibatches_of_latents_per_row_take_svis_steps_without_a_word():
+    # every latent site is in the plate of the rows' size (no global one): no scaling, and no
+    # warning that the fit depends on batch_size (pytest turns warnings into errors)
+    xs = torch.rand(N, 4, generator=RNG).round()
+    xs[:, :2] = -1
+    ys = torch.where(xs == -1, torch.rand(N, 4, generator=RNG), -1.0)
+    fits = []
+    for run in ("svi", "ppgen"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        cvae = CVAE()
+        if run == "svi":
+            svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": LR}), Trace_ELBO())
+            for _ in range(2):
+                order = torch.randperm(N)
+                for start in range(0, N, 8):
+                    svi.step(xs[order[start : start + 8]], ys[order[start : start + 8]])
+        else:
+            fit_svi(cvae.model, cvae.guide, xs, ys, epochs=2, batch_size=8, lr=LR, progress=False)
+        fits.append(cvae.state_dict())
+    for name, value in fits[0].items():
+        assert torch.allclose(fits[1][name], value, rtol=0, atol=1e-6), name
+
+
+class SelfScaled(PyroModule):  # examples/svi_torch, verbatim: its plate scales a batch itself
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+        self.register_buffer("zero", torch.tensor(0.0, dtype=torch.float64))
+
+    def forward(self, covariates, data=None):
+        coeff = pyro.sample("coeff", dist.Normal(self.zero, 1))
+        bias = pyro.sample("bias", dist.Normal(self.zero, 1))
+        scale = pyro.sample("scale", dist.LogNormal(self.zero, 1))
+        with pyro.plate("data", self.size, len(covariates)):
+            loc = bias + coeff * covariates
+            return pyro.sample("obs", dist.Normal(loc, scale), obs=data)
+
+
+def test_a_program_that_scales_its_batches_itself_is_not_scaled_again():
+    # pyro.plate("data", size, len(batch)) weighs the batch's rows by size / len(batch): each
+    # batch's ELBO is then the program's own, as SVI.step takes it from a DataLoader
+    model = SelfScaled(N)
+    guide = AutoDelta(model)
+    captured = {}
+
+    def spy(step, data, *rest, **options):
+        captured.update(objective=step.objective)
+        return ppgen.FitResult()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppgen.infer, "train", spy)
+        fit_svi(model, guide, X, Y, batch_size=6, progress=False)
+    batch = {"*data": X[:6], "*args[1]": Y[:6]}
+    expected = -Trace_ELBO().loss(model, guide, X[:6], Y[:6])
+    assert captured["objective"](batch)["elbo"].item() == pytest.approx(expected, rel=1e-12)

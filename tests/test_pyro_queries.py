@@ -1,5 +1,6 @@
 """The queries and the graph of Pyro programs, checked against Pyro's own trace of the same program."""
 
+import math
 import warnings
 
 import pyro
@@ -231,6 +232,25 @@ def test_log_prob_of_a_pyro_style_program_is_pyros_log_prob_sum():
     assert ppgen.log_prob(regression, x, y).item() == pytest.approx(expected, abs=1e-10)
     assert ppgen.log_prob(regression, None, x, y=y).item() == pytest.approx(expected, abs=1e-10)
     assert list(ppgen.log_prob(regression, x, y, per_node=True)) == ["y"]
+
+
+def test_a_site_built_not_to_validate_takes_values_outside_its_support_as_pyro_does():
+    def grey(x):  # examples/vae's Bernoulli(..., validate_args=False) on grey pixels
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Bernoulli(torch.full((3,), 0.2), validate_args=False)
+                        .to_event(1), obs=x)  # fmt: skip
+
+    def grey_rows(n=1):  # ppgen's convention: the rows condition the site
+        with pyro.plate("data", n):
+            pyro.sample("x", dist.Bernoulli(torch.full((3,), 0.2), validate_args=False)
+                        .to_event(1))  # fmt: skip
+
+    x = torch.tensor([[0.5, 0.25, 1.0], [0.0, 0.75, 0.5]])
+    expected = (x * math.log(0.2) + (1 - x) * math.log(0.8)).sum(-1)  # each row's
+    assert ppgen.log_prob(grey, x).item() == pytest.approx(expected.sum().item(), abs=1e-5)
+    assert torch.allclose(ppgen.log_prob(grey_rows, {"x": x}), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the support"):  # validated: refused
+        ppgen.log_prob(lambda x: pyro.sample("x", dist.Bernoulli(0.2).expand([2, 3]), obs=x), x)
 
 
 def test_fit_mle_of_a_pyro_style_program_is_least_squares():

@@ -522,6 +522,11 @@ def test_a_data_tensor_is_checked_against_the_model():
     x[2, 1] = 0.5
     with pytest.raises(ValueError, match="in row 2, outside the support of its Bernoulli"):
         vae.log_prob(x)
+    images = torch.ones(3, 12)  # a long row: the first value outside, not all of them
+    images[1, 5:] = 0.5
+    wide = VAE(12, 2, hidden=(3,))
+    with pytest.raises(ValueError, match=r"^Column 'x' has value 0.5 at position \(5,\) in row 1, "):
+        fit_svi(wide, wide.guide, images, epochs=1, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
 
 
@@ -547,8 +552,26 @@ def test_an_unguided_global_latent_has_no_weight_per_row():
         with pyro.plate("rows", len(x)):
             pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
 
-    with pytest.raises(ValueError, match="Site 'mu' is not inside the data plate"):
+    message = (r"^Site 'mu' is not inside the data plate \(its log-probability has shape \(\), "
+               r"not one value per row first: 2 rows, repeated for 10 draws\), so")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
         importance_log_prob(model, lambda x: None, torch.tensor([0.3, -1.0]), num_samples=10)
+
+
+def test_an_error_inside_a_program_of_log_prob_with_a_guide_is_one_sentence():
+    def model(x):
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):  # a weight of the wrong size, as in a port with a typo
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z", dist.Normal((torch.ones(3, 3) @ x[:, None]).squeeze(-1), 1.0))
+
+    message = (r"^The guide guide raised RuntimeError on 5 rows, repeated for 4 draws: mat1 and "
+               r"mat2 shapes cannot be multiplied \(3x3 and 20x1\)$")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        ppgen.log_prob(model, torch.randn(5), guide=guide, num_samples=4)
 
 
 def test_svi_validation_columns_and_parameters_are_checked():

@@ -26,6 +26,7 @@ from torch.distributions import constraints
 from torch.nn.modules.utils import _pair
 
 from ppgen.nn import Model, gaussian_mixture
+from ppgen.tracing import LEAN
 
 BINARY = constraints.independent(constraints.boolean, 1)
 
@@ -164,7 +165,7 @@ class _Binary(_Autoregressive):
         raise NotImplementedError
 
     def conditionals(self, x: Tensor) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits(x), validate_args=False)
+        return dist.Bernoulli(logits=self.logits(x), validate_args=LEAN)
 
     def conditional(self, x: Tensor, i: int) -> dist.Bernoulli:
         return dist.Bernoulli(logits=self.logits(x)[..., i])  # a pixel site's: validated

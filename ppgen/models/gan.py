@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ppgen.model import Model, Rebuildable
 from ppgen.nn import mlp
+from ppgen.tracing import LEAN
 
 __all__ = [
     "GAN",
@@ -276,7 +277,7 @@ class GAN(Model):
         r"""The prior :math:`\mathcal{N}(0, I)` of :math:`z`, batched over `rows`."""
         like = next(self.generator.parameters())
         zeros = like.new_zeros(rows, self.z_dim)
-        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
+        return dist.Normal(zeros, 1.0, validate_args=LEAN).to_event(1)
 
     def forward(self, n: int = 1) -> Tensor:
         r"""The program :math:`z \sim \mathcal{N}(0, I)`, :math:`x = G(z)` over `n` rows."""
