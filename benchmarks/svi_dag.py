@@ -15,11 +15,14 @@ Wall seconds of each epoch after the first (the fit's own record for ppgen, the 
 for Pyro), median and minimum over epochs, interleaved repeats; one thread; the ratios are
 to Pyro's SVI in the same run. The ELBO per row after the last epoch is printed beside them.
 
-Measured on the shared 2-core machine, load 4-7 from other jobs (ratios from one run each;
-10k rows, batches of 1,024, 3 repeats of 3 epochs), x Pyro's SVI, median (min):
+Measured on the shared 2-core machine, load about 1 (ratios from one run each; 10k rows,
+batches of 1,024, 3 repeats of 3 epochs), x Pyro's SVI, median (min):
 
-    100 nodes (9 latent), hidden (16,)     ppgen 0.27 (0.29)   ppgen per node 0.54 (0.33)
-    100 nodes (9 latent), hidden (64, 64)  ppgen 0.30 (0.41)   ppgen per node 0.71 (0.76)
+    100 nodes (9 latent), hidden (16,)     ppgen 0.33 (0.33)   ppgen per node 0.50 (0.54)
+    100 nodes (9 latent), hidden (64, 64)  ppgen 0.61 (0.62)   ppgen per node 0.68 (0.71)
+
+    Grouped / per node: 0.66 and 0.89 (as fit_mle's, where tanh and the products are most of
+    a (64, 64) step). Under load 4-7 the same runs gave 0.27 and 0.30 (per node 0.54, 0.71).
 
     ELBO nats/row after 3 epochs: -349.58 ppgen (both), -354.50 Pyro; -145.28 and -144.75.
     They differ by the guide's initial draws (built on the first batch under SVI, on all rows
