@@ -696,10 +696,11 @@ def _refuse_rows_in(params: dict[str, Tensor], rows: int) -> None:
     for name, value in params.items():
         if "$$$" not in name and value.dim() > 0 and len(value) == rows:
             raise ValueError(
-                f"Parameter {name!r} has one value per row (shape {tuple(value.shape)}), and "
-                "a minibatch would read the values of other rows; pass batch_size=None to "
-                "train on all rows at once, or index the rows in the program with a "
-                "subsample plate (pyro.plate(..., subsample_size=...))."
+                f"Parameter {name!r} has as many values as the data have rows (shape "
+                f"{tuple(value.shape)}), so it is taken for one value per row, which a minibatch "
+                "cannot index (it would read other rows' values); pass batch_size=None to train "
+                "on all rows at once (also where the sizes only happen to agree), or index the "
+                "rows in the program with a subsample plate (pyro.plate(..., subsample_size=...))."
             )
 
 

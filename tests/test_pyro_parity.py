@@ -706,7 +706,8 @@ def test_the_enumerating_elbo_is_chosen_or_asked_for():
 
 def test_per_row_parameters_are_refused_with_minibatches():
     model, guide = eight_schools()
-    with pytest.raises(ValueError, match="^Parameter 'theta_loc' has one value per row"):
+    with pytest.raises(ValueError, match=r"^Parameter 'theta_loc' has as many values as the data "
+                       r"have rows \(shape \(8,\)\), so it is taken for one value per row"):
         fit_svi(model, guide, 8, SIGMA, SCHOOLS, batch_size=4, epochs=1, progress=False)
 
 
