@@ -60,8 +60,8 @@ def fit_mle(
     Tabular, linear-Gaussian and root (Normal, Bernoulli, Categorical) nodes are solved in
     closed form; the other parameters by minibatch Adam on the exact log-likelihood. Each node's
     parameters enter only its own term, so early stopping on `val` is per node, and each node
-    keeps its best validation epoch; a module that makes several sites is fitted by steps on
-    all their terms together. The data are checked first; on bad data the model is left
+    keeps its best validation epoch; a module that makes several sites, or a parameter that
+    several modules share, is fitted by steps on all their terms together. The data are checked first; on bad data the model is left
     untouched.
 
     A program in Pyro's style, without the keyword `n`, takes its data as arguments, as for
@@ -191,9 +191,11 @@ def _solve_closed_forms(
         return closed, counted
     group = distributed.active()  # each rank counts its own rows, and the counts are summed
     own = slice(None) if group is None else slice(group[0], None, group[1])
-    uses = Counter(id(m) for m, _ in objective.factors.values())
+    # a parameter of several sites (one module's, or tied between modules): steps fit it on
+    # all their terms
+    uses = Counter(id(p) for m, _ in objective.factors.values() for p in m.parameters())
     for name, (module, parents) in objective.factors.items():
-        if uses[id(module)] > 1:  # one module, several sites: steps fit it on all their terms
+        if any(uses[id(p)] > 1 for p in module.parameters()):
             continue
         value, parent_values = data.column(name, own), [data.column(p, own) for p in parents]
         solved, total = solve(module, value, parent_values)
