@@ -37,6 +37,9 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
     :math:`-\infty` of a categorical root; a Bernoulli root's frequency of 0 or 1 is the logit
     :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`).
 
+    A module with a frozen parameter (`requires_grad=False`) is left as it is: the formulas
+    would set every parameter.
+
     Returns:
         Whether the module was solved; `False` leaves it untouched, for gradient ascent.
 
@@ -54,6 +57,8 @@ def solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool,
     """As :func:`solve_closed_form`, and the log-likelihood summed over the rows at the solution
     where the solver has it for free (a table's, from its counts), else `None`."""
     parents = list(parents)
+    if not _free(module):
+        return False, None
     with torch.no_grad():
         if isinstance(module, Tabular):
             return True, _solve_tabular(module, value, parents)
@@ -62,6 +67,12 @@ def solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool,
         if isinstance(module, Root):
             return _solve_root(module, value), None
     return False, None
+
+
+def _free(module: Node) -> bool:
+    """Whether no parameter of `module` is frozen (`requires_grad=False`): a frozen value is
+    the user's, and the formulas would set it with the others."""
+    return all(p.requires_grad for p in module.parameters())
 
 
 def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Tensor:

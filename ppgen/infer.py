@@ -218,8 +218,10 @@ def _groups(
         terms = list(objective(probe))  # the columns, and the sites the program observes itself
         groups = {"all": (fitted_parameters(lambda: objective(probe), model), terms)}
     else:
-        neural = {
-            n: list(m.parameters()) for n, (m, _) in objective.factors.items() if n not in closed
+        neural = {  # the parameters a step may change: not the frozen ones
+            n: [p for p in m.parameters() if p.requires_grad]
+            for n, (m, _) in objective.factors.items()
+            if n not in closed
         }
         unique = {id(p): p for ps in neural.values() for p in ps}
         if len(unique) == sum(map(len, neural.values())):

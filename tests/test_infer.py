@@ -567,3 +567,29 @@ def test_tables_sharing_their_parameter_are_fitted_on_both_columns():
     # full-batch Adam on the pooled log-likelihood: within 1e-3 of 1/2 after 400 steps
     assert torch.allclose(b_table.logits.softmax(-1), torch.full((2, 2), 0.5), atol=1e-3)
 
+
+def test_frozen_parameters_are_not_solved_over():
+    """A parameter the user froze (requires_grad=False) keeps its value: its node is left to the
+    gradient steps, which train the others to the MLE at that value (least squares for the
+    weights of a linear Gaussian whose scale is frozen)."""
+    model = Pair(Root(dist.Normal), ppgen.nn.LinearGaussian(1), ppgen.nn.LinearGaussian(1))
+    model.a.eta.requires_grad_(False)
+    model.b.scale.requires_grad_(False)
+    frozen = [model.a.eta.clone(), model.b.scale.clone()]
+    a = torch.randn(50)
+    rows = {"a": a, "b": 2.0 * a + 1.0 + 0.1 * torch.randn(50), "c": torch.randn(50)}
+    with warnings.catch_warnings():  # Pyro's, about the frozen parameters it does not store
+        warnings.filterwarnings("ignore", ".* was not registered in the param store", UserWarning)
+        fit = ppgen.fit_mle(model, rows, epochs=600, batch_size=50, lr=0.05, progress=False)
+        neural = ppgen.dag([("a", "b")], hidden=(3,)).requires_grad_(False)  # all frozen
+        before = params(neural)
+        fitted_once = ppgen.fit_mle(neural, {"a": a, "b": rows["b"]}, progress=False)
+    assert fit.closed_form == ["c"]
+    assert torch.equal(model.a.eta, frozen[0]) and torch.equal(model.b.scale, frozen[1])
+    design = torch.stack([a, torch.ones(50)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["b"][:, None]).solution.squeeze(-1)
+    fitted = torch.cat([model.b.linear.weight.reshape(-1), model.b.linear.bias])
+    assert torch.allclose(fitted, coef, atol=1e-4)  # full-batch Adam, 600 steps
+    assert fitted_once.closed_form == [] and len(fitted_once.history) == 1  # scored as it is
+    assert all(torch.equal(p, q) for p, q in zip(before, params(neural), strict=True))
+
