@@ -38,7 +38,8 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
     :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`).
 
     A module with a frozen parameter (`requires_grad=False`) is left as it is: the formulas
-    would set every parameter.
+    would set every parameter; so is a subclass that makes its distribution or log-density
+    its own way (a Student t with a linear mean is no least-squares problem).
 
     Returns:
         Whether the module was solved; `False` leaves it untouched, for gradient ascent.
@@ -70,9 +71,19 @@ def solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool,
 
 
 def _free(module: Node) -> bool:
-    """Whether no parameter of `module` is frozen (`requires_grad=False`): a frozen value is
-    the user's, and the formulas would set it with the others."""
-    return all(p.requires_grad for p in module.parameters())
+    """Whether the formulas hold for `module`: its class computes its distribution as the
+    solvers' own class does (a subclass's may be another family), and no parameter is frozen
+    (`requires_grad=False`: the user's value, which the formulas would set with the others)."""
+    own = next((c for c in (Tabular, LinearGaussian, Root) if isinstance(module, c)), None)
+    return (
+        own is not None
+        and all(getattr(type(module), m) is getattr(own, m) for m in _COMPUTING)
+        and all(p.requires_grad for p in module.parameters())
+    )
+
+
+# the methods that make a node's distribution and log-density
+_COMPUTING = ("forward", "distribution", "log_prob")
 
 
 def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Tensor:

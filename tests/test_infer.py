@@ -593,3 +593,30 @@ def test_frozen_parameters_are_not_solved_over():
     assert fitted_once.closed_form == [] and len(fitted_once.history) == 1  # scored as it is
     assert all(torch.equal(p, q) for p, q in zip(before, params(neural), strict=True))
 
+
+class LaplaceRegression(ppgen.nn.LinearGaussian):
+    """A robust regression: a linear mean under Laplace's distribution (least absolute error)."""
+
+    def distribution(self, *parents):
+        normal = super().distribution(*parents)
+        return dist.Laplace(normal.loc, normal.scale)
+
+
+def test_a_subclass_with_its_own_distribution_is_not_solved_as_its_base():
+    """Least squares is the MLE of a linear Gaussian, not of a subclass's Laplace: the fit of
+    the subclass is better than the least squares' solution on its own log-likelihood."""
+    model = Pair(Root(dist.Normal), LaplaceRegression(1), ppgen.nn.LinearGaussian(1))
+    a = torch.randn(40)
+    b = a + 0.1 * torch.randn(40)
+    b[:4] += 30.0  # outliers, which pull least squares and not least absolute error
+    rows = {"a": a, "b": b, "c": torch.randn(40)}
+    fit = ppgen.fit_mle(model, rows, epochs=200, batch_size=40, lr=0.1, progress=False)
+    assert fit.closed_form == ["a", "c"]
+    assert model.b.linear.weight.item() == pytest.approx(1.0, abs=0.1)
+    design = torch.stack([a, torch.ones(40)], dim=1)
+    coef = torch.linalg.lstsq(design, b[:, None]).solution.squeeze(-1)  # the old answer
+    assert abs(coef[0].item() - 1.0) > 1.0  # pulled by the outliers
+    residual = (b - design @ coef).abs()
+    least_squares = dist.Laplace(design @ coef, residual.mean()).log_prob(b).sum()
+    assert model.b.log_prob(b, a).sum() > least_squares + 10.0  # its MLE scale, no better
+
