@@ -117,9 +117,14 @@ def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Ten
 def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[Tensor]) -> bool:
     dtype = module.scale.dtype
     cards = module.parent_cardinalities or [None] * len(parents)
-    x = features(parents, cards, dtype) if parents else value.new_zeros(len(value), 0, dtype=dtype)
-    design = torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
-    y = value.reshape(-1, 1).to(dtype)
+    width = module.linear.in_features
+    # the parents' features as the module computes them, one row of the design per value of the
+    # site (its rows, and the plates inside them)
+    x = features(parents, cards, dtype, width) if parents else value.new_zeros((0,), dtype=dtype)
+    shape = torch.broadcast_shapes(x.shape[:-1], value.shape)
+    x = x.expand(*shape, width).reshape(-1, width)
+    design = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
+    y = value.expand(shape).reshape(-1, 1).to(dtype)
     if distributed.active() is not None:
         return _solve_normal_equations(module, design, y)
     solution = torch.linalg.lstsq(

@@ -620,3 +620,28 @@ def test_a_subclass_with_its_own_distribution_is_not_solved_as_its_base():
     least_squares = dist.Laplace(design @ coef, residual.mean()).log_prob(b).sum()
     assert model.b.log_prob(b, a).sum() > least_squares + 10.0  # its MLE scale, no better
 
+
+def test_linear_gaussian_inside_a_plate_of_the_rows_is_least_squares():
+    """A linear Gaussian under an inner plate (rows x 4 values, each read from the value of its
+    parent there) is solved on all 4 values of every row, as one regression."""
+
+    class Grid(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Root(dist.Normal), ppgen.nn.LinearGaussian(1)
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n, dim=-2), pyro.plate("cells", 4, dim=-1):
+                pyro.sample("b", self.b(pyro.sample("a", self.a())))
+
+    model, a = Grid(), torch.randn(30, 4)
+    rows = {"a": a, "b": 2.0 * a - 1.0 + 0.5 * torch.randn(30, 4)}
+    fit = ppgen.fit_mle(model, rows, progress=False)
+    assert fit.closed_form == ["a", "b"]
+    design = torch.stack([a.reshape(-1), torch.ones(120)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["b"].reshape(-1, 1)).solution.squeeze(-1)
+    fitted = torch.cat([model.b.linear.weight.reshape(-1), model.b.linear.bias])
+    assert torch.allclose(fitted, coef, atol=1e-10)
+    residual = rows["b"].reshape(-1) - design @ coef
+    scale = model.b(a).scale
+    assert torch.allclose(scale, residual.pow(2).mean().sqrt().expand_as(scale), atol=1e-10)
