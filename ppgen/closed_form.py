@@ -127,12 +127,18 @@ def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[
     y = value.expand(shape).reshape(-1, 1).to(dtype)
     if distributed.active() is not None:
         return _solve_normal_equations(module, design, y)
-    solution = torch.linalg.lstsq(
-        design, y, driver="gelsd" if design.device.type == "cpu" else None
-    )
-    coef = solution.solution
+    coef = _least_squares(design, y)
     sigma = (y - design @ coef).pow(2).mean().sqrt()
     return _set_linear_gaussian(module, coef, sigma)
+
+
+def _least_squares(design: Tensor, y: Tensor) -> Tensor:
+    """The minimum-norm least-squares solution, by LAPACK's SVD-based `gelsd` on the host
+    wherever the tensors are: CUDA's only driver, `gels`, assumes a design of full rank, and
+    a categorical parent's one-hot columns beside the intercept never are (its coefficients
+    came out near 1e14, the residuals above the least ones)."""
+    solution = torch.linalg.lstsq(design.cpu(), y.cpu(), driver="gelsd").solution
+    return solution.to(design.device)
 
 
 def _set_linear_gaussian(module: LinearGaussian, coef: Tensor, sigma: Tensor) -> bool:
@@ -149,8 +155,7 @@ def _solve_normal_equations(module: LinearGaussian, design: Tensor, y: Tensor) -
     """Least squares from XᵀX and Xᵀy summed over the ranks (the rows of each on its own)."""
     gram = distributed.all_reduce(torch.cat([design.T @ design, design.T @ y], dim=-1))
     rows = distributed.all_reduce(torch.tensor(float(len(y)), dtype=y.dtype, device=y.device))
-    driver = "gelsd" if design.device.type == "cpu" else None
-    coef = torch.linalg.lstsq(gram[:, :-1], gram[:, -1:], driver=driver).solution
+    coef = _least_squares(gram[:, :-1], gram[:, -1:])
     sigma = (distributed.all_reduce((y - design @ coef).pow(2).sum()) / rows).sqrt()
     return _set_linear_gaussian(module, coef, sigma)
 
