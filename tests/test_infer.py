@@ -645,3 +645,4 @@ def test_linear_gaussian_inside_a_plate_of_the_rows_is_least_squares():
     residual = rows["b"].reshape(-1) - design @ coef
     scale = model.b(a).scale
     assert torch.allclose(scale, residual.pow(2).mean().sqrt().expand_as(scale), atol=1e-10)
+
