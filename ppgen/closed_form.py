@@ -93,7 +93,11 @@ def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Ten
     it, :math:`\sum n \log(n / N_{pa})`, from the counts alone (in float64)."""
     shape = (*module.parent_cardinalities, module.cardinality)
     cells = math.prod(shape)
-    digits = [d.reshape(len(value), -1) for d in (*parents, value)]  # a plate's values too
+    digits = (*parents, value)
+    if any(d.shape != value.shape for d in parents):  # a parent outside a plate of the value's
+        common = torch.broadcast_shapes(*(d.shape for d in digits))
+        digits = [d.expand(common) for d in digits]
+    digits = [d.reshape(len(value), -1) for d in digits]  # a plate's values too
     dtype = next(t for t in (torch.uint8, torch.int16, torch.int32, torch.int64)
                  if cells - 1 <= torch.iinfo(t).max)  # narrower: a faster bincount  # fmt: skip
     counts = torch.zeros(cells, dtype=torch.int64, device=value.device)

@@ -646,3 +646,35 @@ def test_linear_gaussian_inside_a_plate_of_the_rows_is_least_squares():
     scale = model.b(a).scale
     assert torch.allclose(scale, residual.pow(2).mean().sqrt().expand_as(scale), atol=1e-10)
 
+
+
+def test_a_parent_outside_an_inner_plate_is_broadcast_to_the_values():
+    """A table and a linear Gaussian in plates rows x 2 x 5 whose parents are in rows x 2 only:
+    each parent's value counts for all 5 values it is read by (counts and least squares)."""
+
+    class Nested(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = ppgen.nn.Tabular(2), ppgen.nn.Tabular(3, (2,))
+            self.x, self.y = Root(dist.Normal), ppgen.nn.LinearGaussian(1)
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n, dim=-3), pyro.plate("pairs", 2, dim=-2):
+                a, x = pyro.sample("a", self.a()), pyro.sample("x", self.x())
+                with pyro.plate("cells", 5, dim=-1):
+                    pyro.sample("b", self.b(a))
+                    pyro.sample("y", self.y(x))
+
+    a, x = torch.randint(0, 2, (40, 2, 1)), torch.randn(40, 2, 1)
+    rows = {"a": a, "b": (a + torch.randint(0, 2, (40, 2, 5))) % 3, "x": x,
+            "y": 3.0 * x + 1.0 + 0.1 * torch.randn(40, 2, 5)}  # fmt: skip
+    model = Nested()
+    fit = ppgen.fit_mle(model, rows, progress=False)
+    assert sorted(fit.closed_form) == ["a", "b", "x", "y"]
+    pairs = torch.stack([a.expand(40, 2, 5).reshape(-1), rows["b"].reshape(-1)])
+    counts = torch.zeros(2, 3).index_put_(tuple(pairs), torch.ones(400), accumulate=True)
+    assert torch.allclose(model.b.logits.exp(), counts / counts.sum(-1, keepdim=True), atol=1e-12)
+    design = torch.stack([x.expand(40, 2, 5).reshape(-1), torch.ones(400)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["y"].reshape(-1, 1)).solution.squeeze(-1)
+    fitted = torch.cat([model.y.linear.weight.reshape(-1), model.y.linear.bias])
+    assert torch.allclose(fitted, coef, atol=1e-10)
