@@ -215,7 +215,7 @@ def _solve_closed_forms(
         if any(uses[id(p)] > 1 for p in module.parameters()):
             continue
         value, parent_values = data.column(name, own), [data.column(p, own) for p in parents]
-        solved, total = solve(module, value, parent_values)
+        solved, total = solve(module, value, parent_values, name)
         if solved:
             closed.append(name)
         if total is not None:

@@ -678,3 +678,26 @@ def test_a_parent_outside_an_inner_plate_is_broadcast_to_the_values():
     coef = torch.linalg.lstsq(design, rows["y"].reshape(-1, 1)).solution.squeeze(-1)
     fitted = torch.cat([model.y.linear.weight.reshape(-1), model.y.linear.bias])
     assert torch.allclose(fitted, coef, atol=1e-10)
+
+
+@pytest.mark.parametrize("value", [0.1, 1.0])
+def test_a_scale_whose_maximum_likelihood_value_is_zero_is_said(value):
+    """A constant column, or one fitted exactly by its parents, has no MLE (the likelihood grows
+    as the scale shrinks to 0): one warning naming the site, and the same answer whatever the
+    rounding of its residuals (a column of 0.1s left 1e-17 and was solved with that scale, one
+    of 1.0s left 0 and went to gradient steps, -1.4 nats a row where the other had +37)."""
+    model = ppgen.dag([("x", "y")], kinds={"x": "linear_gaussian", "y": "linear_gaussian"})
+    constant, x = torch.tensor([value] * 7), torch.randn(7)
+    exact = value * x + 1.0  # a line through the parent's values
+    for rows, site in (({"x": constant, "y": x}, "x"), ({"x": x, "y": exact}, "y")):
+        message = f"Site '{site}' has no maximum-likelihood estimate: its values are constant"
+        with pytest.warns(UserWarning, match=message):
+            fit = ppgen.fit_mle(model, rows, progress=False)
+        assert site in fit.closed_form
+        scale = 8 * torch.finfo(torch.float64).eps * rows[site].pow(2).mean().sqrt()
+        expected = dist.Normal(rows[site], scale).log_prob(rows[site]).mean()
+        # at the floor, the squared residuals (their mean at most the scale's square) take at
+        # most 1/2 nat a row from the log-density at the value itself
+        assert expected.item() - 0.5 <= fit.history[-1][f"train/{site}"] <= expected.item()
+    node = model.conditionals[model.nodes.index("y")]
+    assert node.linear.weight.item() == pytest.approx(value, rel=1e-9)
