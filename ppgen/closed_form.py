@@ -15,7 +15,8 @@ from collections.abc import Iterable
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ppgen import distributed
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
@@ -42,7 +43,9 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
 
     A module with a frozen parameter (`requires_grad=False`) is left as it is: the formulas
     would set every parameter; so is a subclass that makes its distribution or log-density
-    its own way (a Student t with a linear mean is no least-squares problem).
+    its own way (a Student t with a linear mean is no least-squares problem), and a module
+    whose tensors are computed from others at each call (a parametrization such as
+    `weight_norm`, a hook).
 
     Returns:
         Whether the module was solved; `False` leaves it untouched, for gradient ascent.
@@ -100,12 +103,23 @@ def _floor(sigma: Tensor, rms: Tensor) -> tuple[Tensor, bool]:
 def _free(module: Node) -> bool:
     """Whether the formulas hold for `module`: its class computes its distribution as the
     solvers' own class does (a subclass's may be another family), and no parameter is frozen
-    (`requires_grad=False`: the user's value, which the formulas would set with the others)."""
+    (`requires_grad=False`: the user's value, which the formulas would set with the others),
+    and none is computed at each call from others (:func:`_reshaped`)."""
     own = next((c for c in (Tabular, LinearGaussian, Root) if isinstance(module, c)), None)
     return (
         own is not None
         and all(getattr(type(module), m) is getattr(own, m) for m in _COMPUTING)
         and all(p.requires_grad for p in module.parameters())
+        and not any(_reshaped(m) for m in module.modules())
+    )
+
+
+def _reshaped(module: nn.Module) -> bool:
+    """Whether `module`'s tensors are computed at each call from others (a parametrization, as
+    `weight_norm`'s, or a hook, as the older `spectral_norm`'s): the formulas' values, written
+    into them, would not be the ones used."""
+    return bool(
+        parametrize.is_parametrized(module) or module._forward_hooks or module._forward_pre_hooks
     )
 
 

@@ -701,3 +701,19 @@ def test_a_scale_whose_maximum_likelihood_value_is_zero_is_said(value):
         assert expected.item() - 0.5 <= fit.history[-1][f"train/{site}"] <= expected.item()
     node = model.conditionals[model.nodes.index("y")]
     assert node.linear.weight.item() == pytest.approx(value, rel=1e-9)
+
+
+def test_a_parametrized_weight_is_not_solved_into_a_computed_tensor():
+    """Under weight_norm the weight is computed from two others at each call: least squares
+    written into it was lost (the slope stayed at its initial 0.94, reported as solved), so the
+    node is left to the steps, which reach least squares through the parametrization."""
+    model = Pair(Root(dist.Normal), ppgen.nn.LinearGaussian(1), ppgen.nn.LinearGaussian(1))
+    torch.nn.utils.parametrizations.weight_norm(model.b.linear)
+    a = torch.randn(50)
+    rows = {"a": a, "b": 2.0 * a + 1.0 + 0.3 * torch.randn(50), "c": torch.randn(50)}
+    fit = ppgen.fit_mle(model, rows, epochs=400, batch_size=50, lr=0.05, progress=False)
+    assert fit.closed_form == ["a", "c"]
+    design = torch.stack([a, torch.ones(50)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["b"][:, None]).solution.squeeze(-1)
+    fitted = torch.cat([model.b.linear.weight.reshape(-1), model.b.linear.bias]).detach()
+    assert torch.allclose(fitted, coef, atol=1e-3)  # full-batch Adam, 400 steps
