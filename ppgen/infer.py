@@ -25,7 +25,7 @@ from ppgen import distributed
 from ppgen.adversarial import AdversarialStep
 from ppgen.closed_form import solve
 from ppgen.data import Table, check_columns, is_frame, place, read_table
-from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, takes_rows
+from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, check_codes, takes_rows
 from ppgen.device import resolve_device
 from ppgen.elbo import ARGUMENT, ELBOS, ELBOObjective, per_row, set_rng_state, svi_table
 from ppgen.io import LoadError
@@ -118,6 +118,8 @@ def fit_mle(
     resuming = path is not None and path.exists()  # a checkpoint that may yet be refused
     modules = [m for m, _ in (objective.factors or {}).values()] if resuming else []
     before = [(p, p.detach().clone()) for m in modules for p in m.parameters()]
+    for rows in (data, val) if val is not None else (data,):  # before anything changes
+        check_codes(objective.factors or {}, rows.columns)
     closed, counted = _solve_closed_forms(objective, data)
     groups = _groups(objective, model, probe, closed)
     step = GradientStep(objective, groups, lr=lr, weight_decay=weight_decay,

@@ -500,3 +500,29 @@ def test_an_argument_with_a_value_per_row_is_refused():
     rows, weights = {"a": a, "b": 2.0 * a + torch.randn(50)}, torch.rand(50)
     message = r"The model's argument 0 has one value per row of the data \(50 rows\), but fit_mle"
     _unchanged(lambda: ppgen.fit_mle(model, rows, weights, progress=False), message, model)
+
+
+def test_a_parent_code_outside_a_childs_table_is_refused():
+    """A table given 2 values of a parent that takes 3: the counts carried code 2 into the next
+    row of the table without a word (and a look-up raised IndexError); refused, naming both."""
+
+    class Mismatched(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = ppgen.nn.Tabular(2), ppgen.nn.Tabular(3)
+            self.c = ppgen.nn.Tabular(2, (2, 2))  # b takes 3 values, not 2
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n):
+                a, b = pyro.sample("a", self.a()), pyro.sample("b", self.b())
+                pyro.sample("c", self.c(a, b))
+
+    model = Mismatched()
+    with torch.no_grad():
+        model.b.logits[2] = -float("inf")  # its draws (the data's checks) never show code 2
+    rows = {"a": torch.tensor([0, 1, 0, 0]), "b": torch.tensor([0, 1, 2, 0]),
+            "c": torch.tensor([0, 1, 1, 0])}  # fmt: skip
+    message = re.escape("Site 'b' has value 2 in row 2, but the Tabular of site 'c' takes 2 "
+                        "values of it (0 to 1): give that Tabular the parent's cardinality.")  # fmt: skip
+    _unchanged(lambda: ppgen.fit_mle(model, rows, progress=False), message, model)
+    _unchanged(lambda: ppgen.log_prob(model, rows), message, model)
