@@ -9,12 +9,14 @@ the counts and sums are all-reduced, so that every rank's rows count.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ppgen import distributed
 from ppgen.nn import LinearGaussian, Node, Root, Tabular, features
@@ -35,7 +37,15 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
     sample statistics over every value of the site (its rows, and the plates inside them). A
     frequency of 0 is the log-probability :math:`-\infty` of a table and the logit
     :math:`-\infty` of a categorical root; a Bernoulli root's frequency of 0 or 1 is the logit
-    :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`).
+    :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`). A Normal's residual scale of 0
+    (constant values, or values its parents fit exactly) has no maximum likelihood: it is set
+    to the rounding of the values, with a warning.
+
+    A module with a frozen parameter (`requires_grad=False`) is left as it is: the formulas
+    would set every parameter; so is a subclass that makes its distribution or log-density
+    its own way (a Student t with a linear mean is no least-squares problem), and a module
+    whose tensors are computed from others at each call (a parametrization such as
+    `weight_norm`, a hook).
 
     Returns:
         Whether the module was solved; `False` leaves it untouched, for gradient ascent.
@@ -50,18 +60,71 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
     return solve(module, value, parents)[0]
 
 
-def solve(module: Node, value: Tensor, parents: Iterable[Tensor]) -> tuple[bool, Tensor | None]:
+def solve(
+    module: Node, value: Tensor, parents: Iterable[Tensor], name: str | None = None
+) -> tuple[bool, Tensor | None]:
     """As :func:`solve_closed_form`, and the log-likelihood summed over the rows at the solution
-    where the solver has it for free (a table's, from its counts), else `None`."""
+    where the solver has it for free (a table's, from its counts), else `None`; `name` is the
+    site's, for the warning of a scale whose maximum-likelihood value is 0."""
     parents = list(parents)
+    if not _free(module):
+        return False, None
+    unbounded, total = False, None
     with torch.no_grad():
         if isinstance(module, Tabular):
             return True, _solve_tabular(module, value, parents)
         if isinstance(module, LinearGaussian):
-            return _solve_linear_gaussian(module, value, parents), None
-        if isinstance(module, Root):
-            return _solve_root(module, value), None
-    return False, None
+            solved, unbounded = _solve_linear_gaussian(module, value, parents)
+        elif isinstance(module, Root):
+            solved, unbounded = _solve_root(module, value)
+        else:
+            solved = False
+    if unbounded:
+        who = "The node" if name is None else f"Site {name!r}"
+        warnings.warn(
+            f"{who} has no maximum-likelihood estimate: its values are constant, or fitted "
+            "exactly by its parents, so its likelihood grows without bound as its scale "
+            "shrinks to 0; its scale is set to the rounding of its values instead.",
+            UserWarning,
+            stacklevel=3 if name is None else 4,  # the caller of fit_mle, or of solve_closed_form
+        )
+    return solved, total
+
+
+def _floor(sigma: Tensor, rms: Tensor) -> tuple[Tensor, bool]:
+    """A residual scale of at least the rounding of values of root mean square `rms`, and
+    whether it was below: the values are then constant, or fitted exactly (a constant column's
+    mean leaves residuals of 1e-17 or of 0, as it rounds), and the likelihood has no maximum."""
+    info = torch.finfo(sigma.dtype)
+    floor = (8 * info.eps * rms).clamp_min(info.tiny)
+    return torch.maximum(sigma, floor), bool((sigma <= floor).any())
+
+
+def _free(module: Node) -> bool:
+    """Whether the formulas hold for `module`: its class computes its distribution as the
+    solvers' own class does (a subclass's may be another family), and no parameter is frozen
+    (`requires_grad=False`: the user's value, which the formulas would set with the others),
+    and none is computed at each call from others (:func:`_reshaped`)."""
+    own = next((c for c in (Tabular, LinearGaussian, Root) if isinstance(module, c)), None)
+    return (
+        own is not None
+        and all(getattr(type(module), m) is getattr(own, m) for m in _COMPUTING)
+        and all(p.requires_grad for p in module.parameters())
+        and not any(_reshaped(m) for m in module.modules())
+    )
+
+
+def _reshaped(module: nn.Module) -> bool:
+    """Whether `module`'s tensors are computed at each call from others (a parametrization, as
+    `weight_norm`'s, or a hook, as the older `spectral_norm`'s): the formulas' values, written
+    into them, would not be the ones used."""
+    return bool(
+        parametrize.is_parametrized(module) or module._forward_hooks or module._forward_pre_hooks
+    )
+
+
+# the methods that make a node's distribution and log-density
+_COMPUTING = ("forward", "distribution", "log_prob")
 
 
 def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Tensor:
@@ -71,7 +134,11 @@ def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Ten
     it, :math:`\sum n \log(n / N_{pa})`, from the counts alone (in float64)."""
     shape = (*module.parent_cardinalities, module.cardinality)
     cells = math.prod(shape)
-    digits = [d.reshape(len(value), -1) for d in (*parents, value)]  # a plate's values too
+    digits = (*parents, value)
+    if any(d.shape != value.shape for d in parents):  # a parent outside a plate of the value's
+        common = torch.broadcast_shapes(*(d.shape for d in digits))
+        digits = [d.expand(common) for d in digits]
+    digits = [d.reshape(len(value), -1) for d in digits]  # a plate's values too
     dtype = next(t for t in (torch.uint8, torch.int16, torch.int32, torch.int64)
                  if cells - 1 <= torch.iinfo(t).max)  # narrower: a faster bincount  # fmt: skip
     counts = torch.zeros(cells, dtype=torch.int64, device=value.device)
@@ -92,25 +159,40 @@ def _solve_tabular(module: Tabular, value: Tensor, parents: list[Tensor]) -> Ten
     return torch.where(counts > 0, counts * module.logits.double().log_softmax(-1), 0.0).sum()
 
 
-def _solve_linear_gaussian(module: LinearGaussian, value: Tensor, parents: list[Tensor]) -> bool:
+def _solve_linear_gaussian(
+    module: LinearGaussian, value: Tensor, parents: list[Tensor]
+) -> tuple[bool, bool]:
+    """Least squares and the residual scale (see :func:`_floor`): whether solved, and whether
+    the scale was at its floor."""
     dtype = module.scale.dtype
     cards = module.parent_cardinalities or [None] * len(parents)
-    x = features(parents, cards, dtype) if parents else value.new_zeros(len(value), 0, dtype=dtype)
-    design = torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
-    y = value.reshape(-1, 1).to(dtype)
+    width = module.linear.in_features
+    # the parents' features as the module computes them, one row of the design per value of the
+    # site (its rows, and the plates inside them)
+    x = features(parents, cards, dtype, width) if parents else value.new_zeros((0,), dtype=dtype)
+    shape = torch.broadcast_shapes(x.shape[:-1], value.shape)
+    x = x.expand(*shape, width).reshape(-1, width)
+    design = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
+    y = value.expand(shape).reshape(-1, 1).to(dtype)
     if distributed.active() is not None:
         return _solve_normal_equations(module, design, y)
-    solution = torch.linalg.lstsq(
-        design, y, driver="gelsd" if design.device.type == "cpu" else None
-    )
-    coef = solution.solution
-    sigma = (y - design @ coef).pow(2).mean().sqrt()
-    return _set_linear_gaussian(module, coef, sigma)
+    coef = _least_squares(design, y)
+    sigma, unbounded = _floor((y - design @ coef).pow(2).mean().sqrt(), y.pow(2).mean().sqrt())
+    return _set_linear_gaussian(module, coef, sigma), unbounded
+
+
+def _least_squares(design: Tensor, y: Tensor) -> Tensor:
+    """The minimum-norm least-squares solution, by LAPACK's SVD-based `gelsd` on the host
+    wherever the tensors are: CUDA's only driver, `gels`, assumes a design of full rank, and
+    a categorical parent's one-hot columns beside the intercept never are (its coefficients
+    came out near 1e14, the residuals above the least ones)."""
+    solution = torch.linalg.lstsq(design.cpu(), y.cpu(), driver="gelsd").solution
+    return solution.to(design.device)
 
 
 def _set_linear_gaussian(module: LinearGaussian, coef: Tensor, sigma: Tensor) -> bool:
     """Writes least-squares coefficients (bias last) and residual scale into `module`, if valid."""
-    if not torch.isfinite(coef).all() or sigma <= 0:
+    if not torch.isfinite(coef).all():
         return False
     module.linear.weight.copy_(coef[:-1].T)
     module.linear.bias.copy_(coef[-1])
@@ -118,14 +200,16 @@ def _set_linear_gaussian(module: LinearGaussian, coef: Tensor, sigma: Tensor) ->
     return True
 
 
-def _solve_normal_equations(module: LinearGaussian, design: Tensor, y: Tensor) -> bool:
+def _solve_normal_equations(
+    module: LinearGaussian, design: Tensor, y: Tensor
+) -> tuple[bool, bool]:
     """Least squares from XᵀX and Xᵀy summed over the ranks (the rows of each on its own)."""
     gram = distributed.all_reduce(torch.cat([design.T @ design, design.T @ y], dim=-1))
     rows = distributed.all_reduce(torch.tensor(float(len(y)), dtype=y.dtype, device=y.device))
-    driver = "gelsd" if design.device.type == "cpu" else None
-    coef = torch.linalg.lstsq(gram[:, :-1], gram[:, -1:], driver=driver).solution
+    coef = _least_squares(gram[:, :-1], gram[:, -1:])
     sigma = (distributed.all_reduce((y - design @ coef).pow(2).sum()) / rows).sqrt()
-    return _set_linear_gaussian(module, coef, sigma)
+    sigma, unbounded = _floor(sigma, (distributed.all_reduce(y.pow(2).sum()) / rows).sqrt())
+    return _set_linear_gaussian(module, coef, sigma), unbounded
 
 
 def _mean(value: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -142,13 +226,15 @@ def _mean(value: Tensor, dims: tuple[int, ...]) -> Tensor:
 _CERTAIN = 1000.0
 
 
-def _solve_root(module: Root, value: Tensor) -> bool:
+def _solve_root(module: Root, value: Tensor) -> tuple[bool, bool]:
     """Sets a root's η to its maximum-likelihood value on every value of its site: the rows
     and any plate dimensions beside them share the one parameter, split only along the root's
-    event dimensions."""
+    event dimensions. Returns whether solved, and whether a Normal's scale was at its floor
+    (:func:`_floor`)."""
     head = module.head
+    unbounded = False
     if not head.params:  # every parameter is fixed
-        return True
+        return True, unbounded
     value = value.to(module.eta.dtype)
     dims = tuple(range(value.dim() - len(head.event_shape)))  # the rows and the plates'
     if head.family is dist.Normal:
@@ -160,9 +246,10 @@ def _solve_root(module: Root, value: Tensor) -> bool:
         if loc is None:  # each value weighs its precision: one weight, unless scales are fixed
             weight = fixed.get("scale", value.new_ones(())).pow(-2).expand_as(value)
             loc = _mean(weight * value, dims) / _mean(weight, dims)
-        stats = {"loc": loc, "scale": _mean((value - loc).pow(2), dims).sqrt()}
-        if "scale" not in fixed and (stats["scale"] <= 0).any():
-            return False
+        scale = _mean((value - loc).pow(2), dims).sqrt()
+        if "scale" not in fixed:
+            scale, unbounded = _floor(scale, _mean(value.pow(2), dims).sqrt())
+        stats = {"loc": loc, "scale": scale}
     elif head.family is dist.Bernoulli:
         p = _mean(value, dims)
         stats = {"logits": (p.log() - (-p).log1p()).clamp(-_CERTAIN, _CERTAIN)}
@@ -171,10 +258,10 @@ def _solve_root(module: Root, value: Tensor) -> bool:
         counts = distributed.all_reduce(counts).to(value.dtype)
         stats = {"logits": counts.log() - counts.sum(-1, keepdim=True).log()}  # log 0 = -inf
     else:
-        return False
+        return False, unbounded
     parts = [transform.inv(stats[name]).reshape(-1) for name, _, transform, _ in head.params]
     module.eta.copy_(torch.cat(parts))
-    return True
+    return True, unbounded
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:

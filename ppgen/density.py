@@ -43,7 +43,14 @@ from ppgen.tracing import (
     validates,
 )
 
-__all__ = ["ExactLogLikelihood", "ProgramLogLikelihood", "log_prob", "sample", "takes_rows"]
+__all__ = [
+    "ExactLogLikelihood",
+    "ProgramLogLikelihood",
+    "check_codes",
+    "log_prob",
+    "sample",
+    "takes_rows",
+]
 
 
 class ExactLogLikelihood(nn.Module):
@@ -104,6 +111,7 @@ class ExactLogLikelihood(nn.Module):
             if None in parents:
                 return None
             factors[name] = (call[0], parents)
+        check_codes(factors, probe)
         if all(isinstance(m, Tabular) for m, _ in factors.values()) and all(
             sites[n]["fn"].shape() == (rows,) for n in factors
         ):  # each site is its table's Categorical (matched above), one value a row: they agree
@@ -205,6 +213,38 @@ class ExactLogLikelihood(nn.Module):
                 for name, term in self(data.rows(slice(start, start + batch_size)), sites).items():
                     parts.setdefault(name, []).append(term)
         return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+def check_codes(factors: Mapping[str, tuple[Node, list[str]]], columns: Mapping[str, Tensor]) -> None:
+    """Refuses a parent's value that has no row in a child's table: a code outside the values
+    the :class:`~ppgen.nn.Tabular` gives that parent, which a count would put in another row's
+    cell (a mixed-radix index carries it over) and a look-up would not find.
+
+    Example:
+        >>> factors = {"b": (Tabular(2, (2,)), ["a"])}
+        >>> check_codes(factors, {"a": torch.tensor([0, 2])})
+        Traceback (most recent call last):
+        ...
+        ValueError: Site 'a' has value 2 in row 1, but the Tabular of site 'b' takes 2 values of it (0 to 1): give that Tabular the parent's cardinality.
+    """
+    ranges: dict[str, tuple[float, float]] = {}  # each parent's least and largest value, once
+    for name, (module, parents) in factors.items():
+        if not isinstance(module, Tabular):
+            continue
+        for parent, k in zip(parents, module.parent_cardinalities, strict=False):
+            column = columns[parent]
+            if parent not in ranges:
+                ranges[parent] = tuple(float(v) for v in torch.aminmax(column))
+            low, high = ranges[parent]
+            if low < 0 or high >= k:
+                outside = (column < 0) | (column >= k)
+                row = int(outside.reshape(len(column), -1).any(-1).nonzero()[0])
+                value = column[row][outside[row]].reshape(-1)[0]
+                raise ValueError(
+                    f"Site {parent!r} has value {value.item():g} in row {row}, but the Tabular "
+                    f"of site {name!r} takes {k} values of it (0 to {k - 1}): give that "
+                    "Tabular the parent's cardinality."
+                )
 
 
 def _draw(
@@ -549,6 +589,7 @@ def log_prob(
     rows = read_table(model, data, args, kwargs, categories=categories, device=device, known=True)
     probe = rows.rows(slice(0, 64))
     objective = ExactLogLikelihood(model, probe, *args, data_rows=len(rows), **kwargs)
+    check_codes(objective.factors or {}, rows.columns)
     terms = objective.terms(rows, batch_size)
     return terms if per_node else sum(terms.values())
 

@@ -24,7 +24,7 @@ from ppgen import distributed
 from ppgen.adversarial import AdversarialStep
 from ppgen.closed_form import solve
 from ppgen.data import Table, check_columns, is_frame, place, read_table
-from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, takes_rows
+from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, check_codes, takes_rows
 from ppgen.device import resolve_device
 from ppgen.elbo import ARGUMENT, ELBOS, ELBOObjective, per_row, set_rng_state, svi_table
 from ppgen.io import LoadError
@@ -61,10 +61,12 @@ def fit_mle(
     r"""Fits a fully observed program by exact maximum likelihood.
 
     Tabular, linear-Gaussian and root (Normal, Bernoulli, Categorical) nodes are solved in
-    closed form; the other parameters by minibatch Adam on the exact log-likelihood. Each node's
+    closed form (see :func:`ppgen.closed_form.solve_closed_form`: not a subclass with its own
+    distribution, nor a node with a frozen or parametrized tensor); the other parameters by
+    minibatch Adam on the exact log-likelihood. Each node's
     parameters enter only its own term, so early stopping on `val` is per node, and each node
-    keeps its best validation epoch; a module that makes several sites is fitted by steps on
-    all their terms together. The data are checked first; on bad data the model is left
+    keeps its best validation epoch; a module that makes several sites, or a parameter that
+    several modules share, is fitted by steps on all their terms together. The data are checked first; on bad data the model is left
     untouched.
 
     A program in Pyro's style, without the keyword `n`, takes its data as arguments, as for
@@ -110,6 +112,7 @@ def fit_mle(
                    "checkpoint": checkpoint, "every": checkpoint_every, "resume": resume}  # fmt: skip
         return _fit_program(model, data, args, kwargs, val, device, start, options)
     data = read_table(model, data, args, kwargs, device=device)
+    _check_arguments(args, kwargs, len(data))
     if val is not None:
         check_columns(val, data)
         val = read_table(model, val, args, kwargs, categories=data.categories, device=device,
@@ -120,6 +123,8 @@ def fit_mle(
     resuming = path is not None and path.exists()  # a checkpoint that may yet be refused
     modules = [m for m, _ in (objective.factors or {}).values()] if resuming else []
     before = [(p, p.detach().clone()) for m in modules for p in m.parameters()]
+    for rows in (data, val) if val is not None else (data,):  # before anything changes
+        check_codes(objective.factors or {}, rows.columns)
     closed, counted = _solve_closed_forms(objective, data)
     groups = _groups(objective, model, probe, closed)
     step = GradientStep(objective, groups, lr=lr, weight_decay=weight_decay,
@@ -153,6 +158,22 @@ def fit_mle(
     _keep_coding(model, data, result)
     result.seconds = time.perf_counter() - start  # the checks and closed forms included
     return result
+
+
+def _check_arguments(args: tuple[object, ...], kwargs: dict[str, object], rows: int) -> None:
+    """Refuses a tensor argument with one value per row of the data (per-row weights, say): the
+    fit conditions the program on shuffled batches of the rows and passes its arguments as they
+    are, so those values would not follow their rows."""
+    named = [(f"argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"keyword {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        if rows > 1 and isinstance(value, Tensor) and value.dim() and len(value) == rows:
+            raise ValueError(
+                f"The model's {label} has one value per row of the data ({rows} rows), but "
+                "fit_mle conditions the program on shuffled batches of the rows and passes its "
+                "arguments as they are; write the program in Pyro's style, its data and these "
+                "values as its arguments (docs/programs.md), and fit_mle(model, *arguments)."
+            )
 
 
 def _fit_program(
@@ -194,12 +215,14 @@ def _solve_closed_forms(
         return closed, counted
     group = distributed.active()  # each rank counts its own rows, and the counts are summed
     own = slice(None) if group is None else slice(group[0], None, group[1])
-    uses = Counter(id(m) for m, _ in objective.factors.values())
+    # a parameter of several sites (one module's, or tied between modules): steps fit it on
+    # all their terms
+    uses = Counter(id(p) for m, _ in objective.factors.values() for p in m.parameters())
     for name, (module, parents) in objective.factors.items():
-        if uses[id(module)] > 1:  # one module, several sites: steps fit it on all their terms
+        if any(uses[id(p)] > 1 for p in module.parameters()):
             continue
         value, parent_values = data.column(name, own), [data.column(p, own) for p in parents]
-        solved, total = solve(module, value, parent_values)
+        solved, total = solve(module, value, parent_values, name)
         if solved:
             closed.append(name)
         if total is not None:
@@ -219,8 +242,10 @@ def _groups(
         terms = list(objective(probe))  # the columns, and the sites the program observes itself
         groups = {"all": (fitted_parameters(lambda: objective(probe), model), terms)}
     else:
-        neural = {
-            n: list(m.parameters()) for n, (m, _) in objective.factors.items() if n not in closed
+        neural = {  # the parameters a step may change: not the frozen ones
+            n: [p for p in m.parameters() if p.requires_grad]
+            for n, (m, _) in objective.factors.items()
+            if n not in closed
         }
         unique = {id(p): p for ps in neural.values() for p in ps}
         if len(unique) == sum(map(len, neural.values())):

@@ -159,3 +159,22 @@ def test_vae_and_gan_fit_on_cuda(tmp_path):
     loaded = ppgen.load(ppgen.save(gan, tmp_path / "gan.safetensors"), device="cuda")
     for (name, p), q in zip(gan.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert q.device.type == "cuda" and torch.equal(p, q), name
+
+
+@cuda
+def test_a_linear_gaussian_with_a_categorical_parent_is_least_squares_on_cuda():
+    """One-hot columns beside the intercept make the design rank-deficient: on the GPU too, the
+    fit is the minimum-norm least-squares solution (CUDA's own lstsq driver assumes full rank)."""
+    n = 300
+    c = torch.randint(0, 3, (n,))
+    a = torch.randn(n)
+    y = 1.5 * a + torch.tensor([0.0, 2.0, -1.0])[c] + 0.3 * torch.randn(n)
+    model = ppgen.dag([("a", "y"), ("c", "y")], kinds={"y": "linear_gaussian", "c": "categorical"},
+                      cardinalities={"c": 3})  # fmt: skip
+    ppgen.fit_mle(model, {"a": a, "c": c, "y": y}, device="cuda", progress=False)
+    one_hot = torch.nn.functional.one_hot(c, 3).double()
+    design = torch.cat([a[:, None], one_hot, torch.ones(n, 1)], dim=1)
+    coef = torch.linalg.lstsq(design, y[:, None], driver="gelsd").solution.squeeze(-1)
+    node = model.conditionals[model.nodes.index("y")]
+    fitted = torch.cat([node.linear.weight.reshape(-1), node.linear.bias]).cpu()
+    assert torch.allclose(fitted, coef, atol=1e-8)  # the minimum-norm solution, not gels' 1e14

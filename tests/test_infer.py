@@ -538,3 +538,182 @@ def test_a_table_cell_of_probability_zero_is_exact_and_a_refit_is_solved_again()
                   epochs=2, progress=False)  # fmt: skip
     assert fit.closed_form == ["a", "b"]
     assert fit.history[-1]["train/a"] == pytest.approx(-math.log(3), abs=1e-6)
+
+
+class Pair(ppgen.Model):
+    """Two sites from two modules given to it, each of them read by a third: a -> b, a -> c."""
+
+    def __init__(self, a, b, c):
+        super().__init__()
+        self.a, self.b, self.c = a, b, c
+
+    def forward(self, n=1):
+        with pyro.plate("rows", n):
+            a = pyro.sample("a", self.a())
+            pyro.sample("b", self.b(a))
+            pyro.sample("c", self.c(a))
+
+
+def test_tables_sharing_their_parameter_are_fitted_on_both_columns():
+    """Two Tabular modules tied by one logits tensor (a chain's shared transition table): the
+    MLE is the frequency over both columns' pairs, not the last column's own table."""
+    b_table, c_table = ppgen.nn.Tabular(2, (2,)), ppgen.nn.Tabular(2, (2,))
+    c_table.logits = b_table.logits
+    model = Pair(ppgen.nn.Tabular(2), b_table, c_table)
+    a = torch.tensor([0, 1] * 10)
+    rows = {"a": a, "b": a, "c": 1 - a}  # pooled: b = a in half the pairs, c = 1 - a in the other
+    fit = ppgen.fit_mle(model, rows, epochs=400, batch_size=20, lr=0.1, progress=False)
+    assert fit.closed_form == ["a"]
+    # full-batch Adam on the pooled log-likelihood: within 1e-3 of 1/2 after 400 steps
+    assert torch.allclose(b_table.logits.softmax(-1), torch.full((2, 2), 0.5), atol=1e-3)
+
+
+def test_frozen_parameters_are_not_solved_over():
+    """A parameter the user froze (requires_grad=False) keeps its value: its node is left to the
+    gradient steps, which train the others to the MLE at that value (least squares for the
+    weights of a linear Gaussian whose scale is frozen)."""
+    model = Pair(Root(dist.Normal), ppgen.nn.LinearGaussian(1), ppgen.nn.LinearGaussian(1))
+    model.a.eta.requires_grad_(False)
+    model.b.scale.requires_grad_(False)
+    frozen = [model.a.eta.clone(), model.b.scale.clone()]
+    a = torch.randn(50)
+    rows = {"a": a, "b": 2.0 * a + 1.0 + 0.1 * torch.randn(50), "c": torch.randn(50)}
+    with warnings.catch_warnings():  # Pyro's, about the frozen parameters it does not store
+        warnings.filterwarnings("ignore", ".* was not registered in the param store", UserWarning)
+        fit = ppgen.fit_mle(model, rows, epochs=600, batch_size=50, lr=0.05, progress=False)
+        neural = ppgen.dag([("a", "b")], hidden=(3,)).requires_grad_(False)  # all frozen
+        before = params(neural)
+        fitted_once = ppgen.fit_mle(neural, {"a": a, "b": rows["b"]}, progress=False)
+    assert fit.closed_form == ["c"]
+    assert torch.equal(model.a.eta, frozen[0]) and torch.equal(model.b.scale, frozen[1])
+    design = torch.stack([a, torch.ones(50)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["b"][:, None]).solution.squeeze(-1)
+    fitted = torch.cat([model.b.linear.weight.reshape(-1), model.b.linear.bias])
+    assert torch.allclose(fitted, coef, atol=1e-4)  # full-batch Adam, 600 steps
+    assert fitted_once.closed_form == [] and len(fitted_once.history) == 1  # scored as it is
+    assert all(torch.equal(p, q) for p, q in zip(before, params(neural), strict=True))
+
+
+class LaplaceRegression(ppgen.nn.LinearGaussian):
+    """A robust regression: a linear mean under Laplace's distribution (least absolute error)."""
+
+    def distribution(self, *parents):
+        normal = super().distribution(*parents)
+        return dist.Laplace(normal.loc, normal.scale)
+
+
+def test_a_subclass_with_its_own_distribution_is_not_solved_as_its_base():
+    """Least squares is the MLE of a linear Gaussian, not of a subclass's Laplace: the fit of
+    the subclass is better than the least squares' solution on its own log-likelihood."""
+    model = Pair(Root(dist.Normal), LaplaceRegression(1), ppgen.nn.LinearGaussian(1))
+    a = torch.randn(40)
+    b = a + 0.1 * torch.randn(40)
+    b[:4] += 30.0  # outliers, which pull least squares and not least absolute error
+    rows = {"a": a, "b": b, "c": torch.randn(40)}
+    fit = ppgen.fit_mle(model, rows, epochs=200, batch_size=40, lr=0.1, progress=False)
+    assert fit.closed_form == ["a", "c"]
+    assert model.b.linear.weight.item() == pytest.approx(1.0, abs=0.1)
+    design = torch.stack([a, torch.ones(40)], dim=1)
+    coef = torch.linalg.lstsq(design, b[:, None]).solution.squeeze(-1)  # the old answer
+    assert abs(coef[0].item() - 1.0) > 1.0  # pulled by the outliers
+    residual = (b - design @ coef).abs()
+    least_squares = dist.Laplace(design @ coef, residual.mean()).log_prob(b).sum()
+    assert model.b.log_prob(b, a).sum() > least_squares + 10.0  # its MLE scale, no better
+
+
+def test_linear_gaussian_inside_a_plate_of_the_rows_is_least_squares():
+    """A linear Gaussian under an inner plate (rows x 4 values, each read from the value of its
+    parent there) is solved on all 4 values of every row, as one regression."""
+
+    class Grid(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Root(dist.Normal), ppgen.nn.LinearGaussian(1)
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n, dim=-2), pyro.plate("cells", 4, dim=-1):
+                pyro.sample("b", self.b(pyro.sample("a", self.a())))
+
+    model, a = Grid(), torch.randn(30, 4)
+    rows = {"a": a, "b": 2.0 * a - 1.0 + 0.5 * torch.randn(30, 4)}
+    fit = ppgen.fit_mle(model, rows, progress=False)
+    assert fit.closed_form == ["a", "b"]
+    design = torch.stack([a.reshape(-1), torch.ones(120)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["b"].reshape(-1, 1)).solution.squeeze(-1)
+    fitted = torch.cat([model.b.linear.weight.reshape(-1), model.b.linear.bias])
+    assert torch.allclose(fitted, coef, atol=1e-10)
+    residual = rows["b"].reshape(-1) - design @ coef
+    scale = model.b(a).scale
+    assert torch.allclose(scale, residual.pow(2).mean().sqrt().expand_as(scale), atol=1e-10)
+
+
+
+def test_a_parent_outside_an_inner_plate_is_broadcast_to_the_values():
+    """A table and a linear Gaussian in plates rows x 2 x 5 whose parents are in rows x 2 only:
+    each parent's value counts for all 5 values it is read by (counts and least squares)."""
+
+    class Nested(ppgen.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = ppgen.nn.Tabular(2), ppgen.nn.Tabular(3, (2,))
+            self.x, self.y = Root(dist.Normal), ppgen.nn.LinearGaussian(1)
+
+        def forward(self, n=1):
+            with pyro.plate("rows", n, dim=-3), pyro.plate("pairs", 2, dim=-2):
+                a, x = pyro.sample("a", self.a()), pyro.sample("x", self.x())
+                with pyro.plate("cells", 5, dim=-1):
+                    pyro.sample("b", self.b(a))
+                    pyro.sample("y", self.y(x))
+
+    a, x = torch.randint(0, 2, (40, 2, 1)), torch.randn(40, 2, 1)
+    rows = {"a": a, "b": (a + torch.randint(0, 2, (40, 2, 5))) % 3, "x": x,
+            "y": 3.0 * x + 1.0 + 0.1 * torch.randn(40, 2, 5)}  # fmt: skip
+    model = Nested()
+    fit = ppgen.fit_mle(model, rows, progress=False)
+    assert sorted(fit.closed_form) == ["a", "b", "x", "y"]
+    pairs = torch.stack([a.expand(40, 2, 5).reshape(-1), rows["b"].reshape(-1)])
+    counts = torch.zeros(2, 3).index_put_(tuple(pairs), torch.ones(400), accumulate=True)
+    assert torch.allclose(model.b.logits.exp(), counts / counts.sum(-1, keepdim=True), atol=1e-12)
+    design = torch.stack([x.expand(40, 2, 5).reshape(-1), torch.ones(400)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["y"].reshape(-1, 1)).solution.squeeze(-1)
+    fitted = torch.cat([model.y.linear.weight.reshape(-1), model.y.linear.bias])
+    assert torch.allclose(fitted, coef, atol=1e-10)
+
+
+@pytest.mark.parametrize("value", [0.1, 1.0])
+def test_a_scale_whose_maximum_likelihood_value_is_zero_is_said(value):
+    """A constant column, or one fitted exactly by its parents, has no MLE (the likelihood grows
+    as the scale shrinks to 0): one warning naming the site, and the same answer whatever the
+    rounding of its residuals (a column of 0.1s left 1e-17 and was solved with that scale, one
+    of 1.0s left 0 and went to gradient steps, -1.4 nats a row where the other had +37)."""
+    model = ppgen.dag([("x", "y")], kinds={"x": "linear_gaussian", "y": "linear_gaussian"})
+    constant, x = torch.tensor([value] * 7), torch.randn(7)
+    exact = value * x + 1.0  # a line through the parent's values
+    for rows, site in (({"x": constant, "y": x}, "x"), ({"x": x, "y": exact}, "y")):
+        message = f"Site '{site}' has no maximum-likelihood estimate: its values are constant"
+        with pytest.warns(UserWarning, match=message):
+            fit = ppgen.fit_mle(model, rows, progress=False)
+        assert site in fit.closed_form
+        scale = 8 * torch.finfo(torch.float64).eps * rows[site].pow(2).mean().sqrt()
+        expected = dist.Normal(rows[site], scale).log_prob(rows[site]).mean()
+        # at the floor, the squared residuals (their mean at most the scale's square) take at
+        # most 1/2 nat a row from the log-density at the value itself
+        assert expected.item() - 0.5 <= fit.history[-1][f"train/{site}"] <= expected.item()
+    node = model.conditionals[model.nodes.index("y")]
+    assert node.linear.weight.item() == pytest.approx(value, rel=1e-9)
+
+
+def test_a_parametrized_weight_is_not_solved_into_a_computed_tensor():
+    """Under weight_norm the weight is computed from two others at each call: least squares
+    written into it was lost (the slope stayed at its initial 0.94, reported as solved), so the
+    node is left to the steps, which reach least squares through the parametrization."""
+    model = Pair(Root(dist.Normal), ppgen.nn.LinearGaussian(1), ppgen.nn.LinearGaussian(1))
+    torch.nn.utils.parametrizations.weight_norm(model.b.linear)
+    a = torch.randn(50)
+    rows = {"a": a, "b": 2.0 * a + 1.0 + 0.3 * torch.randn(50), "c": torch.randn(50)}
+    fit = ppgen.fit_mle(model, rows, epochs=400, batch_size=50, lr=0.05, progress=False)
+    assert fit.closed_form == ["a", "c"]
+    design = torch.stack([a, torch.ones(50)], dim=1)
+    coef = torch.linalg.lstsq(design, rows["b"][:, None]).solution.squeeze(-1)
+    fitted = torch.cat([model.b.linear.weight.reshape(-1), model.b.linear.bias]).detach()
+    assert torch.allclose(fitted, coef, atol=1e-3)  # full-batch Adam, 400 steps
