@@ -1,8 +1,8 @@
 r"""Closed-form maximum likelihood: the conditionals whose optimum has a formula.
 
 Tabular nodes take the conditional frequencies, linear-Gaussian nodes least squares and the
-residual scale, and roots of the Normal, Bernoulli and Categorical families their sample
-statistics. :func:`ppgen.fit_mle` solves these before any gradient step; under a process group
+residual scale, and roots of the Normal, LogNormal, Bernoulli, Binomial (a fixed number of
+trials), Categorical, Geometric, Poisson and Exponential families their sample statistics. :func:`ppgen.fit_mle` solves these before any gradient step; under a process group
 the counts and sums are all-reduced, so that every rank's rows count.
 """
 
@@ -33,13 +33,15 @@ def solve_closed_form(module: Node, value: Tensor, parents: Iterable[Tensor]) ->
 
     Tabular nodes take the empirical conditional frequencies (a parent configuration never seen
     gets the uniform distribution), linear-Gaussian nodes least squares and the biased residual
-    standard deviation, and roots of the Normal, Bernoulli and Categorical families their
-    sample statistics over every value of the site (its rows, and the plates inside them). A
+    standard deviation, and roots of the Normal, LogNormal, Bernoulli, Binomial (a fixed number
+    of trials), Categorical, Geometric, Poisson and Exponential families their sample
+    statistics over every value of the site (its rows, and the plates inside them). A
     frequency of 0 is the log-probability :math:`-\infty` of a table and the logit
     :math:`-\infty` of a categorical root; a Bernoulli root's frequency of 0 or 1 is the logit
     :math:`\mp 1000`, as certain (see :class:`~ppgen.nn.Root`). A Normal's residual scale of 0
     (constant values, or values its parents fit exactly) has no maximum likelihood: it is set
-    to the rounding of the values, with a warning.
+    to the rounding of the values, with a warning. A Poisson's or Exponential's rate of 0 (every
+    count 0) has no finite parameter either: that root is left to the gradient steps.
 
     A module with a frozen parameter (`requires_grad=False`) is left as it is: the formulas
     would set every parameter; so is a subclass that makes its distribution or log-density
@@ -237,31 +239,55 @@ def _solve_root(module: Root, value: Tensor) -> tuple[bool, bool]:
         return True, unbounded
     value = value.to(module.eta.dtype)
     dims = tuple(range(value.dim() - len(head.event_shape)))  # the rows and the plates'
-    if head.family is dist.Normal:
-        fixed = {
-            name: torch.as_tensor(v, dtype=value.dtype, device=value.device)
-            for name, v in head.fixed.items()
-        }
-        loc = fixed.get("loc")
-        if loc is None:  # each value weighs its precision: one weight, unless scales are fixed
-            weight = fixed.get("scale", value.new_ones(())).pow(-2).expand_as(value)
-            loc = _mean(weight * value, dims) / _mean(weight, dims)
-        scale = _mean((value - loc).pow(2), dims).sqrt()
-        if "scale" not in fixed:
-            scale, unbounded = _floor(scale, _mean(value.pow(2), dims).sqrt())
-        stats = {"loc": loc, "scale": scale}
-    elif head.family is dist.Bernoulli:
-        p = _mean(value, dims)
-        stats = {"logits": (p.log() - (-p).log1p()).clamp(-_CERTAIN, _CERTAIN)}
-    elif head.family is dist.Categorical:
+    fixed = {
+        name: torch.as_tensor(v, dtype=value.dtype, device=value.device)
+        for name, v in head.fixed.items()
+    }
+    family = head.family
+    if family in (dist.Normal, dist.LogNormal):  # a LogNormal's log is Normal
+        stats, unbounded = _normal(value if family is dist.Normal else value.log(), fixed, dims)
+    elif family in (dist.Bernoulli, dist.Binomial, dist.Geometric):
+        mean = _mean(value, dims)
+        if family is dist.Geometric:  # failures before the first success: mean (1 - p) / p
+            logits = -mean.log()
+        else:  # the successes over the trials: a Bernoulli's one trial, a Binomial's fixed count
+            trials = fixed.get("total_count", value.new_ones(()))
+            p = mean / _mean(trials.expand_as(value), dims)
+            logits = p.log() - (-p).log1p()
+        stats = {"logits": logits.clamp(-_CERTAIN, _CERTAIN)}
+    elif family in (dist.Poisson, dist.Exponential):
+        mean = _mean(value, dims)
+        stats = {"rate": mean if family is dist.Poisson else mean.reciprocal()}
+    elif family is dist.Categorical:
         counts = F.one_hot(value.long(), head.cardinality).sum(dims)
         counts = distributed.all_reduce(counts).to(value.dtype)
         stats = {"logits": counts.log() - counts.sum(-1, keepdim=True).log()}  # log 0 = -inf
     else:
         return False, unbounded
+    if any(name not in stats for name, *_ in head.params) or (
+        family is dist.Binomial and "total_count" not in fixed
+    ):  # a parameterisation (or a learnt number of trials) the formulas do not give
+        return False, unbounded
+    if family in (dist.Poisson, dist.Exponential) and not bool(
+        torch.isfinite(stats["rate"]).all() and (stats["rate"] > 0).all()
+    ):  # a rate of 0 (every count 0) has no finite parameter: left to the steps
+        return False, unbounded
     parts = [transform.inv(stats[name]).reshape(-1) for name, _, transform, _ in head.params]
     module.eta.copy_(torch.cat(parts))
     return True, unbounded
+
+
+def _normal(value: Tensor, fixed: dict[str, Tensor], dims: tuple[int, ...]) -> tuple[dict, bool]:
+    """A Normal's maximum-likelihood location and scale over `dims`, given its fixed ones (each
+    value weighs its precision where scales are fixed), and whether the scale is at its floor."""
+    loc = fixed.get("loc")
+    if loc is None:
+        weight = fixed.get("scale", value.new_ones(())).pow(-2).expand_as(value)
+        loc = _mean(weight * value, dims) / _mean(weight, dims)
+    scale, unbounded = _mean((value - loc).pow(2), dims).sqrt(), False
+    if "scale" not in fixed:
+        scale, unbounded = _floor(scale, _mean(value.pow(2), dims).sqrt())
+    return {"loc": loc, "scale": scale}, unbounded
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:

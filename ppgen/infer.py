@@ -60,13 +60,14 @@ def fit_mle(
 ) -> FitResult:
     r"""Fits a fully observed program by exact maximum likelihood.
 
-    Tabular, linear-Gaussian and root (Normal, Bernoulli, Categorical) nodes are solved in
-    closed form (see :func:`ppgen.closed_form.solve_closed_form`: not a subclass with its own
-    distribution, nor a node with a frozen or parametrized tensor); the other parameters by
-    minibatch Adam on the exact log-likelihood. Each node's
-    parameters enter only its own term, so early stopping on `val` is per node, and each node
-    keeps its best validation epoch; a module that makes several sites, or a parameter that
-    several modules share, is fitted by steps on all their terms together. The data are checked first; on bad data the model is left
+    Tabular, linear-Gaussian and root (Normal, LogNormal, Bernoulli, Binomial, Categorical,
+    Geometric, Poisson, Exponential) nodes are solved in closed form (see
+    :func:`ppgen.closed_form.solve_closed_form`: not a subclass with its own distribution, nor
+    a node with a frozen or parametrized tensor); the other parameters by minibatch Adam on the
+    exact log-likelihood. Each node's parameters enter only its own term, so early stopping on
+    `val` is per node, and each node keeps its best validation epoch; a module that makes
+    several sites, or a parameter that several modules share, is fitted by steps on all their
+    terms together. The data are checked first; on bad data the model is left
     untouched.
 
     A program in Pyro's style, without the keyword `n`, takes its data as arguments, as for

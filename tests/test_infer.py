@@ -393,8 +393,14 @@ SCALES = [1.0, 2.0, 0.5, 3.0]  # one fixed scale a pixel
             lambda: torch.randn(50, 4, 2) + torch.tensor([1, -1]),
         ),
         (dist.Normal, {"scale": SCALES}, lambda: 1.0 + torch.tensor(SCALES) * torch.randn(50, 4)),
+        (dist.Poisson, {}, lambda: torch.poisson(torch.full((50, 4), 3.0))),
+        (dist.Exponential, {}, lambda: dist.Exponential(2.0).sample((50, 4))),
+        (dist.LogNormal, {}, lambda: (0.5 + 0.7 * torch.randn(50, 4)).exp()),
+        (dist.Geometric, {}, lambda: dist.Geometric(0.3).sample((50, 4))),
+        (dist.Binomial, {"total_count": 10}, lambda: dist.Binomial(10, 0.3).sample((50, 4))),
     ],
-    ids=["bernoulli", "normal", "categorical", "event", "fixed-scales"],
+    ids=["bernoulli", "normal", "categorical", "event", "fixed-scales", "poisson", "exponential",
+         "lognormal", "geometric", "binomial"],  # fmt: skip
 )
 def test_root_in_nested_plates_is_solved_on_every_value(family, options, draw):
     """The closed form of a root under the pixels' plate uses all 200 values (event dims
@@ -412,6 +418,16 @@ def test_root_in_nested_plates_is_solved_on_every_value(family, options, draw):
         assert d.probs.item() == pytest.approx(x.mean().item(), abs=1e-12)
     elif isinstance(d, dist.Categorical):
         assert torch.allclose(d.probs, torch.bincount(x.reshape(-1)) / x.numel(), atol=1e-12)
+    elif isinstance(d, dist.Poisson | dist.Exponential):
+        rate = x.mean() if isinstance(d, dist.Poisson) else 1 / x.mean()
+        assert d.rate.item() == pytest.approx(rate.item(), abs=1e-12)
+    elif isinstance(d, dist.LogNormal):
+        assert d.loc.item() == pytest.approx(x.log().mean().item(), abs=1e-12)
+        assert d.scale.item() == pytest.approx(x.log().std(unbiased=False).item(), abs=1e-12)
+    elif isinstance(d, dist.Geometric):  # failures before the first success: mean (1 - p) / p
+        assert d.probs.item() == pytest.approx(1 / (1 + x.mean().item()), abs=1e-12)
+    elif isinstance(d, dist.Binomial):
+        assert d.probs.item() == pytest.approx(x.mean().item() / 10, abs=1e-12)
     elif "scale" in options:  # each value weighs its precision
         weight = torch.tensor(SCALES).pow(-2).expand_as(x)
         expected = (weight * x).sum() / weight.sum()
@@ -422,6 +438,13 @@ def test_root_in_nested_plates_is_solved_on_every_value(family, options, draw):
     total = pyro.poutine.trace(pyro.condition(model, data={"x": x})).get_trace(n=50).log_prob_sum()
     (grad,) = torch.autograd.grad(total, model.x.eta)
     assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-9)
+
+
+def test_a_poisson_root_of_only_zeros_is_left_to_the_steps():
+    """Its maximum-likelihood rate is 0, which no finite parameter gives."""
+    model = Pixels(Root(dist.Poisson))
+    fit = ppgen.fit_mle(model, {"x": torch.zeros(50, 4)}, epochs=3, progress=False)
+    assert fit.closed_form == [] and model.x().rate.item() < Root(dist.Poisson)().rate.item()
 
 
 def test_roots_certain_or_never_seen_are_exact():
