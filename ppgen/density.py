@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import Predictive
 from torch import Tensor, nn
 
 from ppgen.batched import Stacked, groups, hooked
@@ -607,7 +608,8 @@ def sample(
     r"""Draws `n` rows from a program by ancestral sampling, vectorised over `batch_size` rows.
 
     Seeded by `pyro.set_rng_seed`. Sites that the program observes (`obs=`) are returned as
-    they are; `pyro.deterministic` sites and `pyro.factor` terms are left out. Where every site
+    they are; `pyro.deterministic` sites and `pyro.factor` terms are left out (but for a
+    program in Pyro's style, below). Where every site
     is inside a plate of the rows and drawn (none observed), the rows are independent and are
     drawn `batch_size` at a time, so that memory holds the result and one batch's work; the
     rows have the same distribution whatever `batch_size` is, and with a fixed seed the first
@@ -617,12 +619,11 @@ def sample(
     topological layer at a time, its same-shaped conditionals together
     (:func:`ppgen.batched.sample`): the distribution of its program's run, but other values
     under a seed unless each layer holds one site. A program in Pyro's style, without the
-    keyword `n`, is run `n` times, as by `pyro.infer.Predictive(model, num_samples=n)`: each
-    site's `n` draws are stacked, of shape :math:`(n, *)` where :math:`*` is the site's shape
-    in one run (pass `None` for the data arguments to draw them rather than observe them).
-    `Predictive` differs in shapes alone: it pads a site outside some of the program's plates
-    with a dimension of size 1 for each (a global scalar under one plate: :math:`(n, 1)`,
-    sequential or `parallel=True` alike), and returns `pyro.deterministic` sites too.
+    keyword `n`, is run `n` times by `pyro.infer.Predictive(model, num_samples=n)`, whose
+    draws are returned as they are (pass `None` for the data arguments to draw them rather
+    than observe them): each site's `n` draws stacked, a site outside some of the program's
+    plates padded with a dimension of size 1 for each (a global scalar under one plate:
+    :math:`(n, 1)`), `pyro.deterministic` sites and `pyro.factor` terms (empty) included.
 
     Arguments:
         model: A Pyro program.
@@ -665,12 +666,14 @@ def sample(
     categories = coding(model) if categories is None else categories
     columns = {}
     for name, value in values.items():
-        if value.shape != (n,):
+        if not value.numel():  # a pyro.factor term among Predictive's draws: no values
+            continue
+        if value.shape[:1] != (n,) or value.numel() != n:
             raise ValueError(
                 f"Site {name!r} has values of shape {tuple(value.shape)}; as_frame needs one "
                 f"number per row, shape ({n},)."
             )
-        column = value.cpu().numpy()
+        column = value.reshape(n).cpu().numpy()  # a global site, (n, 1) as Predictive pads it
         labels = categories.get(name)
         if labels and not 0 <= column.min() <= column.max() < len(labels):
             code = column.max() if column.max() >= len(labels) else column.min()
@@ -700,11 +703,6 @@ def _check_count(name: str, value: object, what: str) -> int:
 def _predictive(
     model: Callable[..., object], n: int, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> dict[str, Tensor]:
-    """`n` runs of a program in Pyro's style, each site's values stacked, as by `Predictive`."""
-    runs = []
+    """`n` runs of a program in Pyro's style: `Predictive(model, num_samples=n)`'s own draws."""
     with torch.no_grad():
-        for _ in range(n):
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
-            sites = [site for site in trace.nodes.values() if is_variable(site)]
-            runs.append({s["name"]: s["value"] for s in sites if not is_factor(s)})
-    return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}
+        return dict(Predictive(model, num_samples=n)(*args, **kwargs))

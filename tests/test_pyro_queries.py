@@ -283,16 +283,33 @@ def test_sample_of_a_pyro_style_program_against_predictive():
 
     pyro.set_rng_seed(0)
     rows = ppgen.sample(model, 500)
-    assert {k: v.shape for k, v in rows.items()} == {"mu": (500,), "x": (500, 3)}
+    assert {k: v.shape for k, v in rows.items()} == {"mu": (500, 1), "x": (500, 3),
+                                                     "twice": (500,)}  # fmt: skip
     cov = torch.cov(rows["x"].T)  # standard errors ~0.13 on the variances, 0.1 on covariances
     torch.testing.assert_close(cov, torch.ones(3, 3) + torch.eye(3), atol=0.4, rtol=0)
-    # the difference docs/programs.md states: Predictive pads a site outside a plate with a
-    # dimension of size 1 (sequential and parallel alike) and returns deterministic sites too
-    for parallel in (False, True):
-        draws = pyro.infer.Predictive(model, num_samples=5, parallel=parallel)()
-        assert {k: v.shape for k, v in draws.items()} == {"mu": (5, 1), "x": (5, 3), "twice": (5,)}
+    torch.testing.assert_close(rows["twice"], 2 * rows["mu"][:, 0])
+    pyro.set_rng_seed(1)  # Predictive's own draws: its shapes, sites and values
+    draws = pyro.infer.Predictive(model, num_samples=5)()
+    pyro.set_rng_seed(1)
+    rows = ppgen.sample(model, 5)
+    assert list(rows) == list(draws) and all(torch.equal(rows[k], draws[k]) for k in draws)
     x = torch.tensor([0.5, -1.0, 2.0])  # observed: returned as given, once a run
     assert torch.equal(ppgen.sample(model, 2, x)["x"], x.expand(2, 3))
+
+    def one(x=None):  # a global site, (n, 1) as Predictive pads it, is one number a row
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.factor("prior", -(mu**2))  # no values: not a column
+        with pyro.plate("rows", 1):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    pyro.set_rng_seed(2)
+    frame = ppgen.sample(one, 4, as_frame=True)
+    pyro.set_rng_seed(2)
+    draws = pyro.infer.Predictive(one, num_samples=4)()
+    assert list(frame.columns) == ["mu", "x"] and draws["prior"].shape == (4, 1, 0)
+    assert frame["mu"].tolist() == draws["mu"].reshape(4).tolist()
+    with pytest.raises(ValueError, match=r"^Site 'x' has values of shape \(4, 3\); as_frame"):
+        ppgen.sample(model, 4, as_frame=True)
 
 
 def test_a_forward_decorated_by_a_pyro_handler_keeps_its_signature():
