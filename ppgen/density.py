@@ -49,6 +49,7 @@ __all__ = [
     "ProgramLogLikelihood",
     "check_codes",
     "log_prob",
+    "refuse_row_arguments",
     "sample",
     "takes_rows",
 ]
@@ -574,6 +575,10 @@ def log_prob(
                 "With a guide, a program without the keyword n takes its data tensor as its "
                 "first argument: log_prob(model, x, ..., guide=guide)."
             )
+    if isinstance(data, Mapping) or is_frame(data):  # the rows of a program taking n
+        columns = dict(data).values()
+        lengths = [len(v) for v in columns if hasattr(v, "__len__") and getattr(v, "ndim", 1)]
+        refuse_row_arguments(args, kwargs, max(lengths, default=0), "log_prob")
     if guide is not None:
         hidden = per_row((data, *args), kwargs)[2] if isinstance(data, Tensor) else None
         if hidden is not None and num_samples > 1:  # examples/dmm's packed sequences
@@ -593,6 +598,31 @@ def log_prob(
     check_codes(objective.factors or {}, rows.columns)
     terms = objective.terms(rows, batch_size)
     return terms if per_node else sum(terms.values())
+
+
+def refuse_row_arguments(
+    args: tuple[object, ...], kwargs: dict[str, object], rows: int, function: str
+) -> None:
+    """Refuses, for a program taking `n`, a tensor argument with one value per row of the data
+    (per-row weights, say): `function` runs the program on batches of the rows (shuffled, to
+    fit) and passes its arguments as they are, so those values would not follow their rows.
+
+    Example:
+        >>> refuse_row_arguments((torch.ones(3),), {}, 3, "log_prob")
+        Traceback (most recent call last):
+        ...
+        ValueError: The model's argument 0 has one value per row of the data (3 rows), but ...
+    """
+    named = [(f"argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"keyword {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        if rows > 1 and isinstance(value, Tensor) and value.dim() and len(value) == rows:
+            raise ValueError(
+                f"The model's {label} has one value per row of the data ({rows} rows), but "
+                f"{function} runs the program on batches of the rows and passes its arguments "
+                "as they are; write the program in Pyro's style, its data and these values as "
+                f"its arguments (docs/programs.md), and {function}(model, *arguments)."
+            )
 
 
 def sample(

@@ -24,7 +24,13 @@ from ppgen import distributed
 from ppgen.adversarial import AdversarialStep
 from ppgen.closed_form import solve
 from ppgen.data import Table, check_columns, is_frame, place, read_table
-from ppgen.density import ExactLogLikelihood, ProgramLogLikelihood, check_codes, takes_rows
+from ppgen.density import (
+    ExactLogLikelihood,
+    ProgramLogLikelihood,
+    check_codes,
+    refuse_row_arguments,
+    takes_rows,
+)
 from ppgen.device import resolve_device
 from ppgen.elbo import ARGUMENT, ELBOS, ELBOObjective, per_row, set_rng_state, svi_table
 from ppgen.io import LoadError
@@ -113,7 +119,7 @@ def fit_mle(
                    "checkpoint": checkpoint, "every": checkpoint_every, "resume": resume}  # fmt: skip
         return _fit_program(model, data, args, kwargs, val, device, start, options)
     data = read_table(model, data, args, kwargs, device=device)
-    _check_arguments(args, kwargs, len(data))
+    refuse_row_arguments(args, kwargs, len(data), "fit_mle")
     if val is not None:
         check_columns(val, data)
         val = read_table(model, val, args, kwargs, categories=data.categories, device=device,
@@ -159,22 +165,6 @@ def fit_mle(
     _keep_coding(model, data, result)
     result.seconds = time.perf_counter() - start  # the checks and closed forms included
     return result
-
-
-def _check_arguments(args: tuple[object, ...], kwargs: dict[str, object], rows: int) -> None:
-    """Refuses a tensor argument with one value per row of the data (per-row weights, say): the
-    fit conditions the program on shuffled batches of the rows and passes its arguments as they
-    are, so those values would not follow their rows."""
-    named = [(f"argument {i}", v) for i, v in enumerate(args)]
-    named += [(f"keyword {k!r}", v) for k, v in kwargs.items()]
-    for label, value in named:
-        if rows > 1 and isinstance(value, Tensor) and value.dim() and len(value) == rows:
-            raise ValueError(
-                f"The model's {label} has one value per row of the data ({rows} rows), but "
-                "fit_mle conditions the program on shuffled batches of the rows and passes its "
-                "arguments as they are; write the program in Pyro's style, its data and these "
-                "values as its arguments (docs/programs.md), and fit_mle(model, *arguments)."
-            )
 
 
 def _fit_program(

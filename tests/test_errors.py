@@ -557,6 +557,10 @@ def test_an_argument_with_a_value_per_row_is_refused():
     rows, weights = {"a": a, "b": 2.0 * a + torch.randn(50)}, torch.rand(50)
     message = r"The model's argument 0 has one value per row of the data \(50 rows\), but fit_mle"
     _unchanged(lambda: ppgen.fit_mle(model, rows, weights, progress=False), message, model)
+    # log_prob runs it on batches of the rows (and a probe of 2 rows, which raised Pyro's shapes)
+    message = r"The model's argument 0 has one value per row of the data \(50 rows\), but log_prob"
+    with pytest.raises(ValueError, match=message):
+        ppgen.log_prob(model, rows, weights)
 
 
 def test_a_parent_code_outside_a_childs_table_is_refused():
