@@ -425,6 +425,13 @@ def fit_svi(
         3
     """
     if elbo is not None and elbo not in (*ELBOS, "iwae"):
+        name = next((k for k, v in ELBOS.items() if type(elbo) is v), None)  # SVI's loss, ported
+        if name is not None:
+            raise ValueError(
+                f"elbo takes the name of Pyro's ELBO, elbo={name!r} for {type(elbo).__name__} "
+                "(its max_plate_nesting is read from the programs, and num_particles is "
+                "fit_svi's own option)."
+            )
         raise ValueError(
             f"elbo must be one of {', '.join(map(repr, [*ELBOS, 'iwae']))}, not {elbo!r}."
         )

@@ -704,6 +704,13 @@ def test_the_enumerating_elbo_is_chosen_or_asked_for():
         fit_svi(model, guide, X, elbo="trace", epochs=1, progress=False)
 
 
+def test_an_elbo_object_ported_from_svi_is_told_its_name():
+    model, guide = mixture()
+    with pytest.raises(ValueError, match=r"^elbo takes the name of Pyro's ELBO, "
+                       r"elbo='trace_enum' for TraceEnum_ELBO \(its max_plate_nesting"):  # fmt: skip
+        fit_svi(model, guide, X, elbo=TraceEnum_ELBO(max_plate_nesting=1), progress=False)
+
+
 def test_per_row_parameters_are_refused_with_minibatches():
     model, guide = eight_schools()
     with pytest.raises(ValueError, match=r"^Parameter 'theta_loc' has as many values as the data "
