@@ -127,23 +127,22 @@ def log_weights(
     per draw, or one draw a pass for programs that cannot follow the rows repeated (a guide
     with a parameter per row, as `AutoNormal` of a latent site per row; a tensor per row that
     the programs read from outside their arguments)."""
+    failed = None
     try:
         traces = _traces(model, guide, data, draws, rows, args, kwargs)
     except ValueError as error:  # the rows repeated, or the programs' own error: once a pass
         if draws == 1:
             raise
+        traces, failed = None, error
+    if traces is None:
         try:
             first = log_weights(model, guide, data, 1, rows, args, kwargs)
-        except ValueError:  # the programs' own error: said as it came
-            raise error from error.__cause__
-        return torch.cat(
-            [first, *(log_weights(model, guide, data, 1, rows, args, kwargs)
-                      for _ in range(draws - 1))]
-        )  # fmt: skip
-    if traces is None:
-        return torch.cat(
-            [log_weights(model, guide, data, 1, rows, args, kwargs) for _ in range(draws)]
-        )
+        except ValueError:
+            if failed is None:
+                raise
+            raise failed from failed.__cause__  # the programs' own error: said as it came
+        rest = (log_weights(model, guide, data, 1, rows, args, kwargs) for _ in range(draws - 1))
+        return torch.cat([first, *rest])
     guide_trace, model_trace = traces
     guided = {name for name, site in guide_trace.nodes.items() if is_variable(site)}
     points = _points(guide, guide_trace)
