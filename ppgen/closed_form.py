@@ -71,7 +71,7 @@ def solve(
     parents = list(parents)
     if not _free(module):
         return False, None
-    unbounded, total = False, None
+    unbounded = False
     with torch.no_grad():
         if isinstance(module, Tabular):
             return True, _solve_tabular(module, value, parents)
@@ -90,7 +90,7 @@ def solve(
             UserWarning,
             stacklevel=3 if name is None else 4,  # the caller of fit_mle, or of solve_closed_form
         )
-    return solved, total
+    return solved, None
 
 
 def _floor(sigma: Tensor, rms: Tensor) -> tuple[Tensor, bool]:
